@@ -1,0 +1,174 @@
+"""Batched branch and bound for a certified maximum over a box.
+
+The objective supplies, for a batch of boxes, a proven upper bound on each box
+(``inf`` where it cannot enclose the objective) and a float value at points.
+The certified answer is the maximum upper bound over *every* box of the final
+partition, so stopping early (tolerance reached, time out, box budget) only
+loosens the bound: it never makes it unsound.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from scipy import optimize
+
+from opendp_hybridad.errors import UnboundedError
+
+#: boxes narrower than this (relative to the root box, in every splittable
+#: direction) are not split again: an objective that still cannot be enclosed
+#: there has no finite bound
+_MIN_RELATIVE_WIDTH = 2.0**-40
+
+
+@dataclass
+class BoxBounds:
+    upper: np.ndarray          # (boxes,) proven upper bound of the objective on each box
+    bad: np.ndarray            # (boxes,) -1, or the tape node that could not be enclosed
+    split_score: np.ndarray    # (boxes, variables) how much each direction loosens the bound
+
+
+class Objective(Protocol):
+    def enclose(self, lo: np.ndarray, hi: np.ndarray) -> BoxBounds: ...
+    def value(self, points: np.ndarray) -> np.ndarray: ...
+    def explain(self, bad: int) -> UnboundedError: ...
+
+
+@dataclass
+class MaxResult:
+    upper: float
+    witness_point: np.ndarray
+    witness_value: float
+    boxes: int
+    converged: bool
+    elapsed: float
+
+
+def _initial_points(lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator, samples: int) -> np.ndarray:
+    n = lo.size
+    if n <= 12:
+        corners = np.array(list(itertools.product((0.0, 1.0), repeat=n)))
+    else:
+        corners = rng.integers(0, 2, size=(4096, n)).astype(float)
+    unit = np.vstack([corners, np.full((1, n), 0.5), rng.random((samples, n))])
+    return lo + unit * (hi - lo)
+
+
+def _polish(objective: Objective, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float]:
+    bounds = list(zip(lo, hi, strict=True))
+
+    def neg(x: np.ndarray) -> float:
+        v = objective.value(np.clip(x, lo, hi)[None, :])[0]
+        return -v if np.isfinite(v) else np.inf
+
+    try:
+        res = optimize.minimize(neg, x0, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
+    except (ValueError, FloatingPointError):  # pragma: no cover - scipy refusing a non-finite start
+        return x0, -neg(x0)
+    x = np.clip(res.x, lo, hi)
+    return x, -neg(x)
+
+
+def maximize(
+    objective: Objective,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    *,
+    tolerance: float = 1e-3,
+    atol: float = 1e-12,
+    time_budget: float = 2.0,
+    batch: int = 32,
+    max_boxes: int = 400_000,
+    samples: int = 256,
+    polish: bool = True,
+) -> MaxResult:
+    """Certified ``sup objective`` over the box ``[lo, hi]``.
+
+    Refines until ``upper - witness <= max(tolerance * |witness|, atol)`` or the
+    time budget or box budget runs out. Raises :class:`UnboundedError` when some
+    part of the box cannot be enclosed even after subdivision.
+    """
+    start = time.perf_counter()
+    lo = np.asarray(lo, dtype=float)
+    hi = np.asarray(hi, dtype=float)
+    root_width = hi - lo
+    splittable = root_width > 0
+    rng = np.random.default_rng(0)  # witness search only: never privacy noise
+
+    points = _initial_points(lo, hi, rng, samples)
+    values = objective.value(points)
+    values = np.where(np.isfinite(values), values, -np.inf)
+    best = int(np.argmax(values))
+    best_value, best_point = float(values[best]), points[best].copy()
+
+    counter = itertools.count()
+    heap: list[tuple[float, int, np.ndarray, np.ndarray, int, np.ndarray]] = []
+    leaves: list[tuple[float, int]] = []  # (upper, bad) of boxes that cannot be split further
+
+    def push(blo: np.ndarray, bhi: np.ndarray) -> None:
+        nonlocal best_value, best_point
+        bounds = objective.enclose(blo, bhi)
+        centers = 0.5 * (blo + bhi)
+        vals = objective.value(centers)
+        vals = np.where(np.isfinite(vals), vals, -np.inf)
+        i = int(np.argmax(vals))
+        if vals[i] > best_value:
+            best_value, best_point = float(vals[i]), centers[i].copy()
+        for k in range(blo.shape[0]):
+            ub = float(bounds.upper[k]) if bounds.bad[k] < 0 else np.inf
+            heapq.heappush(heap, (-ub, next(counter), blo[k], bhi[k], int(bounds.bad[k]), bounds.split_score[k]))
+
+    push(lo[None, :], hi[None, :])
+    evaluated = 1
+    converged = False
+    while heap:
+        top = -heap[0][0]
+        leaf_top = max((u for u, _ in leaves), default=-np.inf)
+        upper = max(top, leaf_top)
+        if np.isfinite(upper) and upper - best_value <= max(tolerance * abs(best_value), atol):
+            converged = True
+            break
+        if time.perf_counter() - start > time_budget or evaluated > max_boxes:
+            break
+        child_lo, child_hi = [], []
+        for _ in range(min(batch, len(heap))):
+            neg_ub, _, blo, bhi, bad, score = heapq.heappop(heap)
+            rel = np.where(splittable, (bhi - blo) / np.where(splittable, root_width, 1.0), 0.0)
+            if not np.any(rel > _MIN_RELATIVE_WIDTH):
+                if bad >= 0:
+                    raise objective.explain(bad)
+                leaves.append((-neg_ub, bad))
+                continue
+            usable = np.isfinite(score) & (rel > _MIN_RELATIVE_WIDTH)
+            if bad < 0 and np.any(usable & (score > 0)):
+                d = int(np.argmax(np.where(usable, score, -1.0)))
+            else:
+                d = int(np.argmax(rel))
+            mid = 0.5 * (blo[d] + bhi[d])
+            left_hi = bhi.copy()
+            left_hi[d] = mid
+            right_lo = blo.copy()
+            right_lo[d] = mid
+            child_lo += [blo, right_lo]
+            child_hi += [left_hi, bhi]
+        if child_lo:
+            push(np.array(child_lo), np.array(child_hi))
+            evaluated += len(child_lo)
+
+    upper = max([-h[0] for h in heap[:1]] + [u for u, _ in leaves] + [-np.inf])
+    if not np.isfinite(upper):
+        worst = [h[4] for h in heap if h[4] >= 0] + [b for _, b in leaves if b >= 0]
+        if worst:
+            raise objective.explain(worst[0])
+        raise objective.explain(-1)
+
+    if polish and np.isfinite(best_value):
+        x, v = _polish(objective, best_point, lo, hi)
+        if np.isfinite(v) and v > best_value:
+            best_point, best_value = x, v
+    return MaxResult(float(upper), best_point, float(best_value), evaluated, converged, time.perf_counter() - start)

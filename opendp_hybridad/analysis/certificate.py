@@ -1,0 +1,125 @@
+"""Certificate objects: the one place every stability and privacy map reads a constant from.
+
+A certificate holds a proven bound together with the evidence of how tight it
+is (a witness point inside the box and the value there), the box, the norm and
+the method. Bounds are proven by outward-rounded interval branch and bound;
+witnesses come from sampling and scipy's local optimisation and are never used
+as bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+METHOD = "interval branch and bound (natural and mean-value forms, outward rounding)"
+
+
+@dataclass(frozen=True)
+class Witness:
+    """A point inside the box and the (float-evaluated) quantity there."""
+
+    point: dict[str, float]
+    value: float
+
+
+@dataclass(frozen=True)
+class BoundCertificate:
+    """``quantity <= upper`` everywhere on ``box`` (proven); ``witness`` shows how close it gets."""
+
+    quantity: str
+    upper: float
+    witness: Witness
+    box: dict[str, tuple[float, float]]
+    norm: float | None = None
+    converged: bool = True
+    boxes: int = 0
+    elapsed: float = 0.0
+    tolerance: float = 0.0
+    method: str = METHOD
+
+    @property
+    def ratio(self) -> float:
+        """``upper / witness``: 1 means the bound is attained; the true supremum lies between."""
+        if self.witness.value > 0:
+            return self.upper / self.witness.value
+        return 1.0 if self.upper <= 0 else math.inf
+
+    @property
+    def gap(self) -> float:
+        return self.upper - self.witness.value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "quantity": self.quantity,
+            "upper": self.upper,
+            "witness_value": self.witness.value,
+            "witness_point": dict(self.witness.point),
+            "ratio": self.ratio,
+            "gap": self.gap,
+            "norm": _json_norm(self.norm),
+            "converged": self.converged,
+            "boxes": self.boxes,
+            "elapsed_s": self.elapsed,
+            "method": self.method,
+        }
+
+
+@dataclass(frozen=True)
+class RangeCertificate:
+    """``lower <= f(x) <= upper`` for every x in ``box`` (proven), with the extreme points found."""
+
+    lower: float
+    upper: float
+    argmin: Witness
+    argmax: Witness
+    box: dict[str, tuple[float, float]]
+    converged: bool = True
+    elapsed: float = 0.0
+    method: str = METHOD
+
+    @property
+    def width(self) -> float:
+        """Certified upper bound on ``max f - min f``, rounded up."""
+        return math.nextafter(self.upper - self.lower, math.inf)
+
+    @property
+    def max_abs(self) -> float:
+        """Certified upper bound on ``max |f|``."""
+        return max(abs(self.lower), abs(self.upper))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "range": [self.lower, self.upper],
+            "argmin": {"point": dict(self.argmin.point), "value": self.argmin.value},
+            "argmax": {"point": dict(self.argmax.point), "value": self.argmax.value},
+            "converged": self.converged,
+            "elapsed_s": self.elapsed,
+        }
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything ``opendp-hybridad analyse`` reports for one function."""
+
+    function: str
+    range: RangeCertificate
+    lipschitz: BoundCertificate
+    partials: dict[str, BoundCertificate] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "function": self.function,
+            "range": [self.range.lower, self.range.upper],
+            "range_witnesses": self.range.to_dict(),
+            "lipschitz": self.lipschitz.to_dict(),
+            "partials": {n: c.upper for n, c in self.partials.items()},
+            "partials_detail": {n: c.to_dict() for n, c in self.partials.items()},
+        }
+
+
+def _json_norm(p: float | None) -> Any:
+    if p is None:
+        return None
+    return "inf" if math.isinf(p) else int(p)

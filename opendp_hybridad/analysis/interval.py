@@ -1,0 +1,244 @@
+"""Outward-rounded interval arithmetic, vectorised over many boxes at once.
+
+Soundness argument (ARCHITECTURE.md decision 3): IEEE-754 round-to-nearest makes
+``+ - * / sqrt`` correctly rounded, so moving a result one ulp outward with
+``nextafter`` gives a bound on the real result. Additions use Knuth's TwoSum to
+round only when the sum was inexact, so exact zeros stay exact (``1 - x`` at
+``x = 1``). Library functions (exp, log, tanh, pow, sigmoid) are not correctly
+rounded; their results are padded by 2^-46 relative (64 ulp, far beyond the few
+ulp that glibc and numpy document) plus the smallest subnormal, then
+intersected with the function's known range.
+
+A box whose enclosure cannot be computed (division by an interval that contains
+0, log of a non-positive interval, overflow, a jump) is flagged in ``bad`` with
+the index of the first node that failed, so callers can subdivide it or report
+the sub-expression.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from opendp_hybridad.analysis.tape import Tape
+
+_PAD = 2.0**-46
+_TINY = np.nextafter(0.0, 1.0)
+
+#: reasons a node can fail, by op; anything non-finite is an overflow
+REASONS = {
+    "recip": "division by an interval that contains 0",
+    "log": "log of an interval that reaches 0 or below",
+    "sqrt": "sqrt of an interval that reaches below 0",
+    "powr": "fractional power of an interval that reaches 0 or below",
+    "dirac": "a jump (the derivative of a discontinuity) inside the box",
+}
+OVERFLOW = "overflow (the enclosure is not finite)"
+
+
+def down(x: np.ndarray) -> np.ndarray:
+    return np.nextafter(x, -np.inf)
+
+
+def up(x: np.ndarray) -> np.ndarray:
+    return np.nextafter(x, np.inf)
+
+
+def _two_sum_err(a: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
+    bb = s - a
+    return (a - (s - bb)) + (b - bb)
+
+
+def add(alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lo = alo + blo
+    hi = ahi + bhi
+    lo = np.where(_two_sum_err(alo, blo, lo) < 0, down(lo), lo)
+    hi = np.where(_two_sum_err(ahi, bhi, hi) > 0, up(hi), hi)
+    return lo, hi
+
+
+def mul(alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    los, his = [], []
+    for x in (alo, ahi):
+        for y in (blo, bhi):
+            p = x * y
+            exact = (x == 0) | (y == 0)
+            los.append(np.where(exact, p, down(p)))
+            his.append(np.where(exact, p, up(p)))
+    return np.minimum.reduce(los), np.maximum.reduce(his)
+
+
+def pad_lo(y: np.ndarray) -> np.ndarray:
+    return y - (np.abs(y) * _PAD + _TINY)
+
+
+def pad_hi(y: np.ndarray) -> np.ndarray:
+    return y + (np.abs(y) * _PAD + _TINY)
+
+
+def _powi(lo: np.ndarray, hi: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    if n == 2:
+        plo, phi = lo * lo, hi * hi
+        plo_d, phi_d = np.where(lo == 0, 0.0, down(plo)), np.where(hi == 0, 0.0, down(phi))
+        plo_u, phi_u = np.where(lo == 0, 0.0, up(plo)), np.where(hi == 0, 0.0, up(phi))
+    else:
+        plo, phi = np.power(lo, n), np.power(hi, n)
+        plo_d, phi_d = np.where(lo == 0, 0.0, pad_lo(plo)), np.where(hi == 0, 0.0, pad_lo(phi))
+        plo_u, phi_u = np.where(lo == 0, 0.0, pad_hi(plo)), np.where(hi == 0, 0.0, pad_hi(phi))
+    if n % 2 == 1:
+        return plo_d, phi_u
+    rlo = np.where(lo >= 0, plo_d, np.where(hi <= 0, phi_d, 0.0))
+    rhi = np.where(lo >= 0, phi_u, np.where(hi <= 0, plo_u, np.maximum(plo_u, phi_u)))
+    return np.maximum(rlo, 0.0), rhi
+
+
+class IntervalEvaluator:
+    """Evaluates every node of a :class:`Tape` over a batch of boxes."""
+
+    def __init__(self, tape: Tape):
+        self.tape = tape
+
+    def evaluate(self, lo: np.ndarray, hi: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Enclose every node over boxes ``[lo[i], hi[i]]`` (arrays of shape (boxes, variables)).
+
+        Returns per-node lower ends, upper ends and ``bad`` flags: -1 where the
+        node is enclosed, else the index of the first node that could not be
+        (its ends are then -inf and inf).
+        """
+        nboxes = lo.shape[0]
+        L: list[np.ndarray] = []
+        H: list[np.ndarray] = []
+        B: list[np.ndarray] = []
+        with np.errstate(all="ignore"):
+            for idx, node in enumerate(self.tape.nodes):
+                if node.op == "piecewise":
+                    rlo, rhi, bad = self._piecewise(node, L, H, B, nboxes)
+                else:
+                    bad = np.full(nboxes, -1, dtype=np.int64)
+                    for a in node.args:
+                        bad = np.where(bad < 0, B[a], bad)
+                    rlo, rhi, invalid = self._node(node, L, H, lo, hi, nboxes)
+                    if invalid is not None:
+                        bad = np.where((bad < 0) & invalid, idx, bad)
+                nonfinite = ~(np.isfinite(rlo) & np.isfinite(rhi))
+                bad = np.where((bad < 0) & nonfinite, idx, bad)
+                L.append(np.where(bad < 0, rlo, -np.inf))
+                H.append(np.where(bad < 0, rhi, np.inf))
+                B.append(bad)
+        return L, H, B
+
+    def reason(self, idx: int, lo: float, hi: float) -> str:
+        op = self.tape.nodes[idx].op
+        if op in REASONS and (np.isfinite(lo) or op == "dirac"):
+            return REASONS[op]
+        return REASONS.get(op, OVERFLOW)
+
+    def _node(self, node, L, H, lo, hi, nboxes):  # noqa: C901 - one dispatch table, kept flat on purpose
+        op, args = node.op, node.args
+        if op == "var":
+            return lo[:, node.payload].copy(), hi[:, node.payload].copy(), None
+        if op == "const":
+            return np.full(nboxes, node.payload[0]), np.full(nboxes, node.payload[1]), None
+        a_lo, a_hi = L[args[0]], H[args[0]]
+        if op == "add":
+            r = add(a_lo, a_hi, L[args[1]], H[args[1]])
+            return r[0], r[1], None
+        if op == "mul":
+            r = mul(a_lo, a_hi, L[args[1]], H[args[1]])
+            return r[0], r[1], None
+        if op == "neg":
+            return -a_hi, -a_lo, None
+        if op == "recip":
+            invalid = (a_lo <= 0) & (a_hi >= 0)
+            return down(1.0 / a_hi), up(1.0 / a_lo), invalid
+        if op == "powi":
+            r = _powi(a_lo, a_hi, node.payload)
+            return r[0], r[1], None
+        if op == "sqrt":
+            invalid = a_lo < 0
+            rlo = np.sqrt(np.maximum(a_lo, 0.0))
+            return np.where(rlo == 0, 0.0, down(rlo)), up(np.sqrt(a_hi)), invalid
+        if op == "powr":
+            plo, phi = node.payload
+            invalid = (a_lo <= 0) if plo < 0 else (a_lo < 0)
+            base_lo = np.maximum(a_lo, 0.0)
+            corners = [np.power(b, p) for b in (base_lo, a_hi) for p in (plo, phi)]
+            rlo = pad_lo(np.minimum.reduce(corners))
+            rhi = pad_hi(np.maximum.reduce(corners))
+            return np.maximum(rlo, 0.0), rhi, invalid
+        if op == "exp":
+            return np.maximum(pad_lo(np.exp(a_lo)), 0.0), pad_hi(np.exp(a_hi)), None
+        if op == "log":
+            invalid = a_lo <= 0
+            return pad_lo(np.log(np.maximum(a_lo, _TINY))), pad_hi(np.log(a_hi)), invalid
+        if op == "tanh":
+            return np.maximum(pad_lo(np.tanh(a_lo)), -1.0), np.minimum(pad_hi(np.tanh(a_hi)), 1.0), None
+        if op == "sigmoid":
+            s_lo = 0.5 * (1.0 + np.tanh(0.5 * a_lo))
+            s_hi = 0.5 * (1.0 + np.tanh(0.5 * a_hi))
+            return np.maximum(pad_lo(s_lo), 0.0), np.minimum(pad_hi(s_hi), 1.0), None
+        if op == "abs":
+            rlo = np.where(a_lo >= 0, a_lo, np.where(a_hi <= 0, -a_hi, 0.0))
+            rhi = np.maximum(np.abs(a_lo), np.abs(a_hi))
+            return rlo, rhi, None
+        if op == "sign":
+            return np.sign(a_lo), np.sign(a_hi), None
+        if op == "heaviside":
+            h0_lo, h0_hi = node.payload
+            rlo = np.where(a_lo > 0, 1.0, np.where(a_lo == 0, min(h0_lo, 1.0), 0.0))
+            rhi = np.where(a_hi < 0, 0.0, np.where(a_hi == 0, max(h0_hi, 0.0), 1.0))
+            return np.minimum(rlo, rhi), np.maximum(rlo, rhi), None
+        if op == "dirac":
+            invalid = (a_lo <= 0) & (a_hi >= 0)
+            return np.zeros(nboxes), np.zeros(nboxes), invalid
+        if op == "min":
+            return np.minimum(a_lo, L[args[1]]), np.minimum(a_hi, H[args[1]]), None
+        if op == "max":
+            return np.maximum(a_lo, L[args[1]]), np.maximum(a_hi, H[args[1]]), None
+        if op in ("lt", "le", "gt", "ge", "eq", "ne"):
+            return self._relation(op, a_lo, a_hi, L[args[1]], H[args[1]])
+        if op == "and":
+            return np.minimum(a_lo, L[args[1]]), np.minimum(a_hi, H[args[1]]), None
+        if op == "or":
+            return np.maximum(a_lo, L[args[1]]), np.maximum(a_hi, H[args[1]]), None
+        if op == "not":
+            return 1.0 - a_hi, 1.0 - a_lo, None
+        raise AssertionError(f"unknown op {op}")
+
+    @staticmethod
+    def _relation(op, alo, ahi, blo, bhi):
+        if op in ("gt", "ge"):
+            alo, ahi, blo, bhi = blo, bhi, alo, ahi
+            op = "lt" if op == "gt" else "le"
+        if op == "lt":
+            true, false = ahi < blo, alo >= bhi
+        elif op == "le":
+            true, false = ahi <= blo, alo > bhi
+        else:
+            same = (alo == ahi) & (blo == bhi) & (alo == blo)
+            disjoint = (ahi < blo) | (bhi < alo)
+            true, false = (same, disjoint) if op == "eq" else (disjoint, same)
+        rlo = np.where(true, 1.0, 0.0)
+        rhi = np.where(false, 0.0, 1.0)
+        return rlo, rhi, None
+
+    @staticmethod
+    def _piecewise(node, L, H, B, nboxes):
+        """Hull of the branches that some point of the box may take (first true condition wins).
+
+        A branch or condition that cannot be enclosed only matters where it may be reached.
+        """
+        reachable = np.ones(nboxes, dtype=bool)
+        rlo = np.full(nboxes, np.inf)
+        rhi = np.full(nboxes, -np.inf)
+        bad = np.full(nboxes, -1, dtype=np.int64)
+        args = node.args
+        for k in range(0, len(args), 2):
+            val, cond = args[k], args[k + 1]
+            bad = np.where((bad < 0) & reachable, B[cond], bad)
+            c_lo, c_hi = L[cond], H[cond]
+            may_take = reachable & (c_hi > 0)
+            bad = np.where((bad < 0) & may_take, B[val], bad)
+            rlo = np.where(may_take, np.minimum(rlo, L[val]), rlo)
+            rhi = np.where(may_take, np.maximum(rhi, H[val]), rhi)
+            reachable = reachable & ~(c_lo > 0)
+        return rlo, rhi, bad

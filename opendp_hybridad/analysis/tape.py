@@ -1,0 +1,210 @@
+"""A flat, shared DAG ("tape") of the sympy expressions to enclose.
+
+Several outputs (a function, its gradient, its Hessian) are lowered into one
+tape so that common sub-expressions are enclosed once per box. Lowering also
+decides which operations the certified analysis supports: anything else raises
+:class:`UnsupportedExpressionError` at declaration time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import sympy
+from sympy.core.relational import Relational
+
+from opendp_hybridad.errors import UnsupportedExpressionError
+from opendp_hybridad.symbolic.functions import sigmoid
+
+
+@dataclass(frozen=True)
+class Node:
+    op: str
+    args: tuple[int, ...] = ()
+    #: op-specific constant: variable index, constant interval, integer power, ...
+    payload: Any = None
+    #: the sympy sub-expression, for error messages
+    source: Any = field(default=None, compare=False)
+
+
+def exact_interval(value: sympy.Expr) -> tuple[float, float]:
+    """The tightest float interval that contains the real constant ``value``."""
+    import math
+
+    if value.is_Rational:
+        frac = Fraction(int(value.p), int(value.q))
+        x = float(frac)
+        if Fraction(x) == frac:
+            return x, x
+        lo = x if Fraction(x) < frac else math.nextafter(x, -math.inf)
+        hi = x if Fraction(x) > frac else math.nextafter(x, math.inf)
+        return lo, hi
+    if value.is_Float:
+        rational = sympy.Rational(value)
+        return exact_interval(rational)
+    # irrational constants (pi, E, sqrt(2), ...): 30 correct digits then widen
+    approx = sympy.Rational(sympy.N(value, 30))
+    lo, hi = exact_interval(approx)
+    return math.nextafter(lo, -math.inf), math.nextafter(hi, math.inf)
+
+
+_UNARY = {
+    sympy.exp: "exp",
+    sympy.log: "log",
+    sympy.tanh: "tanh",
+    sigmoid: "sigmoid",
+    sympy.Abs: "abs",
+    sympy.sign: "sign",
+}
+
+_RELATIONS = {
+    sympy.StrictLessThan: "lt",
+    sympy.LessThan: "le",
+    sympy.StrictGreaterThan: "gt",
+    sympy.GreaterThan: "ge",
+    sympy.Equality: "eq",
+    sympy.Unequality: "ne",
+}
+
+
+class Tape:
+    """Lowers sympy expressions over ``variables`` into a shared list of :class:`Node` s."""
+
+    def __init__(self, variables: list[sympy.Symbol]):
+        self.variables = list(variables)
+        self.nodes: list[Node] = []
+        self._memo: dict[Any, int] = {}
+        self._index = {v: i for i, v in enumerate(self.variables)}
+        self.outputs: list[int] = []
+
+    def add_output(self, expr: sympy.Expr) -> int:
+        idx = self._lower(sympy.sympify(expr))
+        self.outputs.append(idx)
+        return idx
+
+    # -- lowering -------------------------------------------------------------
+    def _emit(self, key: Any, node: Node) -> int:
+        # ``key`` shares structurally equal nodes built from different sympy objects;
+        # None means the caller's sympy expression is the only key (see ``_lower``).
+        if key is not None and key in self._memo:
+            return self._memo[key]
+        self.nodes.append(node)
+        idx = len(self.nodes) - 1
+        if key is not None:
+            self._memo[key] = idx
+        return idx
+
+    def _const(self, value: sympy.Expr) -> int:
+        lo, hi = exact_interval(value)
+        return self._emit(("const", lo, hi), Node("const", (), (lo, hi), value))
+
+    def _lower(self, e: Any) -> int:
+        if e in self._memo:
+            return self._memo[e]
+        idx = self._lower_new(e)
+        self._memo[e] = idx
+        return idx
+
+    def _lower_new(self, e: Any) -> int:
+        if e is sympy.true:
+            return self._emit(("bool", 1), Node("const", (), (1.0, 1.0), e))
+        if e is sympy.false:
+            return self._emit(("bool", 0), Node("const", (), (0.0, 0.0), e))
+        if isinstance(e, sympy.Symbol):
+            if e not in self._index:
+                raise UnsupportedExpressionError(f"symbol {e} is not a declared field")
+            return self._emit(("var", e), Node("var", (), self._index[e], e))
+        if e.is_Number or e.is_NumberSymbol or (isinstance(e, sympy.Expr) and e.is_number and e.is_real and not e.free_symbols):
+            if e.is_finite is False or e.is_real is False:
+                raise UnsupportedExpressionError(f"constant {e} is not a finite real number")
+            return self._const(e)
+        if isinstance(e, sympy.Add):
+            return self._fold("add", e)
+        if isinstance(e, sympy.Mul):
+            args = list(e.args)
+            if args[0] == -1:
+                rest = sympy.Mul(*args[1:], evaluate=False) if len(args) > 2 else args[1]
+                return self._emit(None, Node("neg", (self._lower(rest),), None, e))
+            return self._fold("mul", e)
+        if isinstance(e, sympy.Pow):
+            return self._lower_pow(e)
+        if isinstance(e, sympy.Min):
+            return self._fold("min", e)
+        if isinstance(e, sympy.Max):
+            return self._fold("max", e)
+        if isinstance(e, sympy.Heaviside):
+            h0 = e.args[1] if len(e.args) > 1 else sympy.Rational(1, 2)
+            return self._emit(None, Node("heaviside", (self._lower(e.args[0]),), exact_interval(h0), e))
+        if isinstance(e, sympy.DiracDelta):
+            return self._emit(None, Node("dirac", (self._lower(e.args[0]),), None, e))
+        if isinstance(e, sympy.Piecewise):
+            args: list[int] = []
+            for branch, cond in e.args:
+                args.append(self._lower(branch))
+                args.append(self._lower(cond))
+            return self._emit(None, Node("piecewise", tuple(args), None, e))
+        if isinstance(e, Relational):
+            op = _RELATIONS.get(type(e))
+            if op is None:
+                raise UnsupportedExpressionError(f"unsupported comparison {e}")
+            return self._emit(None, Node(op, (self._lower(e.lhs), self._lower(e.rhs)), None, e))
+        if isinstance(e, sympy.And):
+            return self._fold("and", e)
+        if isinstance(e, sympy.Or):
+            return self._fold("or", e)
+        if isinstance(e, sympy.Not):
+            return self._emit(None, Node("not", (self._lower(e.args[0]),), None, e))
+        for fn, op in _UNARY.items():
+            if isinstance(e, fn):
+                return self._emit(None, Node(op, (self._lower(e.args[0]),), None, e))
+        name = getattr(getattr(e, "func", None), "__name__", type(e).__name__)
+        raise UnsupportedExpressionError(
+            f"`{e}` uses {name}, which the certified analysis does not support "
+            "(supported: + - * / powers, sqrt, exp, log, abs, min, max, tanh, sigmoid, where/Piecewise)"
+        )
+
+    def _fold(self, op: str, e: sympy.Expr) -> int:
+        ids = [self._lower(a) for a in e.args]
+        acc = ids[0]
+        for nxt in ids[1:]:
+            acc = self._emit((op, acc, nxt), Node(op, (acc, nxt), None, e))
+        return acc
+
+    def _lower_pow(self, e: sympy.Pow) -> int:
+        base, expo = e.args
+        if not expo.free_symbols and expo.is_Rational:
+            b = self._lower(base)
+            if expo.is_Integer:
+                n = int(expo)
+                if n == 0:
+                    return self._const(sympy.Integer(1))
+                if n == 1:
+                    return b
+                pos = b if abs(n) == 1 else self._emit(("powi", b, abs(n)), Node("powi", (b,), abs(n), base ** abs(n)))
+                if n > 0:
+                    return pos
+                return self._emit(("recip", pos), Node("recip", (pos,), None, e))
+            if expo.q == 2 and abs(expo.p) == 1:
+                root = self._emit(("sqrt", b), Node("sqrt", (b,), None, sympy.sqrt(base)))
+                if expo.p > 0:
+                    return root
+                return self._emit(("recip", root), Node("recip", (root,), None, e))
+            lo, hi = exact_interval(expo)
+            return self._emit(None, Node("powr", (b,), (lo, hi), e))
+        if not expo.free_symbols:
+            lo, hi = exact_interval(expo)
+            return self._emit(None, Node("powr", (self._lower(base),), (lo, hi), e))
+        # x**y with a symbolic exponent: exp(y*log(x)), defined for x > 0
+        return self._lower(sympy.exp(expo * sympy.log(base)))
+
+    def describe(self, idx: int) -> str:
+        src = self.nodes[idx].source
+        return str(src) if src is not None else self.nodes[idx].op
+
+    def fields_of(self, idx: int) -> list[str]:
+        src = self.nodes[idx].source
+        if src is None or not hasattr(src, "free_symbols"):
+            return []
+        return sorted(str(s) for s in src.free_symbols)

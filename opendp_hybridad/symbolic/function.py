@@ -1,0 +1,230 @@
+"""A per-record function: a sympy expression bound to a :class:`Schema`.
+
+This is the object users hold. It gives closed forms (partials, gradient,
+gradient norms, LaTeX), certificates (delegated to :mod:`opendp_hybridad.analysis`)
+and compiled kernels (delegated to :mod:`opendp_hybridad.compile`). Derived
+expressions are computed once and cached, since sympy differentiation is the
+slow part of the front end.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import sympy
+
+from opendp_hybridad.errors import DeclarationError
+from opendp_hybridad.symbolic.functions import NAMESPACE
+from opendp_hybridad.symbolic.schema import Schema
+
+if TYPE_CHECKING:  # pragma: no cover
+    from opendp_hybridad.analysis.certificate import Analysis, BoundCertificate, RangeCertificate
+    from opendp_hybridad.compile.kernel import Kernel
+
+#: cap on sympy.simplify work for readable closed forms; larger forms are left as they are
+_SIMPLIFY_MAX_OPS = 400
+
+
+def normalise_norm(p: Any) -> float:
+    """Accept 1, 2, inf (or "inf", "1", "2") as the order of a vector norm."""
+    try:
+        value = float(p)
+    except (TypeError, ValueError):
+        raise DeclarationError(f"norm must be 1, 2 or inf, not {p!r}") from None
+    if value not in (1.0, 2.0, math.inf):
+        raise DeclarationError(f"norm must be 1, 2 or inf, not {p!r}")
+    return value
+
+
+def dual_norm(p: float) -> float:
+    """The q with 1/p + 1/q = 1: ``sup ||grad f||_p`` bounds changes measured in the q-norm."""
+    p = normalise_norm(p)
+    return {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}[p]
+
+
+def parse(text: str, schema: Schema) -> sympy.Expr:
+    """Parse an expression in sympy syntax over the schema's fields."""
+    names: dict[str, Any] = dict(NAMESPACE)
+    names.update(schema.symbol_map)
+    try:
+        return sympy.sympify(text, locals=names)
+    except (sympy.SympifyError, SyntaxError, TypeError) as exc:
+        raise DeclarationError(f"could not parse expression {text!r}: {exc}") from None
+
+
+class RecordFunction:
+    """A scalar function of one record, ``f: box -> R``, with closed forms and certificates.
+
+    The expression may only use the schema's fields (matched by name). Symbols
+    created elsewhere with the same names are replaced by the schema's, which
+    carry sign assumptions that hold on the declared box.
+    """
+
+    def __init__(self, expression: Any, schema: Schema, name: str | None = None):
+        if isinstance(expression, str):
+            expression = parse(expression, schema)
+        expr = sympy.sympify(expression)
+        if not isinstance(expr, sympy.Expr):
+            raise DeclarationError("a record function must be a number-valued expression, not a condition")
+        missing = sorted(str(s) for s in expr.free_symbols if str(s) not in schema)
+        if missing:
+            raise DeclarationError(
+                f"the expression uses {', '.join(missing)}, which the schema does not declare "
+                f"(fields: {', '.join(schema.names)})"
+            )
+        expr = expr.xreplace({s: schema.symbol(str(s)) for s in expr.free_symbols})
+        self.expr: sympy.Expr = expr
+        self.schema = schema
+        self.name = name or "f"
+        # lowering checks that every operation is supported, at declaration time
+        from opendp_hybridad.analysis.tape import Tape
+
+        Tape(list(self.symbols)).add_output(self.expr)
+
+    @classmethod
+    def trace(cls, fn: Callable[..., Any], schema: Schema, name: str | None = None) -> RecordFunction:
+        """Trace a plain Python function (see :mod:`opendp_hybridad.symbolic.trace`)."""
+        from opendp_hybridad.symbolic.trace import trace
+
+        return cls(trace(fn, schema.symbol_map), schema, name=name or getattr(fn, "__name__", None))
+
+    # -- identity -------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return self.schema.names
+
+    @property
+    def symbols(self) -> tuple[sympy.Symbol, ...]:
+        return self.schema.symbols()
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A stable hash of the expression and its box, used as the compile-cache key."""
+        import hashlib
+
+        text = sympy.srepr(self.expr) + "|" + repr([(n, f.lower, f.upper) for n, f in self.schema.fields.items()])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def __str__(self) -> str:
+        return str(self.expr)
+
+    def __repr__(self) -> str:
+        return f"RecordFunction({self.name} = {self.expr}, {self.schema!r})"
+
+    def latex(self) -> str:
+        return sympy.latex(self.expr)
+
+    # -- closed forms -----------------------------------------------------------
+    def _index(self, field: str | sympy.Symbol) -> int:
+        name = str(field)
+        if name not in self.schema:
+            raise DeclarationError(f"no field named {name!r} in the schema (fields: {', '.join(self.names)})")
+        return self.names.index(name)
+
+    @functools.cached_property
+    def _gradient(self) -> tuple[sympy.Expr, ...]:
+        return tuple(sympy.diff(self.expr, s) for s in self.symbols)
+
+    @functools.cached_property
+    def _hessian(self) -> tuple[tuple[sympy.Expr, ...], ...]:
+        g = self._gradient
+        n = len(g)
+        rows: list[list[sympy.Expr]] = [[sympy.Integer(0)] * n for _ in range(n)]
+        for j in range(n):
+            for k in range(j, n):
+                rows[j][k] = rows[k][j] = sympy.diff(g[j], self.symbols[k]) if g[j] != 0 else sympy.Integer(0)
+        return tuple(tuple(r) for r in rows)
+
+    def partial(self, field: str | sympy.Symbol) -> sympy.Expr:
+        """The closed-form partial derivative with respect to one field."""
+        return self._gradient[self._index(field)]
+
+    def gradient(self) -> dict[str, sympy.Expr]:
+        """All partial derivatives, by field name."""
+        return dict(zip(self.names, self._gradient, strict=True))
+
+    def hessian(self) -> sympy.Matrix:
+        return sympy.Matrix(self._hessian)
+
+    def gradient_norm(self, norm: Any = 2, simplify: bool = True) -> sympy.Expr:
+        """``||grad f||_p`` as a closed form (p = 1, 2 or inf), simplified when small enough."""
+        p = normalise_norm(norm)
+        g = [c for c in self._gradient if c != 0]
+        if not g:
+            return sympy.Integer(0)
+        if p == 2.0:
+            out = sympy.sqrt(sum(c**2 for c in g))
+        elif p == 1.0:
+            out = sum(sympy.Abs(c) for c in g)
+        else:
+            out = sympy.Max(*[sympy.Abs(c) for c in g])
+        if simplify and sympy.count_ops(out) <= _SIMPLIFY_MAX_OPS:
+            simpler = sympy.simplify(out)
+            if sympy.count_ops(simpler) <= sympy.count_ops(out):
+                out = simpler
+        return out
+
+    # -- certificates -------------------------------------------------------------
+    def range(self, tolerance: float = 1e-3, time_budget: float = 2.0) -> RangeCertificate:
+        """Certified enclosure ``[lo, hi]`` of f over the declared box."""
+        from opendp_hybridad.analysis.certify import certify_range
+
+        return certify_range(self, tolerance=tolerance, time_budget=time_budget)
+
+    def lipschitz(self, norm: Any = 2, tolerance: float = 1e-3, time_budget: float = 2.0) -> BoundCertificate:
+        """Certified upper bound on ``K = sup ||grad f||_p`` over the box, with a witness."""
+        from opendp_hybridad.analysis.certify import certify_lipschitz
+
+        return certify_lipschitz(self, norm=normalise_norm(norm), tolerance=tolerance, time_budget=time_budget)
+
+    def partial_bounds(self, tolerance: float = 1e-3, time_budget: float = 1.0) -> dict[str, BoundCertificate]:
+        """Certified ``sup |df/dx_j|`` per field: the sensitivity to each feature alone."""
+        from opendp_hybridad.analysis.certify import certify_partial
+
+        return {n: certify_partial(self, j, tolerance=tolerance, time_budget=time_budget) for j, n in enumerate(self.names)}
+
+    def analyse(self, norm: Any = 2, tolerance: float = 1e-3, time_budget: float = 2.0) -> Analysis:
+        """Range, Lipschitz bound and per-field partial bounds together."""
+        from opendp_hybridad.analysis.certificate import Analysis
+
+        return Analysis(
+            function=str(self.expr),
+            range=self.range(tolerance, time_budget),
+            lipschitz=self.lipschitz(norm, tolerance, time_budget),
+            partials=self.partial_bounds(tolerance, time_budget / 2),
+        )
+
+    # -- compilation and partial evaluation ------------------------------------------
+    def compile(self, backend: str = "auto", cache: bool | str = False) -> Kernel:
+        """A batched float64 kernel for value, gradient and gradient norm.
+
+        ``backend`` is ``"numpy"``, ``"numexpr"`` or ``"auto"`` (numexpr when
+        installed). ``cache=True`` writes the generated module once to the
+        ahead-of-time cache (see :mod:`opendp_hybridad.compile.cache`) and loads it
+        from there in every later process; a directory path picks the cache.
+        """
+        from opendp_hybridad.compile.kernel import compile_function
+
+        return compile_function(self, backend=backend, cache=cache)
+
+    def fix(self, values: Mapping[str, float] | None = None, **kwargs: float) -> RecordFunction:
+        """Partial evaluation: substitute numbers for some fields.
+
+        Returns a function over the remaining fields only; its certificates are
+        over the remaining box. Each fixed value must lie inside its field's
+        bounds (the result is then a restriction of f to a face of the box).
+        """
+        fixed = dict(values or {})
+        fixed.update(kwargs)
+        subs = {}
+        for name, value in fixed.items():
+            fld = self.schema[name]
+            v = float(value)
+            if not (fld.lower <= v <= fld.upper):
+                raise DeclarationError(f"fixed value for {name!r} lies outside its bounds [{fld.lower}, {fld.upper}]")
+            subs[self.schema.symbol(name)] = sympy.Rational(v) if math.isfinite(v) else v
+        remaining = self.schema.without(fixed)
+        return RecordFunction(self.expr.xreplace(subs), remaining, name=f"{self.name}|{','.join(fixed)}")
