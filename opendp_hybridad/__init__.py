@@ -21,13 +21,13 @@ from opendp_hybridad.errors import (
     UnsupportedExpressionError,
 )
 from opendp_hybridad.symbolic import Field, RecordFunction, Schema, clip, dual_norm, parse, sigmoid, where
-from opendp_hybridad.symbolic.functions import Abs, exp, log, maximum, minimum, sqrt, tanh
+from opendp_hybridad.symbolic.functions import Abs, exp, log, maximum, minimum, softplus, sqrt, tanh
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Schema", "Field", "RecordFunction", "parse", "dual_norm",
-    "sigmoid", "where", "clip", "exp", "log", "sqrt", "tanh", "Abs", "minimum", "maximum",
+    "sigmoid", "softplus", "where", "clip", "exp", "log", "sqrt", "tanh", "Abs", "minimum", "maximum",
     "Analysis", "BoundCertificate", "RangeCertificate", "Witness", "Kernel",
     "HybridADError", "DeclarationError", "UnsupportedExpressionError", "UnboundedError", "NotLipschitzError",
 ]

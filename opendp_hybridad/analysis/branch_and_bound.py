@@ -136,7 +136,8 @@ def maximize(
         if time.perf_counter() - start > time_budget or evaluated > max_boxes:
             break
         child_lo, child_hi = [], []
-        for _ in range(min(batch, len(heap))):
+        # larger batches amortise numpy's per-call cost once the partition is big
+        for _ in range(min(max(batch, len(heap) // 16, 1), 512, len(heap))):
             neg_ub, _, blo, bhi, bad, score = heapq.heappop(heap)
             rel = np.where(splittable, (bhi - blo) / np.where(splittable, root_width, 1.0), 0.0)
             if not np.any(rel > _MIN_RELATIVE_WIDTH):

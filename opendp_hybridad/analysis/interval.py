@@ -4,7 +4,7 @@ Soundness argument (ARCHITECTURE.md decision 3): IEEE-754 round-to-nearest makes
 ``+ - * / sqrt`` correctly rounded, so moving a result one ulp outward with
 ``nextafter`` gives a bound on the real result. Additions use Knuth's TwoSum to
 round only when the sum was inexact, so exact zeros stay exact (``1 - x`` at
-``x = 1``). Library functions (exp, log, tanh, pow, sigmoid) are not correctly
+``x = 1``). Library functions (exp, log, tanh, pow, sigmoid, softplus) are not correctly
 rounded; their results are padded by 2^-46 relative (64 ulp, far beyond the few
 ulp that glibc and numpy document) plus the smallest subnormal, then
 intersected with the function's known range.
@@ -176,6 +176,8 @@ class IntervalEvaluator:
             s_lo = 0.5 * (1.0 + np.tanh(0.5 * a_lo))
             s_hi = 0.5 * (1.0 + np.tanh(0.5 * a_hi))
             return np.maximum(pad_lo(s_lo), 0.0), np.minimum(pad_hi(s_hi), 1.0), None
+        if op == "softplus":
+            return np.maximum(pad_lo(np.logaddexp(0.0, a_lo)), 0.0), pad_hi(np.logaddexp(0.0, a_hi)), None
         if op == "abs":
             rlo = np.where(a_lo >= 0, a_lo, np.where(a_hi <= 0, -a_hi, 0.0))
             rhi = np.maximum(np.abs(a_lo), np.abs(a_hi))

@@ -16,7 +16,7 @@ import sympy
 from sympy.core.relational import Relational
 
 from opendp_hybridad.errors import UnsupportedExpressionError
-from opendp_hybridad.symbolic.functions import sigmoid
+from opendp_hybridad.symbolic.functions import sigmoid, softplus
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ _UNARY = {
     sympy.log: "log",
     sympy.tanh: "tanh",
     sigmoid: "sigmoid",
+    softplus: "softplus",
     sympy.Abs: "abs",
     sympy.sign: "sign",
 }
@@ -162,7 +163,7 @@ class Tape:
         name = getattr(getattr(e, "func", None), "__name__", type(e).__name__)
         raise UnsupportedExpressionError(
             f"`{e}` uses {name}, which the certified analysis does not support "
-            "(supported: + - * / powers, sqrt, exp, log, abs, min, max, tanh, sigmoid, where/Piecewise)"
+            "(supported: + - * / powers, sqrt, exp, log, abs, min, max, tanh, sigmoid, softplus, where/Piecewise)"
         )
 
     def _fold(self, op: str, e: sympy.Expr) -> int:

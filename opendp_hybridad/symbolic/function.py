@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 import sympy
 
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.symbolic.functions import NAMESPACE
+from opendp_hybridad.symbolic.functions import NAMESPACE, canonical
 from opendp_hybridad.symbolic.schema import Schema
 
 if TYPE_CHECKING:  # pragma: no cover
     from opendp_hybridad.analysis.certificate import Analysis, BoundCertificate, RangeCertificate
     from opendp_hybridad.compile.kernel import Kernel
 
-#: cap on sympy.simplify work for readable closed forms; larger forms are left as they are
-_SIMPLIFY_MAX_OPS = 400
+#: cap on the size of a gradient norm that is put over a common denominator
+_TOGETHER_MAX_OPS = 2000
 
 
 def normalise_norm(p: Any) -> float:
@@ -76,7 +76,7 @@ class RecordFunction:
                 f"(fields: {', '.join(schema.names)})"
             )
         expr = expr.xreplace({s: schema.symbol(str(s)) for s in expr.free_symbols})
-        self.expr: sympy.Expr = expr
+        self.expr: sympy.Expr = canonical(expr)
         self.schema = schema
         self.name = name or "f"
         # lowering checks that every operation is supported, at declaration time
@@ -150,21 +150,21 @@ class RecordFunction:
         return sympy.Matrix(self._hessian)
 
     def gradient_norm(self, norm: Any = 2, simplify: bool = True) -> sympy.Expr:
-        """``||grad f||_p`` as a closed form (p = 1, 2 or inf), simplified when small enough."""
+        """``||grad f||_p`` as a closed form (p = 1, 2 or inf); p = 2 over one denominator."""
         p = normalise_norm(norm)
         g = [c for c in self._gradient if c != 0]
         if not g:
             return sympy.Integer(0)
         if p == 2.0:
-            out = sympy.sqrt(sum(c**2 for c in g))
+            squares = sum(c**2 for c in g)
+            # together() puts the squares over one denominator, which sympy then
+            # pulls out of the root (BMI: sqrt(4a^2w^2 + h^2(a^2 + w^2))/h^3); it is
+            # cheap, unlike a full simplify
+            out = sympy.sqrt(sympy.together(squares) if simplify and sympy.count_ops(squares) <= _TOGETHER_MAX_OPS else squares)
         elif p == 1.0:
             out = sum(sympy.Abs(c) for c in g)
         else:
             out = sympy.Max(*[sympy.Abs(c) for c in g])
-        if simplify and sympy.count_ops(out) <= _SIMPLIFY_MAX_OPS:
-            simpler = sympy.simplify(out)
-            if sympy.count_ops(simpler) <= sympy.count_ops(out):
-                out = simpler
         return out
 
     # -- certificates -------------------------------------------------------------

@@ -43,6 +43,39 @@ class sigmoid(sympy.Function):  # noqa: N801 - lower case like sympy's own funct
         return r"\sigma\left(%s\right)" % printer._print(self.args[0])
 
 
+class softplus(sympy.Function):  # noqa: N801
+    """``log(1 + exp(x))``, computed stably; its derivative is ``sigmoid(x)``."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sigmoid(self.args[0])
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+    def _eval_is_positive(self) -> bool | None:
+        return True if self.args[0].is_real else None
+
+    def _eval_rewrite_as_log(self, x: sympy.Expr, **kwargs: Any) -> sympy.Expr:
+        return sympy.log(1 + sympy.exp(x))
+
+    def _latex(self, printer: Any) -> str:
+        return r"\operatorname{softplus}\left(%s\right)" % printer._print(self.args[0])
+
+
+def canonical(expr: sympy.Expr) -> sympy.Expr:
+    """Name the logistic patterns so that enclosures use their monotonicity.
+
+    ``log(1 + exp(u))`` becomes ``softplus(u)`` and ``1/(1 + exp(u))`` becomes
+    ``sigmoid(-u)``: equal functions whose interval extensions do not suffer from
+    ``exp(u)`` appearing twice in a quotient.
+    """
+    u = sympy.Wild("u")
+    expr = expr.replace(sympy.log(1 + sympy.exp(u)), softplus(u))
+    return expr.replace(1 / (1 + sympy.exp(u)), sigmoid(-u))
+
+
 exp = sympy.exp
 log = sympy.log
 sqrt = sympy.sqrt
@@ -71,6 +104,6 @@ def clip(x: Any, lower: Any, upper: Any) -> sympy.Expr:
 NAMESPACE: dict[str, Any] = {
     "exp": exp, "log": log, "sqrt": sqrt, "tanh": tanh, "abs": Abs, "Abs": Abs,
     "min": minimum, "max": maximum, "Min": minimum, "Max": maximum,
-    "minimum": minimum, "maximum": maximum, "sigmoid": sigmoid, "where": where,
+    "minimum": minimum, "maximum": maximum, "sigmoid": sigmoid, "softplus": softplus, "where": where,
     "Piecewise": sympy.Piecewise, "clip": clip, "pi": sympy.pi, "E": sympy.E,
 }

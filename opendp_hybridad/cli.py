@@ -1,0 +1,102 @@
+"""The ``opendp-hybridad`` command: ``analyse`` an expression, run the ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+
+from opendp_hybridad.errors import HybridADError
+
+
+def _parse_bound(text: str) -> tuple[str, float, float]:
+    name, sep, rng = text.partition("=")
+    lo, sep2, hi = rng.partition(":")
+    if not sep or not sep2 or not name.strip():
+        raise argparse.ArgumentTypeError(f"bound {text!r} must look like NAME=LO:HI")
+    try:
+        return name.strip(), float(lo), float(hi)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bound {text!r}: LO and HI must be numbers") from None
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _analyse(args: argparse.Namespace) -> int:
+    from opendp_hybridad.symbolic import Field, RecordFunction, Schema
+
+    fields = {}
+    for name, lo, hi in args.bound:
+        if name in fields:
+            raise HybridADError(f"field {name!r} is bounded twice")
+        fields[name] = Field(lo, hi)
+    schema = Schema(fields)
+    fn = RecordFunction(args.expression, schema)
+    analysis = fn.analyse(norm=args.norm, tolerance=args.tolerance, time_budget=args.time_budget)
+    if args.json:
+        print(json.dumps(_json_safe(analysis.to_dict()), indent=2))
+        return 0
+    lip = analysis.lipschitz
+    rng = analysis.range
+    print(f"f = {fn.expr}")
+    print(f"box: {schema}")
+    print(f"range enclosure: [{rng.lower:.10g}, {rng.upper:.10g}]"
+          f"   (attained at least [{rng.argmin.value:.10g}, {rng.argmax.value:.10g}])")
+    print(f"Lipschitz bound {lip.quantity} <= {lip.upper:.10g}")
+    print(f"  witness {lip.witness.value:.10g} at {lip.witness.point}")
+    print(f"  ratio bound/witness {lip.ratio:.6f}   gap {lip.gap:.3g}   "
+          f"{'converged' if lip.converged else 'time budget reached'} after {lip.boxes} boxes, {lip.elapsed:.3f} s")
+    print("per-field partial bounds sup |df/dx|:")
+    for name, cert in analysis.partials.items():
+        print(f"  {name:>12s} <= {cert.upper:.10g}   (witness {cert.witness.value:.10g}, ratio {cert.ratio:.4f})")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from opendp_hybridad.demo import run_demo
+
+    run_demo()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opendp-hybridad", description="Hybrid automatic differentiation for differential privacy.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    an = sub.add_parser("analyse", aliases=["analyze"], help="certify the range and Lipschitz constant of an expression")
+    an.add_argument("expression", help="an expression in sympy syntax, e.g. 'a*w/h**2'")
+    an.add_argument("--bound", "-b", action="append", type=_parse_bound, default=[], metavar="NAME=LO:HI",
+                    help="the box of one field (repeat for each field)")
+    an.add_argument("--norm", default="2", help="norm of the gradient: 1, 2 or inf (default 2)")
+    an.add_argument("--tolerance", type=float, default=1e-3, help="stop refining when bound/witness - 1 is below this")
+    an.add_argument("--time-budget", type=float, default=5.0, help="seconds per certificate (the bound stays sound)")
+    an.add_argument("--json", action="store_true", help="print one JSON object")
+    an.set_defaults(run=_analyse)
+
+    demo = sub.add_parser("demo", help="the paper's BMI analysis on the bundled body-measurement data")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except HybridADError as exc:
+        print(f"opendp-hybridad: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
