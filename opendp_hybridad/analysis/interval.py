@@ -91,6 +91,13 @@ def _powi(lo: np.ndarray, hi: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarra
     return np.maximum(rlo, 0.0), rhi
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function with small *relative* error everywhere (0.5(1 + tanh(x/2)) loses
+    all relative accuracy for very negative x, which would break the relative padding)."""
+    z = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+
+
 class IntervalEvaluator:
     """Evaluates every node of a :class:`Tape` over a batch of boxes."""
 
@@ -173,8 +180,7 @@ class IntervalEvaluator:
         if op == "tanh":
             return np.maximum(pad_lo(np.tanh(a_lo)), -1.0), np.minimum(pad_hi(np.tanh(a_hi)), 1.0), None
         if op == "sigmoid":
-            s_lo = 0.5 * (1.0 + np.tanh(0.5 * a_lo))
-            s_hi = 0.5 * (1.0 + np.tanh(0.5 * a_hi))
+            s_lo, s_hi = _sigmoid(a_lo), _sigmoid(a_hi)
             return np.maximum(pad_lo(s_lo), 0.0), np.minimum(pad_hi(s_hi), 1.0), None
         if op == "softplus":
             return np.maximum(pad_lo(np.logaddexp(0.0, a_lo)), 0.0), pad_hi(np.logaddexp(0.0, a_hi)), None
