@@ -73,6 +73,9 @@ class TracedCondition:
     def __init__(self, cond: Any):
         self.cond = cond
 
+    def _sympy_(self) -> Any:
+        return self.cond
+
     def __bool__(self) -> bool:
         raise DeclarationError(
             "a traced function used Python control flow on a field (`if`, `and`, `or`, or a builtin min/max); "
@@ -96,6 +99,10 @@ class Traced:
 
     def __init__(self, expr: Any):
         self.expr = sympy.sympify(expr)
+
+    def _sympy_(self) -> sympy.Expr:
+        # lets sympy functions (hd.sigmoid, sympy.exp, ...) take traced values directly
+        return self.expr
 
     # arithmetic
     def __add__(self, o: Any) -> Traced: return Traced(self.expr + _unwrap(o))
