@@ -33,7 +33,7 @@ CASES: list[Case] = [
     Case("x exp(-xy)", lambda x, y: x * sp.exp(-x * y), {"x": (-2, 3), "y": (-1, 2)}),
     Case("logistic loss, linear model", lambda w1, w2, b, x1, x2, y: sp.log(1 + sp.exp(-y * (w1 * x1 + w2 * x2 + b))),
          {"w1": (-2, 2), "w2": (-2, 2), "b": (-1, 1), "x1": (0, 1), "x2": (0, 1), "y": (-1, 1)}),
-    Case("tanh network, 2-2-1", _tanh_net, {n: (-1, 1) for n in "x1 x2 a b c d e f g h".split()}),
+    Case("tanh network, 2-2-1", _tanh_net, dict.fromkeys(["x1", "x2", "a", "b", "c", "d", "e", "f", "g", "h"], (-1, 1))),
     Case("narrow bump", lambda x, c: sp.exp(-(((x - c) / sp.Rational(1, 100)) ** 2)), {"x": (-1, 1), "c": (-0.5, 0.5)}),
     Case("age-adjusted BMI", lambda a, w, h: a * w / h**2, {"a": (18, 90), "w": (40, 200), "h": (1.4, 2.2)}),
     Case("smoothed norm", lambda x, y: sp.sqrt(x**2 + y**2 + 1), {"x": (-3, 2), "y": (-1, 4)}),

@@ -51,16 +51,16 @@ UNARY = [
     (sp.tanh, mpmath.tanh, (-50, 50)),
     (sp.sqrt, mpmath.sqrt, (0, 1e300)),
     (sigmoid, lambda v: 1 / (1 + mpmath.exp(-v)), (-700, 700)),
-    (softplus, lambda v: mpmath.log(1 + mpmath.exp(v)), (-700, 700)),
+    (softplus, lambda v: mpmath.log1p(mpmath.exp(v)), (-700, 700)),
     (lambda e: e**3, lambda v: v**3, (-1e100, 1e100)),
     (lambda e: e**2, lambda v: v**2, (-1e150, 1e150)),
     (lambda e: 1 / e, lambda v: 1 / v, (1e-300, 1e300)),
     (lambda e: e ** sp.Rational(1, 3), lambda v: mpmath.cbrt(v), (1e-300, 1e300)),
-    (lambda e: e**0.3, lambda v: v ** mpmath.mpf(Fraction(0.3).numerator) / 1 if False else mpmath.power(v, mpmath.mpf(0.3)), (1e-3, 1e3)),
+    (lambda e: e**0.3, lambda v: mpmath.power(v, mpmath.mpf(0.3)), (1e-3, 1e3)),  # the exponent is the double 0.3
 ]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.integers(0, len(UNARY) - 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1))
 def test_library_functions_enclose_the_60_digit_value(which, p, q, r):
     sym_fn, mp_fn, (lo_dom, hi_dom) = UNARY[which]
@@ -69,7 +69,7 @@ def test_library_functions_enclose_the_60_digit_value(which, p, q, r):
     tape.add_output(sym_fn(x))
     a = lo_dom + (hi_dom - lo_dom) * min(p, q)
     b = lo_dom + (hi_dom - lo_dom) * max(p, q)
-    point = a + (b - a) * r
+    point = min(max(a + (b - a) * r, a), b)  # rounding may step outside [a, b]
     L, H, B = IntervalEvaluator(tape).evaluate(np.array([[a], [point]]), np.array([[b], [point]]))
     out = tape.outputs[0]
     exact = mp_fn(mpmath.mpf(point))

@@ -51,10 +51,7 @@ class MaxResult:
 
 def _initial_points(lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator, samples: int) -> np.ndarray:
     n = lo.size
-    if n <= 12:
-        corners = np.array(list(itertools.product((0.0, 1.0), repeat=n)))
-    else:
-        corners = rng.integers(0, 2, size=(4096, n)).astype(float)
+    corners = np.array(list(itertools.product((0.0, 1.0), repeat=n))) if n <= 12 else rng.integers(0, 2, size=(4096, n)).astype(float)
     unit = np.vstack([corners, np.full((1, n), 0.5), rng.random((samples, n))])
     return lo + unit * (hi - lo)
 
@@ -146,10 +143,7 @@ def maximize(
                 leaves.append((-neg_ub, bad))
                 continue
             usable = np.isfinite(score) & (rel > _MIN_RELATIVE_WIDTH)
-            if bad < 0 and np.any(usable & (score > 0)):
-                d = int(np.argmax(np.where(usable, score, -1.0)))
-            else:
-                d = int(np.argmax(rel))
+            d = int(np.argmax(np.where(usable, score, -1.0))) if bad < 0 and np.any(usable & (score > 0)) else int(np.argmax(rel))
             mid = 0.5 * (blo[d] + bhi[d])
             left_hi = bhi.copy()
             left_hi[d] = mid

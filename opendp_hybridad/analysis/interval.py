@@ -139,7 +139,7 @@ class IntervalEvaluator:
             return REASONS[op]
         return REASONS.get(op, OVERFLOW)
 
-    def _node(self, node, L, H, lo, hi, nboxes):  # noqa: C901 - one dispatch table, kept flat on purpose
+    def _node(self, node, L, H, lo, hi, nboxes):
         op, args = node.op, node.args
         if op == "var":
             return lo[:, node.payload].copy(), hi[:, node.payload].copy(), None

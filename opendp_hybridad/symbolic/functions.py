@@ -40,7 +40,7 @@ class sigmoid(sympy.Function):  # noqa: N801 - lower case like sympy's own funct
         return 1 / (1 + sympy.exp(-x))
 
     def _latex(self, printer: Any) -> str:
-        return r"\sigma\left(%s\right)" % printer._print(self.args[0])
+        return rf"\sigma\left({printer._print(self.args[0])}\right)"
 
 
 class softplus(sympy.Function):  # noqa: N801
@@ -61,7 +61,7 @@ class softplus(sympy.Function):  # noqa: N801
         return sympy.log(1 + sympy.exp(x))
 
     def _latex(self, printer: Any) -> str:
-        return r"\operatorname{softplus}\left(%s\right)" % printer._print(self.args[0])
+        return rf"\operatorname{{softplus}}\left({printer._print(self.args[0])}\right)"
 
 
 def canonical(expr: sympy.Expr) -> sympy.Expr:

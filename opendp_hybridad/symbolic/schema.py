@@ -55,9 +55,8 @@ class Field:
             raise DeclarationError(f"field {name!r}: the box is empty (lower {lower} > upper {upper})")
         if self.missing not in MISSING_POLICIES:
             raise DeclarationError(f"field {name!r}: missing-value policy must be one of {MISSING_POLICIES}, not {self.missing!r}")
-        if self.missing == "impute":
-            if self.impute is None or not (lower <= float(self.impute) <= upper):
-                raise DeclarationError(f"field {name!r}: policy 'impute' needs an impute value inside [{lower}, {upper}]")
+        if self.missing == "impute" and (self.impute is None or not (lower <= float(self.impute) <= upper)):
+            raise DeclarationError(f"field {name!r}: policy 'impute' needs an impute value inside [{lower}, {upper}]")
         if self.dtype not in ("float64", "float32", "int64", "int32", "bool"):
             raise DeclarationError(f"field {name!r}: unsupported dtype {self.dtype!r}")
         return Field(lower, upper, self.dtype, self.missing,

@@ -32,7 +32,7 @@ def _unwrap(value: Any) -> Any:
 
 
 def _wrap(value: Any) -> Any:
-    if isinstance(value, sympy.logic.boolalg.Boolean) or isinstance(value, sympy.core.relational.Relational):
+    if isinstance(value, (sympy.logic.boolalg.Boolean, sympy.core.relational.Relational)):
         return TracedCondition(value)
     return Traced(sympy.sympify(value))
 
