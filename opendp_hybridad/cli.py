@@ -8,7 +8,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-from opendp_hybridad.errors import HybridADError
+from opendp_hybridad.errors import HybridADError, NotLipschitzError
 
 
 def _parse_bound(text: str) -> tuple[str, float, float]:
@@ -42,7 +42,11 @@ def _analyse(args: argparse.Namespace) -> int:
         fields[name] = Field(lo, hi)
     schema = Schema(fields)
     fn = RecordFunction(args.expression, schema)
-    analysis = fn.analyse(norm=args.norm, tolerance=args.tolerance, time_budget=args.time_budget)
+    try:
+        analysis = fn.analyse(norm=args.norm, tolerance=args.tolerance, time_budget=args.time_budget)
+    except NotLipschitzError as exc:
+        # a function that may jump has a certified range but no Lipschitz constant
+        return _report_jump(fn, exc, args)
     if args.json:
         print(json.dumps(_json_safe(analysis.to_dict()), indent=2))
         return 0
@@ -59,6 +63,19 @@ def _analyse(args: argparse.Namespace) -> int:
     print("per-field partial bounds sup |df/dx|:")
     for name, cert in analysis.partials.items():
         print(f"  {name:>12s} <= {cert.upper:.10g}   (witness {cert.witness.value:.10g}, ratio {cert.ratio:.4f})")
+    return 0
+
+
+def _report_jump(fn, exc: NotLipschitzError, args: argparse.Namespace) -> int:
+    rng = fn.range(tolerance=args.tolerance, time_budget=args.time_budget)
+    if args.json:
+        report = {"function": str(fn.expr), "range": [rng.lower, rng.upper], "range_witnesses": rng.to_dict(),
+                  "lipschitz": {"upper": None, "error": str(exc)}, "partials": {}}
+        print(json.dumps(_json_safe(report), indent=2))
+    else:
+        print(f"f = {fn.expr}")
+        print(f"range enclosure: [{rng.lower:.10g}, {rng.upper:.10g}]")
+        print(f"no Lipschitz bound: {exc}")
     return 0
 
 

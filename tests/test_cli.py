@@ -64,3 +64,12 @@ def test_demo_runs_on_the_bundled_data():
     assert summary["records"] == 507
     assert BMI_K <= summary["K"] <= 1.001 * BMI_K
     assert any("every record's value and gradient norm lies within the certificates: True" in line for line in lines)
+
+
+def test_a_jump_still_gets_its_range_and_says_why_there_is_no_lipschitz_bound(capsys):
+    assert main(["analyse", "where(x > 0, 1, 0) + x", "-b", "x=-1:1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    lo, hi = report["range"]
+    assert lo <= -1 and hi >= 2
+    assert report["lipschitz"]["upper"] is None
+    assert "jump" in report["lipschitz"]["error"]
