@@ -1,4 +1,4 @@
-"""Dataframe-facing pieces: the frame domain and data-independent preparation (clamping, missing values)."""
+"""Dataframe-facing pieces: the frame domain, data-independent preparation, and OpenDP constructors."""
 
 from opendp_hybridad.frame.domain import (
     PreparedFrame,
@@ -7,5 +7,6 @@ from opendp_hybridad.frame.domain import (
     make_frame_domain,
     prepare_frame,
 )
+from opendp_hybridad.frame.rowmap import make_row_map, then_row_map
 
-__all__ = ["PreparedFrame", "SchemaMismatchError", "check_frame", "make_frame_domain", "prepare_frame"]
+__all__ = ["PreparedFrame", "SchemaMismatchError", "check_frame", "make_frame_domain", "prepare_frame", "make_row_map", "then_row_map"]

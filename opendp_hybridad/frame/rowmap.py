@@ -1,0 +1,81 @@
+"""Row map: a dataframe to the vector of per-record values of a certified expression.
+
+The output lives in OpenDP's ``vector_domain(atom_domain(bounds=(lo, hi), nan=False))``
+with ``[lo, hi]`` the certified range of the function over the declared box, so
+OpenDP's own aggregates (``then_sum``, ``then_mean``, ...) chain after it and
+account for floating-point summation themselves.
+
+Stability: the map is applied record by record, with data-independent
+preparation (clamping, imputation, dropping a record with a missing value), so
+each record added or removed changes at most one output row: ``d_out = d_in``
+under ``symmetric_distance``. (Under ``change_one_distance`` a record that is
+dropped for a missing value would change the output length, so that relation is
+accepted only when no field drops records.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from opendp_hybridad.analysis.certificate import RangeCertificate
+from opendp_hybridad.errors import DeclarationError
+from opendp_hybridad.frame.domain import prepare_frame
+from opendp_hybridad.symbolic.function import RecordFunction
+from opendp_hybridad.symbolic.schema import Schema
+
+
+def _schema_of(input_domain: Any) -> Schema:
+    schema = getattr(input_domain, "descriptor", None)
+    if not isinstance(schema, Schema):
+        raise DeclarationError("the input domain must be a frame domain from make_frame_domain(schema)")
+    return schema
+
+
+def make_row_map(input_domain: Any, input_metric: Any, function: RecordFunction,
+                 certificate: RangeCertificate | None = None):
+    """Transformation: frame -> vector of ``function`` per kept record, each in its certified range.
+
+    :param input_domain: ``make_frame_domain(schema)``; the function's fields must be the schema's.
+    :param input_metric: ``dp.symmetric_distance()``, or ``dp.change_one_distance()`` when no field drops records.
+    :param certificate: a range certificate of ``function`` (computed if not given).
+    Stability: ``d_out = d_in`` (one record affects one output row).
+    """
+    import opendp.prelude as dp
+
+    schema = _schema_of(input_domain)
+    if function.schema != schema:
+        raise DeclarationError("the function's schema differs from the input domain's schema")
+    metric_name = str(input_metric)
+    if metric_name.startswith("ChangeOneDistance"):
+        if any(f.missing == "drop" for f in schema.fields.values()):
+            raise DeclarationError("change_one_distance needs a fixed record count, but some field drops records with missing values")
+    elif not metric_name.startswith("SymmetricDistance"):
+        raise DeclarationError(f"unsupported input metric {metric_name}; use symmetric_distance or change_one_distance")
+    cert = certificate or function.range()
+    lo, hi = float(cert.lower), float(cert.upper)
+    kernel = function.compile()
+
+    def apply(frame: Any) -> list[float]:
+        prepared = prepare_frame(frame, schema)  # raises SchemaMismatchError on a non-member
+        if prepared.rows == 0:
+            return []
+        with np.errstate(all="ignore"):
+            values = kernel.value(prepared.columns)
+        # float evaluation can step a rounding error outside the certified range;
+        # a non-finite value can only come from float overflow inside the kernel
+        values = np.where(np.isfinite(values), values, lo)
+        return np.clip(values, lo, hi).tolist()
+
+    output_domain = dp.vector_domain(dp.atom_domain(bounds=(lo, hi), nan=False))
+    return dp.t.make_user_transformation(
+        input_domain, input_metric, output_domain, input_metric, apply, lambda d_in: d_in,
+    )
+
+
+def then_row_map(function: RecordFunction, certificate: RangeCertificate | None = None):
+    """Partial form of :func:`make_row_map`, for ``(domain, metric) >> then_row_map(f)``."""
+    from opendp.mod import _PartialConstructor
+
+    return _PartialConstructor(lambda input_domain, input_metric: make_row_map(input_domain, input_metric, function, certificate))
