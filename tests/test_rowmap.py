@@ -48,7 +48,7 @@ def test_row_map_values_match_the_kernel_and_lie_in_the_certified_range():
 def test_adding_one_record_changes_at_most_one_output_row(rows, extra, position):
     t = (make_frame_domain(SCHEMA), dp.symmetric_distance()) >> then_row_map(BMI, CERT)
     position = min(position, len(rows))
-    neighbour = rows[:position] + [extra] + rows[position:]
+    neighbour = [*rows[:position], extra, *rows[position:]]
     a, b = Counter(t(as_frame(rows))), Counter(t(as_frame(neighbour)))
     symmetric_difference = sum(((a - b) + (b - a)).values())
     assert symmetric_difference <= t.map(1)
