@@ -1,0 +1,147 @@
+"""Sums of a certified per-record expression over a dataframe, as OpenDP transformations.
+
+The sum is computed by :func:`pairwise_sum` (a binary tree of float additions of
+depth ``ceil(log2 n)``), and its stability map adds OpenDP's relaxation for
+pairwise float summation (Casacuberta et al. 2022, as in OpenDP's
+``make_bounded_float_checked_sum``): each float sum of at most ``size_limit``
+terms bounded by ``M`` is within ``error = (k u / (1 - k u)) size_limit M`` of the
+real sum, ``k = ceil(log2 size_limit)``, ``u = 2^-52``; the map adds ``2 error``
+(one per neighbouring dataset). All constants are rounded up.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertificate
+from opendp_hybridad.errors import DeclarationError
+from opendp_hybridad.frame.domain import SchemaMismatchError, prepare_frame
+from opendp_hybridad.frame.relations import Relation, add_up, mul_up, parse_relation, per_unit_sensitivity
+from opendp_hybridad.frame.rowmap import _schema_of
+from opendp_hybridad.symbolic.function import RecordFunction, dual_norm
+
+#: default bound on the number of records a frame may have (a domain constraint):
+#: beyond any in-memory pandas frame, and its relaxation is ~6e-5 max|f|
+DEFAULT_SIZE_LIMIT = 2**32
+
+
+def pairwise_sum(values: np.ndarray, overwrite: bool = False) -> float:
+    """Sum with every term passing through at most ``ceil(log2 n)`` float additions.
+
+    Each pass adds the second half onto the first, in place; an odd element is
+    carried to the next pass without an addition. ``overwrite`` lets it use
+    ``values`` (a float64 array) as its buffer.
+    """
+    buf = values if overwrite else np.array(values, dtype=np.float64, copy=True)
+    n = buf.shape[0]
+    if n == 0:
+        return 0.0
+    while n > 1:
+        half = n // 2
+        np.add(buf[:half], buf[half:2 * half], out=buf[:half])
+        if n % 2:
+            buf[half] = buf[2 * half]
+            n = half + 1
+        else:
+            n = half
+    return float(buf[0])
+
+
+def _round_up(x: Fraction) -> float:
+    f = float(x)
+    return f if Fraction(f) >= x else math.nextafter(f, math.inf)
+
+
+def sum_relaxation(size_limit: int, max_abs: float) -> float:
+    """``2 * (k u / (1 - k u)) * size_limit * max_abs``, k = ceil(log2 size_limit), u = 2^-52, rounded up."""
+    if size_limit <= 1 or max_abs == 0:
+        return 0.0
+    k = math.ceil(math.log2(size_limit))
+    uk = Fraction(k, 2**52)
+    return _round_up(2 * uk / (1 - uk) * size_limit * Fraction(max_abs))
+
+
+class SumStability:
+    """The stability map of a sum under one relation: ``min(slope * d_in, cap) + relaxation``, rounded up."""
+
+    def __init__(self, slope: float, cap: float, relaxation: float, relation: Relation):
+        self.slope, self.cap, self.relaxation, self.relation = slope, cap, relaxation, relation
+
+    def __call__(self, d_in: Any) -> float:
+        if self.relation.kind == "feature":
+            r = float(d_in)
+            if not (r >= 0):
+                raise ValueError("d_in must be a non-negative distance")
+            ideal = min(mul_up(self.slope, r), self.cap)
+        else:
+            d = int(d_in)
+            if d < 0:
+                raise ValueError("d_in must be non-negative")
+            ideal = mul_up(self.slope, float(d))
+        return add_up(ideal, self.relaxation)
+
+
+def make_sum_of(input_domain: Any, input_metric: Any, function: RecordFunction, *,
+                size_limit: int = DEFAULT_SIZE_LIMIT, range_certificate: RangeCertificate | None = None,
+                lipschitz_certificate: BoundCertificate | None = None):
+    """Transformation: frame -> ``sum_i f(x_i)`` (a float), over records prepared by the frame domain.
+
+    Each record is clamped to the box (missing values by policy), ``f`` is evaluated
+    by the compiled kernel and clamped to its certified range ``[L, U]``, and the
+    values are summed pairwise. Frames with more than ``size_limit`` records are not
+    members of the domain.
+
+    Stability (``d_in`` -> ``d_out`` in absolute distance), with ``R`` the float relaxation:
+
+    * symmetric_distance: ``d_in * max(|L|, |U|) + R``
+    * change_one_distance: ``d_in * (U - L) + R`` (``max(U - L, |L|, |U|)`` if a field drops records)
+    * feature_distance(q): ``min(K * d_in, U - L) + R``, ``K`` = certified ``sup ||grad f||_p``, 1/p + 1/q = 1
+    """
+    import opendp.prelude as dp
+
+    schema = _schema_of(input_domain)
+    if function.schema != schema:
+        raise DeclarationError("the function's schema differs from the input domain's schema")
+    relation = parse_relation(input_metric)
+    rng = range_certificate or function.range()
+    lower, upper = float(rng.lower), float(rng.upper)
+    max_abs = max(abs(lower), abs(upper))
+    if not math.isfinite(mul_up(max_abs, float(size_limit))):
+        raise DeclarationError("the sum could overflow: size_limit * max|f| is not finite")
+    drops = any(f.missing == "drop" for f in schema.fields.values())
+    lip = None
+    if relation.kind == "feature":
+        cert = lipschitz_certificate or function.lipschitz(norm=dual_norm(relation.q))
+        if cert.norm != dual_norm(relation.q):
+            raise DeclarationError("the Lipschitz certificate's norm is not dual to the feature distance's norm")
+        lip = cert.upper
+    slope, cap = per_unit_sensitivity(function, relation, lower=lower, upper=upper, drops_records=drops, lipschitz=lip)
+    stability = SumStability(slope, cap, sum_relaxation(size_limit, max_abs), relation)
+    kernel = function.compile()
+
+    def apply(frame: Any) -> float:
+        prepared = prepare_frame(frame, schema)
+        if prepared.rows > size_limit:
+            raise SchemaMismatchError(f"the frame has more records than the domain's size limit {size_limit}")
+        if prepared.rows == 0:
+            return 0.0
+        with np.errstate(all="ignore"):
+            values = kernel.value(prepared.columns)
+        values = np.clip(np.where(np.isfinite(values), values, lower), lower, upper)
+        return pairwise_sum(values, overwrite=True)
+
+    transformation = dp.t.make_user_transformation(
+        input_domain, input_metric, dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), apply, stability,
+    )
+    return transformation
+
+
+def then_sum_of(function: RecordFunction, **kwargs: Any):
+    """Partial form of :func:`make_sum_of`."""
+    from opendp.mod import _PartialConstructor
+
+    return _PartialConstructor(lambda d, m: make_sum_of(d, m, function, **kwargs))

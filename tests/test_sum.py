@@ -1,0 +1,110 @@
+"""Sum of a certified expression: the stability map bounds every neighbouring pair, under each relation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import opendp.prelude as dp
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import opendp_hybridad as hd
+from opendp_hybridad.frame import make_frame_domain
+from opendp_hybridad.frame.aggregate import make_sum_of, pairwise_sum, sum_relaxation, then_sum_of
+from opendp_hybridad.frame.relations import feature_distance
+
+dp.enable_features("contrib", "honest-but-curious")
+
+BOX = {"age": (18.0, 90.0), "weight": (40.0, 200.0), "height": (1.4, 2.2)}
+SCHEMA = hd.Schema(age=hd.Field(18, 90, missing="drop"), weight=hd.Field(40, 200, missing="impute", impute=70),
+                   height=hd.Field(1.4, 2.2, missing="impute", impute=1.7))
+NO_DROP = hd.Schema(age=hd.Field(18, 90, missing="impute", impute=40), weight=hd.Field(40, 200, missing="impute", impute=70),
+                    height=hd.Field(1.4, 2.2, missing="impute", impute=1.7))
+
+
+def bmi(schema):
+    a, w, h = schema.symbols()
+    return schema.function(a * w / h**2)
+
+
+F, F_NO_DROP = bmi(SCHEMA), bmi(NO_DROP)
+RANGE = F.range()
+
+# inside the box, outside it, at its corners (where BMI is extreme), and missing
+inside = st.tuples(*[st.floats(lo, hi) for lo, hi in BOX.values()])
+corner = st.tuples(*[st.sampled_from([lo, hi]) for lo, hi in BOX.values()])
+wild = st.tuples(*[st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-1e3, 1e3)) for _ in BOX])
+record = st.one_of(inside, corner, wild)
+
+
+def frame(rows):
+    return pd.DataFrame(rows, columns=list(BOX), dtype=float)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(record, max_size=20), st.lists(record, min_size=1, max_size=3))
+def test_symmetric_distance_add_remove(rows, added):
+    t = (make_frame_domain(SCHEMA), dp.symmetric_distance()) >> then_sum_of(F, range_certificate=RANGE)
+    change = abs(t(frame(rows + added)) - t(frame(rows)))
+    assert change <= t.map(len(added))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(record, min_size=1, max_size=20), st.data())
+def test_change_one_distance_replace(rows, data):
+    i = data.draw(st.integers(0, len(rows) - 1))
+    new = data.draw(record)
+    neighbour = rows[:i] + [new] + rows[i + 1:]
+    for schema, f in ((SCHEMA, F), (NO_DROP, F_NO_DROP)):
+        t = make_sum_of(make_frame_domain(schema), dp.change_one_distance(), f)
+        assert abs(t(frame(neighbour)) - t(frame(rows))) <= t.map(1)
+
+
+@pytest.mark.parametrize("q", [1, 2, math.inf])
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.one_of(inside, corner), min_size=1, max_size=10), data=st.data())
+def test_feature_distance_moves_one_record(q, rows, data):
+    t = make_sum_of(make_frame_domain(NO_DROP), feature_distance(q), F_NO_DROP)
+    i = data.draw(st.integers(0, len(rows) - 1))
+    direction = np.array(data.draw(st.tuples(*[st.floats(-1, 1) for _ in BOX])))
+    r = data.draw(st.floats(0, 5))
+    norm = np.linalg.norm(direction, ord=q)
+    step = direction * (r / norm) if norm > 0 else direction * 0
+    moved = tuple(np.asarray(rows[i]) + step)
+    neighbour = rows[:i] + [moved] + rows[i + 1:]
+    assert abs(t(frame(neighbour)) - t(frame(rows))) <= t.map(r)
+
+
+def test_the_constants_come_from_the_certificates_and_are_attained():
+    sym = make_sum_of(make_frame_domain(SCHEMA), dp.symmetric_distance(), F)
+    one = make_sum_of(make_frame_domain(NO_DROP), dp.change_one_distance(), F_NO_DROP)
+    feat = make_sum_of(make_frame_domain(NO_DROP), feature_distance(2), F_NO_DROP)
+    relax = sum_relaxation(2**32, RANGE.upper)
+    assert sym.map(1) == pytest.approx(RANGE.upper + relax, rel=1e-15)
+    assert one.map(1) >= RANGE.upper - RANGE.lower
+    lip = F_NO_DROP.lipschitz().upper
+    assert feat.map(0.01) >= 0.01 * lip and feat.map(0.01) <= 0.01 * lip * (1 + 1e-9) + relax
+    assert feat.map(1e6) <= one.map(1) + relax  # capped by the width of the range
+    # adding the extreme record attains the symmetric constant: it is tight, not just safe
+    extreme = frame([(90.0, 200.0, 1.4)])
+    assert sym(extreme) - sym(frame([])) >= 0.999999 * (sym.map(1) - relax)
+
+
+def test_pairwise_sum_matches_fsum_closely_and_handles_edge_sizes():
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 2, 3, 7, 1000, 4097):
+        x = rng.uniform(-1e3, 1e3, n)
+        exact = math.fsum(x)
+        bound = sum_relaxation(max(n, 2), 1e3) / 2
+        assert abs(pairwise_sum(x) - exact) <= bound
+
+
+def test_chains_with_opendp_noise_and_reports_privacy():
+    meas = (make_frame_domain(SCHEMA), dp.symmetric_distance()) >> then_sum_of(F) >> dp.m.then_laplace(RANGE.upper)
+    assert 1.0 <= meas.map(1) <= 1.001
+    assert np.isfinite(meas(frame([(30, 70, 1.7)])))
+    gauss = (make_frame_domain(SCHEMA), dp.symmetric_distance()) >> then_sum_of(F) >> dp.m.then_gaussian(RANGE.upper)
+    assert gauss.map(1) == pytest.approx(0.5, rel=1e-3)
