@@ -57,7 +57,7 @@ def test_symmetric_distance_add_remove(rows, added):
 def test_change_one_distance_replace(rows, data):
     i = data.draw(st.integers(0, len(rows) - 1))
     new = data.draw(record)
-    neighbour = rows[:i] + [new] + rows[i + 1:]
+    neighbour = [*rows[:i], new, *rows[i + 1:]]
     for schema, f in ((SCHEMA, F), (NO_DROP, F_NO_DROP)):
         t = make_sum_of(make_frame_domain(schema), dp.change_one_distance(), f)
         assert abs(t(frame(neighbour)) - t(frame(rows))) <= t.map(1)
@@ -74,7 +74,7 @@ def test_feature_distance_moves_one_record(q, rows, data):
     norm = np.linalg.norm(direction, ord=q)
     step = direction * (r / norm) if norm > 0 else direction * 0
     moved = tuple(np.asarray(rows[i]) + step)
-    neighbour = rows[:i] + [moved] + rows[i + 1:]
+    neighbour = [*rows[:i], moved, *rows[i + 1:]]
     assert abs(t(frame(neighbour)) - t(frame(rows))) <= t.map(r)
 
 
