@@ -1,0 +1,149 @@
+"""The one bridge between OpenDP measurements and dp-accounting (ARCHITECTURE.md decision 9).
+
+Every measurement this package makes is an :class:`AccountedMeasurement`: the
+OpenDP measurement, the distance ``d_in`` its guarantee is stated for, the
+mechanism and its noise multiplier (noise scale / sensitivity at ``d_in``), and
+the neighbouring relation. From these it reports its dp-accounting event
+(``LaplaceDpEvent`` or ``GaussianDpEvent``), and it can be expressed in OpenDP's
+other measures so ``dp.c.make_composition``, ``make_zCDP_to_approxDP`` and privacy
+filters accept it. OpenDP measure names stay behind :func:`to_measure`
+(decision 8: OpenDP plans to rename them).
+
+dp-accounting has no group privacy: a measurement is accounted at the ``d_in``
+it was built for; asking for another distance is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import dp_accounting
+from dp_accounting import pld, rdp
+
+from opendp_hybridad.errors import HybridADError
+
+#: Renyi orders used by the RDP accountant (dp-accounting's default grid, extended)
+RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024])
+
+
+class AccountingError(HybridADError, ValueError):
+    """Measurements that cannot be accounted together (mixed relations, unknown mechanisms, group privacy)."""
+
+
+@dataclass(frozen=True)
+class AccountedMeasurement:
+    """An OpenDP measurement together with what dp-accounting needs to know about it."""
+
+    measurement: Any
+    d_in: Any
+    mechanism: str  # "laplace" or "gaussian"
+    scale: float
+    sensitivity: float
+    relation: str = "ADD_OR_REMOVE_ONE"
+
+    @property
+    def noise_multiplier(self) -> float:
+        """Noise scale divided by the sensitivity at ``d_in``."""
+        return self.scale / self.sensitivity if self.sensitivity > 0 else math.inf
+
+    def dp_event(self) -> dp_accounting.DpEvent:
+        if self.sensitivity == 0:
+            return dp_accounting.NoOpDpEvent()
+        if self.mechanism == "laplace":
+            return dp_accounting.LaplaceDpEvent(self.noise_multiplier)
+        if self.mechanism == "gaussian":
+            return dp_accounting.GaussianDpEvent(self.noise_multiplier)
+        raise AccountingError(f"no dp-accounting event for mechanism {self.mechanism!r}")
+
+    def privacy_loss(self) -> float:
+        """OpenDP's own privacy map at ``d_in``: epsilon (Laplace) or rho (Gaussian, zCDP)."""
+        return self.measurement.map(self.d_in)
+
+    def __call__(self, data: Any) -> Any:
+        return self.measurement(data)
+
+    def to_measure(self, measure: str, delta: float | None = None) -> Any:
+        """This measurement in another OpenDP measure.
+
+        ``"pure"``: epsilon-DP (Laplace only). ``"zcdp"``: rho-zCDP (Laplace via
+        ``make_pureDP_to_zCDP``). ``"approx"``: (epsilon, delta)-DP with a fixed delta
+        (Gaussian via ``make_zCDP_to_approxDP`` and ``make_fix_delta``; Laplace via
+        ``make_approximate``, delta = 0).
+        """
+        import opendp.prelude as dp
+
+        m = self.measurement
+        if measure == "pure":
+            if self.mechanism != "laplace":
+                raise AccountingError("a Gaussian measurement has no pure-DP form")
+            return m
+        if measure == "zcdp":
+            return m if self.mechanism == "gaussian" else dp.c.make_pureDP_to_zCDP(m)
+        if measure == "approx":
+            if self.mechanism == "laplace":
+                return dp.c.make_approximate(m)
+            if delta is None:
+                raise AccountingError("converting a Gaussian measurement to approximate DP needs a delta")
+            return dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(m), delta)
+        raise AccountingError(f"unknown measure {measure!r}: use 'pure', 'zcdp' or 'approx'")
+
+
+def accounted(measurement: Any, d_in: Any = 1, mechanism: str | None = None, relation: str = "ADD_OR_REMOVE_ONE") -> AccountedMeasurement:
+    """Wrap a plain OpenDP Laplace or Gaussian measurement for accounting.
+
+    The noise multiplier is read off OpenDP's own privacy map: for Laplace,
+    epsilon = sensitivity / scale; for Gaussian, rho = sensitivity^2 / (2 scale^2).
+    The sensitivity is reported as 1 and the scale as that multiplier.
+    """
+    kind = mechanism or _guess_mechanism(measurement)
+    loss = float(measurement.map(d_in))
+    if kind == "laplace":
+        multiplier = 1.0 / loss if loss > 0 else math.inf
+    elif kind == "gaussian":
+        multiplier = 1.0 / math.sqrt(2.0 * loss) if loss > 0 else math.inf
+    else:
+        raise AccountingError(f"unknown mechanism {kind!r}")
+    return AccountedMeasurement(measurement, d_in, kind, multiplier, 1.0, relation)
+
+
+def _guess_mechanism(measurement: Any) -> str:
+    measure = str(measurement.output_measure)
+    if measure.startswith("MaxDivergence"):
+        return "laplace"
+    if measure.startswith("ZeroConcentratedDivergence"):
+        return "gaussian"
+    raise AccountingError(f"cannot tell the mechanism of a measurement with output measure {measure}; pass mechanism=")
+
+
+def _event(items: Iterable[AccountedMeasurement]) -> tuple[dp_accounting.DpEvent, str]:
+    items = list(items)
+    if not items:
+        raise AccountingError("nothing to compose")
+    relations = {m.relation for m in items}
+    if len(relations) > 1:
+        raise AccountingError(f"measurements under different neighbouring relations cannot be composed: {sorted(relations)}")
+    return dp_accounting.ComposedDpEvent([m.dp_event() for m in items]), relations.pop()
+
+
+def compose_epsilon(measurements: Iterable[AccountedMeasurement], delta: float,
+                    pld_discretization: float = 1e-4) -> dict[str, float]:
+    """Total (epsilon, delta) of the composition, by dp-accounting's RDP and PLD accountants.
+
+    For mechanisms that are not subsampled, the relation enters only through each
+    measurement's sensitivity (already in its noise multiplier), so both
+    accountants run with their add/remove-one convention.
+    """
+    event, relation = _event(measurements)
+    rdp_acc = rdp.RdpAccountant(orders=list(RDP_ORDERS))
+    rdp_acc.compose(event)
+    pld_acc = pld.PLDAccountant(value_discretization_interval=pld_discretization)
+    pld_acc.compose(event)
+    return {
+        "epsilon_rdp": float(rdp_acc.get_epsilon(delta)),
+        "epsilon_pld": float(pld_acc.get_epsilon(delta)),
+        "delta": float(delta),
+        "relation": relation,
+    }

@@ -1,0 +1,168 @@
+"""Private releases: calibration, composition with plain OpenDP, odometers and filters, dp-accounting bridge."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import numpy as np
+import opendp.prelude as dp
+import pandas as pd
+import pytest
+from dp_accounting import pld, rdp
+
+import opendp_hybridad as hd
+from opendp_hybridad.accounting import AccountingError, accounted, compose_epsilon
+from opendp_hybridad.frame import make_frame_domain
+from opendp_hybridad.frame.aggregate import make_sum_of
+from opendp_hybridad.frame.measurements import make_mean_of, make_private_count, make_private_mean, make_private_sum
+from opendp_hybridad.frame.relations import feature_distance
+
+dp.enable_features("contrib", "honest-but-curious")
+
+SCHEMA = hd.Schema(age=hd.Field(18, 90, missing="impute", impute=40), weight=hd.Field(40, 200, missing="impute", impute=70),
+                   height=hd.Field(1.4, 2.2, missing="impute", impute=1.7))
+A, W, H = SCHEMA.symbols()
+BMI = SCHEMA.function(A * W / H**2)
+
+
+def bdims():
+    from opendp_hybridad.datasets import load_bdims
+
+    return load_bdims()[["age", "weight", "height"]]
+
+
+def test_private_sum_is_calibrated_to_the_certified_sensitivity():
+    q = make_private_sum(SCHEMA, BMI, epsilon=1.0)
+    assert q.mechanism == "laplace"
+    assert q.sensitivity >= BMI.range().upper
+    assert q.scale == pytest.approx(q.sensitivity, rel=1e-12)
+    assert q.privacy_loss() <= 1.0
+    g = make_private_sum(SCHEMA, BMI, rho=0.5)
+    assert g.mechanism == "gaussian" and g.privacy_loss() <= 0.5
+    assert g.scale == pytest.approx(g.sensitivity, rel=1e-9)  # sigma = Delta / sqrt(2 rho) = Delta
+    assert np.isfinite(q(bdims()))
+    with pytest.raises(hd.DeclarationError, match="exactly one"):
+        make_private_sum(SCHEMA, BMI, epsilon=1.0, rho=1.0)
+    with pytest.raises(hd.DeclarationError, match="positive"):
+        make_private_sum(SCHEMA, BMI, epsilon=-1.0)
+
+
+def test_feature_level_relation_needs_far_less_noise():
+    r = 0.01
+    feat = make_private_sum(SCHEMA, BMI, feature_distance(2), epsilon=1.0, d_in=r)
+    add = make_private_sum(SCHEMA, BMI, epsilon=1.0)
+    assert feat.sensitivity <= r * BMI.lipschitz().upper * (1 + 1e-9) + 1
+    assert add.scale / feat.scale > 50
+
+
+def test_mean_with_known_size_and_with_private_count():
+    data = bdims()
+    n = len(data)
+    domain = make_frame_domain(SCHEMA)
+    t = make_mean_of(domain, dp.change_one_distance(), BMI, n)
+    true_mean = float(np.mean(BMI.compile()(data)))
+    assert t(data) == pytest.approx(true_mean, rel=1e-12)
+    assert t.map(1) >= (BMI.range().upper - BMI.range().lower) / n
+    with pytest.raises(Exception, match="exactly 507 records"):
+        t(data.iloc[:10])
+    known = make_private_mean(SCHEMA, BMI, dp.change_one_distance(), size=n, epsilon=1.0)
+    assert known.privacy_loss() <= 1.0
+    measurement, parts = make_private_mean(SCHEMA, BMI, epsilon=1.0)
+    assert measurement.map(1) <= 1.0 + 1e-12
+    assert sum(p.privacy_loss() for p in parts) <= 1.0 + 1e-12
+    value = measurement(data)
+    lo, hi = BMI.range().lower, BMI.range().upper
+    assert lo <= value <= hi
+
+
+def test_ours_compose_with_plain_opendp_in_make_composition():
+    from opendp_hybridad.frame import then_row_map
+
+    ours = make_private_sum(SCHEMA, BMI, epsilon=0.5)
+    space = (make_frame_domain(SCHEMA), dp.symmetric_distance())
+    # a plain OpenDP pipeline on the same input: OpenDP's own count and Laplace noise
+    plain_count = space >> then_row_map(BMI) >> dp.t.then_count() >> dp.m.then_laplace(4.0)
+    both = dp.c.make_composition([ours.measurement, plain_count])
+    assert both.map(1) == pytest.approx(ours.privacy_loss() + plain_count.map(1))
+    release = both(bdims())
+    assert len(release) == 2
+    # in zCDP, next to a plain OpenDP Gaussian
+    plain_gauss = space >> then_row_map(BMI) >> dp.t.then_count() >> dp.m.then_gaussian(3.0)
+    mixed = dp.c.make_composition([ours.to_measure("zcdp"), plain_gauss])
+    assert mixed.map(1) == pytest.approx(ours.to_measure("zcdp").map(1) + plain_gauss.map(1))
+    # and in approximate DP, each converted by OpenDP
+    approx = dp.c.make_composition([ours.to_measure("approx"), dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(plain_gauss), 1e-7)])
+    eps, delta = approx.map(1)
+    assert eps > ours.privacy_loss() and delta == pytest.approx(1e-7)
+
+
+def test_privacy_filter_over_a_fully_adaptive_odometer_refuses_the_query_past_the_budget():
+    space = (make_frame_domain(SCHEMA), dp.symmetric_distance())
+    odometer = dp.c.make_fully_adaptive_composition(*space, dp.max_divergence())
+    flt = dp.c.make_privacy_filter(odometer, d_in=1, d_out=1.0)
+    queryable = flt(bdims())
+    first = make_private_sum(SCHEMA, BMI, epsilon=0.6)
+    second = make_private_sum(SCHEMA, BMI, epsilon=0.3)
+    third = make_private_count(SCHEMA, epsilon=0.3)
+    assert np.isfinite(queryable(first.measurement))
+    assert np.isfinite(queryable(second.measurement))
+    with pytest.raises(Exception, match="(?i)budget|exceed|filter"):
+        queryable(third.measurement)
+
+
+def test_accounting_helper_agrees_with_dp_accounting_by_hand():
+    a = make_private_sum(SCHEMA, BMI, epsilon=0.5)
+    b = make_private_sum(SCHEMA, BMI, rho=0.1)
+    c = accounted((dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float)) >> dp.m.then_gaussian(2.0))
+    report = compose_epsilon([a, b, c], delta=1e-6)
+    event = dp_accounting.ComposedDpEvent([
+        dp_accounting.LaplaceDpEvent(a.scale / a.sensitivity),
+        dp_accounting.GaussianDpEvent(b.scale / b.sensitivity),
+        dp_accounting.GaussianDpEvent(2.0),
+    ])
+    by_hand_rdp = rdp.RdpAccountant(orders=[1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024])
+    by_hand_rdp.compose(event)
+    by_hand_pld = pld.PLDAccountant(value_discretization_interval=1e-4)
+    by_hand_pld.compose(event)
+    assert report["epsilon_rdp"] == pytest.approx(by_hand_rdp.get_epsilon(1e-6), rel=1e-12)
+    assert report["epsilon_pld"] == pytest.approx(by_hand_pld.get_epsilon(1e-6), rel=1e-12)
+    assert report["epsilon_pld"] <= report["epsilon_rdp"]
+
+
+def test_gaussian_epsilon_from_the_bridge_matches_opendp_conversion():
+    g = make_private_sum(SCHEMA, BMI, rho=0.125)
+    delta = 1e-6
+    ours = compose_epsilon([g], delta)["epsilon_pld"]
+    opendp_eps, _ = g.to_measure("approx", delta=delta).map(1)
+    # OpenDP converts through zCDP (a bound); the PLD is the exact Gaussian profile up to
+    # its discretisation: ours may be smaller, never larger than OpenDP's by more than 1e-3
+    assert ours <= opendp_eps + 1e-3
+    exact = _gaussian_epsilon(g.scale / g.sensitivity, delta)
+    assert ours == pytest.approx(exact, abs=2e-3)
+
+
+def _gaussian_epsilon(sigma: float, delta: float) -> float:
+    """The exact (Balle and Wang 2018) epsilon of a Gaussian mechanism with noise multiplier sigma, by bisection."""
+    from scipy.stats import norm
+
+    def delta_of(eps):
+        return norm.cdf(1 / (2 * sigma) - eps * sigma) - math.exp(eps) * norm.cdf(-1 / (2 * sigma) - eps * sigma)
+
+    lo, hi = 0.0, 100.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if delta_of(mid) > delta else (lo, mid)
+    return hi
+
+
+def test_mixed_relations_are_not_composed():
+    a = make_private_sum(SCHEMA, BMI, epsilon=0.5)
+    b = make_private_sum(SCHEMA, BMI, dp.change_one_distance(), epsilon=0.5)
+    with pytest.raises(AccountingError, match="different neighbouring relations"):
+        compose_epsilon([a, b], 1e-6)
+
+
+def test_sum_transformation_is_exposed_for_chaining():
+    t = make_sum_of(make_frame_domain(SCHEMA), dp.symmetric_distance(), BMI)
+    assert t(pd.DataFrame({"age": [90.0], "weight": [200.0], "height": [1.4]})) == pytest.approx(90 * 200 / 1.96)
