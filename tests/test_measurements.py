@@ -107,7 +107,7 @@ def test_privacy_filter_over_a_fully_adaptive_odometer_refuses_the_query_past_th
     third = make_private_count(SCHEMA, epsilon=0.3)
     assert np.isfinite(queryable(first.measurement))
     assert np.isfinite(queryable(second.measurement))
-    with pytest.raises(Exception, match="(?i)budget|exceed|filter"):
+    with pytest.raises(Exception, match=r"(?i)budget|exceed|filter"):
         queryable(third.measurement)
 
 
