@@ -108,3 +108,38 @@ def test_chains_with_opendp_noise_and_reports_privacy():
     assert np.isfinite(meas(frame([(30, 70, 1.7)])))
     gauss = (make_frame_domain(SCHEMA), dp.symmetric_distance()) >> then_sum_of(F) >> dp.m.then_gaussian(RANGE.upper)
     assert gauss.map(1) == pytest.approx(0.5, rel=1e-3)
+
+
+# -- vectors of sums ------------------------------------------------------------------
+def _functions(schema):
+    a, w, h = schema.symbols()
+    return [schema.function(a * w / h**2), schema.function(w - 100), schema.function(hd.sigmoid(a / 10 - 4))]
+
+
+@pytest.mark.parametrize("norm", [1, 2])
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(record, max_size=12), added=st.lists(record, min_size=1, max_size=2), data=st.data())
+def test_vector_of_sums_under_each_relation(norm, rows, added, data):
+    from opendp_hybridad.frame import make_sum_of_vector
+
+    sym = make_sum_of_vector(make_frame_domain(SCHEMA), dp.symmetric_distance(), _functions(SCHEMA), norm)
+    diff = np.subtract(sym(frame(rows + added)), sym(frame(rows)))
+    assert np.linalg.norm(diff, ord=norm) <= sym.map(len(added))
+    one = make_sum_of_vector(make_frame_domain(NO_DROP), dp.change_one_distance(), _functions(NO_DROP), norm)
+    base = rows + added
+    i = data.draw(st.integers(0, len(base) - 1))
+    neighbour = [*base[:i], data.draw(record), *base[i + 1:]]
+    diff = np.subtract(one(frame(neighbour)), one(frame(base)))
+    assert np.linalg.norm(diff, ord=norm) <= one.map(1)
+
+
+def test_vector_sensitivity_is_the_norm_of_the_coordinates():
+    from opendp_hybridad.frame import make_sum_of_vector
+
+    fs = _functions(SCHEMA)
+    l2 = make_sum_of_vector(make_frame_domain(SCHEMA), dp.symmetric_distance(), fs, 2)
+    l1 = make_sum_of_vector(make_frame_domain(SCHEMA), dp.symmetric_distance(), fs, 1)
+    per = [make_sum_of(make_frame_domain(SCHEMA), dp.symmetric_distance(), f).map(1) for f in fs]
+    assert l2.map(1) == pytest.approx(math.sqrt(sum(x * x for x in per)), rel=1e-12)
+    assert l1.map(1) == pytest.approx(sum(per), rel=1e-12)
+    assert l2.map(1) >= math.sqrt(sum(x * x for x in per))

@@ -85,6 +85,49 @@ class SumStability:
         return add_up(ideal, self.relaxation)
 
 
+class _SumPlan:
+    """Everything fixed before data for one coordinate: kernel, certified range, stability."""
+
+    def __init__(self, input_domain: Any, input_metric: Any, function: RecordFunction, size_limit: int,
+                 range_certificate: RangeCertificate | None, lipschitz_certificate: BoundCertificate | None):
+        self.schema = _schema_of(input_domain)
+        if function.schema != self.schema:
+            raise DeclarationError("the function's schema differs from the input domain's schema")
+        relation = parse_relation(input_metric)
+        rng = range_certificate or function.range()
+        self.lower, self.upper = float(rng.lower), float(rng.upper)
+        max_abs = max(abs(self.lower), abs(self.upper))
+        if not math.isfinite(mul_up(max_abs, float(size_limit))):
+            raise DeclarationError("the sum could overflow: size_limit * max|f| is not finite")
+        drops = any(f.missing == "drop" for f in self.schema.fields.values())
+        lip = None
+        if relation.kind == "feature":
+            cert = lipschitz_certificate or function.lipschitz(norm=dual_norm(relation.q))
+            if cert.norm != dual_norm(relation.q):
+                raise DeclarationError("the Lipschitz certificate's norm is not dual to the feature distance's norm")
+            lip = cert.upper
+        slope, cap = per_unit_sensitivity(function, relation, lower=self.lower, upper=self.upper, drops_records=drops, lipschitz=lip)
+        self.stability = SumStability(slope, cap, sum_relaxation(size_limit, max_abs), relation)
+        self.size_limit = size_limit
+        self.kernel = function.compile()
+
+    def prepare(self, frame: Any):
+        prepared = prepare_frame(frame, self.schema)
+        if prepared.rows > self.size_limit:
+            raise SchemaMismatchError(f"the frame has more records than the domain's size limit {self.size_limit}")
+        return prepared
+
+    def total(self, prepared: Any) -> float:
+        if prepared.rows == 0:
+            return 0.0
+        with np.errstate(all="ignore"):
+            values = self.kernel.value(prepared.columns)
+        # float evaluation can step a rounding error outside the certified range, and
+        # a non-finite value can only come from float overflow inside the kernel
+        values = np.clip(np.where(np.isfinite(values), values, self.lower), self.lower, self.upper)
+        return pairwise_sum(values, overwrite=True)
+
+
 def make_sum_of(input_domain: Any, input_metric: Any, function: RecordFunction, *,
                 size_limit: int = DEFAULT_SIZE_LIMIT, range_certificate: RangeCertificate | None = None,
                 lipschitz_certificate: BoundCertificate | None = None):
@@ -103,41 +146,11 @@ def make_sum_of(input_domain: Any, input_metric: Any, function: RecordFunction, 
     """
     import opendp.prelude as dp
 
-    schema = _schema_of(input_domain)
-    if function.schema != schema:
-        raise DeclarationError("the function's schema differs from the input domain's schema")
-    relation = parse_relation(input_metric)
-    rng = range_certificate or function.range()
-    lower, upper = float(rng.lower), float(rng.upper)
-    max_abs = max(abs(lower), abs(upper))
-    if not math.isfinite(mul_up(max_abs, float(size_limit))):
-        raise DeclarationError("the sum could overflow: size_limit * max|f| is not finite")
-    drops = any(f.missing == "drop" for f in schema.fields.values())
-    lip = None
-    if relation.kind == "feature":
-        cert = lipschitz_certificate or function.lipschitz(norm=dual_norm(relation.q))
-        if cert.norm != dual_norm(relation.q):
-            raise DeclarationError("the Lipschitz certificate's norm is not dual to the feature distance's norm")
-        lip = cert.upper
-    slope, cap = per_unit_sensitivity(function, relation, lower=lower, upper=upper, drops_records=drops, lipschitz=lip)
-    stability = SumStability(slope, cap, sum_relaxation(size_limit, max_abs), relation)
-    kernel = function.compile()
-
-    def apply(frame: Any) -> float:
-        prepared = prepare_frame(frame, schema)
-        if prepared.rows > size_limit:
-            raise SchemaMismatchError(f"the frame has more records than the domain's size limit {size_limit}")
-        if prepared.rows == 0:
-            return 0.0
-        with np.errstate(all="ignore"):
-            values = kernel.value(prepared.columns)
-        values = np.clip(np.where(np.isfinite(values), values, lower), lower, upper)
-        return pairwise_sum(values, overwrite=True)
-
-    transformation = dp.t.make_user_transformation(
-        input_domain, input_metric, dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), apply, stability,
+    plan = _SumPlan(input_domain, input_metric, function, size_limit, range_certificate, lipschitz_certificate)
+    return dp.t.make_user_transformation(
+        input_domain, input_metric, dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float),
+        lambda frame: plan.total(plan.prepare(frame)), plan.stability,
     )
-    return transformation
 
 
 def then_sum_of(function: RecordFunction, **kwargs: Any):
@@ -145,3 +158,51 @@ def then_sum_of(function: RecordFunction, **kwargs: Any):
     from opendp.mod import _PartialConstructor
 
     return _PartialConstructor(lambda d, m: make_sum_of(d, m, function, **kwargs))
+
+
+def _norm_up(values: list[float], p: float) -> float:
+    """Upper bound on the p-norm (p = 1 or 2) of non-negative numbers, rounded up."""
+    if p == 1.0:
+        return _round_up(sum((Fraction(v) for v in values), Fraction(0)))
+    square = _round_up(sum((Fraction(v) ** 2 for v in values), Fraction(0)))
+    root = math.sqrt(square)
+    return root if Fraction(root) ** 2 >= Fraction(square) else math.nextafter(root, math.inf)
+
+
+def make_sum_of_vector(input_domain: Any, input_metric: Any, functions: list[RecordFunction], norm: Any = 2, *,
+                       size_limit: int = DEFAULT_SIZE_LIMIT):
+    """Transformation: frame -> ``(sum_i f_1(x_i), ..., sum_i f_k(x_i))`` in the l1 or l2 distance.
+
+    Each coordinate is computed as in :func:`make_sum_of` and changes by at most
+    its own stability ``s_j(d_in)``, so the vector changes by at most
+    ``||(s_j(d_in))_j||_p`` (rounded up). Under add/remove this is
+    ``d_in * ||(max|f_j|)_j||_p`` plus the relaxations.
+    """
+    import opendp.prelude as dp
+
+    from opendp_hybridad.symbolic.function import normalise_norm
+
+    p = normalise_norm(norm)
+    if p not in (1.0, 2.0):
+        raise DeclarationError("a vector of sums is released in the l1 (Laplace) or l2 (Gaussian) distance")
+    if not functions:
+        raise DeclarationError("give at least one function")
+    plans = [_SumPlan(input_domain, input_metric, f, size_limit, None, None) for f in functions]
+
+    def apply(frame: Any) -> list[float]:
+        prepared = plans[0].prepare(frame)  # all plans share the schema: prepare once
+        return [plan.total(prepared) for plan in plans]
+
+    def stability(d_in: Any) -> float:
+        return _norm_up([plan.stability(d_in) for plan in plans], p)
+
+    metric = dp.l1_distance(T=float) if p == 1.0 else dp.l2_distance(T=float)
+    out_domain = dp.vector_domain(dp.atom_domain(T=float, nan=False), size=len(plans))
+    return dp.t.make_user_transformation(input_domain, input_metric, out_domain, metric, apply, stability)
+
+
+def then_sum_of_vector(functions: list[RecordFunction], norm: Any = 2, **kwargs: Any):
+    """Partial form of :func:`make_sum_of_vector`."""
+    from opendp.mod import _PartialConstructor
+
+    return _PartialConstructor(lambda d, m: make_sum_of_vector(d, m, functions, norm, **kwargs))

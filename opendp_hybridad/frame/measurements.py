@@ -16,7 +16,7 @@ import numpy as np
 
 from opendp_hybridad.accounting import AccountedMeasurement
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.frame.aggregate import DEFAULT_SIZE_LIMIT, make_sum_of
+from opendp_hybridad.frame.aggregate import DEFAULT_SIZE_LIMIT, make_sum_of, make_sum_of_vector
 from opendp_hybridad.frame.domain import SchemaMismatchError, make_frame_domain, prepare_frame
 from opendp_hybridad.frame.relations import parse_relation
 from opendp_hybridad.frame.rowmap import _schema_of
@@ -99,6 +99,20 @@ def make_mean_of(input_domain: Any, input_metric: Any, function: RecordFunction,
                                          dp.absolute_distance(T=float), apply, stability)
 
 
+def then_count_of():
+    """Partial form of :func:`make_count_of`."""
+    from opendp.mod import _PartialConstructor
+
+    return _PartialConstructor(make_count_of)
+
+
+def then_mean_of(function: RecordFunction, size: int, **kwargs: Any):
+    """Partial form of :func:`make_mean_of`."""
+    from opendp.mod import _PartialConstructor
+
+    return _PartialConstructor(lambda d, m: make_mean_of(d, m, function, size, **kwargs))
+
+
 def _calibrate(transformation: Any, d_in: Any, epsilon: float | None, rho: float | None, relation: str) -> AccountedMeasurement:
     """Chain OpenDP's Laplace (epsilon) or Gaussian (rho) mechanism at the smallest scale that meets the target."""
     import opendp.prelude as dp
@@ -139,6 +153,15 @@ def make_private_sum(domain_or_schema: Any, function: RecordFunction, metric: An
     """``sum_i f(x_i)`` plus OpenDP noise calibrated to the certified sensitivity at ``d_in``."""
     domain, metric = _space(domain_or_schema, metric)
     t = make_sum_of(domain, metric, function, size_limit=size_limit)
+    return _calibrate(t, d_in, epsilon, rho, _relation_name(metric))
+
+
+def make_private_sum_vector(domain_or_schema: Any, functions: list[RecordFunction], metric: Any = None, *,
+                            epsilon: float | None = None, rho: float | None = None, d_in: Any = 1,
+                            size_limit: int = DEFAULT_SIZE_LIMIT) -> AccountedMeasurement:
+    """Several sums at once: Laplace in the l1 distance for epsilon, Gaussian in l2 for rho."""
+    domain, metric = _space(domain_or_schema, metric)
+    t = make_sum_of_vector(domain, metric, functions, 1 if epsilon is not None else 2, size_limit=size_limit)
     return _calibrate(t, d_in, epsilon, rho, _relation_name(metric))
 
 
@@ -187,4 +210,5 @@ def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: A
     return measurement, [total, count]
 
 
-__all__ = ["make_count_of", "make_mean_of", "make_private_count", "make_private_mean", "make_private_sum"]
+__all__ = ["make_count_of", "make_mean_of", "make_private_count", "make_private_mean", "make_private_sum",
+           "make_private_sum_vector", "then_count_of", "then_mean_of"]
