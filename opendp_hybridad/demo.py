@@ -93,7 +93,8 @@ def _private_release(bmi, data, out) -> dict[str, float]:
     out(f"   private mean of B = {private_mean:.2f}   (true mean {true_mean:.2f}; released once, by OpenDP's samplers)")
     out(f"   total privacy loss reported by OpenDP: epsilon = {measurement.map(1):.4f}")
     report = compose_epsilon([total, count], delta=1e-6)
-    out(f"   same two events in dp-accounting at delta=1e-6: RDP epsilon {report['epsilon_rdp']:.4f}, PLD epsilon {report['epsilon_pld']:.4f}")
+    out(f"   same two events in dp-accounting at delta=1e-6: RDP epsilon {report['epsilon_rdp']:.4f}, "
+        f"PLD epsilon {report['epsilon_pld']:.4f}")
 
     out("\n   What the sum's noise (scale fixed above) guarantees under each neighbouring relation:")
     out(f"   {'relation':<44s} {'sensitivity':>12s} {'epsilon':>9s}")

