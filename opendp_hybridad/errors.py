@@ -32,3 +32,7 @@ class UnboundedError(HybridADError, ArithmeticError):
 
 class NotLipschitzError(UnboundedError):
     """The function may be discontinuous on the box, so no Lipschitz constant exists."""
+
+
+class SoundnessError(HybridADError, AssertionError):
+    """An internal check found a point that beats a certified bound; the certificate is refused."""

@@ -191,3 +191,62 @@ def test_random_expressions_are_never_under_bounded(expr, box):
     assert rng.upper >= top - tol * max(1.0, abs(top))
     assert rng.lower <= bottom + tol * max(1.0, abs(bottom))
     assert cert.upper >= grad - tol * max(1.0, abs(grad))
+
+
+# -- regressions from the independent soundness review ------------------------------------
+def _worst_on_grid(f, n=401):
+    """Largest f and smallest f over a dense grid including the box's edges (sympy lambdify)."""
+    names = f.names
+    axes = [np.linspace(f.schema[nm].lower, f.schema[nm].upper, n) for nm in names]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    fn = sp.lambdify(list(f.symbols), f.expr, modules=["numpy"])
+    vals = np.broadcast_to(np.asarray(fn(*mesh), dtype=float), mesh[0].shape)
+    return float(vals.max()), float(vals.min())
+
+
+def test_a_boundary_where_the_slope_vanishes_is_not_taken_as_continuous():
+    s = hd.Schema(x=(0.5, 1), y=(-1, 1))
+    x, y = s.symbols()
+    f = s.function(sp.Piecewise((x, x * y > 0), (0, True)))  # jumps by x across y = 0
+    top, bottom = _worst_on_grid(f)
+    rng = f.range(time_budget=0.5)
+    assert rng.upper >= top and rng.lower <= bottom
+    with pytest.raises(hd.NotLipschitzError):
+        f.lipschitz()
+    g = s.function(sp.Piecewise((x, x * (y + 1) > 0), (0, True)))  # jumps at y = -1
+    with pytest.raises(hd.NotLipschitzError):
+        g.lipschitz()
+
+
+def test_a_condition_built_from_a_jump_is_not_taken_as_continuous():
+    s = hd.Schema(x=(-1, 1), y=(0.4, 0.6))
+    x, y = s.symbols()
+    f = s.function(sp.Piecewise((y**3, y > sp.sign(x)), (y, True)))
+    top, bottom = _worst_on_grid(f)
+    rng = f.range(time_budget=0.5)
+    assert rng.upper >= top and rng.lower <= bottom
+    with pytest.raises(hd.NotLipschitzError):
+        f.partial_bounds()
+
+
+def test_heaviside_value_at_zero_outside_zero_one_is_enclosed():
+    s = hd.Schema(x=(0, 1), y=(-1, 0))
+    x, y = s.symbols()
+    assert s.function(sp.Heaviside(x, 2)).range().upper >= 2
+    assert s.function(sp.Heaviside(y, -1)).range().lower <= -1
+
+
+def test_constant_subexpressions_are_enclosed_op_by_op():
+    s = hd.Schema(x=(0, 1))
+    (x,) = s.symbols()
+    rng = s.function(x * hd.softplus(1)).range()
+    assert rng.upper >= math.log1p(math.e) and rng.lower <= 0
+    with pytest.raises(hd.UnboundedError, match="overflow"):
+        s.function(x * sp.exp(750, evaluate=False)).range()
+
+
+def test_continuous_where_with_a_constant_slope_is_still_accepted():
+    s = hd.Schema(x=(-1, 1), y=(-1, 1))
+    x, y = s.symbols()
+    f = s.function(hd.where(x - 2 * y > 0, x - 2 * y, 0))
+    assert f.lipschitz().upper == pytest.approx(math.sqrt(5), rel=1e-3)

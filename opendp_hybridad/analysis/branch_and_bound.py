@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 from scipy import optimize
 
-from opendp_hybridad.errors import UnboundedError
+from opendp_hybridad.errors import SoundnessError, UnboundedError
 
 #: boxes narrower than this (relative to the root box, in every splittable
 #: direction) are not split again: an objective that still cannot be enclosed
@@ -166,4 +166,11 @@ def maximize(
         x, v = _polish(objective, best_point, lo, hi)
         if np.isfinite(v) and v > best_value:
             best_point, best_value = x, v
+    # safety net: a point that beats the bound by more than float evaluation error
+    # proves the bound wrong; refuse it rather than return it
+    if best_value > upper + max(1e-9 * abs(upper), atol):
+        raise SoundnessError(
+            f"internal check failed: a witness ({best_value!r}) exceeds the certified bound ({upper!r}); "
+            "the certificate is refused (please report this expression)"
+        )
     return MaxResult(float(upper), best_point, float(best_value), evaluated, converged, time.perf_counter() - start)

@@ -40,23 +40,45 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 # -- continuity -------------------------------------------------------------------
-def unproven_jump(expr: sympy.Expr) -> sympy.Piecewise | None:
-    """A ``Piecewise`` in ``expr`` whose continuity cannot be proven, or None.
+#: functions that jump; a condition built from them has a boundary we do not locate
+_JUMPY = (sympy.sign, sympy.Heaviside, sympy.DiracDelta, sympy.Piecewise, sympy.floor, sympy.ceiling)
 
-    For each condition ``lhs < rhs`` (or <=, >, >=) with ``g = lhs - rhs`` linear in
-    some field ``v``, the branch must equal every later branch on ``g = 0``
-    (sympy.simplify of the difference is 0 after solving for ``v``).
-    Anything else (equalities, compound conditions, non-linear boundaries) is
+
+def unproven_jump(expr: sympy.Expr, fn: RecordFunction) -> sympy.Piecewise | None:
+    """A ``Piecewise`` in ``expr`` that may jump on ``fn``'s box, or None when all are proven continuous.
+
+    For each condition ``lhs < rhs`` (or <=, >, >=), with ``g = lhs - rhs``:
+
+    * ``g`` must be continuous on the box: built without jumping functions
+      (sign, Heaviside, Piecewise, ...) and with a finite interval enclosure (no pole);
+    * ``g`` must be linear in some field ``v`` whose coefficient is enclosed away
+      from 0 on the box, so that ``{g = 0}`` is exactly ``{v = v*(others)}``;
+    * on that boundary the branch must equal every later branch
+      (``sympy.simplify`` of the difference, with ``v = v*``, is 0).
+
+    Anything else (equalities, compound conditions, other boundaries) is
     conservatively reported as a possible jump.
     """
+    lo, hi = _box_arrays(fn)
+    symbols = tuple(fn.symbols)
     for pw in expr.atoms(sympy.Piecewise):
-        if not _piecewise_continuous(pw):
+        if not _piecewise_continuous(pw, symbols, tuple(lo), tuple(hi)):
             return pw
     return None
 
 
+def _enclose_on_box(expr: sympy.Expr, symbols: tuple, lo: tuple, hi: tuple) -> tuple[float, float] | None:
+    """Interval enclosure of ``expr`` over the box, or None if it cannot be enclosed."""
+    tape = Tape(list(symbols))
+    out = tape.add_output(expr)
+    L, H, B = iv.IntervalEvaluator(tape).evaluate(np.array([lo], dtype=float), np.array([hi], dtype=float))
+    if B[out][0] >= 0:
+        return None
+    return float(L[out][0]), float(H[out][0])
+
+
 @lru_cache(maxsize=512)
-def _piecewise_continuous(pw: sympy.Piecewise) -> bool:
+def _piecewise_continuous(pw: sympy.Piecewise, symbols: tuple, lo: tuple, hi: tuple) -> bool:
     pairs = list(pw.args)
     for i, (branch, cond) in enumerate(pairs):
         if cond == sympy.true or cond == sympy.false:
@@ -64,10 +86,15 @@ def _piecewise_continuous(pw: sympy.Piecewise) -> bool:
         if not isinstance(cond, (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)):
             return False
         g = cond.lhs - cond.rhs
+        if g.has(*_JUMPY) or _enclose_on_box(g, symbols, lo, hi) is None:
+            return False
         boundary = None
         for v in sorted(g.free_symbols, key=str):
             slope = sympy.diff(g, v)
-            if slope != 0 and v not in slope.free_symbols:
+            if slope == 0 or v in slope.free_symbols:
+                continue
+            enclosure = _enclose_on_box(slope, symbols, lo, hi)
+            if enclosure is not None and (enclosure[0] > 0 or enclosure[1] < 0):
                 boundary = (v, sympy.simplify(v - g / slope))
                 break
         if boundary is None:
@@ -95,7 +122,7 @@ class _Enclosure:
         self.n = len(fn.names)
         self.tape = Tape(list(fn.symbols))
         self.y = [self.tape.add_output(e) for e in outputs]
-        self.mean_value_ok = [unproven_jump(e) is None for e in outputs]
+        self.mean_value_ok = [unproven_jump(e, fn) is None for e in outputs]
         self.d: list[list[int | None]] = []
         for row in rows:
             self.d.append([None if sympy.sympify(x) == 0 else self.tape.add_output(x) for x in row])
@@ -255,7 +282,7 @@ def certify_range(fn: RecordFunction, tolerance: float = 1e-3, time_budget: floa
 
 
 def _require_continuous(fn: RecordFunction) -> None:
-    pw = unproven_jump(fn.expr)
+    pw = unproven_jump(fn.expr, fn)
     if pw is not None:
         raise NotLipschitzError(
             "a conditional whose branches could not be proven to meet on its boundary (a possible jump)",

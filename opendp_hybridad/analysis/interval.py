@@ -191,10 +191,12 @@ class IntervalEvaluator:
         if op == "sign":
             return np.sign(a_lo), np.sign(a_hi), None
         if op == "heaviside":
+            # hull of the values taken: 0 left of 0, 1 right of it, H0 (any number) at 0
             h0_lo, h0_hi = node.payload
-            rlo = np.where(a_lo > 0, 1.0, np.where(a_lo == 0, min(h0_lo, 1.0), 0.0))
-            rhi = np.where(a_hi < 0, 0.0, np.where(a_hi == 0, max(h0_hi, 0.0), 1.0))
-            return np.minimum(rlo, rhi), np.maximum(rlo, rhi), None
+            neg, pos, zero = a_lo < 0, a_hi > 0, (a_lo <= 0) & (a_hi >= 0)
+            rlo = np.minimum.reduce([np.where(neg, 0.0, np.inf), np.where(pos, 1.0, np.inf), np.where(zero, h0_lo, np.inf)])
+            rhi = np.maximum.reduce([np.where(neg, 0.0, -np.inf), np.where(pos, 1.0, -np.inf), np.where(zero, h0_hi, -np.inf)])
+            return rlo, rhi, None
         if op == "dirac":
             invalid = (a_lo <= 0) & (a_hi >= 0)
             return np.zeros(nboxes), np.zeros(nboxes), invalid

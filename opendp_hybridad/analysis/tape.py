@@ -117,7 +117,9 @@ class Tape:
             if e not in self._index:
                 raise UnsupportedExpressionError(f"symbol {e} is not a declared field")
             return self._emit(("var", e), Node("var", (), self._index[e], e))
-        if e.is_Number or e.is_NumberSymbol or (isinstance(e, sympy.Expr) and e.is_number and e.is_real and not e.free_symbols):
+        # only literal numbers become constants; a constant expression such as exp(750)
+        # or softplus(1) is lowered op by op, so it is enclosed (or flagged) like any other
+        if e.is_Number or e.is_NumberSymbol:
             if e.is_finite is False or e.is_real is False:
                 raise UnsupportedExpressionError(f"constant {e} is not a finite real number")
             return self._const(e)
