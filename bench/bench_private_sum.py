@@ -18,7 +18,7 @@ import opendp.prelude as dp
 import pandas as pd
 
 import opendp_hybridad as hd
-from opendp_hybridad.frame import make_private_sum, make_sum_of, make_frame_domain
+from opendp_hybridad.frame import make_frame_domain, make_private_sum, make_sum_of
 
 dp.enable_features("contrib", "honest-but-curious")
 
