@@ -144,3 +144,30 @@ def test_traced_python_function_equals_the_symbolic_one():
     np.testing.assert_allclose(f.compile(backend="numpy").value(X), adjusted(*X.T), rtol=1e-12)
     record = s.function(lambda r: r["a"] * hd.sigmoid(r["w"] - 100))
     assert record.expr == s.a * hd.sigmoid(s.w - 100)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_value_clamped_equals_prepare_then_evaluate_then_clip(backend):
+    from opendp_hybridad.frame import prepare_frame
+
+    s = hd.Schema(age=hd.Field(18, 90, missing="impute", impute=30), weight=hd.Field(40, 200),
+                  height=hd.Field(1.4, 2.2, missing="impute", impute=1.7))
+    a, w, h = s.symbols()
+    f = s.function(a * w / h**2 - 500)
+    rng = np.random.default_rng(3)
+    n = 2000
+    frame = pd.DataFrame({"age": rng.uniform(0, 120, n), "weight": rng.uniform(0, 300, n), "height": rng.uniform(0.5, 3, n)})
+    frame.loc[rng.random(n) < 0.1, "age"] = np.nan
+    frame.loc[rng.random(n) < 0.1, "height"] = np.nan
+    frame.loc[rng.random(n) < 0.05, "age"] = np.inf
+    frame.loc[rng.random(n) < 0.05, "height"] = -np.inf
+    lo, hi = -300.0, 4000.0
+    k = f.compile(backend=backend)
+    columns = [frame[c].to_numpy().copy() for c in ("age", "weight", "height")]
+    before = [c.copy() for c in columns]
+    got = k.value_clamped(columns, lo, hi)
+    prepared = prepare_frame(frame, s)
+    expected = np.clip(f.compile(backend="numpy").value(prepared.columns), lo, hi)
+    np.testing.assert_allclose(got, expected, rtol=1e-13)
+    for c, b in zip(columns, before, strict=True):  # inputs untouched
+        np.testing.assert_array_equal(c, b)

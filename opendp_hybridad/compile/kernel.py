@@ -99,6 +99,14 @@ class Kernel:
 
     __call__ = value
 
+    def value_clamped(self, columns: list[np.ndarray], lower: float, upper: float) -> np.ndarray:
+        """``f`` on records clamped to the box (imputing where the field says so), clamped to ``[lower, upper]``.
+
+        The columns must not contain missing values in fields without an impute
+        value (the frame domain guarantees it). One fused pass with numexpr.
+        """
+        return self._module.value_clamped(*columns, lower, upper)
+
     def gradient(self, data: Any = None, **kwargs: Any) -> np.ndarray:
         """Per-record gradient, shape (records, fields), columns in schema order."""
         parts = self._module.gradient(*self.columns(data, **kwargs))
@@ -122,11 +130,13 @@ class Kernel:
 
 def _source_for(fn: RecordFunction, backend: str, key: str) -> str:
     grad = list(fn.gradient().values())
+    box = {n: (f.lower, f.upper, f.impute if f.missing == "impute" else None) for n, f in fn.schema.fields.items()}
     return generate_module(
         key,
         {"value": [fn.expr], "gradient": grad, "gradient_norm": [fn.gradient_norm(2)]},
         fn.names,
         backend,
+        clamped=(fn.expr, box),
     )
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertificate
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.frame.domain import SchemaMismatchError, prepare_frame
+from opendp_hybridad.frame.domain import SchemaMismatchError, kernel_inputs
 from opendp_hybridad.frame.relations import Relation, add_up, mul_up, parse_relation, per_unit_sensitivity
 from opendp_hybridad.frame.rowmap import _schema_of
 from opendp_hybridad.symbolic.function import RecordFunction, dual_norm
@@ -89,7 +89,8 @@ class _SumPlan:
     """Everything fixed before data for one coordinate: kernel, certified range, stability."""
 
     def __init__(self, input_domain: Any, input_metric: Any, function: RecordFunction, size_limit: int,
-                 range_certificate: RangeCertificate | None, lipschitz_certificate: BoundCertificate | None):
+                 range_certificate: RangeCertificate | None, lipschitz_certificate: BoundCertificate | None,
+                 backend: str = "auto"):
         self.schema = _schema_of(input_domain)
         if function.schema != self.schema:
             raise DeclarationError("the function's schema differs from the input domain's schema")
@@ -109,34 +110,34 @@ class _SumPlan:
         slope, cap = per_unit_sensitivity(function, relation, lower=self.lower, upper=self.upper, drops_records=drops, lipschitz=lip)
         self.stability = SumStability(slope, cap, sum_relaxation(size_limit, max_abs), relation)
         self.size_limit = size_limit
-        self.kernel = function.compile()
+        self.kernel = function.compile(backend=backend)
 
-    def prepare(self, frame: Any):
-        prepared = prepare_frame(frame, self.schema)
-        if prepared.rows > self.size_limit:
+    def inputs(self, frame: Any) -> list[np.ndarray]:
+        columns = kernel_inputs(frame, self.schema)
+        rows = columns[0].shape[0] if columns else 0
+        if rows > self.size_limit:
             raise SchemaMismatchError(f"the frame has more records than the domain's size limit {self.size_limit}")
-        return prepared
+        return columns
 
-    def total(self, prepared: Any) -> float:
-        if prepared.rows == 0:
+    def total(self, columns: list[np.ndarray]) -> float:
+        if not columns or columns[0].shape[0] == 0:
             return 0.0
         with np.errstate(all="ignore"):
-            values = self.kernel.value(prepared.columns)
-        # float evaluation can step a rounding error outside the certified range, and
-        # a non-finite value can only come from float overflow inside the kernel
-        values = np.clip(np.where(np.isfinite(values), values, self.lower), self.lower, self.upper)
+            # inputs imputed and clamped to the box, outputs clamped to the certified
+            # range (a float rounding can step outside it; NaN from overflow becomes L)
+            values = self.kernel.value_clamped(columns, self.lower, self.upper)
         return pairwise_sum(values, overwrite=True)
 
 
 def make_sum_of(input_domain: Any, input_metric: Any, function: RecordFunction, *,
                 size_limit: int = DEFAULT_SIZE_LIMIT, range_certificate: RangeCertificate | None = None,
-                lipschitz_certificate: BoundCertificate | None = None):
+                lipschitz_certificate: BoundCertificate | None = None, backend: str = "auto"):
     """Transformation: frame -> ``sum_i f(x_i)`` (a float), over records prepared by the frame domain.
 
     Each record is clamped to the box (missing values by policy), ``f`` is evaluated
     by the compiled kernel and clamped to its certified range ``[L, U]``, and the
     values are summed pairwise. Frames with more than ``size_limit`` records are not
-    members of the domain.
+    members of the domain. ``backend`` picks the kernel backend (see ``RecordFunction.compile``).
 
     Stability (``d_in`` -> ``d_out`` in absolute distance), with ``R`` the float relaxation:
 
@@ -146,10 +147,10 @@ def make_sum_of(input_domain: Any, input_metric: Any, function: RecordFunction, 
     """
     import opendp.prelude as dp
 
-    plan = _SumPlan(input_domain, input_metric, function, size_limit, range_certificate, lipschitz_certificate)
+    plan = _SumPlan(input_domain, input_metric, function, size_limit, range_certificate, lipschitz_certificate, backend)
     return dp.t.make_user_transformation(
         input_domain, input_metric, dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float),
-        lambda frame: plan.total(plan.prepare(frame)), plan.stability,
+        lambda frame: plan.total(plan.inputs(frame)), plan.stability,
     )
 
 
@@ -190,8 +191,8 @@ def make_sum_of_vector(input_domain: Any, input_metric: Any, functions: list[Rec
     plans = [_SumPlan(input_domain, input_metric, f, size_limit, None, None) for f in functions]
 
     def apply(frame: Any) -> list[float]:
-        prepared = plans[0].prepare(frame)  # all plans share the schema: prepare once
-        return [plan.total(prepared) for plan in plans]
+        columns = plans[0].inputs(frame)  # all plans share the schema: prepare once
+        return [plan.total(columns) for plan in plans]
 
     def stability(d_in: Any) -> float:
         return _norm_up([plan.stability(d_in) for plan in plans], p)

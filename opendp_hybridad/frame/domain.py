@@ -104,6 +104,25 @@ def prepare_frame(frame: Any, schema: Schema) -> PreparedFrame:
     return PreparedFrame(columns, kept)
 
 
+def kernel_inputs(frame: Any, schema: Schema) -> list[np.ndarray]:
+    """Columns ready for :meth:`Kernel.value_clamped`, which imputes and clamps itself.
+
+    When no field drops records this is a membership check and a float64 view of
+    each column (no copy, no extra pass); otherwise records are dropped first by
+    :func:`prepare_frame`.
+    """
+    if any(f.missing == "drop" for f in schema.fields.values()):
+        return list(prepare_frame(frame, schema).columns.values())
+    check_frame(frame, schema)
+    return [_float_column(frame[name]) for name in schema.names]
+
+
+def _float_column(column: pd.Series) -> np.ndarray:
+    if column.dtype == np.float64:
+        return column.to_numpy()  # a view: NaN already marks a missing value
+    return column.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def make_frame_domain(schema: Schema):
     """An OpenDP ``UserDomain`` of the pandas dataframes that :func:`check_frame` accepts.
 

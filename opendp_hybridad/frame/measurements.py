@@ -149,10 +149,11 @@ def _relation_name(metric: Any) -> str:
 
 
 def make_private_sum(domain_or_schema: Any, function: RecordFunction, metric: Any = None, *, epsilon: float | None = None,
-                     rho: float | None = None, d_in: Any = 1, size_limit: int = DEFAULT_SIZE_LIMIT) -> AccountedMeasurement:
+                     rho: float | None = None, d_in: Any = 1, size_limit: int = DEFAULT_SIZE_LIMIT,
+                     backend: str = "auto") -> AccountedMeasurement:
     """``sum_i f(x_i)`` plus OpenDP noise calibrated to the certified sensitivity at ``d_in``."""
     domain, metric = _space(domain_or_schema, metric)
-    t = make_sum_of(domain, metric, function, size_limit=size_limit)
+    t = make_sum_of(domain, metric, function, size_limit=size_limit, backend=backend)
     return _calibrate(t, d_in, epsilon, rho, _relation_name(metric))
 
 

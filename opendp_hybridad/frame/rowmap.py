@@ -21,7 +21,7 @@ import numpy as np
 
 from opendp_hybridad.analysis.certificate import RangeCertificate
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.frame.domain import prepare_frame
+from opendp_hybridad.frame.domain import kernel_inputs
 from opendp_hybridad.symbolic.function import RecordFunction
 from opendp_hybridad.symbolic.schema import Schema
 
@@ -58,15 +58,12 @@ def make_row_map(input_domain: Any, input_metric: Any, function: RecordFunction,
     kernel = function.compile()
 
     def apply(frame: Any) -> list[float]:
-        prepared = prepare_frame(frame, schema)  # raises SchemaMismatchError on a non-member
-        if prepared.rows == 0:
+        columns = kernel_inputs(frame, schema)  # raises SchemaMismatchError on a non-member
+        if columns[0].shape[0] == 0:
             return []
         with np.errstate(all="ignore"):
-            values = kernel.value(prepared.columns)
-        # float evaluation can step a rounding error outside the certified range;
-        # a non-finite value can only come from float overflow inside the kernel
-        values = np.where(np.isfinite(values), values, lo)
-        return np.clip(values, lo, hi).tolist()
+            # clamped to the certified range: a float rounding can step outside it
+            return kernel.value_clamped(columns, lo, hi).tolist()
 
     output_domain = dp.vector_domain(dp.atom_domain(bounds=(lo, hi), nan=False))
     return dp.t.make_user_transformation(

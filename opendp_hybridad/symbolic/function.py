@@ -105,7 +105,7 @@ class RecordFunction:
         """A stable hash of the expression and its box, used as the compile-cache key."""
         import hashlib
 
-        text = sympy.srepr(self.expr) + "|" + repr([(n, f.lower, f.upper) for n, f in self.schema.fields.items()])
+        text = sympy.srepr(self.expr) + "|" + repr([(n, f.lower, f.upper, f.missing, f.impute) for n, f in self.schema.fields.items()])
         return hashlib.sha256(text.encode()).hexdigest()
 
     def __str__(self) -> str:
