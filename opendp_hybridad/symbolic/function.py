@@ -79,6 +79,9 @@ class RecordFunction:
         self.expr: sympy.Expr = canonical(expr)
         self.schema = schema
         self.name = name or "f"
+        # certificates are pure functions of (expression, box, settings): keep them
+        self._certificates: dict[tuple, Any] = {}
+        self._kernels: dict[str, Any] = {}
         # lowering checks that every operation is supported, at declaration time
         from opendp_hybridad.analysis.tape import Tape
 
@@ -169,16 +172,22 @@ class RecordFunction:
 
     # -- certificates -------------------------------------------------------------
     def range(self, tolerance: float = 1e-3, time_budget: float = 2.0) -> RangeCertificate:
-        """Certified enclosure ``[lo, hi]`` of f over the declared box."""
+        """Certified enclosure ``[lo, hi]`` of f over the declared box (computed once per setting)."""
         from opendp_hybridad.analysis.certify import certify_range
 
-        return certify_range(self, tolerance=tolerance, time_budget=time_budget)
+        key = ("range", tolerance, time_budget)
+        if key not in self._certificates:
+            self._certificates[key] = certify_range(self, tolerance=tolerance, time_budget=time_budget)
+        return self._certificates[key]
 
     def lipschitz(self, norm: Any = 2, tolerance: float = 1e-3, time_budget: float = 2.0) -> BoundCertificate:
-        """Certified upper bound on ``K = sup ||grad f||_p`` over the box, with a witness."""
+        """Certified upper bound on ``K = sup ||grad f||_p`` over the box, with a witness (computed once per setting)."""
         from opendp_hybridad.analysis.certify import certify_lipschitz
 
-        return certify_lipschitz(self, norm=normalise_norm(norm), tolerance=tolerance, time_budget=time_budget)
+        key = ("lipschitz", normalise_norm(norm), tolerance, time_budget)
+        if key not in self._certificates:
+            self._certificates[key] = certify_lipschitz(self, norm=key[1], tolerance=tolerance, time_budget=time_budget)
+        return self._certificates[key]
 
     def partial_bounds(self, tolerance: float = 1e-3, time_budget: float = 1.0) -> dict[str, BoundCertificate]:
         """Certified ``sup |df/dx_j|`` per field: the sensitivity to each feature alone."""
@@ -208,7 +217,11 @@ class RecordFunction:
         """
         from opendp_hybridad.compile.kernel import compile_function
 
-        return compile_function(self, backend=backend, cache=cache)
+        if cache is not False:
+            return compile_function(self, backend=backend, cache=cache)
+        if backend not in self._kernels:  # a JIT kernel is reused by every query on this function
+            self._kernels[backend] = compile_function(self, backend=backend, cache=False)
+        return self._kernels[backend]
 
     def fix(self, values: Mapping[str, float] | None = None, **kwargs: float) -> RecordFunction:
         """Partial evaluation: substitute numbers for some fields.
