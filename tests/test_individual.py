@@ -60,7 +60,7 @@ def test_an_individual_who_left_changes_no_later_answer(data, person, sequence):
     without = df[df.person != person]
     if without.empty or (df.person == person).sum() == 0:
         return
-    kw = dict(kind="renyi", alpha=4.0, budget=0.5, id_column="person")
+    kw = {"kind": "renyi", "alpha": 4.0, "budget": 0.5, "id_column": "person"}
     with_p = IndividualFilter(df, SCHEMA, **kw)
     without_p = IndividualFilter(without, SCHEMA, **kw)
     p_hash = with_p.ledger.hash_ids(pd.Series([person]))

@@ -148,10 +148,7 @@ class IndividualFilter:
     def _loss(self, contribution: np.ndarray, noise_scale: float) -> np.ndarray:
         """Per-individual loss of a Gaussian release with the given l2 contributions (rounded up)."""
         c2 = np.nextafter(contribution * contribution, np.inf)
-        if self.kind == "renyi":
-            loss = self.alpha * c2 / (2.0 * noise_scale * noise_scale)
-        else:
-            loss = c2 / (noise_scale * noise_scale)
+        loss = self.alpha * c2 / (2.0 * noise_scale * noise_scale) if self.kind == "renyi" else c2 / (noise_scale * noise_scale)
         return np.nextafter(loss, np.inf)
 
     def _contributions(self, functions: list[RecordFunction]) -> tuple[np.ndarray, np.ndarray, float]:

@@ -11,7 +11,7 @@ SCHEMA = hd.Schema(age=hd.Field(18, 90, missing="impute", impute=30), weight=hd.
 
 def query_functions():
     a, w, h = SCHEMA.symbols()
-    return [SCHEMA.function(a * w / h**2), SCHEMA.function(30 * w), SCHEMA.function(1000 * h)]
+    return [SCHEMA.function(a * w / h**2), SCHEMA.function(3 * w), SCHEMA.function(100 * h)]
 
 
 def make_filter(ledger):
