@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sqlite3
@@ -195,3 +196,24 @@ def test_the_ledger_stores_no_ids_or_values(tmp_path):
     flt.ledger.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert b"alice-secret-id" not in raw and b"0.123456" not in raw
+
+
+# -- OpenDP form --------------------------------------------------------------------------------
+def test_the_filter_is_an_opendp_measurement_returning_a_queryable():
+    import opendp.prelude as dp
+
+    from opendp_hybridad.frame import make_frame_domain
+    from opendp_hybridad.individual.measurement import IndividualQuery, make_individual_filter
+
+    dp.enable_features("contrib", "honest-but-curious")
+    space = (make_frame_domain(SCHEMA), dp.symmetric_distance())
+    renyi = make_individual_filter(*space, kind="renyi", alpha=8.0, budget=2.0)
+    curve = renyi.map(1)
+    assert curve(8.0) == 2.0 and curve(2.0) == 2.0 and math.isinf(curve(9.0))
+    queryable = renyi(frame([(0.1, 1.0, 0), (0.5, 2.0, 1)]))
+    answer = queryable(IndividualQuery((FUNCTIONS[0], FUNCTIONS[1]), noise_scale=5.0))
+    assert len(answer) == 2 and all(np.isfinite(answer))
+    gdp = make_individual_filter(*space, kind="gdp", budget=1.0)
+    assert gdp.map(1) >= 0.5
+    with pytest.raises(Exception, match="group privacy"):
+        gdp.map(2)

@@ -171,3 +171,12 @@ def test_value_clamped_equals_prepare_then_evaluate_then_clip(backend):
     np.testing.assert_allclose(got, expected, rtol=1e-13)
     for c, b in zip(columns, before, strict=True):  # inputs untouched
         np.testing.assert_array_equal(c, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_constant_functions_give_one_value_per_record(backend):
+    s = hd.Schema(x=(0, 1), y=(0, 1))
+    k = s.function(s.x * 0 + 2).compile(backend=backend)
+    cols = [np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.5, 0.5])]
+    np.testing.assert_array_equal(k.value_clamped(cols, 0.0, 5.0), [2.0, 2.0, 2.0])
+    np.testing.assert_array_equal(k.value(np.column_stack(cols)), [2.0, 2.0, 2.0])

@@ -231,7 +231,8 @@ def _clamped_value_source(expr: sympy.Expr, args: list[str], box: dict[str, tupl
                 clamp = f"where({name} != {name}, {impute!r}, {clamp})"
             text = text.replace(str(token), f"({clamp})")
         env = "{" + ", ".join(f"'{a}': {a}" for a in args) + "}"
-        lines.append(f"    _v = _ne.evaluate({text!r}, local_dict={env})")
+        # a constant expression evaluates to a 0-d array: broadcast it to one value per record
+        lines.append(f"    _v = _full(_ne.evaluate({text!r}, local_dict={env}), {args[0]}.shape[0])")
         lines.append("    return _ne.evaluate('where(_v != _v, _lo, where(_v < _lo, _lo, where(_v > _hi, _hi, _v)))', "
                      "local_dict={'_v': _v, '_lo': _lo, '_hi': _hi}, out=_v)")
     else:
@@ -242,7 +243,7 @@ def _clamped_value_source(expr: sympy.Expr, args: list[str], box: dict[str, tupl
             lines.append(f"    {name} = clip({name}, {lo!r}, {hi!r})")
             if impute is not None:
                 lines.append(f"    copyto({name}, {impute!r}, where={name} != {name})")
-        lines.append(f"    _v = asarray(value({', '.join(args)}), dtype=float64)")
+        lines.append(f"    _v = asarray(value({', '.join(args)}), dtype=float64).copy()")
         lines.append("    clip(_v, _lo, _hi, out=_v)")
         lines.append("    copyto(_v, _lo, where=_v != _v)")
         lines.append("    return _v")
