@@ -76,6 +76,7 @@ class PrivacyLedger:
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path} is not a usable ledger (corrupted, or not a SQLite database): {exc}") from None
         self._cache: _State | None = None
+        self._positions_cache: tuple | None = None
 
     # -- schema -------------------------------------------------------------------
     def _open(self) -> None:
@@ -83,7 +84,7 @@ class PrivacyLedger:
         if not tables:
             self._create()
             return
-        if "meta" not in tables or "state" not in tables:
+        if not {"meta", "state", "members", "queries"} <= tables:
             raise LedgerError(f"{self.path} is a SQLite database but not an opendp-hybridad ledger")
         meta = dict(self._db.execute("SELECT key, value FROM meta"))
         if meta.get("format") != FORMAT:
@@ -105,10 +106,13 @@ class PrivacyLedger:
                 ("format", FORMAT), ("kind", p.kind), ("budget", repr(p.budget)),
                 ("alpha", "" if p.alpha is None else repr(p.alpha)), ("salt", self.salt), ("created", repr(time.time())),
             ])
+            # members (sorted hashes) only change when new individuals arrive; the
+            # per-query write is the spent and retired arrays
+            self._db.execute("CREATE TABLE members (id INTEGER PRIMARY KEY CHECK (id = 0), hashes BLOB NOT NULL)")
+            self._db.execute("INSERT INTO members VALUES (0, ?)", (b"",))
             self._db.execute("CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL, "
-                             "hashes BLOB NOT NULL, spent BLOB NOT NULL, retired BLOB NOT NULL)")
-            empty = b""
-            self._db.execute("INSERT INTO state VALUES (0, 0, ?, ?, ?)", (empty, empty, empty))
+                             "members INTEGER NOT NULL, spent BLOB NOT NULL, retired BLOB NOT NULL)")
+            self._db.execute("INSERT INTO state VALUES (0, 0, 0, ?, ?)", (b"", b""))
             self._db.execute("CREATE TABLE queries (seq INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, "
                              "label TEXT, noise_scale REAL, admitted INTEGER, retired_now INTEGER, "
                              "worst_case_charge REAL, max_charge REAL)")
@@ -132,9 +136,12 @@ class PrivacyLedger:
         (version,) = self._db.execute("SELECT version FROM state WHERE id = 0").fetchone()
         if self._cache is not None and self._cache.version == version:
             return self._cache
-        hashes, spent, retired = self._db.execute("SELECT hashes, spent, retired FROM state WHERE id = 0").fetchone()
-        state = _State(version, np.frombuffer(hashes, dtype=np.uint64).copy(), np.frombuffer(spent, dtype=np.float64).copy(),
-                       np.frombuffer(retired, dtype=np.bool_).copy())
+        members, spent, retired = self._db.execute("SELECT members, spent, retired FROM state WHERE id = 0").fetchone()
+        if self._cache is not None and self._cache.hashes.size == members:
+            hashes = self._cache.hashes  # the member set only grows: same size, same set
+        else:
+            hashes = np.frombuffer(self._db.execute("SELECT hashes FROM members WHERE id = 0").fetchone()[0], dtype=np.uint64).copy()
+        state = _State(version, hashes, np.frombuffer(spent, dtype=np.float64).copy(), np.frombuffer(retired, dtype=np.bool_).copy())
         if not (state.hashes.size == state.spent.size == state.retired.size):
             raise LedgerError(f"{self.path} is corrupted: its state arrays disagree in length")
         self._cache = state
@@ -162,16 +169,16 @@ class PrivacyLedger:
         budget = self.parameters.budget
         with self._transaction():
             state = self._read_state()
-            fresh = np.setdiff1d(hashes, state.hashes, assume_unique=False)
-            if fresh.size:
-                merged = np.concatenate([state.hashes, fresh])
+            known, spent, retired = state.hashes, state.spent.copy(), state.retired.copy()
+            idx, found = self._positions(known, hashes)
+            if not found.all():  # individuals new to the ledger start with nothing spent
+                merged = np.concatenate([known, hashes[~found]])
                 order = np.argsort(merged, kind="stable")
                 known = merged[order]
-                spent = np.concatenate([state.spent, np.zeros(fresh.size)])[order]
-                retired = np.concatenate([state.retired, np.zeros(fresh.size, dtype=bool)])[order]
-            else:
-                known, spent, retired = state.hashes, state.spent.copy(), state.retired.copy()
-            idx = np.searchsorted(known, hashes)
+                spent = np.concatenate([spent, np.zeros(int((~found).sum()))])[order]
+                retired = np.concatenate([retired, np.zeros(int((~found).sum()), dtype=bool)])[order]
+                idx, found = self._positions(known, hashes)
+                self._db.execute("UPDATE members SET hashes = ? WHERE id = 0", (known.tobytes(),))
             recorded = spent[idx] + charges
             recorded = np.where(charges > 0, np.nextafter(recorded, np.inf), recorded)  # never under-record
             admitted = ~retired[idx] & (recorded <= budget)
@@ -179,8 +186,8 @@ class PrivacyLedger:
             spent[idx[admitted]] = recorded[admitted]
             retired[idx[newly_retired]] = True
             version = state.version + 1
-            self._db.execute("UPDATE state SET version = ?, hashes = ?, spent = ?, retired = ? WHERE id = 0",
-                             (version, known.tobytes(), spent.tobytes(), retired.tobytes()))
+            self._db.execute("UPDATE state SET version = ?, members = ?, spent = ?, retired = ? WHERE id = 0",
+                             (version, int(known.size), spent.tobytes(), retired.tobytes()))
             self._db.execute(
                 "INSERT INTO queries (created, label, noise_scale, admitted, retired_now, worst_case_charge, max_charge) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -190,14 +197,29 @@ class PrivacyLedger:
         self._cache = _State(version, known, spent, retired)
         return admitted
 
+    def _positions(self, known: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index of each hash in the sorted member array, and whether it is a member.
+
+        Cached per (member count, hashes array): members are only ever added, so an
+        unchanged count means an unchanged array, and a filter asks with the same
+        hashes every query.
+        """
+        key = (known.size, id(hashes), hashes.size)
+        if self._positions_cache is not None and self._positions_cache[0] == key and self._positions_cache[1] is hashes:
+            return self._positions_cache[2], self._positions_cache[3]
+        if known.size == 0:
+            idx, found = np.zeros(hashes.shape, dtype=np.intp), np.zeros(hashes.shape, dtype=bool)
+        else:
+            idx = np.clip(np.searchsorted(known, hashes), 0, known.size - 1)
+            found = known[idx] == hashes
+        self._positions_cache = (key, hashes, idx, found)
+        return idx, found
+
     # -- reading ----------------------------------------------------------------------
     def _lookup(self, hashes: np.ndarray) -> tuple[_State, np.ndarray, np.ndarray]:
         state = self._read_state()
-        hashes = np.asarray(hashes, dtype=np.uint64)
-        if state.hashes.size == 0:
-            return state, np.zeros(hashes.shape, dtype=np.intp), np.zeros(hashes.shape, dtype=bool)
-        idx = np.clip(np.searchsorted(state.hashes, hashes), 0, state.hashes.size - 1)
-        return state, idx, state.hashes[idx] == hashes
+        idx, found = self._positions(state.hashes, np.asarray(hashes, dtype=np.uint64))
+        return state, idx, found
 
     def spent(self, hashes: np.ndarray | None = None) -> np.ndarray:
         """Recorded loss of the given individuals (0 for unknown ones), or of all."""
