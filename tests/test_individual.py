@@ -217,3 +217,31 @@ def test_the_filter_is_an_opendp_measurement_returning_a_queryable():
     assert gdp.map(1) >= 0.5
     with pytest.raises(Exception, match="group privacy"):
         gdp.map(2)
+
+
+# -- noisy gradient descent ------------------------------------------------------------------------
+def test_noisy_gradient_descent_with_the_filter_learns_and_keeps_every_budget():
+    from opendp_hybridad.datasets import load_bdims
+    from opendp_hybridad.individual.gradient_descent import noisy_gradient_descent
+
+    data = load_bdims()
+    data = data.assign(y=2.0 * data.sex - 1.0)[["height", "weight", "y"]]
+    schema = hd.Schema(height=hd.Field(1.4, 2.2, missing="drop"), weight=hd.Field(40, 200, missing="drop"),
+                       y=hd.Field(-1, 1), w1=hd.Field(-5, 5), w2=hd.Field(-5, 5), b=hd.Field(-5, 5))
+    h, wt, y, w1, w2, b = schema.symbols()
+    loss = schema.function(hd.softplus(-y * (w1 * (h - 1.7) * 10 + w2 * (wt - 70) / 15 + b)))
+    start = {"w1": 0.0, "w2": 0.0, "b": 0.0}
+    result = noisy_gradient_descent(data, loss, start, steps=30, learning_rate=2.0, noise_scale=5.0, clip=1.0,
+                                    budget=2.0, kind="gdp")
+
+    def mean_loss(params):
+        cols = {**{c: data[c].to_numpy() for c in ("height", "weight", "y")},
+                **{k: np.full(len(data), v) for k, v in params.items()}}
+        return float(loss.compile().value(cols).mean())
+
+    assert mean_loss(result.parameters) < 0.8 * mean_loss(start)
+    spent = result.filter.spent()
+    assert np.all(spent <= 4.0)  # mu^2 = 4
+    assert len(result.history) == 30 and set(result.history[0]) == {"step", "w1", "w2", "b"}
+    # each step charged every active person at most (clip / sigma)^2 plus the float allowance
+    assert all(r.max_charge <= (1.0 / 5.0) ** 2 * (1 + 1e-4) for r in result.filter.reports)

@@ -224,6 +224,10 @@ class IndividualFilter:
         if not functions:
             raise DeclarationError("give at least one function")
         sums, sensitivity, worst_case = self._contributions(functions)
+        return self._charge_and_total(sums, sensitivity, worst_case, noise_scale, label)
+
+    def _charge_and_total(self, sums: np.ndarray, sensitivity: np.ndarray, worst_case: float, noise_scale: float,
+                          label: str) -> np.ndarray:
         charges = self._loss(sensitivity, noise_scale)
         worst_charge = float(self._loss(np.array([worst_case]), noise_scale)[0])
         admitted = self.ledger.charge(self._hashes, charges, label=label, noise_scale=noise_scale,
@@ -234,6 +238,27 @@ class IndividualFilter:
         # a correctly rounded sum: independent of order and of zero terms, so an
         # individual who left changes no later answer, bit for bit
         return np.array([math.fsum(sums[admitted, j]) for j in range(sums.shape[1])])
+
+    def sum_rows(self, values: np.ndarray, row_bound: float, noise_scale: float, label: str = "") -> np.ndarray:
+        """Noisy sum of per-record vectors (rows, k) whose l2 norm is at most ``row_bound`` each.
+
+        The caller guarantees the bound (for example by clipping, or by a certificate);
+        rows follow the filter's records (after its missing-value policies). Used by
+        noisy gradient descent: each record's clipped gradient is its vector.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[0] != self._codes.shape[0]:
+            raise DeclarationError("values must have one row per record kept by the filter")
+        norms = np.sqrt((values * values).sum(axis=1))
+        if np.any(~(norms <= row_bound * (1 + 1e-12))):
+            raise DeclarationError("a row's norm exceeds the declared row_bound")
+        sums = np.column_stack([np.bincount(self._codes, weights=values[:, j], minlength=self._m)
+                                for j in range(values.shape[1])]) if self._m else np.zeros((0, values.shape[1]))
+        allowance = math.sqrt(values.shape[1]) * _float_allowance(self._max_rows, self._size_limit, row_bound)
+        sensitivity = np.nextafter(np.sqrt((sums * sums).sum(axis=1)) + allowance, np.inf)
+        worst_case = self._max_rows * row_bound + allowance
+        exact = self._charge_and_total(sums, sensitivity, worst_case, noise_scale, label)
+        return _gaussian(noise_scale, values.shape[1])(exact)
 
     # -- reporting ---------------------------------------------------------------------------
     def spent(self) -> np.ndarray:
