@@ -245,3 +245,35 @@ def test_noisy_gradient_descent_with_the_filter_learns_and_keeps_every_budget():
     assert len(result.history) == 30 and set(result.history[0]) == {"step", "w1", "w2", "b"}
     # each step charged every active person at most (clip / sigma)^2 plus the float allowance
     assert all(r.max_charge <= (1.0 / 5.0) ** 2 * (1 + 1e-4) for r in result.filter.reports)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.floats(-1, 1), st.floats(0, 2)), min_size=1, max_size=8), st.data())
+def test_feature_level_charges_bound_every_move_within_the_radius(records, data):
+    r = 0.3
+    df = pd.DataFrame(records, columns=["x", "y"])
+    flt = IndividualFilter(df, SCHEMA, kind="gdp", budget=100.0, relation=("feature", 2, r))
+    f = FUNCTIONS[2]  # sigmoid(3x) + y
+    _, sensitivity, worst = flt._contributions([f])
+    i = data.draw(st.integers(0, len(records) - 1))
+    direction = np.array(data.draw(st.tuples(st.floats(-1, 1), st.floats(-1, 1))))
+    norm = np.linalg.norm(direction)
+    step = direction / norm * data.draw(st.floats(0, r)) if norm > 0 else direction * 0
+    moved = np.clip(np.array(records[i]) + step, [-1, 0], [1, 2])
+    kernel = f.compile()
+    before = kernel.value(x=np.array([records[i][0]]), y=np.array([records[i][1]]))[0]
+    after = kernel.value(x=moved[:1], y=moved[1:])[0]
+    assert abs(after - before) <= sensitivity[i]
+    assert sensitivity[i] <= worst * (1 + 1e-12)
+
+
+def test_report_summarises_and_plots(tmp_path):
+    flt = IndividualFilter(frame([(0.5, 2.0, 0), (0.0, 1.0, 1), (-1.0, 0.5, 2)]), SCHEMA, kind="renyi", alpha=4.0,
+                           budget=1.0, id_column="person")
+    for _ in range(3):
+        flt.sum(FUNCTIONS[0], 1.0)
+    pytest.importorskip("matplotlib")
+    summary = flt.report(str(tmp_path / "report.png"))
+    assert summary["individuals"] == 3 and summary["active"] == flt.active()
+    assert len(summary["queries"]) == 3 and (tmp_path / "report.png").stat().st_size > 1000
+    assert summary["spent_fraction_quantiles"]["max"] <= 1.0

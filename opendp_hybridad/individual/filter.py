@@ -1,7 +1,7 @@
 """Individual privacy filters over a dataframe: each person is charged what their own data cost.
 
 **Rényi form** (Feldman and Zrnic, "Individual Privacy Accounting via a Rényi Filter",
-NeurIPS 2021, Theorem 4.3). Fix an order ``alpha`` and a budget ``B``. Query t
+NeurIPS 2021). Fix an order ``alpha`` and a budget ``B``. Query t
 releases ``sum_i phi_t(x_i) + N(0, sigma_t^2 I)`` over the active individuals, where
 ``phi_t`` may be chosen adaptively. Individual i's loss in query t is
 ``alpha * ||phi_t(x_i)||^2 / (2 sigma_t^2)``; an individual whose recorded loss plus
@@ -9,8 +9,10 @@ the new loss would pass ``B`` is dropped from this and every later query. Then
 every individual enjoys ``(alpha, B)``-RDP under adding or removing their data.
 
 **Gaussian-DP form** (Smith and Thakurta, "Fully Adaptive Composition for Gaussian
-Differential Privacy", 2022, Theorem 1.2; used per individual by Koskela, Tobaben
-and Honkela, AISTATS 2023). With losses ``||phi_t(x_i)||^2 / sigma_t^2`` held below
+Differential Privacy", 2022, prove that a filter holding the sum of squared
+per-step GDP parameters below ``mu^2`` gives ``mu``-GDP; Koskela, Tobaben and
+Honkela, "Individual Privacy Accounting with Gaussian Differential Privacy", 2023,
+apply it per individual). With losses ``||phi_t(x_i)||^2 / sigma_t^2`` held below
 ``mu^2``, every individual enjoys ``mu``-GDP; (epsilon, delta) comes from
 dp-accounting's PLD of a Gaussian with noise multiplier ``1/mu`` (exact up to its
 discretisation).
@@ -196,10 +198,12 @@ class IndividualFilter:
             rng = f.range()
             width = math.nextafter(rng.upper - rng.lower, math.inf)
             objective = GradientObjective(f, norm=dual_norm(q))
+            # one enclosure per record box, never looser than the global certificate
+            global_k = f.lipschitz(norm=dual_norm(q)).upper
             bounds = np.empty(records.shape[0])
             for start in range(0, records.shape[0], 20000):
                 enc = objective.enclose(lo[start:start + 20000], hi[start:start + 20000])
-                bounds[start:start + 20000] = np.where(enc.bad < 0, enc.upper, np.inf)
+                bounds[start:start + 20000] = np.minimum(np.where(enc.bad < 0, enc.upper, np.inf), global_k)
             per_function.append(np.minimum(np.nextafter(bounds * r, np.inf), width))
         stacked = np.column_stack(per_function)
         return np.sqrt(np.nextafter((stacked * stacked).sum(axis=1), np.inf))
@@ -267,6 +271,44 @@ class IndividualFilter:
 
     def active(self) -> int:
         return int((~self.ledger.retired(self._hashes)).sum())
+
+    def report(self, plot_path: str | None = None) -> dict[str, Any]:
+        """Curator-side summary: active individuals, spent-budget distribution, per-query charges.
+
+        With ``plot_path`` (matplotlib installed) also saves a histogram of spent budget
+        and the per-query worst-case versus individual charges.
+        """
+        spent = self.spent() / (self.budget if self.kind == "renyi" else self.budget**2)
+        queries = pd.DataFrame([r.__dict__ for r in self.reports])
+        summary = {
+            "individuals": self._m, "active": self.active(),
+            "spent_fraction_quantiles": dict(zip(("min", "q25", "median", "q75", "max"),
+                                                 np.quantile(spent, [0, 0.25, 0.5, 0.75, 1]).tolist(), strict=True))
+            if spent.size else {},
+            "queries": queries,
+        }
+        if plot_path is not None:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+            axes[0].hist(spent, bins=40)
+            axes[0].set_xlabel("fraction of the individual budget spent")
+            axes[0].set_ylabel("individuals")
+            axes[0].set_title(f"{summary['active']} of {self._m} active")
+            if not queries.empty:
+                axes[1].semilogy(queries.index + 1, queries.worst_case_charge, "x-", label="worst case (everyone)")
+                axes[1].semilogy(queries.index + 1, queries.mean_charge, "o-", label="individual, mean over admitted")
+                axes[1].semilogy(queries.index + 1, queries.max_charge, ".-", label="individual, max")
+                axes[1].set_xlabel("query")
+                axes[1].set_ylabel("charge")
+                axes[1].legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(plot_path, dpi=110)
+            plt.close(fig)
+        return summary
 
     def guarantee(self, delta: float) -> dict[str, float]:
         """Each individual's guarantee: (alpha, B)-RDP or mu-GDP, and (epsilon, delta)."""

@@ -10,8 +10,9 @@ queries are asked:
 
 * Rényi form: a ``RenyiDivergence`` curve equal to ``B`` for orders up to ``alpha``
   (Rényi divergence is non-decreasing in the order) and unbounded above it;
-* Gaussian-DP form: ``mu``-GDP implies ``mu^2 / 2``-zCDP (Dong, Roth and Su 2022,
-  Corollary 2.13 via the Gaussian's Rényi curve), so the map is in OpenDP's
+* Gaussian-DP form: ``mu``-GDP implies ``mu^2 / 2``-zCDP (a mu-GDP mechanism is
+  post-processing of a Gaussian with sensitivity 1 and noise 1/mu, whose Rényi
+  curve is ``alpha mu^2 / 2``; Dong, Roth and Su 2022), so the map is in OpenDP's
   ``ZeroConcentratedDivergence``.
 
 Relation to OpenDP's ``make_privacy_filter``: that filter charges every query its
