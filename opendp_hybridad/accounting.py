@@ -147,3 +147,85 @@ def compose_epsilon(measurements: Iterable[AccountedMeasurement], delta: float,
         "delta": float(delta),
         "relation": relation,
     }
+
+
+# -- DP-SGD ------------------------------------------------------------------------------------
+def dp_sgd_steps(n: int, batch_size: int, epochs: float) -> int:
+    """Number of noisy steps of ``epochs`` passes over ``n`` examples with expected batch ``batch_size``."""
+    if n < 1 or batch_size < 1 or not epochs > 0:
+        raise AccountingError("n, batch_size and epochs must be positive")
+    if batch_size > n:
+        raise AccountingError(f"the batch size ({batch_size}) is larger than the data ({n} examples)")
+    return max(1, math.ceil(epochs * n / batch_size))
+
+
+def dp_sgd_event(n: int, batch_size: int, noise_multiplier: float, epochs: float, sampling: str = "poisson") -> dp_accounting.DpEvent:
+    """The dp-accounting event of DP-SGD.
+
+    ``"poisson"``: every example joins each step's batch independently with
+    probability ``batch_size / n`` (add/remove-one; amplification by Poisson
+    sampling). ``"shuffle"``: each epoch splits a shuffled copy of the data into
+    disjoint fixed-size batches, so each example is in exactly one step per epoch;
+    no amplification is claimed: under replace-one the sum's sensitivity is twice the
+    clip norm, so each epoch is one Gaussian with noise multiplier ``sigma / 2``,
+    composed over the epochs.
+    """
+    if not noise_multiplier > 0:
+        raise AccountingError("the noise multiplier must be positive")
+    steps = dp_sgd_steps(n, batch_size, epochs)
+    if sampling == "poisson":
+        step = dp_accounting.PoissonSampledDpEvent(batch_size / n, dp_accounting.GaussianDpEvent(noise_multiplier))
+        return dp_accounting.SelfComposedDpEvent(step, steps)
+    if sampling == "shuffle":
+        epochs_run = math.ceil(epochs)
+        return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(noise_multiplier / 2.0), epochs_run)
+    raise AccountingError("sampling must be 'poisson' or 'shuffle'")
+
+
+def dp_sgd_epsilon(n: int, batch_size: int, noise_multiplier: float, epochs: float, delta: float,
+                   sampling: str = "poisson") -> dict[str, float]:
+    """(epsilon, delta) of DP-SGD by dp-accounting's RDP and PLD accountants."""
+    event = dp_sgd_event(n, batch_size, noise_multiplier, epochs, sampling)
+    rdp_acc = rdp.RdpAccountant(orders=list(RDP_ORDERS))
+    rdp_acc.compose(event)
+    pld_acc = pld.PLDAccountant()
+    pld_acc.compose(event)
+    return {"epsilon_rdp": float(rdp_acc.get_epsilon(delta)), "epsilon_pld": float(pld_acc.get_epsilon(delta)),
+            "delta": float(delta), "steps": dp_sgd_steps(n, batch_size, epochs), "sampling": sampling,
+            "noise_multiplier": float(noise_multiplier), "sampling_probability": batch_size / n}
+
+
+def dp_sgd_noise_multiplier(target_epsilon: float, delta: float, n: int, batch_size: int, epochs: float,
+                            sampling: str = "poisson", accountant: str = "pld") -> float:
+    """The smallest noise multiplier (to 1e-3 relative) whose DP-SGD epsilon is at most the target.
+
+    Raises :class:`AccountingError` that says what would work when the target cannot be met.
+    """
+    from dp_accounting import mechanism_calibration
+
+    if not (target_epsilon > 0 and 0 < delta < 1):
+        raise AccountingError("the target epsilon must be positive and delta in (0, 1)")
+
+    def calibrate(make_accountant, low: float, high: float) -> float:
+        return float(mechanism_calibration.calibrate_dp_mechanism(
+            make_accountant, lambda sigma: dp_sgd_event(n, batch_size, sigma, epochs, sampling),
+            target_epsilon, delta, mechanism_calibration.ExplicitBracketInterval(low, high), tol=1e-3,
+        ))
+
+    # RDP first: cheap at any noise level, and an upper bound on what PLD needs
+    # (PLD epsilon <= RDP epsilon); PLD then searches below it, where its
+    # discretised distributions stay small
+    try:
+        sigma_rdp = calibrate(lambda: rdp.RdpAccountant(orders=list(RDP_ORDERS)), 0.05, 1000.0)
+    except (mechanism_calibration.NoBracketIntervalFoundError, ValueError) as exc:
+        at_max = dp_sgd_epsilon(n, batch_size, 1000.0, epochs, delta, sampling)["epsilon_rdp"]
+        raise AccountingError(
+            f"epsilon {target_epsilon} at delta {delta} cannot be met with {dp_sgd_steps(n, batch_size, epochs)} steps: "
+            f"even noise multiplier 1000 gives {at_max:.3g}; use fewer epochs, a smaller batch, or a larger epsilon or delta"
+        ) from exc
+    if accountant == "rdp":
+        return sigma_rdp
+    try:
+        return calibrate(pld.PLDAccountant, max(0.3, sigma_rdp / 2), sigma_rdp)
+    except (mechanism_calibration.NoBracketIntervalFoundError, ValueError):
+        return sigma_rdp  # PLD could not do better inside the bracket: the RDP answer is valid

@@ -79,6 +79,24 @@ def _report_jump(fn, exc: NotLipschitzError, args: argparse.Namespace) -> int:
     return 0
 
 
+def _privacy_dp_sgd(args: argparse.Namespace) -> int:
+    from opendp_hybridad.accounting import dp_sgd_epsilon, dp_sgd_noise_multiplier
+
+    sigma = args.noise_multiplier
+    if sigma is None:
+        if args.target_epsilon is None:
+            raise HybridADError("give --noise-multiplier, or --target-epsilon to calibrate one")
+        sigma = dp_sgd_noise_multiplier(args.target_epsilon, args.delta, args.n, args.batch_size, args.epochs, args.sampling)
+    report = dp_sgd_epsilon(args.n, args.batch_size, sigma, args.epochs, args.delta, args.sampling)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"DP-SGD: n={args.n}, batch size {args.batch_size} ({args.sampling} sampling, q={report['sampling_probability']:.5f}), "
+          f"noise multiplier {sigma:.4g}, {args.epochs:g} epochs = {report['steps']} steps")
+    print(f"  epsilon at delta={args.delta:g}:  RDP {report['epsilon_rdp']:.4f}   PLD {report['epsilon_pld']:.4f}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from opendp_hybridad.demo import run_demo
 
@@ -99,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--time-budget", type=float, default=5.0, help="seconds per certificate (the bound stays sound)")
     an.add_argument("--json", action="store_true", help="print one JSON object")
     an.set_defaults(run=_analyse)
+
+    privacy = sub.add_parser("privacy", help="privacy accounting")
+    privacy_sub = privacy.add_subparsers(dest="privacy_command", required=True)
+    sgd = privacy_sub.add_parser("dp-sgd", help="epsilon of DP-SGD by dp-accounting's RDP and PLD accountants")
+    sgd.add_argument("--n", type=int, required=True, help="number of training examples")
+    sgd.add_argument("--batch-size", type=int, required=True, help="(expected) batch size")
+    sgd.add_argument("--noise-multiplier", type=float, default=None, help="noise standard deviation / clip norm")
+    sgd.add_argument("--target-epsilon", type=float, default=None, help="calibrate the noise multiplier to this epsilon")
+    sgd.add_argument("--epochs", type=float, required=True)
+    sgd.add_argument("--delta", type=float, required=True)
+    sgd.add_argument("--sampling", choices=["poisson", "shuffle"], default="poisson")
+    sgd.add_argument("--json", action="store_true", help="print one JSON object")
+    sgd.set_defaults(run=_privacy_dp_sgd)
 
     demo = sub.add_parser("demo", help="the paper's BMI analysis on the bundled body-measurement data")
     demo.set_defaults(run=_demo)
