@@ -143,3 +143,44 @@ def test_vector_sensitivity_is_the_norm_of_the_coordinates():
     assert l2.map(1) == pytest.approx(math.sqrt(sum(x * x for x in per)), rel=1e-12)
     assert l1.map(1) == pytest.approx(sum(per), rel=1e-12)
     assert l2.map(1) >= math.sqrt(sum(x * x for x in per))
+
+
+# -- float evaluation error under the feature relation (from the second review) ----------------
+def test_feature_relation_covers_float_evaluation_error_near_a_cancellation():
+    import sympy
+
+    schema = hd.Schema(a=hd.Field(0, 1))
+    (a,) = schema.symbols()
+    f = schema.function(sympy.sqrt(a + 10**15) - sympy.Rational(31622776601683793, 10**9))
+    x, y = 0.0625 - 1e-9, 0.0625 + 1e-9
+    for q in (1, 2, math.inf):
+        for backend in ("numpy", "numexpr"):
+            t = make_sum_of(make_frame_domain(schema), feature_distance(q), f, backend=backend)
+            change = abs(t(pd.DataFrame({"a": [x]})) - t(pd.DataFrame({"a": [y]})))
+            assert change <= t.map(y - x)
+
+
+def test_point_width_bound_covers_point_enclosures_and_their_distance_to_the_real_value():
+    import mpmath
+    import sympy
+    from suite import CASES, function_of
+
+    from opendp_hybridad.analysis.float_error import point_values, point_width_bound
+
+    mpmath.mp.dps = 50
+    for case in CASES[:12]:
+        f = function_of(case)
+        bound = point_width_bound(f)
+        rng = np.random.default_rng(5)
+        lo = np.array([b[0] for b in case.box.values()])
+        hi = np.array([b[1] for b in case.box.values()])
+        pts = lo + rng.random((200, lo.size)) * (hi - lo)
+        mids = point_values(f, [pts[:, j] for j in range(lo.size)])
+        exact = sympy.lambdify(list(f.symbols), f.expr, modules=[{"sigmoid": lambda v: 1 / (1 + mpmath.exp(-v)),
+                                                                   "softplus": lambda v: mpmath.log(1 + mpmath.exp(v)),
+                                                                   "Heaviside": lambda v, h0=0.5: 1 if v > 0 else (0 if v < 0 else h0)},
+                                                                  "mpmath"])
+        for k in range(0, 200, 20):
+            real = exact(*[mpmath.mpf(float(v)) for v in pts[k]])
+            ulp = abs(float(real)) * 2.0**-52 + 2.0**-1074
+            assert abs(mpmath.mpf(mids[k]) - real) <= bound / 2 + ulp, case.name

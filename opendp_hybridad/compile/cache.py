@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 #: bump when generated code changes shape, so old artefacts are ignored
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 
 
 def default_cache_dir() -> Path:

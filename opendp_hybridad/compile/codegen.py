@@ -68,6 +68,10 @@ class _NumpyKernelPrinter(NumPyPrinter):
     def _print_Rational(self, e: Any) -> str:
         return _as_float_literal(e)
 
+    def _print_Float(self, e: Any) -> str:
+        # repr round-trips the double; sympy's default prints 15 digits, another number
+        return _as_float_literal(e)
+
     def _print_Integer(self, e: Any) -> str:
         return f"{int(e)}.0" if abs(int(e)) < 2**53 else _as_float_literal(e)
 

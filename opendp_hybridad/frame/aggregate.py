@@ -19,7 +19,7 @@ import numpy as np
 
 from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertificate
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.frame.domain import SchemaMismatchError, kernel_inputs
+from opendp_hybridad.frame.domain import SchemaMismatchError, kernel_inputs, prepare_frame
 from opendp_hybridad.frame.relations import Relation, add_up, mul_up, parse_relation, per_unit_sensitivity
 from opendp_hybridad.frame.rowmap import _schema_of
 from opendp_hybridad.symbolic.function import RecordFunction, dual_norm
@@ -66,17 +66,24 @@ def sum_relaxation(size_limit: int, max_abs: float) -> float:
 
 
 class SumStability:
-    """The stability map of a sum under one relation: ``min(slope * d_in, cap) + relaxation``, rounded up."""
+    """The stability map of a sum under one relation, rounded up.
 
-    def __init__(self, slope: float, cap: float, relaxation: float, relation: Relation):
+    Add/remove and replace: ``slope * d_in + relaxation``. Feature-level:
+    ``min(slope * d_in + evaluation_error, cap) + relaxation``, where
+    ``evaluation_error`` bounds how far the computed per-record values can be from
+    the real ones (see :mod:`opendp_hybridad.analysis.float_error`).
+    """
+
+    def __init__(self, slope: float, cap: float, relaxation: float, relation: Relation, evaluation_error: float = 0.0):
         self.slope, self.cap, self.relaxation, self.relation = slope, cap, relaxation, relation
+        self.evaluation_error = evaluation_error
 
     def __call__(self, d_in: Any) -> float:
         if self.relation.kind == "feature":
             r = float(d_in)
             if not (r >= 0):
                 raise ValueError("d_in must be a non-negative distance")
-            ideal = min(mul_up(self.slope, r), self.cap)
+            ideal = min(add_up(mul_up(self.slope, r), self.evaluation_error), self.cap)
         else:
             d = int(d_in)
             if d < 0:
@@ -108,12 +115,22 @@ class _SumPlan:
                 raise DeclarationError("the Lipschitz certificate's norm is not dual to the feature distance's norm")
             lip = cert.upper
         slope, cap = per_unit_sensitivity(function, relation, lower=self.lower, upper=self.upper, drops_records=drops, lipschitz=lip)
-        self.stability = SumStability(slope, cap, sum_relaxation(size_limit, max_abs), relation)
+        self.feature = relation.kind == "feature"
+        evaluation_error = 0.0
+        if self.feature:
+            # values come from certified point enclosures: |value - f(x)| <= W/2 + 1 ulp, per dataset
+            from opendp_hybridad.analysis.float_error import point_width_bound
+
+            width = point_width_bound(function)
+            evaluation_error = math.nextafter(width + 2 * (max_abs * 2.0**-52 + 2.0**-1074), math.inf)
+        self.stability = SumStability(slope, cap, sum_relaxation(size_limit, max_abs), relation, evaluation_error)
         self.size_limit = size_limit
+        self.function = function
         self.kernel = function.compile(backend=backend)
 
     def inputs(self, frame: Any) -> list[np.ndarray]:
-        columns = kernel_inputs(frame, self.schema)
+        # the feature relation evaluates enclosures at points, which need imputed, clamped records
+        columns = list(prepare_frame(frame, self.schema).columns.values()) if self.feature else kernel_inputs(frame, self.schema)
         rows = columns[0].shape[0] if columns else 0
         if rows > self.size_limit:
             raise SchemaMismatchError(f"the frame has more records than the domain's size limit {self.size_limit}")
@@ -123,9 +140,15 @@ class _SumPlan:
         if not columns or columns[0].shape[0] == 0:
             return 0.0
         with np.errstate(all="ignore"):
-            # inputs imputed and clamped to the box, outputs clamped to the certified
-            # range (a float rounding can step outside it; NaN from overflow becomes L)
-            values = self.kernel.value_clamped(columns, self.lower, self.upper)
+            if self.feature:
+                from opendp_hybridad.analysis.float_error import point_values
+
+                values = point_values(self.function, columns)
+                values = np.clip(np.where(np.isnan(values), self.lower, values), self.lower, self.upper)
+            else:
+                # inputs imputed and clamped to the box, outputs clamped to the certified
+                # range (a float rounding can step outside it; NaN from overflow becomes L)
+                values = self.kernel.value_clamped(columns, self.lower, self.upper)
         return pairwise_sum(values, overwrite=True)
 
 
@@ -143,7 +166,9 @@ def make_sum_of(input_domain: Any, input_metric: Any, function: RecordFunction, 
 
     * symmetric_distance: ``d_in * max(|L|, |U|) + R``
     * change_one_distance: ``d_in * (U - L) + R`` (``max(U - L, |L|, |U|)`` if a field drops records)
-    * feature_distance(q): ``min(K * d_in, U - L) + R``, ``K`` = certified ``sup ||grad f||_p``, 1/p + 1/q = 1
+    * feature_distance(q): ``min(K * d_in + E, U - L) + R``, ``K`` = certified ``sup ||grad f||_p``,
+      1/p + 1/q = 1, ``E`` the certified bound on how far computed values are from real ones
+      (under this relation values are midpoints of certified point enclosures)
     """
     import opendp.prelude as dp
 

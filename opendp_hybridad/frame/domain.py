@@ -70,10 +70,21 @@ def check_frame(frame: Any, schema: Schema) -> None:
         if isinstance(column, pd.DataFrame):
             raise SchemaMismatchError(f"column {name!r} appears more than once")
         kind = column.dtype.kind if isinstance(column.dtype, np.dtype) else _extension_kind(column)
+        if kind == "O" and _numeric_objects(column):
+            kind = "f"  # e.g. an empty frame, or a concat of nullable and plain floats
         if kind not in _NUMERIC_KINDS:
             raise SchemaMismatchError(f"column {name!r} has dtype {column.dtype}, which is not compatible with {field.dtype}")
         if field.missing == "raise" and column.isna().to_numpy().any():
             raise SchemaMismatchError(f"column {name!r} has missing values and its policy is 'raise'")
+
+
+def _numeric_objects(column: pd.Series) -> bool:
+    """An object column holding only numbers and missing values converts to float64."""
+    try:
+        column.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        return False
+    return not any(isinstance(v, (str, bytes)) for v in column.to_numpy()[:1000])
 
 
 def _extension_kind(column: pd.Series) -> str:

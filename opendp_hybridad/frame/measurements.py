@@ -86,9 +86,13 @@ def make_mean_of(input_domain: Any, input_metric: Any, function: RecordFunction,
         inner = make_sum_of(input_domain, input_metric, function, **kwargs)
         halve = False
 
+    max_abs = max(abs(function.range().lower), abs(function.range().upper))
+    # the float division by size is rounded to nearest: at most u * max|f| per dataset
+    division_error = math.nextafter(2 * 2.0**-52 * max_abs, math.inf)
+
     def stability(d_in: Any) -> float:
         d = int(d_in) // 2 if halve else d_in
-        return _div_up(inner.map(d), float(size))
+        return math.nextafter(_div_up(inner.map(d), float(size)) + division_error, math.inf)
 
     def apply(frame: Any) -> float:
         if prepare_frame(frame, schema).rows != size:

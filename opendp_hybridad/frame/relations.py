@@ -35,7 +35,9 @@ def feature_distance(q: Any = 2):
 
 
 def mul_up(a: float, b: float) -> float:
-    """``a * b`` rounded up (a, b >= 0)."""
+    """``a * b`` rounded up (a, b >= 0); ``0 * inf`` is 0 (no change times any distance)."""
+    if a == 0 or b == 0:
+        return 0.0
     p = a * b
     return p if p == 0 else math.nextafter(p, math.inf)
 

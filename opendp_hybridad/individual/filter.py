@@ -165,7 +165,16 @@ class IndividualFilter:
             lo, hi = float(rng.lower), float(rng.upper)
             max_abs = max(abs(lo), abs(hi))
             with np.errstate(all="ignore"):
-                values = f.compile().value_clamped(self._columns, lo, hi) if self._m else np.zeros(0)
+                if not self._m:
+                    values = np.zeros(0)
+                elif self._relation[0] == "feature":
+                    # midpoints of certified point enclosures: their error is bounded (float_error)
+                    from opendp_hybridad.analysis.float_error import point_values
+
+                    values = point_values(f, self._clamped_records_columns())
+                    values = np.clip(np.where(np.isnan(values), lo, values), lo, hi)
+                else:
+                    values = f.compile().value_clamped(self._columns, lo, hi)
             sums[:, j] = np.bincount(self._codes, weights=values, minlength=self._m)
             allowance[j] = _float_allowance(self._max_rows, self._size_limit, max_abs)
             if self._relation[0] == "add_remove":
@@ -181,16 +190,22 @@ class IndividualFilter:
         worst_case = float(np.sqrt((worst * worst).sum()))
         return sums, sensitivity, worst_case
 
+    def _clamped_records_columns(self) -> list[np.ndarray]:
+        return [np.clip(np.where(np.isnan(c), fld.impute if fld.impute is not None else fld.lower, c), fld.lower, fld.upper)
+                for c, fld in zip(self._columns, self.schema.fields.values(), strict=True)]
+
     def _feature_sensitivity(self, functions: list[RecordFunction]) -> np.ndarray:
-        """Per record: ``||(min(K_ij r, width_j))_j||_2``, K_ij certified on the box of radius r around it."""
+        """Per record: ``||(min(K_ij r + E_j, width_j))_j||_2``, K_ij certified on the box of radius r around it.
+
+        ``E_j`` bounds how far the computed value of f_j is from the real one (both datasets).
+        """
         from opendp_hybridad.analysis.certify import GradientObjective
+        from opendp_hybridad.analysis.float_error import point_width_bound
 
         _, q, r = self._relation
         box_lo = np.array([f.lower for f in self.schema.fields.values()])
         box_hi = np.array([f.upper for f in self.schema.fields.values()])
-        records = np.column_stack([np.clip(np.where(np.isnan(c), fld.impute if fld.impute is not None else fld.lower, c),
-                                           fld.lower, fld.upper)
-                                   for c, fld in zip(self._columns, self.schema.fields.values(), strict=True)])
+        records = np.column_stack(self._clamped_records_columns())
         lo = np.maximum(records - r, box_lo)
         hi = np.minimum(records + r, box_hi)
         per_function = []
@@ -204,7 +219,9 @@ class IndividualFilter:
             for start in range(0, records.shape[0], 20000):
                 enc = objective.enclose(lo[start:start + 20000], hi[start:start + 20000])
                 bounds[start:start + 20000] = np.minimum(np.where(enc.bad < 0, enc.upper, np.inf), global_k)
-            per_function.append(np.minimum(np.nextafter(bounds * r, np.inf), width))
+            max_abs = max(abs(rng.lower), abs(rng.upper))
+            error = math.nextafter(point_width_bound(f) + 2 * (max_abs * 2.0**-52 + 2.0**-1074), math.inf)
+            per_function.append(np.minimum(np.nextafter(np.nextafter(bounds * r, np.inf) + error, np.inf), width))
         stacked = np.column_stack(per_function)
         return np.sqrt(np.nextafter((stacked * stacked).sum(axis=1), np.inf))
 

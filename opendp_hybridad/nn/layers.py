@@ -1,0 +1,209 @@
+"""Layers, activations and losses of tensor-level models, symbolic per layer (ARCHITECTURE decision 1).
+
+Each activation knows its value, its derivative, and a sound bound on both over an
+interval, which is all the certified per-example gradient-norm bound needs. Each
+loss knows its output delta ``dL/dz`` and a sound bound on its l2 norm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit
+
+_PAD = 2.0**-46
+
+
+def _up(x: float) -> float:
+    return math.nextafter(x * (1 + _PAD), math.inf) if x > 0 else (math.nextafter(x, math.inf) if x < 0 else 0.0)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise activation: ``name`` is shown in closed forms."""
+
+    name: str
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def derivative(self, z: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def max_abs(self, r: float) -> float:
+        """Upper bound of ``|phi(z)|`` for ``|z| <= r``."""
+        raise NotImplementedError
+
+    def max_derivative(self, r: float) -> float:
+        """Upper bound of ``|phi'(z)|`` for ``|z| <= r``."""
+        raise NotImplementedError
+
+
+class Tanh(Activation):
+    def __init__(self) -> None:
+        super().__init__("tanh")
+
+    def __call__(self, z): return np.tanh(z)
+    def derivative(self, z): return 1.0 - np.tanh(z) ** 2
+    def max_abs(self, r): return min(1.0, _up(math.tanh(r)))
+    def max_derivative(self, r): return 1.0
+
+
+class Sigmoid(Activation):
+    def __init__(self) -> None:
+        super().__init__("sigmoid")
+
+    def __call__(self, z): return expit(z)
+    def derivative(self, z):
+        s = expit(z)
+        return s * (1 - s)
+    def max_abs(self, r): return min(1.0, _up(float(expit(r))))
+    def max_derivative(self, r): return 0.25
+
+
+class TemperedSigmoid(Activation):
+    """``scale * sigmoid(inverse_temperature * z) - offset`` (Papernot et al. 2020); tanh is (2, 2, 1)."""
+
+    def __init__(self, scale: float = 2.0, inverse_temperature: float = 2.0, offset: float = 1.0):
+        super().__init__(f"tempered_sigmoid(s={scale:g}, T={inverse_temperature:g}, o={offset:g})")
+        object.__setattr__(self, "scale", float(scale))
+        object.__setattr__(self, "inverse_temperature", float(inverse_temperature))
+        object.__setattr__(self, "offset", float(offset))
+
+    def __call__(self, z): return self.scale * expit(self.inverse_temperature * z) - self.offset
+
+    def derivative(self, z):
+        s = expit(self.inverse_temperature * z)
+        return self.scale * self.inverse_temperature * s * (1 - s)
+
+    def max_abs(self, r):
+        hi = self.scale * float(expit(self.inverse_temperature * r)) - self.offset
+        lo = self.scale * float(expit(-self.inverse_temperature * r)) - self.offset
+        return _up(max(abs(hi), abs(lo)) + 4 * 2.0**-52 * (abs(self.scale) + abs(self.offset)))
+
+    def max_derivative(self, r): return _up(abs(self.scale * self.inverse_temperature) / 4)
+
+
+class ReLU(Activation):
+    def __init__(self) -> None:
+        super().__init__("relu")
+
+    def __call__(self, z): return np.maximum(z, 0.0)
+    def derivative(self, z): return (z > 0).astype(float)
+    def max_abs(self, r): return r
+    def max_derivative(self, r): return 1.0
+
+
+class Identity(Activation):
+    def __init__(self) -> None:
+        super().__init__("identity")
+
+    def __call__(self, z): return z
+    def derivative(self, z): return np.ones_like(z)
+    def max_abs(self, r): return r
+    def max_derivative(self, r): return 1.0
+
+
+@dataclass(frozen=True)
+class Dense:
+    """``z = W a + b`` with ``W`` of shape (out, in).
+
+    The certified set of the weights is a box ``|W_ij| <= weight_bound`` (or, with
+    ``norm_ball=True``, the Frobenius ball ``||W||_F <= weight_bound``) and
+    ``|b_j| <= bias_bound``.
+    """
+
+    in_features: int
+    out_features: int
+    weight_bound: float = 1.0
+    bias_bound: float = 1.0
+    norm_ball: bool = False
+
+    @property
+    def operator_bound(self) -> float:
+        """Upper bound on ``||W||_2`` over the certified set (Frobenius bounds spectral)."""
+        if self.norm_ball:
+            return self.weight_bound
+        return _up(self.weight_bound * math.sqrt(self.in_features * self.out_features))
+
+    def row_bound(self) -> float:
+        """Upper bound on the l2 norm of one row of ``W``."""
+        return self.weight_bound if self.norm_ball else _up(self.weight_bound * math.sqrt(self.in_features))
+
+    def project(self, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Back onto the certified set (used by the ``bound`` mode after each step)."""
+        if self.norm_ball:
+            norm = float(np.sqrt((W * W).sum()))
+            if norm > self.weight_bound:
+                W = W * (self.weight_bound / norm) * (1 - 1e-12)
+        else:
+            W = np.clip(W, -self.weight_bound, self.weight_bound)
+        return W, np.clip(b, -self.bias_bound, self.bias_bound)
+
+
+class Loss:
+    name = "loss"
+
+    def value(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def delta(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``dL/dz`` per example, shape like ``z``."""
+        raise NotImplementedError
+
+    def delta_norm_bound(self, out_features: int, output_abs_bound: float, label_abs_bound: float) -> float:
+        raise NotImplementedError
+
+
+class SoftmaxCrossEntropy(Loss):
+    """``-log softmax(z)_y`` with integer labels ``y``; ``dL/dz = softmax(z) - onehot(y)``."""
+
+    name = "softmax cross-entropy"
+
+    def value(self, z, y):
+        zmax = z.max(axis=1, keepdims=True)
+        logsum = np.log(np.exp(z - zmax).sum(axis=1)) + zmax[:, 0]
+        return logsum - z[np.arange(z.shape[0]), y.astype(int)]
+
+    def delta(self, z, y):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        p[np.arange(z.shape[0]), y.astype(int)] -= 1.0
+        return p
+
+    def delta_norm_bound(self, out_features, output_abs_bound, label_abs_bound):
+        # ||p - e_y||^2 = (1 - p_y)^2 + sum_{j != y} p_j^2 <= 2 (1 - p_y)^2 <= 2
+        return _up(math.sqrt(2.0))
+
+
+class MeanSquaredError(Loss):
+    """``0.5 ||z - y||^2``; ``dL/dz = z - y``."""
+
+    name = "mean squared error"
+
+    def value(self, z, y):
+        return 0.5 * ((z - y.reshape(z.shape)) ** 2).sum(axis=1)
+
+    def delta(self, z, y):
+        return z - y.reshape(z.shape)
+
+    def delta_norm_bound(self, out_features, output_abs_bound, label_abs_bound):
+        return _up(math.sqrt(out_features) * _up(output_abs_bound + label_abs_bound))
+
+
+class Logistic(Loss):
+    """Binary cross-entropy on one logit with labels in {0, 1}; ``dL/dz = sigmoid(z) - y``."""
+
+    name = "logistic"
+
+    def value(self, z, y):
+        z = z[:, 0]
+        return np.logaddexp(0.0, z) - y * z
+
+    def delta(self, z, y):
+        return (expit(z[:, 0]) - y)[:, None]
+
+    def delta_norm_bound(self, out_features, output_abs_bound, label_abs_bound):
+        return 1.0
