@@ -184,3 +184,14 @@ def test_point_width_bound_covers_point_enclosures_and_their_distance_to_the_rea
             real = exact(*[mpmath.mpf(float(v)) for v in pts[k]])
             ulp = abs(float(real)) * 2.0**-52 + 2.0**-1074
             assert abs(mpmath.mpf(mids[k]) - real) <= bound / 2 + ulp, case.name
+
+
+def test_maps_never_return_nan_and_object_columns_of_numbers_are_members():
+    schema = hd.Schema(a=hd.Field(0, 1, missing="drop"))
+    const = schema.function(schema.a * 0 + 1)
+    t = make_sum_of(make_frame_domain(schema), feature_distance(2), const)
+    assert not math.isnan(t.map(math.inf))
+    empty = pd.DataFrame([], columns=["a"])  # object dtype
+    assert make_sum_of(make_frame_domain(schema), dp.symmetric_distance(), const)(empty) == 0.0
+    mixed = pd.concat([pd.DataFrame({"a": pd.array([0.5, None], dtype="Float64")}), pd.DataFrame({"a": [0.2]})])
+    assert make_sum_of(make_frame_domain(schema), dp.symmetric_distance(), schema.function(schema.a))(mixed) == pytest.approx(0.7)
