@@ -1,0 +1,214 @@
+"""DP-SGD over compiled per-example gradient kernels (the paper's Algorithm 1), with its parts visible.
+
+Like JAX Privacy's execution plan, a :class:`DPSGDPlan` shows each part: batch
+selection, the gradient sum and its sensitivity, the noise, the dp-accounting
+event and the neighbouring relation. Three ways to bound the sensitivity:
+
+* ``clip``: per-example clipping at ``C``; sensitivity ``C``.
+* ``bound``: no clipping; inputs clamped to the declared box and weights projected
+  back onto the certified set after every step, so the certified ``K`` holds;
+  sensitivity ``K``.
+* ``auto``: sensitivity ``min(C, K)``; when ``K <= C`` clipping is provably a no-op
+  and per-example norms are not computed at all.
+
+The sensitive sum is never modified before noise is added; the noise is OpenDP's
+vector Gaussian mechanism with standard deviation ``noise_multiplier * sensitivity``.
+Batch selection uses numpy's generator seeded from ``secrets`` (it decides who is
+in a batch, it is not privacy noise).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from opendp_hybridad.accounting import AccountingError, dp_sgd_epsilon, dp_sgd_event, dp_sgd_steps
+from opendp_hybridad.errors import DeclarationError
+from opendp_hybridad.nn.model import MLP, ModelBound
+
+
+@dataclass(frozen=True)
+class DPSGDPlan:
+    batch_selection: str
+    gradient_sum: str
+    sensitivity: float
+    noise: str
+    dp_event: Any
+    neighbouring_relation: str
+
+    def __str__(self) -> str:
+        return "\n".join(f"{k:>22s}: {v}" for k, v in self.__dict__.items())
+
+
+@dataclass
+class TrainingHistory:
+    steps: list[dict[str, float]] = field(default_factory=list)
+    noise_seconds: float = 0.0
+    gradient_seconds: float = 0.0
+
+
+class DPSGD:
+    """A DP-SGD run: model, sensitivity mode, noise multiplier, batches, epochs."""
+
+    def __init__(self, model: MLP, *, noise_multiplier: float, batch_size: int, epochs: float, learning_rate: float,
+                 mode: str = "clip", clip: float = 1.0, sampling: str = "poisson", delta: float = 1e-5):
+        if mode not in ("clip", "bound", "auto"):
+            raise DeclarationError("mode must be 'clip', 'bound' or 'auto'")
+        if not (noise_multiplier > 0 and batch_size >= 1 and epochs > 0 and learning_rate > 0):
+            raise DeclarationError("noise multiplier, batch size, epochs and learning rate must be positive")
+        self.model, self.mode, self.clip = model, mode, float(clip)
+        self.noise_multiplier, self.batch_size, self.epochs = float(noise_multiplier), int(batch_size), float(epochs)
+        self.learning_rate, self.sampling, self.delta = float(learning_rate), sampling, float(delta)
+        self.bound: ModelBound = model.certified_bound()
+        if not math.isfinite(self.bound.upper) and mode != "clip":
+            raise DeclarationError("the certified gradient-norm bound is infinite for this model; use mode='clip'")
+
+    # -- the plan ---------------------------------------------------------------------------------
+    @property
+    def sensitivity(self) -> float:
+        K = self.bound.upper
+        return {"clip": self.clip, "bound": K, "auto": min(self.clip, K)}[self.mode]
+
+    @property
+    def clipping_needed(self) -> bool:
+        return self.mode == "clip" or (self.mode == "auto" and self.bound.upper > self.clip)
+
+    def plan(self, n: int) -> DPSGDPlan:
+        selection = (f"Poisson sampling, q = {self.batch_size}/{n}" if self.sampling == "poisson"
+                     else f"shuffled fixed-size batches of {self.batch_size}")
+        summed = {"clip": f"sum of per-example gradients clipped at C = {self.clip:g}",
+                  "bound": f"sum of unclipped gradients, certified ||g_i|| <= K = {self.bound.upper:.6g}; weights projected",
+                  "auto": (f"K = {self.bound.upper:.6g} <= C = {self.clip:g}: no clipping, norms not computed"
+                           if not self.clipping_needed else f"K = {self.bound.upper:.6g} > C: clipped at {self.clip:g}")}[self.mode]
+        return DPSGDPlan(selection, summed, self.sensitivity,
+                         f"OpenDP vector Gaussian, std = {self.noise_multiplier:g} x {self.sensitivity:.6g}",
+                         dp_sgd_event(n, self.batch_size, self.noise_multiplier, self.epochs, self.sampling),
+                         "add or remove one example" if self.sampling == "poisson" else "replace one example")
+
+    def noise_measurement(self, dimension: int):
+        """OpenDP's vector Gaussian on the summed gradient: std = noise multiplier x sensitivity."""
+        import opendp.prelude as dp
+
+        dp.enable_features("contrib")
+        space = (dp.vector_domain(dp.atom_domain(T=float, nan=False), size=dimension), dp.l2_distance(T=float))
+        return space >> dp.m.then_gaussian(self.noise_multiplier * self.sensitivity)
+
+    def epsilon(self, n: int) -> dict[str, float]:
+        return dp_sgd_epsilon(n, self.batch_size, self.noise_multiplier, self.epochs, self.delta, self.sampling)
+
+    # -- training -------------------------------------------------------------------------------
+    def _check(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, dtype=float)
+        y = np.asarray(y)
+        n = x.shape[0]
+        if x.ndim != 2 or x.shape[1] != self.model.layers[0].in_features or y.shape[0] != n:
+            raise DeclarationError("x must be (examples, features) matching the first layer, with one label per example")
+        if self.batch_size > n:
+            raise AccountingError(f"the batch size ({self.batch_size}) is larger than the data ({n} examples)")
+        if np.isnan(x).any():
+            raise DeclarationError("features contain missing values; impute them with a public rule before training")
+        if self.model.loss.name == "softmax cross-entropy":
+            classes = self.model.layers[-1].out_features
+            if not np.all((y == np.round(y)) & (y >= 0) & (y < classes)):
+                raise DeclarationError(f"labels must be class indices 0..{classes - 1}")
+        elif self.model.loss.name == "logistic" and not np.all(np.isin(y, (0, 1))):
+            raise DeclarationError("labels must be 0 or 1 for the logistic loss")
+        # clamping to the declared input box is what the certified bound assumes
+        return np.clip(x, -self.model.input_bound, self.model.input_bound), y
+
+    def fit(self, x: Any, y: Any, params=None, *, progress: bool = False, seed: int | None = None):
+        """Train; returns ``(params, history)``. Only released (noisy) quantities and public ones are recorded."""
+        import opendp.prelude as dp
+
+        dp.enable_features("contrib")
+        x, y = self._check(x, y)
+        n = x.shape[0]
+        rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
+        params = self.model.project(params if params is not None else self.model.init(rng))
+        steps = dp_sgd_steps(n, self.batch_size, self.epochs)
+        sizes = [W.size + b.size for W, b in params]
+        noise = self.noise_measurement(sum(sizes))
+        history = TrainingHistory()
+        order = rng.permutation(n)
+        for step in range(steps):
+            if self.sampling == "poisson":
+                members = np.flatnonzero(rng.random(n) < self.batch_size / n)
+            else:
+                start = (step * self.batch_size) % n
+                if start + self.batch_size > n:
+                    order = rng.permutation(n)
+                    start = 0
+                members = order[start:start + self.batch_size]
+            t0 = time.perf_counter()
+            if members.size:
+                summed = self.model.gradient_sum(params, x[members], y[members], clip=self.clip if self.clipping_needed else None)
+                flat = np.concatenate([np.concatenate([gW.ravel(), gb]) for gW, gb in summed])
+            else:
+                flat = np.zeros(sum(sizes))
+            t1 = time.perf_counter()
+            noisy = np.asarray(noise(flat.tolist()))
+            t2 = time.perf_counter()
+            history.gradient_seconds += t1 - t0
+            history.noise_seconds += t2 - t1
+            update, offset = [], 0
+            for (W, b), size in zip(params, sizes, strict=True):
+                chunk = noisy[offset:offset + size] / self.batch_size
+                offset += size
+                update.append((W - self.learning_rate * chunk[:W.size].reshape(W.shape), b - self.learning_rate * chunk[W.size:]))
+            params = self.model.project(update) if self.mode == "bound" else update
+            spent = dp_sgd_epsilon(n, self.batch_size, self.noise_multiplier, (step + 1) * self.batch_size / n, self.delta,
+                                   self.sampling)["epsilon_pld"] if progress and (step + 1) % max(1, steps // 10) == 0 else None
+            history.steps.append({"step": step, **({"epsilon_pld": spent} if spent is not None else {})})
+            if spent is not None:
+                print(f"step {step + 1}/{steps}  epsilon spent {spent:.3f}", file=sys.stderr)
+        return params, history
+
+
+def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx"):
+    """The run as an OpenDP measurement: ``(x, y)`` -> trained parameters, add/remove one example.
+
+    ``measure="approx"``: privacy map gives (epsilon, delta) at the trainer's delta
+    (dp-accounting PLD). ``measure="renyi"``: a Rényi curve from the RDP accountant.
+    The input domain holds arrays with exactly ``n`` examples (the accounting uses n).
+    """
+    import opendp.prelude as dp
+    from dp_accounting import rdp
+
+    dp.enable_features("contrib", "honest-but-curious")
+    d = trainer.model.layers[0].in_features
+    domain = dp.user_domain(f"ExamplesDomain(n={n}, d={d})",
+                            member=lambda data: isinstance(data, tuple) and len(data) == 2 and np.shape(data[0]) == (n, d))
+    event = dp_sgd_event(n, trainer.batch_size, trainer.noise_multiplier, trainer.epochs, trainer.sampling)
+
+    def run(data: Any) -> Any:
+        params, _ = trainer.fit(data[0], data[1])
+        return params
+
+    if measure == "approx":
+        eps = trainer.epsilon(n)["epsilon_pld"]
+
+        def privacy_map(d_in: Any) -> Any:
+            if int(d_in) > 1:
+                raise DeclarationError("dp-accounting has no group privacy: the guarantee is for d_in = 1")
+            return (0.0, 0.0) if int(d_in) == 0 else (math.nextafter(eps, math.inf), trainer.delta)
+
+        return dp.m.make_user_measurement(domain, dp.symmetric_distance(), dp.approximate(dp.max_divergence()), run, privacy_map)
+
+    def curve_map(d_in: Any) -> Any:
+        if int(d_in) > 1:
+            raise DeclarationError("dp-accounting has no group privacy: the guarantee is for d_in = 1")
+
+        def curve(order: float) -> float:
+            acc = rdp.RdpAccountant(orders=[float(order)])
+            acc.compose(event)
+            return float(acc._rdp[0])
+
+        return curve
+
+    return dp.m.make_user_measurement(domain, dp.symmetric_distance(), dp.renyi_divergence(), run, curve_map)

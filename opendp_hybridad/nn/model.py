@@ -1,0 +1,225 @@
+"""A multilayer perceptron declared per layer, with per-example gradient kernels and a certified bound.
+
+Closed forms, per example (ARCHITECTURE decision 1, no scalar expansion):
+
+    z_l = W_l a_{l-1} + b_l,   a_l = phi_l(z_l),   a_0 = x
+    delta_L = dLoss/dz_L
+    delta_l = (W_{l+1}^T delta_{l+1}) * phi_l'(z_l)
+    dLoss/dW_l = delta_l a_{l-1}^T,   dLoss/db_l = delta_l
+    ||g||^2 = sum_l ||delta_l||^2 (||a_{l-1}||^2 + 1)
+
+so per-example norms never materialise per-example gradients, and a clipped sum
+is one matrix product per layer: ``sum_i c_i delta_li a_{l-1,i}^T = (c * Delta_l)^T A_{l-1}``.
+
+The certified bound propagates magnitudes through the same recursion over the
+declared boxes (inputs, labels, weights), rounding every step up:
+``||a_0|| <= ||x||_box``; ``|z_l,j| <= ||W_l,j.|| ||a_{l-1}|| + B_b``;
+``||a_l|| <= sqrt(n_l) max|phi_l|``; ``||delta_L|| <=`` the loss's bound;
+``||delta_l|| <= ||W_{l+1}||_2 ||delta_{l+1}|| max|phi_l'|``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from opendp_hybridad.nn.layers import Activation, Dense, Identity, Loss, _up
+
+
+def _mul_up(a: float, b: float) -> float:
+    return 0.0 if a == 0 or b == 0 else _up(a * b)
+
+
+def _add_up(a: float, b: float) -> float:
+    return _up(a + b)
+
+
+def _sqrt_up(a: float) -> float:
+    return _up(math.sqrt(a)) if a > 0 else 0.0
+
+
+@dataclass
+class ModelBound:
+    """Certified ``K >= ||per-example gradient||_2`` over the declared boxes, with the per-layer parts."""
+
+    upper: float
+    per_layer: list[float]
+    witness_value: float = float("nan")
+    witness: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.upper / self.witness_value if self.witness_value > 0 else math.inf
+
+
+class MLP:
+    """Dense layers with activations and a loss; parameters are ``[(W_1, b_1), ...]``.
+
+    :param input_bound: the input box, ``|x_j| <= input_bound`` (a float, or one per feature).
+    :param label_bound: ``|y| <= label_bound`` for regression losses.
+    """
+
+    def __init__(self, layers: list[Dense], activations: list[Activation], loss: Loss, *,
+                 input_bound: float | np.ndarray = 1.0, label_bound: float = 1.0):
+        if len(layers) != len(activations):
+            raise ValueError("one activation per layer (use Identity for the output layer)")
+        for prev, nxt in itertools.pairwise(layers):
+            if prev.out_features != nxt.in_features:
+                raise ValueError("consecutive layers must agree on their widths")
+        self.layers, self.activations, self.loss = layers, activations, loss
+        bound = np.broadcast_to(np.asarray(input_bound, dtype=float), (layers[0].in_features,))
+        self.input_bound = np.abs(bound).copy()
+        self.label_bound = float(label_bound)
+
+    # -- parameters -----------------------------------------------------------------------
+    @property
+    def num_parameters(self) -> int:
+        return sum(layer.in_features * layer.out_features + layer.out_features for layer in self.layers)
+
+    def init(self, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+        params = []
+        for layer in self.layers:
+            scale = min(layer.weight_bound, 1.0 / math.sqrt(layer.in_features))
+            W = rng.uniform(-scale, scale, (layer.out_features, layer.in_features))
+            params.append(layer.project(W, np.zeros(layer.out_features)))
+        return params
+
+    def project(self, params):
+        return [layer.project(W, b) for layer, (W, b) in zip(self.layers, params, strict=True)]
+
+    # -- closed forms -----------------------------------------------------------------------
+    def closed_form(self) -> str:
+        L = len(self.layers)
+        lines = [f"a_0 = x   (|x_j| <= {self.input_bound.max():g})"]
+        for i, act in enumerate(self.activations, start=1):
+            lines.append(f"z_{i} = W_{i} a_{i - 1} + b_{i},  a_{i} = {act.name}(z_{i})")
+        lines.append(f"delta_{L} = dLoss/dz_{L}   ({self.loss.name})")
+        for i in range(L - 1, 0, -1):
+            lines.append(f"delta_{i} = (W_{i + 1}^T delta_{i + 1}) * {self.activations[i - 1].name}'(z_{i})")
+        for i in range(1, L + 1):
+            lines.append(f"dLoss/dW_{i} = delta_{i} a_{i - 1}^T,   dLoss/db_{i} = delta_{i}")
+        lines.append("||g||^2 = " + " + ".join(f"||delta_{i}||^2 (||a_{i - 1}||^2 + 1)" for i in range(1, L + 1)))
+        return "\n".join(lines)
+
+    # -- per-example kernels ------------------------------------------------------------------
+    def forward(self, params, x):
+        acts, pre = [x], []
+        a = x
+        for (W, b), act in zip(params, self.activations, strict=True):
+            z = a @ W.T + b
+            a = act(z)
+            pre.append(z)
+            acts.append(a)
+        return acts, pre
+
+    def deltas(self, params, x, y):
+        acts, pre = self.forward(params, x)
+        delta = self.loss.delta(acts[-1], y) * (1.0 if isinstance(self.activations[-1], Identity)
+                                                else self.activations[-1].derivative(pre[-1]))
+        out = [delta]
+        for i in range(len(self.layers) - 1, 0, -1):
+            W = params[i][0]
+            delta = (delta @ W) * self.activations[i - 1].derivative(pre[i - 1])
+            out.append(delta)
+        return acts, list(reversed(out))
+
+    def loss_value(self, params, x, y) -> np.ndarray:
+        acts, _ = self.forward(params, x)
+        return self.loss.value(acts[-1], y)
+
+    def per_example_gradients(self, params, x, y) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Materialised per-example gradients (for tests and small models): [(B, out, in), (B, out)] per layer."""
+        acts, deltas = self.deltas(params, x, y)
+        return [(np.einsum("bo,bi->boi", d, a), d) for d, a in zip(deltas, acts[:-1], strict=True)]
+
+    def per_example_norms(self, params, x, y) -> np.ndarray:
+        """``||g_i||_2`` without materialising the per-example gradients."""
+        acts, deltas = self.deltas(params, x, y)
+        sq = np.zeros(x.shape[0])
+        for d, a in zip(deltas, acts[:-1], strict=True):
+            sq += (d * d).sum(axis=1) * ((a * a).sum(axis=1) + 1.0)
+        return np.sqrt(sq)
+
+    def gradient_sum(self, params, x, y, clip: float | None = None):
+        """``sum_i c_i g_i`` with ``c_i = min(1, clip / ||g_i||)`` (no clipping if ``clip`` is None): one product per layer."""
+        acts, deltas = self.deltas(params, x, y)
+        if clip is not None:
+            sq = np.zeros(x.shape[0])
+            for d, a in zip(deltas, acts[:-1], strict=True):
+                sq += (d * d).sum(axis=1) * ((a * a).sum(axis=1) + 1.0)
+            factor = np.minimum(1.0, clip / np.maximum(np.sqrt(sq), 1e-300))
+            deltas = [d * factor[:, None] for d in deltas]
+        return [(d.T @ a, d.sum(axis=0)) for d, a in zip(deltas, acts[:-1], strict=True)]
+
+    # -- certified bound ----------------------------------------------------------------------
+    def certified_bound(self, params=None) -> ModelBound:
+        """Certified ``K`` on the per-example gradient norm.
+
+        ``params`` None: over the whole declared weight set (fixed for a run).
+        ``params`` given: with these (public) weights, over the input and label boxes only.
+        """
+        a_norm = _sqrt_up(float(sum(_mul_up(v, v) for v in self.input_bound)))
+        a_norms = [a_norm]
+        z_bounds, op_norms = [], []
+        for idx, (layer, act) in enumerate(zip(self.layers, self.activations, strict=True)):
+            if params is None:
+                row, bias, op = layer.row_bound(), layer.bias_bound, layer.operator_bound
+            else:
+                W, b = params[idx]
+                row = _up(float(np.sqrt((W * W).sum(axis=1)).max()))
+                bias = _up(float(np.abs(b).max(initial=0.0)))
+                op = _up(float(np.sqrt((W * W).sum())))  # Frobenius >= spectral
+            r = _add_up(_mul_up(row, a_norms[-1]), bias)
+            z_bounds.append(r)
+            op_norms.append(op)
+            a_norms.append(_mul_up(math.sqrt(layer.out_features) * (1 + 2.0**-50), act.max_abs(r)))
+        last = self.layers[-1]
+        output_abs = self.activations[-1].max_abs(z_bounds[-1])  # per output component
+        delta = self.loss.delta_norm_bound(last.out_features, output_abs, self.label_bound)
+        if not isinstance(self.activations[-1], Identity):
+            delta = _mul_up(delta, self.activations[-1].max_derivative(z_bounds[-1]))
+        delta_norms = [delta]
+        for i in range(len(self.layers) - 1, 0, -1):
+            delta = _mul_up(_mul_up(op_norms[i], delta), self.activations[i - 1].max_derivative(z_bounds[i - 1]))
+            delta_norms.append(delta)
+        delta_norms.reverse()
+        parts = [_mul_up(_mul_up(d, d), _add_up(_mul_up(a, a), 1.0)) for d, a in zip(delta_norms, a_norms[:-1], strict=True)]
+        total = 0.0
+        for p in parts:
+            total = _add_up(total, p)
+        return ModelBound(_sqrt_up(total), [_sqrt_up(p) for p in parts])
+
+    def witness(self, bound: ModelBound, params=None, samples: int = 2048, seed: int = 0, labels=None) -> ModelBound:
+        """Largest per-example gradient norm found by sampling the boxes (corners of the input box included)."""
+        rng = np.random.default_rng(seed)
+        best, where = 0.0, {}
+        for trial in range(4):
+            ps = params if params is not None else [
+                (layer.weight_bound * np.sign(rng.standard_normal((layer.out_features, layer.in_features)))
+                 if not layer.norm_ball else self._ball(rng, layer), layer.bias_bound * np.sign(rng.standard_normal(layer.out_features)))
+                for layer in self.layers]
+            x = self.input_bound * np.where(rng.random((samples, self.layers[0].in_features)) < 0.5, -1.0, 1.0)
+            if trial % 2:
+                x = x * rng.random(x.shape)
+            if labels is not None:
+                y = rng.choice(labels, samples)
+            elif self.loss.name == "softmax cross-entropy":
+                y = rng.integers(0, self.layers[-1].out_features, samples)
+            elif self.loss.name == "logistic":
+                y = rng.integers(0, 2, samples).astype(float)
+            else:
+                y = self.label_bound * np.where(rng.random((samples, self.layers[-1].out_features)) < 0.5, -1.0, 1.0)
+            norms = self.per_example_norms(ps, x, y)
+            i = int(np.argmax(norms))
+            if norms[i] > best:
+                best, where = float(norms[i]), {"trial": trial, "x": x[i].tolist(), "y": np.asarray(y[i]).tolist()}
+        bound.witness_value, bound.witness = best, where
+        return bound
+
+    @staticmethod
+    def _ball(rng, layer: Dense) -> np.ndarray:
+        W = rng.standard_normal((layer.out_features, layer.in_features))
+        return W * (layer.weight_bound / np.sqrt((W * W).sum()))

@@ -1,0 +1,205 @@
+"""Per-example gradient kernels against finite differences and autograd; certified bounds; DP-SGD parts."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from opendp_hybridad.nn import (
+    MLP,
+    Dense,
+    Identity,
+    Logistic,
+    MeanSquaredError,
+    ReLU,
+    Sigmoid,
+    SoftmaxCrossEntropy,
+    Tanh,
+    TemperedSigmoid,
+)
+
+ACTIVATIONS = [Tanh(), Sigmoid(), TemperedSigmoid(3.0, 0.5, 1.2), ReLU(), Identity()]
+LOSSES = [(SoftmaxCrossEntropy(), 3), (MeanSquaredError(), 2), (Logistic(), 1)]
+
+
+def _model(act, loss, out):
+    return MLP([Dense(4, 5, 0.8, 0.5), Dense(5, 3, 0.8, 0.5), Dense(3, out, 0.8, 0.5)], [act, act, Identity()], loss,
+               input_bound=1.5, label_bound=1.0)
+
+
+def _labels(loss, out, rng, n):
+    if isinstance(loss, SoftmaxCrossEntropy):
+        return rng.integers(0, out, n)
+    if isinstance(loss, Logistic):
+        return rng.integers(0, 2, n).astype(float)
+    return rng.uniform(-1, 1, (n, out))
+
+
+def _flat(params):
+    return np.concatenate([np.concatenate([W.ravel(), b]) for W, b in params])
+
+
+def _unflat(model, v):
+    out, k = [], 0
+    for layer in model.layers:
+        W = v[k:k + layer.out_features * layer.in_features].reshape(layer.out_features, layer.in_features)
+        k += W.size
+        b = v[k:k + layer.out_features]
+        k += layer.out_features
+        out.append((W, b))
+    return out
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: a.name)
+@pytest.mark.parametrize(("loss", "out"), LOSSES, ids=lambda v: getattr(v, "name", str(v)))
+def test_per_example_gradients_match_autograd_and_finite_differences(act, loss, out):
+    autograd = pytest.importorskip("autograd")
+    anp = autograd.numpy
+    rng = np.random.default_rng(0)
+    model = _model(act, loss, out)
+    # non-zero biases: no pre-activation sits exactly on relu's kink, where subgradients differ
+    params = [(W, rng.uniform(-0.5, 0.5, b.shape)) for W, b in model.init(rng)]
+    x = rng.uniform(-1.5, 1.5, (4, 4))
+    y = _labels(loss, out, rng, 4)
+    grads = model.per_example_gradients(params, x, y)
+
+    def act_fn(z):
+        name = act.name
+        if name == "tanh":
+            return anp.tanh(z)
+        if name == "sigmoid":
+            return 1 / (1 + anp.exp(-z))
+        if name.startswith("tempered"):
+            return 3.0 / (1 + anp.exp(-0.5 * z)) - 1.2
+        if name == "relu":
+            return anp.maximum(z, 0.0)
+        return z
+
+    def single_loss(v, xi, yi):
+        ps = _unflat(model, v)
+        a = xi
+        for k, (W, b) in enumerate(ps):
+            z = anp.dot(W, a) + b
+            a = act_fn(z) if k < len(ps) - 1 else z
+        if isinstance(loss, SoftmaxCrossEntropy):
+            return anp.log(anp.sum(anp.exp(a - anp.max(a)))) + anp.max(a) - a[int(yi)]
+        if isinstance(loss, Logistic):
+            return anp.logaddexp(0.0, a[0]) - yi * a[0]
+        return 0.5 * anp.sum((a - yi) ** 2)
+
+    grad_fn = autograd.grad(single_loss)
+    v = _flat(params)
+    for i in range(4):
+        ours = _flat([(gW[i], gb[i]) for gW, gb in grads])
+        reference = grad_fn(v, x[i], y[i])
+        np.testing.assert_allclose(ours, reference, rtol=1e-8, atol=1e-12)
+        # central differences on a few coordinates
+        for k in rng.choice(v.size, 6, replace=False):
+            e = np.zeros_like(v)
+            e[k] = 1e-6
+            fd = (single_loss(v + e, x[i], y[i]) - single_loss(v - e, x[i], y[i])) / 2e-6
+            assert ours[k] == pytest.approx(fd, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: a.name)
+def test_norms_and_clipped_sums_without_materialising_equal_the_materialised_ones(act):
+    rng = np.random.default_rng(1)
+    model = _model(act, SoftmaxCrossEntropy(), 3)
+    params = model.init(rng)
+    x = rng.uniform(-1.5, 1.5, (50, 4))
+    y = rng.integers(0, 3, 50)
+    grads = model.per_example_gradients(params, x, y)
+    materialised = np.sqrt(sum((gW**2).sum(axis=(1, 2)) + (gb**2).sum(axis=1) for gW, gb in grads))
+    np.testing.assert_allclose(model.per_example_norms(params, x, y), materialised, rtol=1e-12)
+    C = float(np.median(materialised))
+    factor = np.minimum(1, C / materialised)
+    clipped = model.gradient_sum(params, x, y, clip=C)
+    for (sW, sb), (gW, gb) in zip(clipped, grads, strict=True):
+        np.testing.assert_allclose(sW, (gW * factor[:, None, None]).sum(axis=0), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(sb, (gb * factor[:, None]).sum(axis=0), rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, len(ACTIVATIONS) - 2), st.integers(0, len(LOSSES) - 1), st.lists(st.integers(1, 6), min_size=1, max_size=3),
+       st.floats(0.05, 2.0), st.floats(0.1, 3.0), st.booleans(), st.integers(0, 1000))
+def test_certified_bound_is_never_below_sampled_and_optimised_norms(a, li, widths, wbound, xbound, ball, seed):
+    act = ACTIVATIONS[a]
+    loss, out = LOSSES[li]
+    sizes = [3, *widths, out]
+    layers = [Dense(i, o, wbound, wbound / 2, norm_ball=ball) for i, o in itertools.pairwise(sizes)]
+    model = MLP(layers, [act] * (len(layers) - 1) + [Identity()], loss, input_bound=xbound, label_bound=1.0)
+    bound = model.certified_bound()
+    model.witness(bound, samples=512, seed=seed)
+    assert bound.upper >= bound.witness_value
+    # and local search from the best sampled weights and inputs
+    rng = np.random.default_rng(seed)
+    best = 0.0
+    for _ in range(20):
+        params = model.project([(rng.uniform(-2, 2, (layer.out_features, layer.in_features)) * wbound,
+                                 rng.uniform(-1, 1, layer.out_features)) for layer in layers])
+        x = np.clip(rng.standard_normal((64, 3)) * xbound * 2, -xbound, xbound)
+        y = _labels(loss, out, rng, 64)
+        best = max(best, float(model.per_example_norms(params, x, y).max()))
+        per_step = model.certified_bound(params)
+        assert per_step.upper >= float(model.per_example_norms(params, x, y).max())
+        assert per_step.upper <= bound.upper * (1 + 1e-12) or ball is False
+    assert bound.upper >= best
+
+
+def test_dp_sgd_noise_matches_the_sensitivity_that_holds_in_each_mode():
+    from opendp_hybridad.dpsgd import DPSGD
+
+    tight = MLP([Dense(4, 3, 0.05, 0.05), Dense(3, 2, 0.05, 0.05)], [Tanh(), Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
+    K = tight.certified_bound().upper
+    for mode, clip, expected in (("clip", 0.5, 0.5), ("bound", 0.5, K), ("auto", 0.5, min(0.5, K)), ("auto", 10.0, K)):
+        trainer = DPSGD(tight, noise_multiplier=1.3, batch_size=8, epochs=1, learning_rate=0.1, mode=mode, clip=clip)
+        assert trainer.sensitivity == expected
+        noise = trainer.noise_measurement(6 * 4)
+        # zCDP of a Gaussian with std sigma * S at distance S: 1 / (2 sigma^2)
+        assert noise.map(expected) == pytest.approx(1 / (2 * 1.3**2), rel=1e-9)
+    assert not DPSGD(tight, noise_multiplier=1.0, batch_size=8, epochs=1, learning_rate=0.1, mode="auto", clip=10.0).clipping_needed
+    assert K <= 10.0
+
+
+def test_dp_sgd_trains_and_its_measurement_reports_dp_accounting():
+    from opendp_hybridad.accounting import dp_sgd_epsilon
+    from opendp_hybridad.dpsgd import DPSGD, make_dp_sgd
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (400, 2))
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    model = MLP([Dense(2, 8, 1.0, 1.0), Dense(8, 2, 1.0, 1.0)], [Tanh(), Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
+    trainer = DPSGD(model, noise_multiplier=0.8, batch_size=50, epochs=8, learning_rate=1.0, mode="clip", clip=1.0)
+    params, history = trainer.fit(x, y, seed=0)
+    acts, _ = model.forward(params, x)
+    assert (acts[-1].argmax(axis=1) == y).mean() > 0.8
+    assert len(history.steps) == 64
+    measurement = make_dp_sgd(trainer, 400)
+    eps, delta = measurement.map(1)
+    assert eps == pytest.approx(dp_sgd_epsilon(400, 50, 0.8, 8, 1e-5)["epsilon_pld"], rel=1e-12) and delta == 1e-5
+    curve = make_dp_sgd(trainer, 400, measure="renyi").map(1)
+    assert 0 < curve(2.0) < curve(8.0) < math.inf
+    with pytest.raises(Exception, match="group privacy"):
+        measurement.map(2)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "fragment"),
+    [
+        (np.full((20, 2), np.nan), np.zeros(20, dtype=int), "missing values"),
+        (np.zeros((20, 2)), np.full(20, 5), "class indices"),
+        (np.zeros((4, 2)), np.zeros(4, dtype=int), "larger than the data"),
+    ],
+)
+def test_bad_training_input_is_refused_before_training(x, y, fragment):
+    from opendp_hybridad.dpsgd import DPSGD
+
+    model = MLP([Dense(2, 2, 1.0, 1.0)], [Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
+    trainer = DPSGD(model, noise_multiplier=1.0, batch_size=8, epochs=1, learning_rate=0.1)
+    with pytest.raises(Exception, match=fragment):
+        trainer.fit(x, y)
