@@ -160,8 +160,9 @@ def test_dp_sgd_noise_matches_the_sensitivity_that_holds_in_each_mode():
         trainer = DPSGD(tight, noise_multiplier=1.3, batch_size=8, epochs=1, learning_rate=0.1, mode=mode, clip=clip)
         assert trainer.sensitivity == expected
         noise = trainer.noise_measurement(6 * 4)
-        # zCDP of a Gaussian with std sigma * S at distance S: 1 / (2 sigma^2)
-        assert noise.map(expected) == pytest.approx(1 / (2 * 1.3**2), rel=1e-9)
+        # zCDP of a Gaussian with std sigma * S at distance S: 1 / (2 sigma^2), OpenDP's grid rounding included
+        assert noise.map(expected) <= 1 / (2 * 1.3**2)
+        assert noise.map(expected) == pytest.approx(1 / (2 * 1.3**2), rel=1e-6)
     assert not DPSGD(tight, noise_multiplier=1.0, batch_size=8, epochs=1, learning_rate=0.1, mode="auto", clip=10.0).clipping_needed
     assert K <= 10.0
 

@@ -57,7 +57,8 @@ class DPSGD:
     """A DP-SGD run: model, sensitivity mode, noise multiplier, batches, epochs."""
 
     def __init__(self, model: MLP, *, noise_multiplier: float, batch_size: int, epochs: float, learning_rate: float,
-                 mode: str = "clip", clip: float = 1.0, sampling: str = "poisson", delta: float = 1e-5):
+                 mode: str = "clip", clip: float = 1.0, sampling: str = "poisson", delta: float = 1e-5,
+                 granularity: str = "global"):
         if mode not in ("clip", "bound", "auto"):
             raise DeclarationError("mode must be 'clip', 'bound' or 'auto'")
         if not (noise_multiplier > 0 and batch_size >= 1 and epochs > 0 and learning_rate > 0):
@@ -65,6 +66,9 @@ class DPSGD:
         self.model, self.mode, self.clip = model, mode, float(clip)
         self.noise_multiplier, self.batch_size, self.epochs = float(noise_multiplier), int(batch_size), float(epochs)
         self.learning_rate, self.sampling, self.delta = float(learning_rate), sampling, float(delta)
+        if granularity not in ("global", "step"):
+            raise DeclarationError("granularity must be 'global' (one bound over the weight set) or 'step' (current weights)")
+        self.granularity = granularity
         self.bound: ModelBound = model.certified_bound()
         if not math.isfinite(self.bound.upper) and mode != "clip":
             raise DeclarationError("the certified gradient-norm bound is infinite for this model; use mode='clip'")
@@ -72,12 +76,17 @@ class DPSGD:
     # -- the plan ---------------------------------------------------------------------------------
     @property
     def sensitivity(self) -> float:
-        K = self.bound.upper
+        return self._sensitivity(self.bound.upper)
+
+    def _sensitivity(self, K: float) -> float:
         return {"clip": self.clip, "bound": K, "auto": min(self.clip, K)}[self.mode]
 
     @property
     def clipping_needed(self) -> bool:
-        return self.mode == "clip" or (self.mode == "auto" and self.bound.upper > self.clip)
+        return self._clipping_needed(self.bound.upper)
+
+    def _clipping_needed(self, K: float) -> bool:
+        return self.mode == "clip" or (self.mode == "auto" and self.clip < K)
 
     def plan(self, n: int) -> DPSGDPlan:
         selection = (f"Poisson sampling, q = {self.batch_size}/{n}" if self.sampling == "poisson"
@@ -91,13 +100,27 @@ class DPSGD:
                          dp_sgd_event(n, self.batch_size, self.noise_multiplier, self.epochs, self.sampling),
                          "add or remove one example" if self.sampling == "poisson" else "replace one example")
 
-    def noise_measurement(self, dimension: int):
-        """OpenDP's vector Gaussian on the summed gradient: std = noise multiplier x sensitivity."""
+    def noise_measurement(self, dimension: int, sensitivity: float | None = None):
+        """OpenDP's vector Gaussian on the summed gradient.
+
+        OpenDP rounds its input to a grid of spacing ``2^k`` and adds discrete
+        Gaussian noise on that grid; the default ``k`` is extremely fine (about 46
+        microseconds per coordinate here). We pick ``2^k <= 2^-30 * std`` (about 11
+        microseconds) and cover the rounding: every coordinate moves by at most
+        ``2^(k-1)``, so the l2 sensitivity grows by at most ``sqrt(d) 2^k``, and the std
+        is ``noise_multiplier x (sensitivity + sqrt(d) 2^k)``, so the noise multiplier
+        stays what the accounting assumes.
+        """
         import opendp.prelude as dp
 
         dp.enable_features("contrib")
+        sens = self.sensitivity if sensitivity is None else sensitivity
+        base = self.noise_multiplier * sens
+        k = math.floor(math.log2(base)) - 30
+        inflated = sens + math.sqrt(dimension) * 2.0**k
+        std = math.nextafter(self.noise_multiplier * inflated, math.inf)
         space = (dp.vector_domain(dp.atom_domain(T=float, nan=False), size=dimension), dp.l2_distance(T=float))
-        return space >> dp.m.then_gaussian(self.noise_multiplier * self.sensitivity)
+        return space >> dp.m.then_gaussian(std, k=k)
 
     def epsilon(self, n: int) -> dict[str, float]:
         return dp_sgd_epsilon(n, self.batch_size, self.noise_multiplier, self.epochs, self.delta, self.sampling)
@@ -145,9 +168,16 @@ class DPSGD:
                     order = rng.permutation(n)
                     start = 0
                 members = order[start:start + self.batch_size]
+            if self.granularity == "step" and self.mode != "clip":
+                # the current weights are public (released by earlier noisy steps): a tighter K for this step
+                K_t = min(self.model.certified_bound(params).upper, self.bound.upper if self.mode == "bound" else math.inf)
+                clip_now, sens_now = self._clipping_needed(K_t), self._sensitivity(K_t)
+                noise = self.noise_measurement(sum(sizes), sens_now)
+            else:
+                clip_now = self.clipping_needed
             t0 = time.perf_counter()
             if members.size:
-                summed = self.model.gradient_sum(params, x[members], y[members], clip=self.clip if self.clipping_needed else None)
+                summed = self.model.gradient_sum(params, x[members], y[members], clip=self.clip if clip_now else None)
                 flat = np.concatenate([np.concatenate([gW.ravel(), gb]) for gW, gb in summed])
             else:
                 flat = np.zeros(sum(sizes))
