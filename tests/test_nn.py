@@ -204,3 +204,38 @@ def test_bad_training_input_is_refused_before_training(x, y, fragment):
     trainer = DPSGD(model, noise_multiplier=1.0, batch_size=8, epochs=1, learning_rate=0.1)
     with pytest.raises(Exception, match=fragment):
         trainer.fit(x, y)
+
+
+@pytest.mark.parametrize("act", [Tanh(), Sigmoid(), Identity()], ids=lambda a: a.name)
+@pytest.mark.parametrize(("loss", "out", "label"), [(SoftmaxCrossEntropy(), 2, 1), (Logistic(), 1, 1.0), (MeanSquaredError(), 1, 0.5)],
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_scalar_expansion_agrees_with_the_per_layer_kernels_and_its_certificate_bounds_them(act, loss, out, label):
+    from opendp_hybridad.nn.model import scalar_expansion
+
+    model = MLP([Dense(2, 2, 0.7, 0.3), Dense(2, out, 0.7, 0.3)], [act, Identity()], loss, input_bound=1.0, label_bound=1.0)
+    f = scalar_expansion(model, label)
+    rng = np.random.default_rng(2)
+    params = [(rng.uniform(-0.7, 0.7, (layer.out_features, layer.in_features)), rng.uniform(-0.3, 0.3, layer.out_features))
+              for layer in model.layers]
+    x = rng.uniform(-1, 1, (3, 2))
+    y = np.full(3, label) if not isinstance(loss, MeanSquaredError) else np.full((3, 1), label)
+    grads = model.per_example_gradients(params, x, y)
+    columns = {f"x{j}": x[:, j] for j in range(2)}
+    for li, (W, b) in enumerate(params, start=1):
+        for o in range(W.shape[0]):
+            for i in range(W.shape[1]):
+                columns[f"W{li}_{o}_{i}"] = np.full(3, W[o, i])
+            columns[f"b{li}_{o}"] = np.full(3, b[o])
+    symbolic = f.compile(backend="numpy").gradient(columns)
+    names = f.names
+    for li, (gW, gb) in enumerate(grads, start=1):
+        for o in range(gW.shape[1]):
+            for i in range(gW.shape[2]):
+                np.testing.assert_allclose(symbolic[:, names.index(f"W{li}_{o}_{i}")], gW[:, o, i], rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(symbolic[:, names.index(f"b{li}_{o}")], gb[:, o], rtol=1e-9, atol=1e-12)
+    # the foundation's certificate over (inputs, weights) bounds the gradient w.r.t. all fields,
+    # hence the per-example parameter gradient; the per-layer bound must hold too
+    cert = f.lipschitz(time_budget=0.5)
+    per_layer = model.certified_bound()
+    norms = model.per_example_norms(params, x, y)
+    assert np.all(norms <= cert.upper) and np.all(norms <= per_layer.upper)

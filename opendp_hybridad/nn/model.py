@@ -223,3 +223,50 @@ class MLP:
     def _ball(rng, layer: Dense) -> np.ndarray:
         W = rng.standard_normal((layer.out_features, layer.in_features))
         return W * (layer.weight_bound / np.sqrt((W * W).sum()))
+
+
+def scalar_expansion(model: MLP, label: float | int = 0):
+    """The model's per-example loss as one scalar :class:`RecordFunction` over inputs and weights (small models only).
+
+    Fields: ``x{j}`` (the input box), ``W{l}_{o}_{i}`` and ``b{l}_{o}`` (their boxes; for a
+    Frobenius ball, the box ``[-R, R]`` that contains it). The label is fixed. This is the
+    scalar form the paper's prototype built for everything; here it is for checking
+    the per-layer kernels against the foundation's symbolic gradient and certificates.
+    """
+    import sympy
+
+    from opendp_hybridad.symbolic.functions import sigmoid
+    from opendp_hybridad.symbolic.schema import Field, Schema
+
+    fields: dict[str, Field] = {f"x{j}": Field(-float(b), float(b)) for j, b in enumerate(model.input_bound)}
+    for li, layer in enumerate(model.layers, start=1):
+        for o in range(layer.out_features):
+            for i in range(layer.in_features):
+                fields[f"W{li}_{o}_{i}"] = Field(-layer.weight_bound, layer.weight_bound)
+            fields[f"b{li}_{o}"] = Field(-layer.bias_bound, layer.bias_bound)
+    if model.num_parameters > 2000:
+        raise ValueError("scalar expansion is for small models (it grows with the parameters)")
+    schema = Schema(fields)
+    sym = schema.symbol_map
+    a = [sym[f"x{j}"] for j in range(model.layers[0].in_features)]
+    for li, (layer, act) in enumerate(zip(model.layers, model.activations, strict=True), start=1):
+        z = [sum(sym[f"W{li}_{o}_{i}"] * a[i] for i in range(layer.in_features)) + sym[f"b{li}_{o}"]
+             for o in range(layer.out_features)]
+        name = act.name
+        if name == "tanh":
+            a = [sympy.tanh(v) for v in z]
+        elif name == "sigmoid":
+            a = [sigmoid(v) for v in z]
+        elif name == "identity":
+            a = z
+        else:
+            raise ValueError(f"scalar expansion supports tanh, sigmoid and identity, not {name}")
+    if model.loss.name == "softmax cross-entropy":
+        expr = sympy.log(sum(sympy.exp(v) for v in a)) - a[int(label)]
+    elif model.loss.name == "logistic":
+        from opendp_hybridad.symbolic.functions import softplus
+
+        expr = softplus(a[0]) - float(label) * a[0]
+    else:
+        expr = sum((v - float(label)) ** 2 for v in a) / 2
+    return schema.function(expr, name="per-example loss")
