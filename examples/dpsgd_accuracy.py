@@ -93,7 +93,7 @@ def main() -> None:
     with open(f"{args.out}.json", "w") as fh:
         json.dump(rows, fh, indent=1)
     lines = ["| task | epsilon | mode | accuracy (mean) | spread (std) |", "|---|---|---|---:|---:|"]
-    lines += [f"| {r.task} | {r.epsilon} | {r.mode} | {r['mean']:.3f} | {r['std']:.3f} |" for _, r in table.iterrows()]
+    lines += [f"| {r['task']} | {r['epsilon']} | {r['mode']} | {r['mean']:.3f} | {r['std']:.3f} |" for _, r in table.iterrows()]
     with open(f"{args.out}.md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
