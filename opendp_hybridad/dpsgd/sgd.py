@@ -58,7 +58,7 @@ class DPSGD:
 
     def __init__(self, model: MLP, *, noise_multiplier: float, batch_size: int, epochs: float, learning_rate: float,
                  mode: str = "clip", clip: float = 1.0, sampling: str = "poisson", delta: float = 1e-5,
-                 granularity: str = "global"):
+                 granularity: str = "global", noise: str = "opendp"):
         if mode not in ("clip", "bound", "auto"):
             raise DeclarationError("mode must be 'clip', 'bound' or 'auto'")
         if not (noise_multiplier > 0 and batch_size >= 1 and epochs > 0 and learning_rate > 0):
@@ -69,6 +69,10 @@ class DPSGD:
         if granularity not in ("global", "step"):
             raise DeclarationError("granularity must be 'global' (one bound over the weight set) or 'step' (current weights)")
         self.granularity = granularity
+        if noise not in ("opendp", "discrete-gaussian"):
+            raise DeclarationError("noise must be 'opendp' (OpenDP's Gaussian) or 'discrete-gaussian' (our table sampler)")
+        self.noise = noise
+        self.coordinates_drawn = 0
         self.bound: ModelBound = model.certified_bound()
         if not math.isfinite(self.bound.upper) and mode != "clip":
             raise DeclarationError("the certified gradient-norm bound is infinite for this model; use mode='clip'")
@@ -123,7 +127,26 @@ class DPSGD:
         return space >> dp.m.then_gaussian(std, k=k)
 
     def epsilon(self, n: int) -> dict[str, float]:
-        return dp_sgd_epsilon(n, self.batch_size, self.noise_multiplier, self.epochs, self.delta, self.sampling)
+        """(epsilon, delta) of the run; with the table sampler, delta includes its statistical distance."""
+        report = dp_sgd_epsilon(n, self.batch_size, self.noise_multiplier, self.epochs, self.delta, self.sampling)
+        if self.noise == "discrete-gaussian":
+            from opendp_hybridad.dpsgd.noise import gaussian_noise_for
+
+            d = self.model.num_parameters
+            sampler = gaussian_noise_for(self.sensitivity, self.noise_multiplier, d)
+            coordinates = report["steps"] * d
+            eps = max(report["epsilon_pld"], report["epsilon_rdp"])
+            report["delta"] = self.delta + sampler.delta_penalty(eps, coordinates)
+            report["sampler_statistical_distance_per_coordinate"] = sampler.statistical_distance
+        return report
+
+    def _noise_function(self, dimension: int, sensitivity: float):
+        if self.noise == "opendp":
+            measurement = self.noise_measurement(dimension, sensitivity)
+            return lambda flat: np.asarray(measurement(flat.tolist()))
+        from opendp_hybridad.dpsgd.noise import gaussian_noise_for
+
+        return gaussian_noise_for(sensitivity, self.noise_multiplier, dimension)
 
     # -- training -------------------------------------------------------------------------------
     def _check(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +179,7 @@ class DPSGD:
         params = self.model.project(params if params is not None else self.model.init(rng))
         steps = dp_sgd_steps(n, self.batch_size, self.epochs)
         sizes = [W.size + b.size for W, b in params]
-        noise = self.noise_measurement(sum(sizes))
+        noise = self._noise_function(sum(sizes), self.sensitivity)
         history = TrainingHistory()
         order = rng.permutation(n)
         for step in range(steps):
@@ -172,7 +195,7 @@ class DPSGD:
                 # the current weights are public (released by earlier noisy steps): a tighter K for this step
                 K_t = min(self.model.certified_bound(params).upper, self.bound.upper if self.mode == "bound" else math.inf)
                 clip_now, sens_now = self._clipping_needed(K_t), self._sensitivity(K_t)
-                noise = self.noise_measurement(sum(sizes), sens_now)
+                noise = self._noise_function(sum(sizes), sens_now)
             else:
                 clip_now = self.clipping_needed
             t0 = time.perf_counter()
@@ -182,7 +205,7 @@ class DPSGD:
             else:
                 flat = np.zeros(sum(sizes))
             t1 = time.perf_counter()
-            noisy = np.asarray(noise(flat.tolist()))
+            noisy = noise(flat)
             t2 = time.perf_counter()
             history.gradient_seconds += t1 - t0
             history.noise_seconds += t2 - t1
