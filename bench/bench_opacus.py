@@ -90,9 +90,10 @@ def main() -> None:
 
         ghost()
         results["Opacus ghost clipping"] = best(ghost, args.repeats)
-    except Exception as exc:  # noqa: BLE001 - report, do not fail the bench
+    except Exception as exc:
         print(f"(ghost clipping not measured: {type(exc).__name__}: {exc})")
-    print(f"batch {B}, 64-128-10 tanh, clip {C:.3f} (the median norm), float64, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"batch {B}, 64-128-10 tanh, clip {C:.3f} (the median norm), float64, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     for name, t in results.items():
         print(f"  {name:<44s} {t * 1000:8.3f} ms   {B / t:12,.0f} examples/s   ratio to ours {t / ours:6.2f}")
 
