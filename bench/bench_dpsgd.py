@@ -16,6 +16,7 @@ import itertools
 import time
 
 import numpy as np
+from timing import best_of
 
 from opendp_hybridad.dpsgd import DPSGD
 from opendp_hybridad.nn import MLP, Dense, Identity, SoftmaxCrossEntropy, Tanh
@@ -44,12 +45,7 @@ def step_comparison(batch: int = 256, width: int = 128, repeats: int = 5) -> Non
         return noisy
 
     def best(fn):
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return min(ts)
+        return best_of(fn, repeats)
 
     from opendp_hybridad.dpsgd.noise import gaussian_noise_for
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import numpy as np
+from timing import best_of
 
 import opendp_hybridad as hd
 from opendp_hybridad.compile import available_backends
@@ -25,15 +25,6 @@ def hand_value(a, w, h):
 
 def hand_norm(a, w, h):
     return np.sqrt(4 * a**2 * w**2 + h**2 * (a**2 + w**2)) / h**3
-
-
-def best_of(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> dict:

@@ -13,20 +13,11 @@ second and the ratio.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from timing import best_of
 
 from opendp_hybridad.nn import MLP, Dense, Identity, SoftmaxCrossEntropy, Tanh
-
-
-def best(fn, repeats):
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
 
 
 def main() -> None:
@@ -45,7 +36,7 @@ def main() -> None:
     model = MLP([Dense(64, 128, 1.0, 1.0), Dense(128, 10, 1.0, 1.0)], [Tanh(), Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
     params = model.init(rng)
     C = float(np.median(model.per_example_norms(params, x, y)))  # half the examples are clipped
-    ours = best(lambda: model.gradient_sum(params, x, y, clip=C), args.repeats)
+    ours = best_of(lambda: model.gradient_sum(params, x, y, clip=C), args.repeats)
 
     net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(), torch.nn.Linear(128, 10)).double()
     with torch.no_grad():
@@ -69,7 +60,7 @@ def main() -> None:
     ours_sum = model.gradient_sum(params, x, y, clip=C)
     np.testing.assert_allclose(net[0].weight.summed_grad.numpy() if hasattr(net[0].weight, "summed_grad") else
                                gsm._module[0].weight.summed_grad.numpy(), ours_sum[0][0], rtol=1e-5, atol=1e-5)
-    opacus_hooks = best(hooks, args.repeats)
+    opacus_hooks = best_of(hooks, args.repeats)
     results = {"opendp-hybridad (per-layer kernels, numpy)": ours, "Opacus hooks (GradSampleModule)": opacus_hooks}
     try:
         from opacus import PrivacyEngine
@@ -89,7 +80,7 @@ def main() -> None:
             opt2.pre_step()
 
         ghost()
-        results["Opacus ghost clipping"] = best(ghost, args.repeats)
+        results["Opacus ghost clipping"] = best_of(ghost, args.repeats)
     except Exception as exc:
         print(f"(ghost clipping not measured: {type(exc).__name__}: {exc})")
     print(f"batch {B}, 64-128-10 tanh, clip {C:.3f} (the median norm), float64, "
