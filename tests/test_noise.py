@@ -70,3 +70,18 @@ def test_dp_sgd_with_the_table_sampler_trains_and_reports_its_delta():
     eps = max(report["epsilon_pld"], report["epsilon_rdp"])
     expected = 1e-5 + (1 + math.exp(eps)) * report["steps"] * model.num_parameters * eta
     assert report["delta"] == pytest.approx(expected, rel=1e-12) and report["delta"] > 1e-5
+
+
+def test_the_guided_lookup_returns_the_exact_count_of_table_entries():
+    sampler = DiscreteGaussianSampler(3.3, resolution=2**6)
+    rng = np.random.default_rng(0)  # test inputs, not noise
+    hi = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
+    lo = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
+    # and the hardest values: exactly on table entries, one below, the extremes
+    entries = [int(c) for c in sampler._cumulative[:: max(1, len(sampler._cumulative) // 200)]]
+    special = entries + [e - 1 for e in entries if e > 0] + [0, 2**128 - 1]
+    hi = np.concatenate([hi, np.array([v >> 64 for v in special], dtype=object).astype(np.uint64)])
+    lo = np.concatenate([lo, np.array([v & (2**64 - 1) for v in special], dtype=object).astype(np.uint64)])
+    got = sampler.count_not_above(hi, lo)
+    exact = [int(np.searchsorted(sampler._cumulative, (int(h) << 64) | int(l), side="right")) for h, l in zip(hi, lo, strict=True)]
+    np.testing.assert_array_equal(got, exact)

@@ -28,6 +28,7 @@ import math
 import os
 
 import numpy as np
+from scipy.special import ndtri
 
 _U = 2.0**-53
 _TAILS = 40.0
@@ -54,10 +55,8 @@ class DiscreteGaussianSampler:
         cumulative = np.cumsum(np.array(counts, dtype=object))
         # entries equal to 2^128 are never <= a 128-bit draw: drop them (the upper tail of zeros, and the last)
         cumulative = cumulative[: int(np.searchsorted(cumulative, 2**128, side="left"))]
-        high_words = [int(c) >> 64 for c in cumulative]  # numpy cannot take Python ints >= 2^63 directly
-        upper = np.array([w >> 32 for w in high_words], dtype=np.uint64)
-        lower = np.array([w & 0xFFFFFFFF for w in high_words], dtype=np.uint64)
-        self._hi = (upper << np.uint64(32)) | lower
+        self._hi = _words([int(c) >> 64 for c in cumulative])
+        self._lo = _words([int(c) & (2**64 - 1) for c in cumulative])
         self._cumulative = cumulative
         self.zmax = zmax
         # statistical distance from the discrete Gaussian: relative error per point of at most
@@ -74,18 +73,31 @@ class DiscreteGaussianSampler:
         return self.scale * self.grid
 
     def integers(self, count: int) -> np.ndarray:
-        """``count`` draws of ``Z`` (int64)."""
+        """``count`` draws of ``Z`` (int64): the number of table entries not above a 128-bit uniform ``U``.
+
+        A first guess comes from the normal quantile of ``U`` (the table follows the
+        Gaussian closely); it is *verified exactly* in 128-bit arithmetic
+        (``C[j-1] <= U < C[j]``), and any draw whose guess fails is resolved by binary
+        search. The guess only saves time; the answer is always the exact count.
+        """
         bits = np.frombuffer(os.urandom(16 * count), dtype=np.uint64).reshape(count, 2)
-        hi, lo = bits[:, 0], bits[:, 1]
-        below = np.searchsorted(self._hi, hi, side="left")  # entries whose high word is smaller
-        upto = np.searchsorted(self._hi, hi, side="right")
-        index = below.astype(np.int64)
-        ties = np.flatnonzero(upto > below)  # same high word: compare the low words (rare)
-        for t in ties:
+        return self.count_not_above(bits[:, 0].copy(), bits[:, 1].copy()) - self.zmax
+
+    def count_not_above(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """For 128-bit values ``(hi, lo)``, the number of cumulative table entries not above each."""
+        m = self._hi.size
+        uniform = (hi.astype(np.float64) + 0.5) * 2.0**-64
+        guess = np.ceil(self.scale * ndtri(uniform) - 0.5) + self.zmax
+        j = np.clip(np.nan_to_num(guess, nan=0.0), 0, m).astype(np.int64)
+        prev = np.clip(j - 1, 0, max(m - 1, 0))
+        curr = np.clip(j, 0, max(m - 1, 0))
+        lower_ok = (j == 0) | _le(self._hi[prev], self._lo[prev], hi, lo)
+        upper_ok = (j == m) | ~_le(self._hi[curr], self._lo[curr], hi, lo)
+        bad = np.flatnonzero(~(lower_ok & upper_ok))
+        for t in bad:  # exact fallback
             u = (int(hi[t]) << 64) | int(lo[t])
-            index[t] = int(np.searchsorted(self._cumulative, u, side="right"))
-        index[upto == below] = below[upto == below]
-        return index - self.zmax
+            j[t] = int(np.searchsorted(self._cumulative, u, side="right"))
+        return j
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         """``g (round(values / g) + Z)``: exact in float64 while ``|values| / g < 2^52``."""
@@ -98,6 +110,18 @@ class DiscreteGaussianSampler:
     def delta_penalty(self, epsilon: float, coordinates: int) -> float:
         """What ``coordinates`` draws add to delta: ``(1 + e^epsilon) coordinates eta``."""
         return (1.0 + math.exp(epsilon)) * coordinates * self.statistical_distance
+
+
+def _words(values: list[int]) -> np.ndarray:
+    """uint64 array from Python ints below 2^64 (numpy cannot take ints >= 2^63 directly)."""
+    upper = np.array([v >> 32 for v in values], dtype=np.uint64)
+    lower = np.array([v & 0xFFFFFFFF for v in values], dtype=np.uint64)
+    return (upper << np.uint64(32)) | lower
+
+
+def _le(a_hi: np.ndarray, a_lo: np.ndarray, b_hi: np.ndarray, b_lo: np.ndarray) -> np.ndarray:
+    """``a <= b`` for 128-bit numbers given as (high, low) uint64 words."""
+    return (a_hi < b_hi) | ((a_hi == b_hi) & (a_lo <= b_lo))
 
 
 _CACHE: dict[tuple[int, float], DiscreteGaussianSampler] = {}
