@@ -83,5 +83,5 @@ def test_the_guided_lookup_returns_the_exact_count_of_table_entries():
     hi = np.concatenate([hi, np.array([v >> 64 for v in special], dtype=object).astype(np.uint64)])
     lo = np.concatenate([lo, np.array([v & (2**64 - 1) for v in special], dtype=object).astype(np.uint64)])
     got = sampler.count_not_above(hi, lo)
-    exact = [int(np.searchsorted(sampler._cumulative, (int(h) << 64) | int(l), side="right")) for h, l in zip(hi, lo, strict=True)]
+    exact = [int(np.searchsorted(sampler._cumulative, (int(h) << 64) | int(w), side="right")) for h, w in zip(hi, lo, strict=True)]
     np.testing.assert_array_equal(got, exact)
