@@ -239,3 +239,14 @@ def test_scalar_expansion_agrees_with_the_per_layer_kernels_and_its_certificate_
     per_layer = model.certified_bound()
     norms = model.per_example_norms(params, x, y)
     assert np.all(norms <= cert.upper) and np.all(norms <= per_layer.upper)
+
+
+def test_regression_labels_outside_the_declared_box_are_clamped_so_the_bound_holds():
+    from opendp_hybridad.dpsgd import DPSGD
+
+    model = MLP([Dense(2, 1, 1.0, 0.5, norm_ball=True)], [Identity()], MeanSquaredError(), input_bound=1.0, label_bound=1.0)
+    trainer = DPSGD(model, noise_multiplier=1.0, batch_size=4, epochs=1, learning_rate=0.1, mode="bound")
+    x, y = trainer._check(np.ones((8, 2)) * 5, np.full((8, 1), -100.0))
+    assert np.all(np.abs(x) <= 1.0) and np.all(y == -1.0)
+    params = [(np.array([[1.0, 1.0]]) / np.sqrt(2), np.array([0.5]))]
+    assert model.per_example_norms(params, x, y).max() <= trainer.bound.upper

@@ -165,6 +165,11 @@ class DPSGD:
                 raise DeclarationError(f"labels must be class indices 0..{classes - 1}")
         elif self.model.loss.name == "logistic" and not np.all(np.isin(y, (0, 1))):
             raise DeclarationError("labels must be 0 or 1 for the logistic loss")
+        else:
+            if np.isnan(np.asarray(y, dtype=float)).any():
+                raise DeclarationError("labels contain missing values")
+            # regression targets are clamped to the declared label box the bound assumes
+            y = np.clip(np.asarray(y, dtype=float), -self.model.label_bound, self.model.label_bound)
         # clamping to the declared input box is what the certified bound assumes
         return np.clip(x, -self.model.input_bound, self.model.input_bound), y
 
