@@ -72,7 +72,7 @@ class DPSGD:
         if noise not in ("opendp", "discrete-gaussian"):
             raise DeclarationError("noise must be 'opendp' (OpenDP's Gaussian) or 'discrete-gaussian' (our table sampler)")
         self.noise = noise
-        self.coordinates_drawn = 0
+        self.max_statistical_distance = 0.0
         self.bound: ModelBound = model.certified_bound()
         if not math.isfinite(self.bound.upper) and mode != "clip":
             raise DeclarationError("the certified gradient-norm bound is infinite for this model; use mode='clip'")
@@ -136,8 +136,10 @@ class DPSGD:
             sampler = gaussian_noise_for(self.sensitivity, self.noise_multiplier, d)
             coordinates = report["steps"] * d
             eps = max(report["epsilon_pld"], report["epsilon_rdp"])
-            report["delta"] = self.delta + sampler.delta_penalty(eps, coordinates)
-            report["sampler_statistical_distance_per_coordinate"] = sampler.statistical_distance
+            # the largest distance of any table this trainer drew from (per-step sensitivities use several)
+            eta = max(sampler.statistical_distance, self.max_statistical_distance)
+            report["delta"] = self.delta + (1.0 + math.exp(eps)) * coordinates * eta
+            report["sampler_statistical_distance_per_coordinate"] = eta
         return report
 
     def _noise_function(self, dimension: int, sensitivity: float):
@@ -146,7 +148,9 @@ class DPSGD:
             return lambda flat: np.asarray(measurement(flat.tolist()))
         from opendp_hybridad.dpsgd.noise import gaussian_noise_for
 
-        return gaussian_noise_for(sensitivity, self.noise_multiplier, dimension)
+        sampler = gaussian_noise_for(sensitivity, self.noise_multiplier, dimension)
+        self.max_statistical_distance = max(self.max_statistical_distance, sampler.statistical_distance)
+        return sampler
 
     # -- training -------------------------------------------------------------------------------
     def _check(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
