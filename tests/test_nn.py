@@ -250,3 +250,20 @@ def test_regression_labels_outside_the_declared_box_are_clamped_so_the_bound_hol
     assert np.all(np.abs(x) <= 1.0) and np.all(y == -1.0)
     params = [(np.array([[1.0, 1.0]]) / np.sqrt(2), np.array([0.5]))]
     assert model.per_example_norms(params, x, y).max() <= trainer.bound.upper
+
+
+def test_progress_reports_epsilon_and_public_validation_only(capsys):
+    from opendp_hybridad.accounting import dp_sgd_epsilon
+    from opendp_hybridad.dpsgd import DPSGD
+
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (300, 2))
+    y = (x[:, 0] > 0).astype(int)
+    model = MLP([Dense(2, 2, 1.0, 1.0)], [Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
+    trainer = DPSGD(model, noise_multiplier=1.0, batch_size=50, epochs=2, learning_rate=0.5, noise="discrete-gaussian")
+    _, history = trainer.fit(x[:200], y[:200], progress=True, validation=(x[200:], y[200:]), seed=1)
+    last = history.steps[-1]
+    assert last["epsilon_pld"] == pytest.approx(dp_sgd_epsilon(200, 50, 1.0, 2, 1e-5)["epsilon_pld"], rel=1e-9)
+    assert 0 <= last["validation_accuracy"] <= 1 and "validation_loss" in last
+    assert "epsilon" in capsys.readouterr().err
+    assert all(set(r) <= {"step", "epsilon_pld", "validation_loss", "validation_accuracy"} for r in history.steps)

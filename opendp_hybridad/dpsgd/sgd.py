@@ -177,8 +177,14 @@ class DPSGD:
         # clamping to the declared input box is what the certified bound assumes
         return np.clip(x, -self.model.input_bound, self.model.input_bound), y
 
-    def fit(self, x: Any, y: Any, params=None, *, progress: bool = False, seed: int | None = None):
-        """Train; returns ``(params, history)``. Only released (noisy) quantities and public ones are recorded."""
+    def fit(self, x: Any, y: Any, params=None, *, progress: bool = False, seed: int | None = None,
+            validation: tuple[Any, Any] | None = None):
+        """Train; returns ``(params, history)``. Only released (noisy) quantities and public ones are recorded.
+
+        ``progress``: a line on standard error at every tenth of the run with the epsilon
+        spent so far (PLD) and, if ``validation`` (public data) is given, its loss and
+        accuracy. The training loss itself is never shown: it would not be private.
+        """
         import opendp.prelude as dp
 
         dp.enable_features("contrib")
@@ -224,11 +230,20 @@ class DPSGD:
                 offset += size
                 update.append((W - self.learning_rate * chunk[:W.size].reshape(W.shape), b - self.learning_rate * chunk[W.size:]))
             params = self.model.project(update) if self.mode == "bound" else update
-            spent = dp_sgd_epsilon(n, self.batch_size, self.noise_multiplier, (step + 1) * self.batch_size / n, self.delta,
-                                   self.sampling)["epsilon_pld"] if progress and (step + 1) % max(1, steps // 10) == 0 else None
-            history.steps.append({"step": step, **({"epsilon_pld": spent} if spent is not None else {})})
-            if spent is not None:
-                print(f"step {step + 1}/{steps}  epsilon spent {spent:.3f}", file=sys.stderr)
+            record: dict[str, float] = {"step": step}
+            if progress and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):
+                record["epsilon_pld"] = dp_sgd_epsilon(n, self.batch_size, self.noise_multiplier, (step + 1) * self.batch_size / n,
+                                                       self.delta, self.sampling)["epsilon_pld"]
+                line = f"step {step + 1:>6d}/{steps}  [{'#' * ((step + 1) * 20 // steps):<20s}]  epsilon {record['epsilon_pld']:.3f}"
+                if validation is not None:
+                    vx, vy = self._check(validation[0], validation[1])
+                    acts, _ = self.model.forward(params, vx)
+                    record["validation_loss"] = float(self.model.loss.value(acts[-1], vy).mean())
+                    if self.model.loss.name == "softmax cross-entropy":
+                        record["validation_accuracy"] = float((acts[-1].argmax(axis=1) == vy).mean())
+                    line += f"  validation loss {record['validation_loss']:.4f}"
+                print(line, file=sys.stderr)
+            history.steps.append(record)
         return params, history
 
 
