@@ -190,8 +190,9 @@ def dp_sgd_epsilon(n: int, batch_size: int, noise_multiplier: float, epochs: flo
     rdp_acc.compose(event)
     pld_acc = pld.PLDAccountant()
     pld_acc.compose(event)
+    steps = dp_sgd_steps(n, batch_size, epochs) if sampling == "poisson" else math.ceil(epochs) * (n // batch_size)
     return {"epsilon_rdp": float(rdp_acc.get_epsilon(delta)), "epsilon_pld": float(pld_acc.get_epsilon(delta)),
-            "delta": float(delta), "steps": dp_sgd_steps(n, batch_size, epochs), "sampling": sampling,
+            "delta": float(delta), "steps": steps, "sampling": sampling,
             "noise_multiplier": float(noise_multiplier), "sampling_probability": batch_size / n}
 
 

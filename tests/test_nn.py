@@ -267,3 +267,67 @@ def test_progress_reports_epsilon_and_public_validation_only(capsys):
     assert 0 <= last["validation_accuracy"] <= 1 and "validation_loss" in last
     assert "epsilon" in capsys.readouterr().err
     assert all(set(r) <= {"step", "epsilon_pld", "validation_loss", "validation_accuracy"} for r in history.steps)
+
+
+# -- regressions from the third review ----------------------------------------------------------
+def test_auto_mode_keeps_weights_in_the_certified_set_so_its_global_k_holds():
+    from opendp_hybridad.dpsgd import DPSGD
+
+    model = MLP([Dense(4, 4, 0.1, 0.1), Dense(4, 2, 0.1, 0.1)], [Tanh(), Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
+    trainer = DPSGD(model, noise_multiplier=1.0, batch_size=8, epochs=3, learning_rate=100.0, mode="auto", clip=1e6)
+    assert not trainer.clipping_needed
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(-1, 1, (40, 4)), rng.integers(0, 2, 40)
+    seen = []
+    original = model.gradient_sum
+
+    def spy(params, xb, yb, clip=None):
+        seen.append(float(model.per_example_norms(params, xb, yb).max()))
+        return original(params, xb, yb, clip=clip)
+
+    model.gradient_sum = spy
+    trainer.fit(x, y, seed=0)
+    assert max(seen) <= trainer.bound.upper
+
+
+def test_shuffled_batches_use_each_example_at_most_once_per_epoch():
+    from opendp_hybridad.dpsgd import DPSGD
+
+    model = MLP([Dense(1, 2, 1.0, 1.0)], [Identity()], SoftmaxCrossEntropy(), input_bound=100.0)
+    trainer = DPSGD(model, noise_multiplier=1.0, batch_size=4, epochs=2, learning_rate=0.1, sampling="shuffle")
+    x = np.arange(10, dtype=float)[:, None]
+    batches = []
+    original = model.gradient_sum
+    model.gradient_sum = lambda params, xb, yb, clip=None: (batches.append(xb[:, 0].tolist()), original(params, xb, yb, clip))[1]
+    trainer.fit(x, np.zeros(10, dtype=int), seed=0)
+    per_epoch = 10 // 4
+    assert len(batches) == 2 * per_epoch == trainer.epsilon(10)["steps"]
+    for e in range(2):
+        used = [v for b in batches[e * per_epoch:(e + 1) * per_epoch] for v in b]
+        assert len(used) == len(set(used))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Dense(2, 1, -1.0, 1.0),
+        lambda: Dense(2, 1, 1.0, float("nan")),
+        lambda: MLP([Dense(2, 1)], [Identity()], MeanSquaredError(), label_bound=-3.0),
+        lambda: MLP([Dense(2, 3)], [Sigmoid()], Logistic()),
+        lambda: TemperedSigmoid(1.0, float("nan"), 0.0),
+    ],
+)
+def test_declarations_that_would_break_the_bound_are_refused(build):
+    with pytest.raises(ValueError):
+        build()
+
+
+def test_the_measurement_states_the_table_samplers_delta():
+    from opendp_hybridad.dpsgd import DPSGD, make_dp_sgd
+
+    model = MLP([Dense(2, 2, 1.0, 1.0)], [Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
+    trainer = DPSGD(model, noise_multiplier=1.0, batch_size=10, epochs=1, learning_rate=0.1, noise="discrete-gaussian")
+    _eps, delta = make_dp_sgd(trainer, 100).map(1)
+    assert delta == trainer.epsilon(100)["delta"] > trainer.delta
+    with pytest.raises(Exception, match="Renyi"):
+        make_dp_sgd(trainer, 100, measure="renyi")

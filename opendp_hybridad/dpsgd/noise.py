@@ -32,6 +32,8 @@ from scipy.special import ndtri
 
 _U = 2.0**-53
 _TAILS = 40.0
+#: every table is checked against this at construction, so a run can state its delta before training
+STATISTICAL_DISTANCE_BOUND = 1e-14
 
 
 class DiscreteGaussianSampler:
@@ -66,7 +68,9 @@ class DiscreteGaussianSampler:
         float_part = 2.0 * math.fsum((p * relative).tolist()) * 1.01
         floors = len(counts) * 2.0**-128
         tail = 2.0 * math.exp(-_TAILS * _TAILS / 2.0) / (1.0 - math.exp(-_TAILS))
-        self.statistical_distance = float_part + floors + deficit / 2.0**128 + tail
+        self.statistical_distance = float_part + floors + abs(deficit) / 2.0**128 + tail
+        if self.statistical_distance > STATISTICAL_DISTANCE_BOUND:
+            raise ValueError("this table is further from the discrete Gaussian than the bound every run reports")
 
     @property
     def std(self) -> float:

@@ -72,7 +72,6 @@ class DPSGD:
         if noise not in ("opendp", "discrete-gaussian"):
             raise DeclarationError("noise must be 'opendp' (OpenDP's Gaussian) or 'discrete-gaussian' (our table sampler)")
         self.noise = noise
-        self.max_statistical_distance = 0.0
         self.bound: ModelBound = model.certified_bound()
         if not math.isfinite(self.bound.upper) and mode != "clip":
             raise DeclarationError("the certified gradient-norm bound is infinite for this model; use mode='clip'")
@@ -104,6 +103,12 @@ class DPSGD:
                          dp_sgd_event(n, self.batch_size, self.noise_multiplier, self.epochs, self.sampling),
                          "add or remove one example" if self.sampling == "poisson" else "replace one example")
 
+    def _steps(self, n: int) -> int:
+        if self.sampling == "poisson":
+            return dp_sgd_steps(n, self.batch_size, self.epochs)
+        dp_sgd_steps(n, self.batch_size, self.epochs)  # validates the sizes
+        return math.ceil(self.epochs) * (n // self.batch_size)
+
     def noise_measurement(self, dimension: int, sensitivity: float | None = None):
         """OpenDP's vector Gaussian on the summed gradient.
 
@@ -130,14 +135,13 @@ class DPSGD:
         """(epsilon, delta) of the run; with the table sampler, delta includes its statistical distance."""
         report = dp_sgd_epsilon(n, self.batch_size, self.noise_multiplier, self.epochs, self.delta, self.sampling)
         if self.noise == "discrete-gaussian":
-            from opendp_hybridad.dpsgd.noise import gaussian_noise_for
+            from opendp_hybridad.dpsgd.noise import STATISTICAL_DISTANCE_BOUND
 
-            d = self.model.num_parameters
-            sampler = gaussian_noise_for(self.sensitivity, self.noise_multiplier, d)
-            coordinates = report["steps"] * d
+            coordinates = self._steps(n) * self.model.num_parameters
             eps = max(report["epsilon_pld"], report["epsilon_rdp"])
-            # the largest distance of any table this trainer drew from (per-step sensitivities use several)
-            eta = max(sampler.statistical_distance, self.max_statistical_distance)
+            # every table is checked against the bound at construction, so this holds for
+            # whatever tables the run draws from (per-step sensitivities use several)
+            eta = STATISTICAL_DISTANCE_BOUND
             report["delta"] = self.delta + (1.0 + math.exp(eps)) * coordinates * eta
             report["sampler_statistical_distance_per_coordinate"] = eta
         return report
@@ -148,9 +152,7 @@ class DPSGD:
             return lambda flat: np.asarray(measurement(flat.tolist()))
         from opendp_hybridad.dpsgd.noise import gaussian_noise_for
 
-        sampler = gaussian_noise_for(sensitivity, self.noise_multiplier, dimension)
-        self.max_statistical_distance = max(self.max_statistical_distance, sampler.statistical_distance)
-        return sampler
+        return gaussian_noise_for(sensitivity, self.noise_multiplier, dimension)
 
     # -- training -------------------------------------------------------------------------------
     def _check(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +194,7 @@ class DPSGD:
         n = x.shape[0]
         rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
         params = self.model.project(params if params is not None else self.model.init(rng))
-        steps = dp_sgd_steps(n, self.batch_size, self.epochs)
+        steps = self._steps(n)
         sizes = [W.size + b.size for W, b in params]
         noise = self._noise_function(sum(sizes), self.sensitivity)
         history = TrainingHistory()
@@ -201,11 +203,13 @@ class DPSGD:
             if self.sampling == "poisson":
                 members = np.flatnonzero(rng.random(n) < self.batch_size / n)
             else:
-                start = (step * self.batch_size) % n
-                if start + self.batch_size > n:
+                # each epoch: a fresh permutation cut into n // batch disjoint batches, so an
+                # example is in at most one step per epoch (what the accounting assumes)
+                per_epoch = n // self.batch_size
+                position = step % per_epoch
+                if position == 0:
                     order = rng.permutation(n)
-                    start = 0
-                members = order[start:start + self.batch_size]
+                members = order[position * self.batch_size:(position + 1) * self.batch_size]
             if self.granularity == "step" and self.mode != "clip":
                 # the current weights are public (released by earlier noisy steps): a tighter K for this step
                 K_t = min(self.model.certified_bound(params).upper, self.bound.upper if self.mode == "bound" else math.inf)
@@ -229,7 +233,9 @@ class DPSGD:
                 chunk = noisy[offset:offset + size] / self.batch_size
                 offset += size
                 update.append((W - self.learning_rate * chunk[:W.size].reshape(W.shape), b - self.learning_rate * chunk[W.size:]))
-            params = self.model.project(update) if self.mode == "bound" else update
+            # K (global) holds only on the certified weight set: keep the weights there whenever K is relied on
+            relies_on_global_k = self.mode == "bound" or (self.mode == "auto" and self.granularity == "global")
+            params = self.model.project(update) if relies_on_global_k else update
             record: dict[str, float] = {"step": step}
             if progress and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):
                 record["epsilon_pld"] = dp_sgd_epsilon(n, self.batch_size, self.noise_multiplier, (step + 1) * self.batch_size / n,
@@ -268,14 +274,18 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx"):
         return params
 
     if measure == "approx":
-        eps = trainer.epsilon(n)["epsilon_pld"]
+        report = trainer.epsilon(n)  # delta includes the table sampler's distance when it is used
+        eps, delta = report["epsilon_pld"], report["delta"]
 
         def privacy_map(d_in: Any) -> Any:
             if int(d_in) > 1:
                 raise DeclarationError("dp-accounting has no group privacy: the guarantee is for d_in = 1")
-            return (0.0, 0.0) if int(d_in) == 0 else (math.nextafter(eps, math.inf), trainer.delta)
+            return (0.0, 0.0) if int(d_in) == 0 else (math.nextafter(eps, math.inf), delta)
 
         return dp.m.make_user_measurement(domain, dp.symmetric_distance(), dp.approximate(dp.max_divergence()), run, privacy_map)
+
+    if trainer.noise != "opendp":
+        raise DeclarationError("the Renyi-curve form is for OpenDP's noise; the table sampler's guarantee is (epsilon, delta)")
 
     def curve_map(d_in: Any) -> Any:
         if int(d_in) > 1:

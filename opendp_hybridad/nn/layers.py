@@ -17,6 +17,9 @@ _PAD = 2.0**-46
 
 
 def _up(x: float) -> float:
+    """``x`` rounded up with a margin; NaN becomes inf (an unknown bound is no bound)."""
+    if math.isnan(x):
+        return math.inf
     return math.nextafter(x * (1 + _PAD), math.inf) if x > 0 else (math.nextafter(x, math.inf) if x < 0 else 0.0)
 
 
@@ -67,6 +70,8 @@ class TemperedSigmoid(Activation):
     """``scale * sigmoid(inverse_temperature * z) - offset`` (Papernot et al. 2020); tanh is (2, 2, 1)."""
 
     def __init__(self, scale: float = 2.0, inverse_temperature: float = 2.0, offset: float = 1.0):
+        if not all(math.isfinite(v) for v in (scale, inverse_temperature, offset)):
+            raise ValueError("the tempered sigmoid's parameters must be finite")
         super().__init__(f"tempered_sigmoid(s={scale:g}, T={inverse_temperature:g}, o={offset:g})")
         object.__setattr__(self, "scale", float(scale))
         object.__setattr__(self, "inverse_temperature", float(inverse_temperature))
@@ -120,6 +125,14 @@ class Dense:
     weight_bound: float = 1.0
     bias_bound: float = 1.0
     norm_ball: bool = False
+
+    def __post_init__(self) -> None:
+        if self.in_features < 1 or self.out_features < 1:
+            raise ValueError("a dense layer needs at least one input and one output")
+        for name in ("weight_bound", "bias_bound"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite non-negative number")
 
     @property
     def operator_bound(self) -> float:

@@ -71,7 +71,13 @@ class MLP:
                 raise ValueError("consecutive layers must agree on their widths")
         self.layers, self.activations, self.loss = layers, activations, loss
         bound = np.broadcast_to(np.asarray(input_bound, dtype=float), (layers[0].in_features,))
-        self.input_bound = np.abs(bound).copy()
+        if not np.all(np.isfinite(bound) & (bound >= 0)):
+            raise ValueError("input_bound must be finite and non-negative")
+        if not (math.isfinite(label_bound) and label_bound >= 0):
+            raise ValueError("label_bound must be finite and non-negative")
+        if loss.name == "logistic" and layers[-1].out_features != 1:
+            raise ValueError("the logistic loss takes one output (one logit)")
+        self.input_bound = bound.copy()
         self.label_bound = float(label_bound)
 
     # -- parameters -----------------------------------------------------------------------
@@ -161,7 +167,7 @@ class MLP:
         ``params`` None: over the whole declared weight set (fixed for a run).
         ``params`` given: with these (public) weights, over the input and label boxes only.
         """
-        a_norm = _sqrt_up(float(sum(_mul_up(v, v) for v in self.input_bound)))
+        a_norm = _sqrt_up(_up(math.fsum(_mul_up(float(v), float(v)) for v in self.input_bound)))
         a_norms = [a_norm]
         z_bounds, op_norms = [], []
         for idx, (layer, act) in enumerate(zip(self.layers, self.activations, strict=True)):
