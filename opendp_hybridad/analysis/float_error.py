@@ -146,6 +146,23 @@ def _node_width(node, idx, W, low, high, mag, mig) -> float:
     return math.inf
 
 
+def evaluation_error(fn: RecordFunction) -> float:
+    """How much two computed values can differ beyond the real ones, for a pair of records.
+
+    Each value is a point-enclosure midpoint, within ``W/2 + 1 ulp`` of the real value
+    (``W`` = :func:`point_width_bound`), so a pair of them adds at most ``W + 2 ulp(max|f|)``.
+    """
+    rng = fn.range()
+    max_abs = max(abs(rng.lower), abs(rng.upper))
+    return math.nextafter(point_width_bound(fn) + 2 * _ulp(max_abs), math.inf)
+
+
+def clamped_point_values(fn: RecordFunction, columns: list[np.ndarray], lower: float, upper: float) -> np.ndarray:
+    """:func:`point_values` clamped to ``[lower, upper]``, a failed enclosure becoming ``lower``."""
+    values = point_values(fn, columns)
+    return np.clip(np.where(np.isnan(values), lower, values), lower, upper)
+
+
 def point_values(fn: RecordFunction, columns: list[np.ndarray], chunk: int = 65536) -> np.ndarray:
     """Midpoints of the certified point enclosures of ``f`` at each record (columns in schema order).
 

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertificate
+from opendp_hybridad.analysis.rounding import add_up, mul_up, round_up
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.frame.domain import SchemaMismatchError, kernel_inputs, prepare_frame
-from opendp_hybridad.frame.relations import Relation, add_up, mul_up, parse_relation, per_unit_sensitivity
-from opendp_hybridad.frame.rowmap import _schema_of
+from opendp_hybridad.frame.domain import SchemaMismatchError, kernel_inputs, prepare_frame, schema_of
+from opendp_hybridad.frame.relations import Relation, parse_relation, per_unit_sensitivity
 from opendp_hybridad.symbolic.function import RecordFunction, dual_norm
 
 #: default bound on the number of records a frame may have (a domain constraint):
@@ -51,18 +51,13 @@ def pairwise_sum(values: np.ndarray, overwrite: bool = False) -> float:
     return float(buf[0])
 
 
-def _round_up(x: Fraction) -> float:
-    f = float(x)
-    return f if Fraction(f) >= x else math.nextafter(f, math.inf)
-
-
 def sum_relaxation(size_limit: int, max_abs: float) -> float:
     """``2 * (k u / (1 - k u)) * size_limit * max_abs``, k = ceil(log2 size_limit), u = 2^-52, rounded up."""
     if size_limit <= 1 or max_abs == 0:
         return 0.0
     k = math.ceil(math.log2(size_limit))
     uk = Fraction(k, 2**52)
-    return _round_up(2 * uk / (1 - uk) * size_limit * Fraction(max_abs))
+    return round_up(2 * uk / (1 - uk) * size_limit * Fraction(max_abs))
 
 
 class SumStability:
@@ -98,7 +93,7 @@ class _SumPlan:
     def __init__(self, input_domain: Any, input_metric: Any, function: RecordFunction, size_limit: int,
                  range_certificate: RangeCertificate | None, lipschitz_certificate: BoundCertificate | None,
                  backend: str = "auto"):
-        self.schema = _schema_of(input_domain)
+        self.schema = schema_of(input_domain)
         if function.schema != self.schema:
             raise DeclarationError("the function's schema differs from the input domain's schema")
         relation = parse_relation(input_metric)
@@ -118,11 +113,10 @@ class _SumPlan:
         self.feature = relation.kind == "feature"
         evaluation_error = 0.0
         if self.feature:
-            # values come from certified point enclosures: |value - f(x)| <= W/2 + 1 ulp, per dataset
-            from opendp_hybridad.analysis.float_error import point_width_bound
+            # values come from certified point enclosures (analysis/float_error.py)
+            from opendp_hybridad.analysis.float_error import evaluation_error as error_of
 
-            width = point_width_bound(function)
-            evaluation_error = math.nextafter(width + 2 * (max_abs * 2.0**-52 + 2.0**-1074), math.inf)
+            evaluation_error = error_of(function)
         self.stability = SumStability(slope, cap, sum_relaxation(size_limit, max_abs), relation, evaluation_error)
         self.size_limit = size_limit
         self.function = function
@@ -141,10 +135,9 @@ class _SumPlan:
             return 0.0
         with np.errstate(all="ignore"):
             if self.feature:
-                from opendp_hybridad.analysis.float_error import point_values
+                from opendp_hybridad.analysis.float_error import clamped_point_values
 
-                values = point_values(self.function, columns)
-                values = np.clip(np.where(np.isnan(values), self.lower, values), self.lower, self.upper)
+                values = clamped_point_values(self.function, columns, self.lower, self.upper)
             else:
                 # inputs imputed and clamped to the box, outputs clamped to the certified
                 # range (a float rounding can step outside it; NaN from overflow becomes L)
@@ -189,8 +182,8 @@ def then_sum_of(function: RecordFunction, **kwargs: Any):
 def _norm_up(values: list[float], p: float) -> float:
     """Upper bound on the p-norm (p = 1 or 2) of non-negative numbers, rounded up."""
     if p == 1.0:
-        return _round_up(sum((Fraction(v) for v in values), Fraction(0)))
-    square = _round_up(sum((Fraction(v) ** 2 for v in values), Fraction(0)))
+        return round_up(sum((Fraction(v) for v in values), Fraction(0)))
+    square = round_up(sum((Fraction(v) ** 2 for v in values), Fraction(0)))
     root = math.sqrt(square)
     return root if Fraction(root) ** 2 >= Fraction(square) else math.nextafter(root, math.inf)
 

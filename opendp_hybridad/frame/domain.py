@@ -115,6 +115,16 @@ def prepare_frame(frame: Any, schema: Schema) -> PreparedFrame:
     return PreparedFrame(columns, kept)
 
 
+def schema_of(input_domain: Any) -> Schema:
+    """The schema behind a frame domain made by :func:`make_frame_domain`."""
+    from opendp_hybridad.errors import DeclarationError
+
+    schema = getattr(input_domain, "descriptor", None)
+    if not isinstance(schema, Schema):
+        raise DeclarationError("the input domain must be a frame domain from make_frame_domain(schema)")
+    return schema
+
+
 def kernel_inputs(frame: Any, schema: Schema) -> list[np.ndarray]:
     """Columns ready for :meth:`Kernel.value_clamped`, which imputes and clamps itself.
 

@@ -15,18 +15,13 @@ from typing import Any
 import numpy as np
 
 from opendp_hybridad.accounting import AccountedMeasurement
+from opendp_hybridad.analysis.rounding import div_up
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.frame.aggregate import DEFAULT_SIZE_LIMIT, make_sum_of, make_sum_of_vector
-from opendp_hybridad.frame.domain import SchemaMismatchError, make_frame_domain, prepare_frame
+from opendp_hybridad.frame.domain import SchemaMismatchError, make_frame_domain, prepare_frame, schema_of
 from opendp_hybridad.frame.relations import parse_relation
-from opendp_hybridad.frame.rowmap import _schema_of
 from opendp_hybridad.symbolic.function import RecordFunction
 from opendp_hybridad.symbolic.schema import Schema
-
-
-def _div_up(a: float, b: float) -> float:
-    q = a / b
-    return q if q * b == a else math.nextafter(q, math.inf)
 
 
 def _space(domain_or_schema: Any, metric: Any) -> tuple[Any, Any]:
@@ -46,7 +41,7 @@ def make_count_of(input_domain: Any, input_metric: Any):
     """
     import opendp.prelude as dp
 
-    schema = _schema_of(input_domain)
+    schema = schema_of(input_domain)
     relation = parse_relation(input_metric)
     drops = any(f.missing == "drop" for f in schema.fields.values())
     if relation.kind == "feature":
@@ -77,7 +72,7 @@ def make_mean_of(input_domain: Any, input_metric: Any, function: RecordFunction,
 
     if size < 1:
         raise DeclarationError("size must be a positive number of records")
-    schema = _schema_of(input_domain)
+    schema = schema_of(input_domain)
     relation = parse_relation(input_metric)
     if relation.kind == "symmetric":
         inner = make_sum_of(input_domain, dp.change_one_distance(), function, **kwargs)
@@ -92,7 +87,7 @@ def make_mean_of(input_domain: Any, input_metric: Any, function: RecordFunction,
 
     def stability(d_in: Any) -> float:
         d = int(d_in) // 2 if halve else d_in
-        return math.nextafter(_div_up(inner.map(d), float(size)) + division_error, math.inf)
+        return math.nextafter(div_up(inner.map(d), float(size)) + division_error, math.inf)
 
     def apply(frame: Any) -> float:
         if prepare_frame(frame, schema).rows != size:
@@ -132,9 +127,9 @@ def _calibrate(transformation: Any, d_in: Any, epsilon: float | None, rho: float
     if sensitivity == 0:
         scale = 0.0
     elif mechanism == "laplace":
-        scale = _div_up(sensitivity, target)
+        scale = div_up(sensitivity, target)
     else:
-        scale = _div_up(sensitivity, math.sqrt(2.0 * target))
+        scale = div_up(sensitivity, math.sqrt(2.0 * target))
         scale = math.nextafter(scale, math.inf)  # the square root is rounded to nearest
     measurement = transformation >> then(scale)
     # OpenDP's own map is the authority: widen the scale until it agrees with the target

@@ -34,22 +34,6 @@ def feature_distance(q: Any = 2):
     return dp.user_distance(f"{_FEATURE_PREFIX}{label})")
 
 
-def mul_up(a: float, b: float) -> float:
-    """``a * b`` rounded up (a, b >= 0); ``0 * inf`` is 0 (no change times any distance)."""
-    if a == 0 or b == 0:
-        return 0.0
-    p = a * b
-    return p if p == 0 else math.nextafter(p, math.inf)
-
-
-def add_up(a: float, b: float) -> float:
-    """``a + b`` rounded up (TwoSum tells whether the float sum fell short of the real one)."""
-    s = a + b
-    bb = s - a
-    err = (a - (s - bb)) + (b - bb)
-    return math.nextafter(s, math.inf) if err > 0 else s
-
-
 @dataclass(frozen=True)
 class Relation:
     """A parsed input metric: its kind, and for the feature relation the l_q norm."""

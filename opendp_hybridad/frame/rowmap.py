@@ -21,16 +21,8 @@ import numpy as np
 
 from opendp_hybridad.analysis.certificate import RangeCertificate
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.frame.domain import kernel_inputs
+from opendp_hybridad.frame.domain import kernel_inputs, schema_of
 from opendp_hybridad.symbolic.function import RecordFunction
-from opendp_hybridad.symbolic.schema import Schema
-
-
-def _schema_of(input_domain: Any) -> Schema:
-    schema = getattr(input_domain, "descriptor", None)
-    if not isinstance(schema, Schema):
-        raise DeclarationError("the input domain must be a frame domain from make_frame_domain(schema)")
-    return schema
 
 
 def make_row_map(input_domain: Any, input_metric: Any, function: RecordFunction,
@@ -44,7 +36,7 @@ def make_row_map(input_domain: Any, input_metric: Any, function: RecordFunction,
     """
     import opendp.prelude as dp
 
-    schema = _schema_of(input_domain)
+    schema = schema_of(input_domain)
     if function.schema != schema:
         raise DeclarationError("the function's schema differs from the input domain's schema")
     metric_name = str(input_metric)

@@ -169,10 +169,9 @@ class IndividualFilter:
                     values = np.zeros(0)
                 elif self._relation[0] == "feature":
                     # midpoints of certified point enclosures: their error is bounded (float_error)
-                    from opendp_hybridad.analysis.float_error import point_values
+                    from opendp_hybridad.analysis.float_error import clamped_point_values
 
-                    values = point_values(f, self._clamped_records_columns())
-                    values = np.clip(np.where(np.isnan(values), lo, values), lo, hi)
+                    values = clamped_point_values(f, self._clamped_records_columns(), lo, hi)
                 else:
                     values = f.compile().value_clamped(self._columns, lo, hi)
             sums[:, j] = np.bincount(self._codes, weights=values, minlength=self._m)
@@ -200,7 +199,7 @@ class IndividualFilter:
         ``E_j`` bounds how far the computed value of f_j is from the real one (both datasets).
         """
         from opendp_hybridad.analysis.certify import GradientObjective
-        from opendp_hybridad.analysis.float_error import point_width_bound
+        from opendp_hybridad.analysis.float_error import evaluation_error
 
         _, q, r = self._relation
         box_lo = np.array([f.lower for f in self.schema.fields.values()])
@@ -219,8 +218,7 @@ class IndividualFilter:
             for start in range(0, records.shape[0], 20000):
                 enc = objective.enclose(lo[start:start + 20000], hi[start:start + 20000])
                 bounds[start:start + 20000] = np.minimum(np.where(enc.bad < 0, enc.upper, np.inf), global_k)
-            max_abs = max(abs(rng.lower), abs(rng.upper))
-            error = math.nextafter(point_width_bound(f) + 2 * (max_abs * 2.0**-52 + 2.0**-1074), math.inf)
+            error = evaluation_error(f)
             per_function.append(np.minimum(np.nextafter(np.nextafter(bounds * r, np.inf) + error, np.inf), width))
         stacked = np.column_stack(per_function)
         return np.sqrt(np.nextafter((stacked * stacked).sum(axis=1), np.inf))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.frame.rowmap import _schema_of
+from opendp_hybridad.frame.domain import schema_of
 from opendp_hybridad.individual.filter import IndividualFilter
 from opendp_hybridad.symbolic.function import RecordFunction
 
@@ -49,7 +49,7 @@ def make_individual_filter(input_domain: Any, input_metric: Any, *, budget: floa
     """Measurement: frame -> queryable of noisy sums with per-individual accounting (see module docstring)."""
     import opendp.prelude as dp
 
-    schema = _schema_of(input_domain)
+    schema = schema_of(input_domain)
     if not str(input_metric).startswith("SymmetricDistance"):
         raise DeclarationError("the individual filter is stated for adding or removing one individual (symmetric_distance)")
     if kind == "renyi":
