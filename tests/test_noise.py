@@ -72,16 +72,60 @@ def test_dp_sgd_with_the_table_sampler_trains_and_reports_its_delta():
     assert report["delta"] == pytest.approx(expected, rel=1e-12) and report["delta"] > 1e-5
 
 
-def test_the_guided_lookup_returns_the_exact_count_of_table_entries():
+def test_the_alias_table_returns_each_value_with_exactly_its_mass():
     sampler = DiscreteGaussianSampler(3.3, resolution=2**6)
+    r = sampler._r
+    capacity = 1 << (128 - r)
+    received = [0] * (1 << r)
+    for j, (word, low) in enumerate(zip(sampler._packed.tolist(), sampler._threshold_low.tolist(), strict=True)):
+        threshold, alias = ((word >> r) << 64) | low, word & ((1 << r) - 1)
+        received[j] += threshold  # u < T_j: column j
+        received[alias] += capacity - threshold  # otherwise its alias
+    masses = sampler.masses()
+    assert sum(masses) == 2**128
+    assert received[: len(masses)] == masses and not any(received[len(masses):])
+
+
+def test_the_table_is_within_its_stated_distance_of_the_discrete_gaussian():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    sampler = DiscreteGaussianSampler(3.3, resolution=2**6)
+    s = mpmath.mpf(sampler.scale)
+    z_all = range(-40 * int(sampler.scale), 40 * int(sampler.scale) + 1)
+    normaliser = mpmath.fsum(mpmath.exp(-mpmath.mpf(z) ** 2 / (2 * s * s)) for z in z_all)
+    masses = dict(zip(range(-sampler.zmax, sampler.zmax + 1), sampler.masses(), strict=True))
+    ideal = {z: mpmath.exp(-mpmath.mpf(z) ** 2 / (2 * s * s)) / normaliser for z in z_all}
+    distance = mpmath.fsum(abs(mpmath.mpf(masses.get(z, 0)) / mpmath.mpf(2) ** 128 - ideal[z]) for z in z_all) / 2
+    assert distance <= sampler.statistical_distance
+    assert sampler.statistical_distance <= 100 * distance + 1e-30  # and the bound is not vacuous
+
+
+def test_the_lookup_follows_the_alias_rule_on_random_and_tied_bits():
+    sampler = DiscreteGaussianSampler(3.3, resolution=2**6)
+    r = sampler._r
     rng = np.random.default_rng(0)  # test inputs, not noise
-    hi = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
-    lo = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
-    # and the hardest values: exactly on table entries, one below, the extremes
-    entries = [int(c) for c in sampler._cumulative[:: max(1, len(sampler._cumulative) // 200)]]
-    special = entries + [e - 1 for e in entries if e > 0] + [0, 2**128 - 1]
-    hi = np.concatenate([hi, np.array([v >> 64 for v in special], dtype=object).astype(np.uint64)])
-    lo = np.concatenate([lo, np.array([v & (2**64 - 1) for v in special], dtype=object).astype(np.uint64)])
-    got = sampler.count_not_above(hi, lo)
-    exact = [int(np.searchsorted(sampler._cumulative, (int(h) << 64) | int(w), side="right")) for h, w in zip(hi, lo, strict=True)]
-    np.testing.assert_array_equal(got, exact)
+    bits = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
+    low = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
+    # the hardest draws: the top bits of u equal a column's threshold, with low words below, at and above it
+    words, lows = sampler._packed.tolist(), sampler._threshold_low.tolist()
+    tied, tied_low = [], []
+    for j in range(0, 1 << r, max(1, (1 << r) // 300)):
+        top = words[j] >> r
+        for offset in (-1, 0, 1):
+            tied.append((j << (64 - r)) | top)
+            tied_low.append(min(max(lows[j] + offset, 0), 2**64 - 1))
+    bits = np.concatenate([bits, np.array(tied, dtype=np.uint64)])
+    low = np.concatenate([low, np.array(tied_low, dtype=np.uint64)])
+    got = sampler.lookup(bits, low)
+    expected = []
+    for b, w in zip(bits.tolist(), low.tolist(), strict=True):
+        j = b >> (64 - r)
+        u = ((b & ((1 << (64 - r)) - 1)) << 64) | w
+        threshold, alias = ((words[j] >> r) << 64) | lows[j], words[j] & ((1 << r) - 1)
+        expected.append(j if u < threshold else alias)
+    np.testing.assert_array_equal(got, expected)
+    # ties without given low words draw them: the answer is the column or its alias
+    drawn = sampler.lookup(np.array(tied, dtype=np.uint64))
+    columns = np.array(tied, dtype=np.uint64) >> np.uint64(64 - r)
+    aliases = sampler._packed[columns.astype(np.intp)] & np.uint64((1 << r) - 1)
+    assert np.all((drawn == columns) | (drawn == aliases))

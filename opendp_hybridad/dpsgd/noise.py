@@ -5,134 +5,214 @@ coordinate to the grid ``g = 2^k`` and add ``g Z`` with ``Z`` a discrete Gaussia
 scale ``s = std / g`` on the integers (Canonne, Kamath and Steinke 2020). Outputs are
 integers times a power of two, so they carry no floating-point side channel
 (Mironov 2012). OpenDP draws ``Z`` by exact rejection sampling, about 11 to 46
-microseconds a coordinate; here it is drawn by inverting a table:
+microseconds a coordinate; here it is drawn from a table:
 
-* the pmf ``p_z`` is evaluated in float64 for ``|z| <= 40 s`` (the tail beyond has mass
-  below ``e^-800``), turned into integers ``N_z = floor(p_z 2^128)`` whose total is
+* the pmf ``p_z`` is evaluated in long double (float64 where that is all there is) for ``|z| <= 14 s`` (the tail beyond has mass
+  below ``2 e^-98``), turned into integers ``N_z = floor(p_z 2^128)`` whose total is
   padded to exactly ``2^128`` at ``z = 0``;
-* each coordinate takes 128 uniform bits from the operating system (``os.urandom``)
-  and returns the number of cumulative table entries not above them.
+* each coordinate picks one of ``2^r`` columns of an alias table (Walker 1977, built
+  exactly in integers with Vose's method, 1991) and compares a uniform ``(128 - r)``-bit
+  ``u`` with the column's threshold: below it returns the column, otherwise its
+  alias. The bits come from OpenSSL's CSPRNG (``RAND_bytes``), the generator OpenDP's
+  own samplers use. Each coordinate takes 64 bits; the next 64 bits of ``u`` are
+  drawn only when its top bits tie the threshold's (probability about ``2^(r-64)``),
+  because they cannot change any other answer.
 
 So ``Z`` is drawn from exactly ``N_z / 2^128``, whose statistical distance ``eta`` from
 the discrete Gaussian is bounded at construction (:attr:`statistical_distance`):
-float64 evaluation of ``exp(-z^2 / 2 s^2)`` (exponent rounding, at most 2 ulp of it,
+the evaluation of ``exp(-z^2 / 2 s^2)`` (exponent rounding, at most 2 ulp of it,
 and 4 ulp for exp), normalisation, the integer floors and the truncated tail. A run
 that draws ``m`` coordinates is within ``m eta`` of the ideal mechanism, so an
 ``(epsilon, delta)`` guarantee of the ideal becomes ``(epsilon, delta + (1 + e^epsilon) m eta)``
 (:meth:`delta_penalty`).
+
+A draw costs one gather from a table of ``2^r`` 64-bit words (threshold top bits and
+alias packed together) and a few vector operations.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtri
 
-_U = 2.0**-53
-_TAILS = 40.0
+try:  # OpenSSL's DRBG, as in OpenDP; the operating system's generator where Python lacks ssl
+    from ssl import RAND_bytes as _random_bytes
+except ImportError:  # pragma: no cover
+    _random_bytes = os.urandom
+
+_U = float(np.finfo(np.longdouble).epsneg)  # unit roundoff of the pmf's arithmetic (2^-64 on x86, 2^-53 where long double is double)
+_TAILS = 14.0
+_MAX_COLUMN_BITS = 22
+_M64 = (1 << 64) - 1
 #: every table is checked against this at construction, so a run can state its delta before training
-STATISTICAL_DISTANCE_BOUND = 1e-14
+#: (about 1e-17 with x86 long double, 1e-14 where long double is float64)
+STATISTICAL_DISTANCE_BOUND = 100.0 * _U
 
 
 class DiscreteGaussianSampler:
     """Noise of standard deviation about ``std`` on the grid ``2^k``, with ``std / 2^k`` in ``[resolution, 2 resolution)``."""
 
-    def __init__(self, std: float, resolution: int = 2**12, k: int | None = None):
+    def __init__(self, std: float, resolution: int = 2**13, k: int | None = None):
         if not (std > 0 and math.isfinite(std)):
             raise ValueError("std must be a positive finite number")
         self.k = math.floor(math.log2(std / resolution)) if k is None else int(k)
         self.grid = 2.0**self.k
         self.scale = std / self.grid  # s, in grid units
-        zmax = math.ceil(_TAILS * self.scale)
-        z = np.arange(-zmax, zmax + 1, dtype=np.float64)
-        exponent = -(z * z) / (2.0 * self.scale * self.scale)
-        weights = np.exp(exponent)
-        total = math.fsum(weights.tolist())
-        p = weights / total
-        counts = [int(v * 2.0**128) for v in p.tolist()]  # floors, exactly (p * 2^128 is a float)
-        deficit = 2**128 - sum(counts)
-        counts[zmax] += deficit  # absorb normalisation and floors at the mode
-        cumulative = np.cumsum(np.array(counts, dtype=object))
-        # entries equal to 2^128 are never <= a 128-bit draw: drop them (the upper tail of zeros, and the last)
-        cumulative = cumulative[: int(np.searchsorted(cumulative, 2**128, side="left"))]
-        self._hi = _words([int(c) >> 64 for c in cumulative])
-        self._lo = _words([int(c) & (2**64 - 1) for c in cumulative])
-        self._cumulative = cumulative
-        self.zmax = zmax
-        # statistical distance from the discrete Gaussian: relative error per point of at most
-        # (2 |exponent| + 8) u from exp and its argument, doubled for the normalisation, plus
-        # the floors (one 2^-128 each), the padding at the mode, and the tail beyond 40 s
-        relative = (2.0 * np.abs(exponent) + 8.0) * _U
-        float_part = 2.0 * math.fsum((p * relative).tolist()) * 1.01
-        floors = len(counts) * 2.0**-128
-        tail = 2.0 * math.exp(-_TAILS * _TAILS / 2.0) / (1.0 - math.exp(-_TAILS))
-        self.statistical_distance = float_part + floors + abs(deficit) / 2.0**128 + tail
-        if self.statistical_distance > STATISTICAL_DISTANCE_BOUND:
-            raise ValueError("this table is further from the discrete Gaussian than the bound every run reports")
+        table = _table(self.scale)
+        self.zmax, self._masses, self._r, self._packed, self._threshold_low = (
+            table.zmax, table.masses, table.r, table.packed, table.threshold_low)
+        self.statistical_distance = table.statistical_distance
 
     @property
     def std(self) -> float:
         return self.scale * self.grid
 
+    def masses(self) -> list[int]:
+        """``N_z`` for ``z = -zmax..zmax``: the sampler returns ``z`` with probability exactly ``N_z / 2^128``."""
+        return list(self._masses)
+
     def integers(self, count: int) -> np.ndarray:
-        """``count`` draws of ``Z`` (int64): the number of table entries not above a 128-bit uniform ``U``.
+        """``count`` draws of ``Z`` (int64)."""
+        bits = np.frombuffer(_random_bytes(8 * count), dtype=np.uint64)
+        return self.lookup(bits) - self.zmax
 
-        A first guess comes from the normal quantile of ``U`` (the table follows the
-        Gaussian closely); it is *verified exactly* in 128-bit arithmetic
-        (``C[j-1] <= U < C[j]``), and any draw whose guess fails is resolved by binary
-        search. The guess only saves time; the answer is always the exact count.
+    def lookup(self, bits: np.ndarray, low: np.ndarray | None = None) -> np.ndarray:
+        """The table index for each 64-bit draw: column ``j`` (top ``r`` bits) if ``u < T_j``, else its alias.
+
+        ``u`` is the draw's remaining ``64 - r`` bits followed by 64 more; those are read
+        from ``low`` or, when ``low`` is None, drawn only where the top bits tie ``T_j``'s.
         """
-        bits = np.frombuffer(os.urandom(16 * count), dtype=np.uint64).reshape(count, 2)
-        return self.count_not_above(bits[:, 0].copy(), bits[:, 1].copy()) - self.zmax
-
-    def count_not_above(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-        """For 128-bit values ``(hi, lo)``, the number of cumulative table entries not above each."""
-        m = self._hi.size
-        uniform = (hi.astype(np.float64) + 0.5) * 2.0**-64
-        guess = np.ceil(self.scale * ndtri(uniform) - 0.5) + self.zmax
-        j = np.clip(np.nan_to_num(guess, nan=0.0), 0, m).astype(np.int64)
-        prev = np.clip(j - 1, 0, max(m - 1, 0))
-        curr = np.clip(j, 0, max(m - 1, 0))
-        lower_ok = (j == 0) | _le(self._hi[prev], self._lo[prev], hi, lo)
-        upper_ok = (j == m) | ~_le(self._hi[curr], self._lo[curr], hi, lo)
-        bad = np.flatnonzero(~(lower_ok & upper_ok))
-        for t in bad:  # exact fallback
-            u = (int(hi[t]) << 64) | int(lo[t])
-            j[t] = int(np.searchsorted(self._cumulative, u, side="right"))
-        return j
+        r = self._r
+        column = (bits >> np.uint64(64 - r)).astype(np.intp)
+        word = self._packed[column]
+        top = bits & np.uint64((1 << (64 - r)) - 1)
+        threshold = word >> np.uint64(r)
+        alias = (word & np.uint64((1 << r) - 1)).astype(np.intp)
+        index = np.where(top < threshold, column, alias)
+        for t in np.flatnonzero(top == threshold):  # about 2^(r-64) of the draws: the next 64 bits decide
+            below = int(np.frombuffer(_random_bytes(8), dtype=np.uint64)[0] if low is None else low[t])
+            index[t] = column[t] if below < int(self._threshold_low[column[t]]) else alias[t]
+        return index
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         """``g (round(values / g) + Z)``: exact in float64 while ``|values| / g < 2^52``."""
         x = np.asarray(values, dtype=np.float64)
-        lattice = np.rint(x / self.grid)
-        if np.any(np.abs(lattice) >= 2.0**52):
-            raise ValueError("the values are too large for this grid")
-        return (lattice + self.integers(x.size).reshape(x.shape)) * self.grid
+        limit = 2.0**52 * self.grid
+        if not (-limit < x.min() and x.max() < limit):  # NaN fails both
+            raise ValueError("the values are too large for this grid (or not finite)")
+        lattice = np.rint(x * (1.0 / self.grid))  # a power of two: the product is exact
+        lattice += self.integers(x.size).reshape(x.shape)
+        lattice *= self.grid
+        return lattice
 
     def delta_penalty(self, epsilon: float, coordinates: int) -> float:
         """What ``coordinates`` draws add to delta: ``(1 + e^epsilon) coordinates eta``."""
         return (1.0 + math.exp(epsilon)) * coordinates * self.statistical_distance
 
 
-def _words(values: list[int]) -> np.ndarray:
-    """uint64 array from Python ints below 2^64 (numpy cannot take ints >= 2^63 directly)."""
-    upper = np.array([v >> 32 for v in values], dtype=np.uint64)
-    lower = np.array([v & 0xFFFFFFFF for v in values], dtype=np.uint64)
-    return (upper << np.uint64(32)) | lower
+@dataclass(frozen=True)
+class _Table:
+    zmax: int
+    masses: list[int]
+    r: int
+    packed: np.ndarray
+    threshold_low: np.ndarray
+    statistical_distance: float
 
 
-def _le(a_hi: np.ndarray, a_lo: np.ndarray, b_hi: np.ndarray, b_lo: np.ndarray) -> np.ndarray:
-    """``a <= b`` for 128-bit numbers given as (high, low) uint64 words."""
-    return (a_hi < b_hi) | ((a_hi == b_hi) & (a_lo <= b_lo))
+@functools.lru_cache(maxsize=8)  # a table depends on the scale alone; per-step bounds revisit a few scales
+def _table(scale: float) -> _Table:
+    zmax = math.ceil(_TAILS * scale)
+    if (2 * zmax).bit_length() > _MAX_COLUMN_BITS:
+        raise ValueError("the scale is too large for a table: use a coarser grid (smaller resolution)")
+    # the pmf in long double where the platform has it (x86: 64-bit significand), so the
+    # table's distance from the ideal is about 2^11 times smaller than in float64
+    z = np.arange(-zmax, zmax + 1).astype(np.longdouble)
+    s_ld = np.longdouble(scale)
+    exponent = -(z * z) / (2 * s_ld * s_ld)
+    weights = np.exp(exponent)
+    total = weights.sum()  # pairwise: relative error <= (log2 n + 1) u
+    p = weights / total
+    masses = _floor_times_2_128(p)
+    # pad the total to exactly 2^128 at the mode (the deficit is tiny next to N_0)
+    deficit = 2**128 - sum(masses)
+    masses[zmax] += deficit
+    r, packed, threshold_low = _alias_table(masses)
+    # statistical distance from the discrete Gaussian, bounded generously (no factor 1/2):
+    # relative error per weight of at most (2 |exponent| + 8) u (the exponent's roundings
+    # and exp), the total's from those and (log2 n + 1) u of summation, one rounding in
+    # the division; then the floors (one 2^-128 each), the padding at the mode, and the
+    # tail beyond 14 s
+    relative = (2.0 * np.abs(exponent.astype(np.float64)) + 8.0) * _U
+    p64 = p.astype(np.float64)
+    float_part = (2.0 * math.fsum((p64 * relative).tolist()) + (math.log2(p.size) + 2.0) * _U) * 1.01
+    floors = p.size * 2.0**-128
+    s = float(scale)
+    # sum_{z > T s} e^{-z^2/2s^2} <= e^{-T^2/2} / (1 - e^{-T/s}) <= e^{-T^2/2} (s/T + 1), both tails,
+    # over a normaliser of at least s sqrt(2 pi) - 1
+    tail = 2.0 * math.exp(-_TAILS * _TAILS / 2.0) * (s / _TAILS + 1.0) / max(s * math.sqrt(2.0 * math.pi) - 1.0, 1e-300)
+    distance = float_part + floors + abs(deficit) / 2.0**128 + tail
+    if distance > STATISTICAL_DISTANCE_BOUND:
+        raise ValueError("this table is further from the discrete Gaussian than the bound every run reports")
+    return _Table(zmax, masses, r, packed, threshold_low, distance)
+
+
+def _floor_times_2_128(p: np.ndarray) -> list[int]:
+    """``floor(p 2^128)`` for ``0 <= p < 1``, exactly (``p`` in any binary float type with at least 53 bits).
+
+    ``p 2^64`` is exact (a power of two); its floor (below 2^64) is the high word and its
+    fraction, also exact, times ``2^64`` gives the low word.
+    """
+    if np.any(p >= 1.0):
+        raise ValueError("a single point holds all the mass: the scale is too small for the grid")
+    scaled = p * p.dtype.type(2.0**64)
+    whole = np.floor(scaled)
+    high = whole.astype(np.uint64).tolist()
+    low = np.floor((scaled - whole) * p.dtype.type(2.0**64)).astype(np.uint64).tolist()
+    return [(h << 64) | w for h, w in zip(high, low, strict=True)]
+
+
+def _alias_table(masses: list[int]) -> tuple[int, np.ndarray, np.ndarray]:
+    """An exact alias table for integer masses summing to ``2^128``, over ``2^r`` columns.
+
+    Column ``j`` has capacity ``2^(128 - r)``; it keeps ``T_j`` for entry ``j`` and gives the
+    rest to its alias (Vose 1991, in integers, so ``P(j) = N_j / 2^128`` exactly). Returns
+    ``r``, words ``(T_j >> 64) << r | alias_j`` and the low 64 bits of each ``T_j``. A full
+    column (``T_j`` = capacity) is its own alias.
+    """
+    r = max(1, (len(masses) - 1).bit_length())
+    columns = 1 << r
+    capacity = 1 << (128 - r)
+    mass = list(masses) + [0] * (columns - len(masses))
+    threshold, alias = [capacity] * columns, list(range(columns))
+    small = [j for j in range(columns) if mass[j] < capacity]
+    large = [j for j in range(columns) if mass[j] >= capacity]
+    while small and large:
+        j, big = small.pop(), large[-1]
+        threshold[j], alias[j] = mass[j], big
+        mass[big] -= capacity - mass[j]
+        if mass[big] < capacity:
+            large.pop()
+            small.append(big)
+    if any(mass[j] != capacity for j in small + large):
+        raise AssertionError("the masses do not sum to 2^128")  # exact integers: cannot happen
+    for j in small + large:  # full columns: their own alias, threshold all ones (a tie is resolved to j either way)
+        threshold[j], alias[j] = capacity, j
+    top = [min(t >> 64, (1 << (64 - r)) - 1) for t in threshold]
+    packed = (np.array(top, dtype=np.uint64) << np.uint64(r)) | np.array(alias, dtype=np.uint64)
+    low = np.array([t & _M64 if t < capacity else _M64 for t in threshold], dtype=np.uint64)
+    return r, packed, low
 
 
 _CACHE: dict[tuple[int, float], DiscreteGaussianSampler] = {}
 
 
 def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: int,
-                       resolution: int = 2**12) -> DiscreteGaussianSampler:
+                       resolution: int = 2**13) -> DiscreteGaussianSampler:
     """A sampler whose noise covers ``sensitivity`` in l2 with the given noise multiplier.
 
     The grid ``g = 2^k`` is chosen from ``noise_multiplier * sensitivity``; rounding to it
@@ -149,5 +229,7 @@ def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: i
     std = step * 2.0**octave
     key = (k, std)
     if key not in _CACHE:
+        if len(_CACHE) >= 32:  # per-step bounds may ask for many: keep memory bounded
+            _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = DiscreteGaussianSampler(std, k=k)
     return _CACHE[key]
