@@ -43,6 +43,10 @@ class Activation:
         """Upper bound of ``|phi'(z)|`` for ``|z| <= r``."""
         raise NotImplementedError
 
+    def abs_at_zero(self) -> float:
+        """Upper bound of ``|phi(0)|``: with ``max_derivative`` it gives ``|phi(z)| <= |phi(0)| + L |z|``."""
+        return 0.0
+
 
 class Tanh(Activation):
     def __init__(self) -> None:
@@ -64,6 +68,7 @@ class Sigmoid(Activation):
         return s * (1 - s)
     def max_abs(self, r): return min(1.0, _up(float(expit(r))))
     def max_derivative(self, r): return 0.25
+    def abs_at_zero(self): return 0.5
 
 
 class TemperedSigmoid(Activation):
@@ -89,6 +94,7 @@ class TemperedSigmoid(Activation):
         return _up(max(abs(hi), abs(lo)) + 4 * 2.0**-52 * (abs(self.scale) + abs(self.offset)))
 
     def max_derivative(self, r): return _up(abs(self.scale * self.inverse_temperature) / 4)
+    def abs_at_zero(self): return _up(abs(self.scale / 2 - self.offset))
 
 
 class ReLU(Activation):

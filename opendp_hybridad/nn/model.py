@@ -171,17 +171,25 @@ class MLP:
         a_norms = [a_norm]
         z_bounds, op_norms = [], []
         for idx, (layer, act) in enumerate(zip(self.layers, self.activations, strict=True)):
+            root_out = math.sqrt(layer.out_features) * (1 + 2.0**-50)
             if params is None:
                 row, bias, op = layer.row_bound(), layer.bias_bound, layer.operator_bound
+                bias_norm = _mul_up(root_out, bias)
             else:
                 W, b = params[idx]
                 row = _up(float(np.sqrt((W * W).sum(axis=1)).max()))
                 bias = _up(float(np.abs(b).max(initial=0.0)))
                 op = _up(float(np.sqrt((W * W).sum())))  # Frobenius >= spectral
+                bias_norm = _up(float(np.sqrt((b * b).sum())) * (1 + 2.0**-50))
             r = _add_up(_mul_up(row, a_norms[-1]), bias)
             z_bounds.append(r)
             op_norms.append(op)
-            a_norms.append(_mul_up(math.sqrt(layer.out_features) * (1 + 2.0**-50), act.max_abs(r)))
+            # ||phi(z)|| two ways: per unit (|phi(z_j)| <= max_abs(r)), and through ||z|| <= op ||a|| + ||b||
+            # with |phi(z_j)| <= |phi(0)| + L |z_j| (tight when weights are small and phi is tanh-like)
+            per_unit = _mul_up(root_out, act.max_abs(r))
+            z_norm = _add_up(_mul_up(op, a_norms[-1]), bias_norm)
+            through_norm = _add_up(_mul_up(root_out, act.abs_at_zero()), _mul_up(act.max_derivative(r), z_norm))
+            a_norms.append(min(per_unit, through_norm))
         last = self.layers[-1]
         output_abs = self.activations[-1].max_abs(z_bounds[-1])  # per output component
         delta = self.loss.delta_norm_bound(last.out_features, output_abs, self.label_bound)
