@@ -163,6 +163,10 @@ def test_dp_sgd_noise_matches_the_sensitivity_that_holds_in_each_mode():
         # zCDP of a Gaussian with std sigma * S at distance S: 1 / (2 sigma^2), OpenDP's grid rounding included
         assert noise.map(expected) <= 1 / (2 * 1.3**2)
         assert noise.map(expected) == pytest.approx(1 / (2 * 1.3**2), rel=1e-6)
+        # the default table sampler: std covers the sensitivity plus the grid rounding, with noise multiplier 1.3
+        sampler = trainer.noise_function(6 * 4)
+        assert sampler.std >= 1.3 * (expected + math.sqrt(6 * 4) * sampler.grid)
+        assert sampler.std <= 1.3 * (expected + math.sqrt(6 * 4) * sampler.grid) * (1 + 1 / 32)
     assert not DPSGD(tight, noise_multiplier=1.0, batch_size=8, epochs=1, learning_rate=0.1, mode="auto", clip=10.0).clipping_needed
     assert K <= 10.0
 
@@ -175,7 +179,7 @@ def test_dp_sgd_trains_and_its_measurement_reports_dp_accounting():
     x = rng.uniform(-1, 1, (400, 2))
     y = (x[:, 0] + x[:, 1] > 0).astype(int)
     model = MLP([Dense(2, 8, 1.0, 1.0), Dense(8, 2, 1.0, 1.0)], [Tanh(), Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
-    trainer = DPSGD(model, noise_multiplier=0.8, batch_size=50, epochs=8, learning_rate=1.0, mode="clip", clip=1.0)
+    trainer = DPSGD(model, noise_multiplier=0.8, batch_size=50, epochs=8, learning_rate=1.0, mode="clip", clip=1.0, noise="opendp")
     params, history = trainer.fit(x, y, seed=0)
     acts, _ = model.forward(params, x)
     assert (acts[-1].argmax(axis=1) == y).mean() > 0.8
@@ -331,3 +335,25 @@ def test_the_measurement_states_the_table_samplers_delta():
     assert delta == trainer.epsilon(100)["delta"] > trainer.delta
     with pytest.raises(Exception, match="Renyi"):
         make_dp_sgd(trainer, 100, measure="renyi")
+
+
+def test_softmax_regression_bound_is_attained_for_any_weights():
+    # (p - e_y) [x; 1]^T has norm <= sqrt(2) ||[x; 1]||, reached as a logit dominates on a corner input
+    model = MLP([Dense(4, 3, 1e3, 1e3, norm_ball=True)], [Identity()], SoftmaxCrossEntropy(), input_bound=0.5)
+    bound = model.certified_bound()
+    closed_form = math.sqrt(2) * math.sqrt(4 * 0.25 + 1)
+    assert closed_form <= bound.upper <= closed_form * (1 + 1e-12)
+    W = np.zeros((3, 4))
+    W[0] = 1e3 * np.ones(4) / 2  # class 0 dominates on the all-positive corner, the label says class 1
+    x = np.full((1, 4), 0.5)
+    norm = model.per_example_norms([(W, np.zeros(3))], x, np.array([1]))[0]
+    assert norm == pytest.approx(closed_form, rel=1e-9) and norm <= bound.upper
+
+
+def test_per_step_bounds_are_rounded_up_and_reuse_few_noise_tables():
+    from opendp_hybridad.dpsgd.sgd import _round_up_16_per_octave
+
+    values = np.geomspace(0.01, 100, 2000)
+    rounded = np.array([_round_up_16_per_octave(float(v)) for v in values])
+    assert np.all(rounded >= values) and np.all(rounded <= values * (1 + 1 / 16))
+    assert len(set(rounded.tolist())) <= 16 * 14

@@ -1,4 +1,4 @@
-"""DP-SGD measurement: batch selection, clipped or bounded gradient sum, OpenDP noise, dp-accounting event."""
+"""DP-SGD measurement: batch selection, clipped or bounded gradient sum, discrete Gaussian noise, dp-accounting event."""
 
 from opendp_hybridad.dpsgd.sgd import DPSGD, DPSGDPlan, TrainingHistory, make_dp_sgd
 

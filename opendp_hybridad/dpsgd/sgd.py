@@ -11,8 +11,11 @@ event and the neighbouring relation. Three ways to bound the sensitivity:
 * ``auto``: sensitivity ``min(C, K)``; when ``K <= C`` clipping is provably a no-op
   and per-example norms are not computed at all.
 
-The sensitive sum is never modified before noise is added; the noise is OpenDP's
-vector Gaussian mechanism with standard deviation ``noise_multiplier * sensitivity``.
+The sensitive sum is never modified before noise is added. The noise is a discrete
+Gaussian on a power-of-two grid, the mechanism of OpenDP's ``then_gaussian``, with
+standard deviation ``noise_multiplier * sensitivity`` (plus the grid rounding): by
+default drawn from an exact table (:mod:`opendp_hybridad.dpsgd.noise`, its tiny
+statistical distance added to delta), or by OpenDP itself with ``noise="opendp"``.
 Batch selection uses numpy's generator seeded from ``secrets`` (it decides who is
 in a batch, it is not privacy noise).
 """
@@ -58,7 +61,7 @@ class DPSGD:
 
     def __init__(self, model: MLP, *, noise_multiplier: float, batch_size: int, epochs: float, learning_rate: float,
                  mode: str = "clip", clip: float = 1.0, sampling: str = "poisson", delta: float = 1e-5,
-                 granularity: str = "global", noise: str = "opendp"):
+                 granularity: str = "global", noise: str = "discrete-gaussian"):
         if mode not in ("clip", "bound", "auto"):
             raise DeclarationError("mode must be 'clip', 'bound' or 'auto'")
         if not (noise_multiplier > 0 and batch_size >= 1 and epochs > 0 and learning_rate > 0):
@@ -98,8 +101,10 @@ class DPSGD:
                   "bound": f"sum of unclipped gradients, certified ||g_i|| <= K = {self.bound.upper:.6g}; weights projected",
                   "auto": (f"K = {self.bound.upper:.6g} <= C = {self.clip:g}: no clipping, norms not computed"
                            if not self.clipping_needed else f"K = {self.bound.upper:.6g} > C: clipped at {self.clip:g}")}[self.mode]
+        sampler = ("discrete Gaussian on a 2^k grid, exact alias table (OpenSSL bits), delta + (1 + e^eps) x coordinates x eta"
+                   if self.noise == "discrete-gaussian" else "OpenDP's vector Gaussian (discrete, 2^k grid)")
         return DPSGDPlan(selection, summed, self.sensitivity,
-                         f"OpenDP vector Gaussian, std = {self.noise_multiplier:g} x {self.sensitivity:.6g}",
+                         f"{sampler}; std = {self.noise_multiplier:g} x ({self.sensitivity:.6g} + grid rounding)",
                          dp_sgd_event(n, self.batch_size, self.noise_multiplier, self.epochs, self.sampling),
                          "add or remove one example" if self.sampling == "poisson" else "replace one example")
 
@@ -146,7 +151,9 @@ class DPSGD:
             report["sampler_statistical_distance_per_coordinate"] = eta
         return report
 
-    def _noise_function(self, dimension: int, sensitivity: float):
+    def noise_function(self, dimension: int, sensitivity: float | None = None):
+        """The noise for a summed gradient of ``dimension`` coordinates and l2 ``sensitivity``: array in, array out."""
+        sensitivity = self.sensitivity if sensitivity is None else sensitivity
         if self.noise == "opendp":
             measurement = self.noise_measurement(dimension, sensitivity)
             return lambda flat: np.asarray(measurement(flat.tolist()))
@@ -179,6 +186,35 @@ class DPSGD:
         # clamping to the declared input box is what the certified bound assumes
         return np.clip(x, -self.model.input_bound, self.model.input_bound), y
 
+    def step(self, params: list, x_batch: np.ndarray, y_batch: np.ndarray, noise, *, clip: bool | None = None,
+             history: TrainingHistory | None = None) -> list:
+        """One noisy step on a selected batch: gradient sum (clipped if ``clip``), noise, update, projection.
+
+        ``noise`` is ``self.noise_function(dimension, sensitivity)``; inputs must already be
+        checked (``fit`` clamps them). The summed gradient goes to the noise untouched.
+        """
+        clip = self.clipping_needed if clip is None else clip
+        t0 = time.perf_counter()
+        if len(x_batch):
+            summed = self.model.gradient_sum(params, x_batch, y_batch, clip=self.clip if clip else None)
+            flat = np.concatenate([np.concatenate([gW.ravel(), gb]) for gW, gb in summed])
+        else:
+            flat = np.zeros(sum(W.size + b.size for W, b in params))
+        t1 = time.perf_counter()
+        noisy = noise(flat)
+        t2 = time.perf_counter()
+        if history is not None:
+            history.gradient_seconds += t1 - t0
+            history.noise_seconds += t2 - t1
+        noisy *= self.learning_rate / self.batch_size  # post-processing of the released sum
+        update, offset = [], 0
+        for W, b in params:
+            update.append((W - noisy[offset:offset + W.size].reshape(W.shape), b - noisy[offset + W.size:offset + W.size + b.size]))
+            offset += W.size + b.size
+        # K (global) holds only on the certified weight set: keep the weights there whenever K is relied on
+        relies_on_global_k = self.mode == "bound" or (self.mode == "auto" and self.granularity == "global")
+        return self.model.project(update) if relies_on_global_k else update
+
     def fit(self, x: Any, y: Any, params=None, *, progress: bool = False, seed: int | None = None,
             validation: tuple[Any, Any] | None = None):
         """Train; returns ``(params, history)``. Only released (noisy) quantities and public ones are recorded.
@@ -196,7 +232,7 @@ class DPSGD:
         params = self.model.project(params if params is not None else self.model.init(rng))
         steps = self._steps(n)
         sizes = [W.size + b.size for W, b in params]
-        noise = self._noise_function(sum(sizes), self.sensitivity)
+        noise = self.noise_function(sum(sizes), self.sensitivity)
         history = TrainingHistory()
         order = rng.permutation(n)
         for step in range(steps):
@@ -212,30 +248,13 @@ class DPSGD:
                 members = order[position * self.batch_size:(position + 1) * self.batch_size]
             if self.granularity == "step" and self.mode != "clip":
                 # the current weights are public (released by earlier noisy steps): a tighter K for this step
-                K_t = min(self.model.certified_bound(params).upper, self.bound.upper if self.mode == "bound" else math.inf)
+                K_t = min(_round_up_16_per_octave(self.model.certified_bound(params).upper),
+                          self.bound.upper if self.mode == "bound" else math.inf)
                 clip_now, sens_now = self._clipping_needed(K_t), self._sensitivity(K_t)
-                noise = self._noise_function(sum(sizes), sens_now)
+                noise = self.noise_function(sum(sizes), sens_now)
             else:
                 clip_now = self.clipping_needed
-            t0 = time.perf_counter()
-            if members.size:
-                summed = self.model.gradient_sum(params, x[members], y[members], clip=self.clip if clip_now else None)
-                flat = np.concatenate([np.concatenate([gW.ravel(), gb]) for gW, gb in summed])
-            else:
-                flat = np.zeros(sum(sizes))
-            t1 = time.perf_counter()
-            noisy = noise(flat)
-            t2 = time.perf_counter()
-            history.gradient_seconds += t1 - t0
-            history.noise_seconds += t2 - t1
-            update, offset = [], 0
-            for (W, b), size in zip(params, sizes, strict=True):
-                chunk = noisy[offset:offset + size] / self.batch_size
-                offset += size
-                update.append((W - self.learning_rate * chunk[:W.size].reshape(W.shape), b - self.learning_rate * chunk[W.size:]))
-            # K (global) holds only on the certified weight set: keep the weights there whenever K is relied on
-            relies_on_global_k = self.mode == "bound" or (self.mode == "auto" and self.granularity == "global")
-            params = self.model.project(update) if relies_on_global_k else update
+            params = self.step(params, x[members], y[members], noise, clip=clip_now, history=history)
             record: dict[str, float] = {"step": step}
             if progress and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):
                 record["epsilon_pld"] = dp_sgd_epsilon(n, self.batch_size, self.noise_multiplier, (step + 1) * self.batch_size / n,
@@ -251,6 +270,14 @@ class DPSGD:
                 print(line, file=sys.stderr)
             history.steps.append(record)
         return params, history
+
+
+def _round_up_16_per_octave(value: float) -> float:
+    """``value`` rounded up to one of 16 values per octave (at most 4.4% larger): noise tables get reused across steps."""
+    if not (value > 0 and math.isfinite(value)):
+        return value
+    octave = math.floor(math.log2(value))
+    return math.ceil(value / 2.0**octave * 16) / 16 * 2.0**octave
 
 
 def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx"):
