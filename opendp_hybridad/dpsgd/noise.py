@@ -229,7 +229,7 @@ def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: i
     std = step * 2.0**octave
     key = (k, std)
     if key not in _CACHE:
-        if len(_CACHE) >= 32:  # per-step bounds may ask for many: keep memory bounded
+        if len(_CACHE) >= 8:  # per-step bounds may ask for many: keep memory bounded (a table is up to 8 MB)
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = DiscreteGaussianSampler(std, k=k)
     return _CACHE[key]
