@@ -208,9 +208,6 @@ def _alias_table(masses: list[int]) -> tuple[int, np.ndarray, np.ndarray]:
     return r, packed, low
 
 
-_CACHE: dict[tuple[int, float], DiscreteGaussianSampler] = {}
-
-
 def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: int,
                        resolution: int = 2**13) -> DiscreteGaussianSampler:
     """A sampler whose noise covers ``sensitivity`` in l2 with the given noise multiplier.
@@ -218,7 +215,7 @@ def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: i
     The grid ``g = 2^k`` is chosen from ``noise_multiplier * sensitivity``; rounding to it
     moves the input by at most ``sqrt(dimension) g / 2`` in l2, so the std is
     ``noise_multiplier * (sensitivity + sqrt(dimension) g)``, rounded up to one of 64
-    values per octave so that tables are reused across steps.
+    values per octave so that (cached) tables are reused across steps.
     """
     base = noise_multiplier * sensitivity
     k = math.floor(math.log2(base / resolution))
@@ -227,9 +224,4 @@ def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: i
     octave = math.floor(math.log2(std))
     step = math.ceil((std / 2.0**octave) * 64) / 64  # round the std up to 64 steps per octave
     std = step * 2.0**octave
-    key = (k, std)
-    if key not in _CACHE:
-        if len(_CACHE) >= 8:  # per-step bounds may ask for many: keep memory bounded (a table is up to 8 MB)
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = DiscreteGaussianSampler(std, k=k)
-    return _CACHE[key]
+    return DiscreteGaussianSampler(std, k=k)  # cheap: the table behind it is cached by scale

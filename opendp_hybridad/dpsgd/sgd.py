@@ -232,7 +232,7 @@ class DPSGD:
         params = self.model.project(params if params is not None else self.model.init(rng))
         steps = self._steps(n)
         sizes = [W.size + b.size for W, b in params]
-        noise = self.noise_function(sum(sizes), self.sensitivity)
+        noise = self.noise_function(sum(sizes))
         history = TrainingHistory()
         order = rng.permutation(n)
         for step in range(steps):
@@ -273,7 +273,7 @@ class DPSGD:
 
 
 def _round_up_16_per_octave(value: float) -> float:
-    """``value`` rounded up to one of 16 values per octave (at most 4.4% larger): noise tables get reused across steps."""
+    """``value`` rounded up to one of 16 values per octave (at most 6.25% larger): noise tables get reused across steps."""
     if not (value > 0 and math.isfinite(value)):
         return value
     octave = math.floor(math.log2(value))
