@@ -124,6 +124,21 @@ def test_norms_and_clipped_sums_without_materialising_equal_the_materialised_one
         np.testing.assert_allclose(sb, (gb * factor[:, None]).sum(axis=0), rtol=1e-10, atol=1e-12)
 
 
+def test_large_batches_summed_in_blocks_equal_the_materialised_sum():
+    # a 2,048-wide layer makes the block 16 rows: 50 examples go through in 4 blocks (the last one short)
+    rng = np.random.default_rng(4)
+    model = MLP([Dense(4, 2048, 1.0, 1.0), Dense(2048, 3, 1.0, 1.0)], [Tanh(), Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
+    params = model.init(rng)
+    x, y = rng.uniform(-1, 1, (50, 4)), rng.integers(0, 3, 50)
+    grads = model.per_example_gradients(params, x, y)
+    norms = model.per_example_norms(params, x, y)
+    for clip, factor in ((None, np.ones(50)), (float(np.median(norms)), np.minimum(1, np.median(norms) / norms))):
+        summed = model.gradient_sum(params, x, y, clip=clip)
+        for (sW, sb), (gW, gb) in zip(summed, grads, strict=True):
+            np.testing.assert_allclose(sW, (gW * factor[:, None, None]).sum(axis=0), rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(sb, (gb * factor[:, None]).sum(axis=0), rtol=1e-10, atol=1e-12)
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, len(ACTIVATIONS) - 2), st.integers(0, len(LOSSES) - 1), st.lists(st.integers(1, 6), min_size=1, max_size=3),
        st.floats(0.05, 2.0), st.floats(0.1, 3.0), st.booleans(), st.integers(0, 1000))

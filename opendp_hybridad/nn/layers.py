@@ -47,6 +47,10 @@ class Activation:
         """Upper bound of ``|phi(0)|``: with ``max_derivative`` it gives ``|phi(z)| <= |phi(0)| + L |z|``."""
         return 0.0
 
+    def value_and_derivative(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``phi(z)`` and ``phi'(z)`` (None: identically 1), sharing work: the backward pass needs both."""
+        return self(z), self.derivative(z)
+
 
 class Tanh(Activation):
     def __init__(self) -> None:
@@ -54,6 +58,12 @@ class Tanh(Activation):
 
     def __call__(self, z): return np.tanh(z)
     def derivative(self, z): return 1.0 - np.tanh(z) ** 2
+
+    def value_and_derivative(self, z):
+        a = np.tanh(z)
+        slope = a * a
+        np.subtract(1.0, slope, out=slope)  # 1 - tanh^2 from the value: tanh is the costly part
+        return a, slope
     def max_abs(self, r): return min(1.0, _up(math.tanh(r)))
     def max_derivative(self, r): return 1.0
 
@@ -66,6 +76,10 @@ class Sigmoid(Activation):
     def derivative(self, z):
         s = expit(z)
         return s * (1 - s)
+
+    def value_and_derivative(self, z):
+        s = expit(z)
+        return s, s * (1 - s)
     def max_abs(self, r): return min(1.0, _up(float(expit(r))))
     def max_derivative(self, r): return 0.25
     def abs_at_zero(self): return 0.5
@@ -87,6 +101,10 @@ class TemperedSigmoid(Activation):
     def derivative(self, z):
         s = expit(self.inverse_temperature * z)
         return self.scale * self.inverse_temperature * s * (1 - s)
+
+    def value_and_derivative(self, z):
+        s = expit(self.inverse_temperature * z)
+        return self.scale * s - self.offset, self.scale * self.inverse_temperature * s * (1 - s)
 
     def max_abs(self, r):
         hi = self.scale * float(expit(self.inverse_temperature * r)) - self.offset
@@ -113,6 +131,7 @@ class Identity(Activation):
 
     def __call__(self, z): return z
     def derivative(self, z): return np.ones_like(z)
+    def value_and_derivative(self, z): return z, None
     def max_abs(self, r): return r
     def max_derivative(self, r): return 1.0
 
