@@ -129,3 +129,53 @@ def test_the_lookup_follows_the_alias_rule_on_random_and_tied_bits():
     columns = np.array(tied, dtype=np.uint64) >> np.uint64(64 - r)
     aliases = sampler._packed[columns.astype(np.intp)] & np.uint64((1 << r) - 1)
     assert np.all((drawn == columns) | (drawn == aliases))
+
+
+def _bits_with_ties(sampler: DiscreteGaussianSampler, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random words plus, for a spread of columns, words whose top bits tie the threshold (low words below, at, above)."""
+    r = sampler._r
+    rng = np.random.default_rng(seed)  # test inputs, not noise
+    bits = rng.integers(0, 2**64, count, dtype=np.uint64)
+    low = rng.integers(0, 2**64, count, dtype=np.uint64)
+    words, lows = sampler._packed.tolist(), sampler._threshold_low.tolist()
+    tied, tied_low = [], []
+    for j in range(0, 1 << r, max(1, (1 << r) // 300)):
+        for offset in (-1, 0, 1):
+            tied.append((j << (64 - r)) | (words[j] >> r))
+            tied_low.append(min(max(lows[j] + offset, 0), 2**64 - 1))
+    return (np.concatenate([bits, np.array(tied, dtype=np.uint64)]),
+            np.concatenate([low, np.array(tied_low, dtype=np.uint64)]))
+
+
+@pytest.mark.parametrize("std, resolution", [(3.3, 2**6), (0.02, 2**13)])
+def test_the_compiled_kernel_gives_the_numpy_output_bit_for_bit(std, resolution):
+    pytest.importorskip("numba")
+    compiled = DiscreteGaussianSampler(std, resolution=resolution, backend="numba")
+    plain = DiscreteGaussianSampler(std, resolution=resolution, backend="numpy")
+    assert (compiled.backend, plain.backend) == ("numba", "numpy")
+    bits, low = _bits_with_ties(compiled, 50_000, seed=1)
+    x = np.random.default_rng(2).normal(0, 40 * std, bits.size)
+    x[::7] = np.rint(x[::7] / compiled.grid) * compiled.grid + compiled.grid / 2  # halfway cases of the rounding
+    ours, reference = compiled.add(x, bits, low), plain.add(x, bits, low)
+    np.testing.assert_array_equal(ours, reference)
+    # and both are the alias rule applied by hand: g (round(x / g) + index - zmax)
+    index = plain.lookup(bits, low)
+    np.testing.assert_array_equal(ours, (np.rint(x / compiled.grid) + (index - compiled.zmax)) * compiled.grid)
+    assert compiled(x[:5000].reshape(100, 50)[:, ::2]).shape == (100, 25)  # any layout in, same shape out
+    # ties without given low words: 64 fresh bits settle each, to the column or its alias
+    tied = bits[50_000:]
+    drawn = np.rint(compiled.add(np.zeros(tied.size), tied) / compiled.grid).astype(np.int64) + compiled.zmax
+    columns = (tied >> np.uint64(64 - compiled._r)).astype(np.int64)
+    aliases = (compiled._packed[columns] & np.uint64((1 << compiled._r) - 1)).astype(np.int64)
+    assert np.all((drawn == columns) | (drawn == aliases))
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_values_the_grid_cannot_hold_are_refused(backend):
+    if backend == "numba":
+        pytest.importorskip("numba")
+    sampler = DiscreteGaussianSampler(1.0, backend=backend)
+    for bad in (np.nan, np.inf, 2.0**53 * sampler.grid):
+        with pytest.raises(ValueError, match="too large"):
+            sampler(np.array([0.0, bad, 1.0]))
+    assert sampler(np.zeros(0)).shape == (0,)

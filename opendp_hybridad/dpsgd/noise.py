@@ -27,7 +27,10 @@ that draws ``m`` coordinates is within ``m eta`` of the ideal mechanism, so an
 (:meth:`delta_penalty`).
 
 A draw costs one gather from a table of ``2^r`` 64-bit words (threshold top bits and
-alias packed together) and a few vector operations.
+alias packed together). Where numba is installed a compiled kernel (:mod:`.noise_kernel`)
+does it in two passes, about 4 ns a coordinate with the table in cache and 10 ns right
+after a training step has evicted it; numpy's vector operations take about 15 to 20 ns.
+Both give the same output for the same random bits.
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ STATISTICAL_DISTANCE_BOUND = 100.0 * _U
 class DiscreteGaussianSampler:
     """Noise of standard deviation about ``std`` on the grid ``2^k``, with ``std / 2^k`` in ``[resolution, 2 resolution)``."""
 
-    def __init__(self, std: float, resolution: int = 2**13, k: int | None = None):
+    def __init__(self, std: float, resolution: int = 2**13, k: int | None = None, backend: str = "auto"):
+        if backend not in ("auto", "numba", "numpy"):
+            raise ValueError("backend must be 'auto', 'numba' or 'numpy'")
         if not (std > 0 and math.isfinite(std)):
             raise ValueError("std must be a positive finite number")
         self.k = math.floor(math.log2(std / resolution)) if k is None else int(k)
@@ -66,6 +71,12 @@ class DiscreteGaussianSampler:
         self.zmax, self._masses, self._r, self._packed, self._threshold_low = (
             table.zmax, table.masses, table.r, table.packed, table.threshold_low)
         self.statistical_distance = table.statistical_distance
+        from opendp_hybridad.dpsgd.noise_kernel import compiled_noisy_lattice
+
+        self._kernel = None if backend == "numpy" else compiled_noisy_lattice()
+        if backend == "numba" and self._kernel is None:
+            raise ImportError("backend='numba' needs numba (pip install 'opendp-hybridad[fast]')")
+        self.backend = "numba" if self._kernel is not None else "numpy"
 
     @property
     def std(self) -> float:
@@ -94,18 +105,47 @@ class DiscreteGaussianSampler:
         alias = (word & np.uint64((1 << r) - 1)).astype(np.intp)
         index = np.where(top < threshold, column, alias)
         for t in np.flatnonzero(top == threshold):  # about 2^(r-64) of the draws: the next 64 bits decide
-            below = int(np.frombuffer(_random_bytes(8), dtype=np.uint64)[0] if low is None else low[t])
-            index[t] = column[t] if below < int(self._threshold_low[column[t]]) else alias[t]
+            index[t] = self._settle_tie(int(bits[t]), None if low is None else int(low[t]))
         return index
 
+    def _settle_tie(self, bits: int, low: int | None) -> int:
+        """The index for a draw whose top bits tie its column's threshold: compare the next 64 bits of ``u``."""
+        column = bits >> (64 - self._r)
+        if low is None:
+            low = int(np.frombuffer(_random_bytes(8), dtype=np.uint64)[0])
+        if low < int(self._threshold_low[column]):
+            return column
+        return int(self._packed[column]) & ((1 << self._r) - 1)
+
     def __call__(self, values: np.ndarray) -> np.ndarray:
-        """``g (round(values / g) + Z)``: exact in float64 while ``|values| / g < 2^52``."""
-        x = np.asarray(values, dtype=np.float64)
+        """``g (round(values / g) + Z)``, one fresh ``Z`` per coordinate: exact in float64 while ``|values| / g < 2^52``."""
+        x = np.ascontiguousarray(values, dtype=np.float64)
+        return self.add(x, np.frombuffer(_random_bytes(8 * x.size), dtype=np.uint64))
+
+    def add(self, values: np.ndarray, bits: np.ndarray, low: np.ndarray | None = None) -> np.ndarray:
+        """The mechanism given its random words: ``g (round(values / g) + Z)`` with ``Z`` looked up from ``bits``.
+
+        ``bits`` holds one uniform 64-bit word per coordinate; ``low`` the next 64 bits
+        for ties (drawn fresh when None, as :meth:`lookup`). Either backend gives the
+        same output for the same words.
+        """
+        x = np.ascontiguousarray(values, dtype=np.float64)
         limit = 2.0**52 * self.grid
-        if not (-limit < x.min() and x.max() < limit):  # NaN fails both
-            raise ValueError("the values are too large for this grid (or not finite)")
+        bad = ValueError("the values are too large for this grid (or not finite)")
+        if self._kernel is not None:
+            flat, out = x.reshape(-1), np.empty(x.size)
+            ties = np.empty(x.size, dtype=np.int64)
+            count = self._kernel(flat, bits, self._packed, self._r, self.zmax, self.grid, limit, out, ties)
+            if count < 0:
+                raise bad
+            for t in ties[:count].tolist():  # about 2^(r-64) of the draws
+                index = self._settle_tie(int(bits[t]), None if low is None else int(low[t]))
+                out[t] = (np.rint(flat[t] / self.grid) + (index - self.zmax)) * self.grid
+            return out.reshape(x.shape)
+        if x.size and not (-limit < x.min() and x.max() < limit):  # NaN fails both
+            raise bad
         lattice = np.rint(x * (1.0 / self.grid))  # a power of two: the product is exact
-        lattice += self.integers(x.size).reshape(x.shape)
+        lattice += (self.lookup(bits, low) - self.zmax).reshape(x.shape)
         lattice *= self.grid
         return lattice
 
@@ -209,7 +249,7 @@ def _alias_table(masses: list[int]) -> tuple[int, np.ndarray, np.ndarray]:
 
 
 def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: int,
-                       resolution: int = 2**13) -> DiscreteGaussianSampler:
+                       resolution: int = 2**13, backend: str = "auto") -> DiscreteGaussianSampler:
     """A sampler whose noise covers ``sensitivity`` in l2 with the given noise multiplier.
 
     The grid ``g = 2^k`` is chosen from ``noise_multiplier * sensitivity``; rounding to it
@@ -224,4 +264,4 @@ def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: i
     octave = math.floor(math.log2(std))
     step = math.ceil((std / 2.0**octave) * 64) / 64  # round the std up to 64 steps per octave
     std = step * 2.0**octave
-    return DiscreteGaussianSampler(std, k=k)  # cheap: the table behind it is cached by scale
+    return DiscreteGaussianSampler(std, k=k, backend=backend)  # cheap: the table behind it is cached by scale
