@@ -133,7 +133,9 @@ def test_large_batches_summed_in_blocks_equal_the_materialised_sum():
     grads = model.per_example_gradients(params, x, y)
     norms = model.per_example_norms(params, x, y)
     for clip, factor in ((None, np.ones(50)), (float(np.median(norms)), np.minimum(1, np.median(norms) / norms))):
-        summed = model.gradient_sum(params, x, y, clip=clip)
+        flat = np.full(model.num_parameters, np.nan)
+        summed = model.gradient_sum(params, x, y, clip=clip, out=flat)
+        assert np.shares_memory(summed[0][0], flat) and not np.isnan(flat).any()  # written in place, every coordinate
         for (sW, sb), (gW, gb) in zip(summed, grads, strict=True):
             np.testing.assert_allclose(sW, (gW * factor[:, None, None]).sum(axis=0), rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(sb, (gb * factor[:, None]).sum(axis=0), rtol=1e-10, atol=1e-12)
@@ -300,9 +302,9 @@ def test_auto_mode_keeps_weights_in_the_certified_set_so_its_global_k_holds():
     seen = []
     original = model.gradient_sum
 
-    def spy(params, xb, yb, clip=None):
+    def spy(params, xb, yb, clip=None, out=None):
         seen.append(float(model.per_example_norms(params, xb, yb).max()))
-        return original(params, xb, yb, clip=clip)
+        return original(params, xb, yb, clip=clip, out=out)
 
     model.gradient_sum = spy
     trainer.fit(x, y, seed=0)
@@ -317,7 +319,12 @@ def test_shuffled_batches_use_each_example_at_most_once_per_epoch():
     x = np.arange(10, dtype=float)[:, None]
     batches = []
     original = model.gradient_sum
-    model.gradient_sum = lambda params, xb, yb, clip=None: (batches.append(xb[:, 0].tolist()), original(params, xb, yb, clip))[1]
+
+    def spy(params, xb, yb, clip=None, out=None):
+        batches.append(xb[:, 0].tolist())
+        return original(params, xb, yb, clip, out)
+
+    model.gradient_sum = spy
     trainer.fit(x, np.zeros(10, dtype=int), seed=0)
     per_epoch = 10 // 4
     assert len(batches) == 2 * per_epoch == trainer.epsilon(10)["steps"]
@@ -372,3 +379,54 @@ def test_per_step_bounds_are_rounded_up_and_reuse_few_noise_tables():
     rounded = np.array([_round_up_16_per_octave(float(v)) for v in values])
     assert np.all(rounded >= values) and np.all(rounded <= values * (1 + 1 / 16))
     assert len(set(rounded.tolist())) <= 16 * 14
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 70), st.sampled_from([3, 700]), st.floats(1e-4, 10.0), st.integers(0, 10**6))
+def test_the_computed_sum_stays_within_its_float_sensitivity_for_adjacent_batches(batch, width, clip, seed):
+    """Add one example anywhere in the batch (a 700-wide layer sums in 46-row blocks): the float64 sums differ by at most the bound."""
+    from opendp_hybridad.dpsgd.sgd import computed_sum_sensitivity
+
+    rng = np.random.default_rng(seed)
+    model = MLP([Dense(5, width, 1.0, 1.0), Dense(width, 3, 1.0, 1.0)], [Tanh(), Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
+    params = model.init(rng)
+    x, y = rng.uniform(-1, 1, (batch + 1, 5)), rng.integers(0, 3, batch + 1)
+    position = int(rng.integers(0, batch + 1))
+    keep = np.arange(batch + 1) != position
+
+    def flat(xb, yb):
+        return np.concatenate([np.concatenate([gW.ravel(), gb]) for gW, gb in model.gradient_sum(params, xb, yb, clip=clip)])
+
+    difference = flat(x, y) - flat(x[keep], y[keep])
+    distance = math.sqrt(math.fsum((difference * difference).tolist()))
+    bound = computed_sum_sensitivity(clip, batch + 1, width, 2)
+    assert distance <= bound
+    assert clip < bound <= clip * (1 + 1e-9)  # a float margin, not a different mechanism
+
+
+def test_the_float_sensitivity_factor_is_higham_s_bound():
+    from opendp_hybridad.dpsgd.sgd import computed_sum_sensitivity
+
+    u = 2.0**-53
+    for n, width, layers in ((256, 128, 2), (60_000, 1024, 4)):
+        expected = (1 + (width + 2 * layers + 12) * u) * (1 + 2 * n * (n + 1) * u)  # gamma_k ~ k u to first order
+        assert computed_sum_sensitivity(1.0, n, width, layers) == pytest.approx(expected, rel=1e-14)
+        assert computed_sum_sensitivity(1.0, n, width, layers) > expected
+
+
+@pytest.mark.parametrize("excess", [0.0, 1e-16, 1e-13, 1e-6, 3.0])
+def test_projection_lands_inside_the_certified_ball_even_at_its_edge(excess):
+    rng = np.random.default_rng(5)
+    layer = Dense(300, 200, 0.7, 0.2, norm_ball=True)
+    for _ in range(20):
+        W = rng.standard_normal((200, 300))
+        W *= 0.7 * (1 + excess) / math.sqrt(math.fsum((W * W).ravel().tolist()))
+        b = rng.uniform(-0.5, 0.5, 200)
+        P, q = layer.project(W, b)
+        assert math.sqrt(math.fsum((P * P).ravel().tolist())) <= 0.7  # exact-ish: fsum of the squares
+        assert np.abs(q).max() <= 0.2
+        assert np.linalg.norm(P) >= 0.7 * (1 - 1e-9) or excess == 0.0  # and it does not shrink needlessly
+    box = Dense(3, 2, 0.5, 0.25)
+    P, q = box.project(np.array([[0.6, -0.7, 0.1], [0.0, 0.5, -0.5]]), np.array([0.3, -0.1]))
+    np.testing.assert_array_equal(P, [[0.5, -0.5, 0.1], [0.0, 0.5, -0.5]])
+    np.testing.assert_array_equal(q, [0.25, -0.1])

@@ -117,34 +117,49 @@ class DiscreteGaussianSampler:
             return column
         return int(self._packed[column]) & ((1 << self._r) - 1)
 
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        """``g (round(values / g) + Z)``, one fresh ``Z`` per coordinate: exact in float64 while ``|values| / g < 2^52``."""
-        x = np.ascontiguousarray(values, dtype=np.float64)
-        return self.add(x, np.frombuffer(_random_bytes(8 * x.size), dtype=np.uint64))
+    def __call__(self, values: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+        """``g (round(values / g) + Z)``, one fresh ``Z`` per coordinate: exact in float64 while ``|values| / g < 2^52``.
 
-    def add(self, values: np.ndarray, bits: np.ndarray, low: np.ndarray | None = None) -> np.ndarray:
+        ``in_place``: write the result into ``values`` (a C-contiguous float64 array the
+        caller owns) rather than a new array; it saves a pass over memory per step.
+        """
+        x = np.ascontiguousarray(values, dtype=np.float64)
+        out = x if in_place and x is values else None
+        return self.add(x, np.frombuffer(_random_bytes(8 * x.size), dtype=np.uint64), out=out)
+
+    def add(self, values: np.ndarray, bits: np.ndarray, low: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """The mechanism given its random words: ``g (round(values / g) + Z)`` with ``Z`` looked up from ``bits``.
 
         ``bits`` holds one uniform 64-bit word per coordinate; ``low`` the next 64 bits
         for ties (drawn fresh when None, as :meth:`lookup`). Either backend gives the
-        same output for the same words.
+        same output for the same words. ``out`` (may be ``values``) receives the result.
+        A value too large for the grid, or NaN, raises before anything is written.
         """
         x = np.ascontiguousarray(values, dtype=np.float64)
         limit = 2.0**52 * self.grid
         bad = ValueError("the values are too large for this grid (or not finite)")
         if self._kernel is not None:
-            flat, out = x.reshape(-1), np.empty(x.size)
-            ties = np.empty(x.size, dtype=np.int64)
-            count = self._kernel(flat, bits, self._packed, self._r, self.zmax, self.grid, limit, out, ties)
-            if count < 0:
-                raise bad
-            for t in ties[:count].tolist():  # about 2^(r-64) of the draws
-                index = self._settle_tie(int(bits[t]), None if low is None else int(low[t]))
-                out[t] = (np.rint(flat[t] / self.grid) + (index - self.zmax)) * self.grid
-            return out.reshape(x.shape)
+            flat = x.reshape(-1)
+            result = np.empty(x.size) if out is None else out.reshape(-1)
+            ties = np.empty(min(x.size, 64), dtype=np.int64)  # ties are about 2^(r-64) of the draws
+            start = 0
+            while True:
+                count, stop = self._kernel(flat[start:], bits[start:], self._packed, self._r, self.zmax, self.grid, limit,
+                                           result[start:], ties)
+                if stop < 0:
+                    raise bad
+                for t in (ties[:count] + start).tolist():
+                    # the kernel wrote the column; the next 64 bits of u decide between it and its alias
+                    column = int(bits[t]) >> (64 - self._r)
+                    index = self._settle_tie(int(bits[t]), None if low is None else int(low[t]))
+                    result[t] += (index - column) * self.grid  # integers times g: exact
+                start += stop  # a stop before the end follows a full buffer of ties: always progress
+                if start >= x.size:
+                    break
+            return result.reshape(x.shape)
         if x.size and not (-limit < x.min() and x.max() < limit):  # NaN fails both
             raise bad
-        lattice = np.rint(x * (1.0 / self.grid))  # a power of two: the product is exact
+        lattice = np.rint(x * (1.0 / self.grid)) if out is None else np.rint(x * (1.0 / self.grid), out=out)
         lattice += (self.lookup(bits, low) - self.zmax).reshape(x.shape)
         lattice *= self.grid
         return lattice

@@ -28,36 +28,46 @@ def compiled_noisy_lattice() -> Callable | None:
 
     @numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
     def noisy_lattice(values, bits, packed, r, zmax, grid, limit, out, ties):  # pragma: no cover (compiled)
-        """``out[i] = grid (rint(values[i] / grid) + index_i - zmax)``; returns the number of ties (-1: a value too large or NaN).
+        """``out[i] = grid (rint(values[i] / grid) + index_i - zmax)``; ``out`` may be ``values``.
 
         ``index_i`` is column ``j`` (the top ``r`` bits) if the word's low bits are below
         the column's threshold top bits, else its alias. Where they are equal the column
         is written provisionally and ``i`` recorded in ``ties`` for Python to settle.
+        Returns ``(ties recorded, stop)``: ``stop`` is ``values.size`` when done, or the
+        index of a tie that found ``ties`` full (nothing from it on is written), or -1
+        when a value is too large for the grid or NaN (then nothing is written).
         """
         shift = np.uint64(64 - r)
         alias_mask = np.uint64((1 << r) - 1)
         top_mask = np.uint64((np.uint64(1) << shift) - np.uint64(1))
         inverse = 1.0 / grid  # a power of two: exact
-        # first every table read, in a loop of independent loads: the table (up to 4 MB) is
-        # mostly out of cache after a training step, and this keeps many misses in flight
-        # (about twice as fast as reading inside the main loop)
-        words = np.empty(values.size, dtype=np.uint64)
-        for i in range(values.size):
+        n = values.size
+        ok = True
+        for i in range(n):  # branch-free, so it vectorises; NaN fails both comparisons
+            v = values[i]
+            ok &= (v > -limit) & (v < limit)
+        if not ok:
+            return 0, -1
+        # then every table read, in a loop of independent loads only: the table (up to 4 MB)
+        # is mostly out of cache after a training step, and this keeps many misses in
+        # flight (about twice as fast as reading inside the main loop)
+        words = np.empty(n, dtype=np.uint64)
+        for i in range(n):
             words[i] = packed[bits[i] >> shift]
         count = 0
-        for i in range(values.size):
-            x = values[i]
-            if not (-limit < x < limit):  # NaN fails too
-                return -1
+        for i in range(n):
             b = bits[i]
             word = words[i]
             top = b & top_mask
             threshold = word >> np.uint64(r)
             index = (b >> shift) if top < threshold else word & alias_mask
-            if top == threshold:
+            if top == threshold:  # provisionally the column
+                if count == ties.size:
+                    return count, i
                 ties[count] = i
                 count += 1
-            out[i] = (np.rint(x * inverse) + (np.int64(index) - zmax)) * grid
-        return count
+                index = b >> shift
+            out[i] = (np.rint(values[i] * inverse) + (np.int64(index) - zmax)) * grid
+        return count, n
 
     return noisy_lattice

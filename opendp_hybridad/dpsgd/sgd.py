@@ -151,12 +151,20 @@ class DPSGD:
             report["sampler_statistical_distance_per_coordinate"] = eta
         return report
 
-    def noise_function(self, dimension: int, sensitivity: float | None = None):
-        """The noise for a summed gradient of ``dimension`` coordinates and l2 ``sensitivity``: array in, array out."""
+    def noise_function(self, dimension: int, sensitivity: float | None = None, max_terms: int | None = None):
+        """The noise for a summed gradient of ``dimension`` coordinates: array in, array out.
+
+        ``sensitivity`` is the per-example bound (default: the mode's); the noise covers
+        :func:`computed_sum_sensitivity` of it for sums of up to ``max_terms`` examples
+        (default the batch size; ``fit`` passes ``n``, the most a Poisson batch can hold).
+        """
         sensitivity = self.sensitivity if sensitivity is None else sensitivity
+        widest = max(max(layer.in_features, layer.out_features) for layer in self.model.layers)
+        sensitivity = computed_sum_sensitivity(sensitivity, self.batch_size if max_terms is None else max_terms,
+                                               widest, len(self.model.layers))
         if self.noise == "opendp":
             measurement = self.noise_measurement(dimension, sensitivity)
-            return lambda flat: np.asarray(measurement(flat.tolist()))
+            return lambda flat, in_place=False: np.asarray(measurement(flat.tolist()))
         from opendp_hybridad.dpsgd.noise import gaussian_noise_for
 
         return gaussian_noise_for(sensitivity, self.noise_multiplier, dimension)
@@ -195,13 +203,11 @@ class DPSGD:
         """
         clip = self.clipping_needed if clip is None else clip
         t0 = time.perf_counter()
+        flat = np.zeros(sum(W.size + b.size for W, b in params))
         if len(x_batch):
-            summed = self.model.gradient_sum(params, x_batch, y_batch, clip=self.clip if clip else None)
-            flat = np.concatenate([np.concatenate([gW.ravel(), gb]) for gW, gb in summed])
-        else:
-            flat = np.zeros(sum(W.size + b.size for W, b in params))
+            self.model.gradient_sum(params, x_batch, y_batch, clip=self.clip if clip else None, out=flat)
         t1 = time.perf_counter()
-        noisy = noise(flat)
+        noisy = noise(flat, in_place=True)  # flat is ours: the released vector takes its place
         t2 = time.perf_counter()
         if history is not None:
             history.gradient_seconds += t1 - t0
@@ -232,7 +238,7 @@ class DPSGD:
         params = self.model.project(params if params is not None else self.model.init(rng))
         steps = self._steps(n)
         sizes = [W.size + b.size for W, b in params]
-        noise = self.noise_function(sum(sizes))
+        noise = self.noise_function(sum(sizes), max_terms=n)
         history = TrainingHistory()
         order = rng.permutation(n)
         for step in range(steps):
@@ -251,7 +257,7 @@ class DPSGD:
                 K_t = min(_round_up_16_per_octave(self.model.certified_bound(params).upper),
                           self.bound.upper if self.mode == "bound" else math.inf)
                 clip_now, sens_now = self._clipping_needed(K_t), self._sensitivity(K_t)
-                noise = self.noise_function(sum(sizes), sens_now)
+                noise = self.noise_function(sum(sizes), sens_now, max_terms=n)
             else:
                 clip_now = self.clipping_needed
             params = self.step(params, x[members], y[members], noise, clip=clip_now, history=history)
@@ -270,6 +276,40 @@ class DPSGD:
                 print(line, file=sys.stderr)
             history.steps.append(record)
         return params, history
+
+
+_UNIT_ROUNDOFF = 2.0**-53
+
+
+def _gamma(n: int) -> float:
+    """Higham's ``gamma_n = n u / (1 - n u)``, rounded up: the relative error bound of an ``n``-term float64 sum or dot product."""
+    nu = n * _UNIT_ROUNDOFF
+    if nu >= 0.5:
+        raise AccountingError("too many terms for a float64 sum bound")
+    return math.nextafter(math.nextafter(nu, math.inf) / (1.0 - nu), math.inf)
+
+
+def computed_sum_sensitivity(per_example: float, max_terms: int, widest: int, layers: int) -> float:
+    """l2 sensitivity of the gradient sum as float64 computes it, for add/remove one example.
+
+    Following OpenDP's treatment of float sums (Casacuberta et al. 2022), each example's
+    contribution ``v_i`` (its row of ``c_i delta_i`` and ``a_i``) is taken as the
+    record-level value:
+
+    * clipping: the norm is computed from dot products of at most ``widest`` terms and a
+      sum over the ``layers``, then ``c_i = C / norm`` and ``c_i delta_i`` are rounded, so
+      ``||v_i|| <= C (1 + gamma_m)`` with ``m = widest + 2 layers + 12`` (generous);
+    * the sum: every output coordinate is a sum of at most ``N = max_terms`` products,
+      with error at most ``gamma_(N+1) sum_i |v_ij|`` in any order (blocks included), so
+      the computed sum is within ``gamma_(N+1) sum_i ||v_i|| <= gamma_(N+1) N C'`` of
+      the exact one in l2 (Minkowski), for either neighbour.
+
+    Hence ``||S(D) - S(D')|| <= C' (1 + 2 N gamma_(N+1))``. For a batch of 256 that is a
+    factor ``1 + 1.5e-11``; for 60,000 examples ``1 + 8e-7``.
+    """
+    per_term = per_example * (1.0 + _gamma(widest + 2 * layers + 12))
+    bound = per_term * (1.0 + 2.0 * max_terms * _gamma(max_terms + 1))
+    return math.nextafter(math.nextafter(bound, math.inf), math.inf)  # two roundings above
 
 
 def _round_up_16_per_octave(value: float) -> float:
