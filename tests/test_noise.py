@@ -75,15 +75,17 @@ def test_dp_sgd_with_the_table_sampler_trains_and_reports_its_delta():
 def test_the_alias_table_returns_each_value_with_exactly_its_mass():
     sampler = DiscreteGaussianSampler(3.3, resolution=2**6)
     r = sampler._r
-    capacity = 1 << (128 - r)
+    capacity = 1 << (127 - r)
     received = [0] * (1 << r)
     for j, (word, low) in enumerate(zip(sampler._packed.tolist(), sampler._threshold_low.tolist(), strict=True)):
         threshold, alias = ((word >> r) << 64) | low, word & ((1 << r) - 1)
         received[j] += threshold  # u < T_j: column j
         received[alias] += capacity - threshold  # otherwise its alias
-    masses = sampler.masses()
-    assert sum(masses) == 2**128
-    assert received[: len(masses)] == masses and not any(received[len(masses):])
+    masses, magnitudes = sampler.masses(), sampler.magnitude_masses()
+    assert sum(masses) == 2**128 and masses == masses[::-1]  # symmetric, so |Z| and a fair sign bit give Z
+    zmax = sampler.zmax
+    assert magnitudes == [masses[zmax] // 2, *masses[zmax + 1:]] and sum(magnitudes) == 2**127
+    assert received[: len(magnitudes)] == magnitudes and not any(received[len(magnitudes):])
 
 
 def test_the_table_is_within_its_stated_distance_of_the_discrete_gaussian():
@@ -112,21 +114,21 @@ def test_the_lookup_follows_the_alias_rule_on_random_and_tied_bits():
     for j in range(0, 1 << r, max(1, (1 << r) // 300)):
         top = words[j] >> r
         for offset in (-1, 0, 1):
-            tied.append((j << (64 - r)) | top)
+            tied.append((int(rng.integers(0, 2)) << 63) | (j << (63 - r)) | top)  # either sign
             tied_low.append(min(max(lows[j] + offset, 0), 2**64 - 1))
     bits = np.concatenate([bits, np.array(tied, dtype=np.uint64)])
     low = np.concatenate([low, np.array(tied_low, dtype=np.uint64)])
     got = sampler.lookup(bits, low)
     expected = []
     for b, w in zip(bits.tolist(), low.tolist(), strict=True):
-        j = b >> (64 - r)
-        u = ((b & ((1 << (64 - r)) - 1)) << 64) | w
+        j = (b >> (63 - r)) & ((1 << r) - 1)
+        u = ((b & ((1 << (63 - r)) - 1)) << 64) | w
         threshold, alias = ((words[j] >> r) << 64) | lows[j], words[j] & ((1 << r) - 1)
         expected.append(j if u < threshold else alias)
     np.testing.assert_array_equal(got, expected)
     # ties without given low words draw them: the answer is the column or its alias
     drawn = sampler.lookup(np.array(tied, dtype=np.uint64))
-    columns = np.array(tied, dtype=np.uint64) >> np.uint64(64 - r)
+    columns = (np.array(tied, dtype=np.uint64) >> np.uint64(63 - r)) & np.uint64((1 << r) - 1)
     aliases = sampler._packed[columns.astype(np.intp)] & np.uint64((1 << r) - 1)
     assert np.all((drawn == columns) | (drawn == aliases))
 
@@ -141,7 +143,7 @@ def _bits_with_ties(sampler: DiscreteGaussianSampler, count: int, seed: int) -> 
     tied, tied_low = [], []
     for j in range(0, 1 << r, max(1, (1 << r) // 300)):
         for offset in (-1, 0, 1):
-            tied.append((j << (64 - r)) | (words[j] >> r))
+            tied.append((int(rng.integers(0, 2)) << 63) | (j << (63 - r)) | (words[j] >> r))
             tied_low.append(min(max(lows[j] + offset, 0), 2**64 - 1))
     return (np.concatenate([bits, np.array(tied, dtype=np.uint64)]),
             np.concatenate([low, np.array(tied_low, dtype=np.uint64)]))
@@ -163,16 +165,31 @@ def test_the_compiled_kernel_gives_the_numpy_output_bit_for_bit(std, resolution)
         buffer = x.copy()
         assert sampler.add(buffer, bits, low, out=buffer) is not None
         np.testing.assert_array_equal(buffer, reference)
-    # and both are the alias rule applied by hand: g (round(x / g) + index - zmax)
+    # and both are the alias rule applied by hand: g (round(x / g) +- index), the sign from the top bit
     index = plain.lookup(bits, low)
-    np.testing.assert_array_equal(ours, (np.rint(x / compiled.grid) + (index - compiled.zmax)) * compiled.grid)
+    negative = (bits >> np.uint64(63)).astype(bool)
+    assert 0.45 < negative.mean() < 0.55
+    np.testing.assert_array_equal(ours, (np.rint(x / compiled.grid) + np.where(negative, -index, index)) * compiled.grid)
     assert compiled(x[:5000].reshape(100, 50)[:, ::2]).shape == (100, 25)  # any layout in, same shape out
     # ties without given low words: 64 fresh bits settle each, to the column or its alias
     tied = bits[50_000:]
-    drawn = np.rint(compiled.add(np.zeros(tied.size), tied) / compiled.grid).astype(np.int64) + compiled.zmax
-    columns = (tied >> np.uint64(64 - compiled._r)).astype(np.int64)
+    drawn = np.abs(np.rint(compiled.add(np.zeros(tied.size), tied) / compiled.grid).astype(np.int64))
+    columns = ((tied >> np.uint64(63 - compiled._r)) & np.uint64((1 << compiled._r) - 1)).astype(np.int64)
     aliases = (compiled._packed[columns] & np.uint64((1 << compiled._r) - 1)).astype(np.int64)
     assert np.all((drawn == columns) | (drawn == aliases))
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_no_negative_zero_leaks_the_sign_of_a_value_rounded_to_zero(backend):
+    if backend == "numba":
+        pytest.importorskip("numba")
+    sampler = DiscreteGaussianSampler(1.0, resolution=2**6, backend=backend)
+    tiny = np.full(4096, -sampler.grid / 4)  # rounds to -0.0
+    bits = np.random.default_rng(6).integers(0, 2**64, tiny.size, dtype=np.uint64)
+    bits &= np.uint64(~(((1 << sampler._r) - 1) << (63 - sampler._r)) & (2**64 - 1))  # column 0: |Z| = 0 mostly
+    out = sampler.add(tiny, bits, low=np.zeros(tiny.size, dtype=np.uint64))
+    zeros = out == 0
+    assert zeros.sum() > 1000 and not np.signbit(out[zeros]).any()
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])

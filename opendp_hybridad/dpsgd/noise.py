@@ -7,18 +7,22 @@ integers times a power of two, so they carry no floating-point side channel
 (Mironov 2012). OpenDP draws ``Z`` by exact rejection sampling, about 11 to 46
 microseconds a coordinate; here it is drawn from a table:
 
-* the pmf ``p_z`` is evaluated in long double (float64 where that is all there is) for ``|z| <= 14 s`` (the tail beyond has mass
-  below ``2 e^-98``), turned into integers ``N_z = floor(p_z 2^128)`` whose total is
-  padded to exactly ``2^128`` at ``z = 0``;
-* each coordinate picks one of ``2^r`` columns of an alias table (Walker 1977, built
-  exactly in integers with Vose's method, 1991) and compares a uniform ``(128 - r)``-bit
-  ``u`` with the column's threshold: below it returns the column, otherwise its
+* the pmf ``p_z`` is evaluated in long double (float64 where that is all there is) for
+  ``|z| <= 10 s`` (the tail beyond has mass below ``2 e^-50 / sqrt(2 pi)``, about 1e-22),
+  turned into integers ``N_z = floor(p_z 2^128)`` whose total is padded to exactly
+  ``2^128`` at ``z = 0``. The pmf is symmetric and so are the ``N_z``, and ``N_0`` is
+  then even, so ``|Z|`` has the integer masses ``H_0 = N_0 / 2``, ``H_k = N_k`` over
+  ``2^127`` and a uniform sign bit gives ``Z`` (half the table: it is read at random
+  and is mostly out of cache after a training step, so its size sets the speed);
+* each coordinate's 64-bit word gives the sign (top bit), one of ``2^r`` columns of an
+  alias table for ``|Z|`` (Walker 1977, built exactly in integers with Vose's method,
+  1991; the next ``r`` bits) and the top ``63 - r`` bits of a uniform ``(127 - r)``-bit
+  ``u``, compared with the column's threshold: below it the column, otherwise its
   alias. The bits come from OpenSSL's CSPRNG (``RAND_bytes``), the generator OpenDP's
-  own samplers use. Each coordinate takes 64 bits; the next 64 bits of ``u`` are
-  drawn only when its top bits tie the threshold's (probability about ``2^(r-64)``),
-  because they cannot change any other answer.
+  own samplers use. The next 64 bits of ``u`` are drawn only when its top bits tie the
+  threshold's (probability about ``2^(r-63)``), because they cannot change any other answer.
 
-So ``Z`` is drawn from exactly ``N_z / 2^128``, whose statistical distance ``eta`` from
+So ``Z`` is drawn from exactly ``N_z / 2^128`` (``H_k / 2^127`` times one half for each sign), whose statistical distance ``eta`` from
 the discrete Gaussian is bounded at construction (:attr:`statistical_distance`):
 the evaluation of ``exp(-z^2 / 2 s^2)`` (exponent rounding, at most 2 ulp of it,
 and 4 ulp for exp), normalisation, the integer floors and the truncated tail. A run
@@ -48,7 +52,7 @@ except ImportError:  # pragma: no cover
     _random_bytes = os.urandom
 
 _U = float(np.finfo(np.longdouble).epsneg)  # unit roundoff of the pmf's arithmetic (2^-64 on x86, 2^-53 where long double is double)
-_TAILS = 14.0
+_TAILS = 10.0
 _MAX_COLUMN_BITS = 22
 _M64 = (1 << 64) - 1
 #: every table is checked against this at construction, so a run can state its delta before training
@@ -68,8 +72,8 @@ class DiscreteGaussianSampler:
         self.grid = 2.0**self.k
         self.scale = std / self.grid  # s, in grid units
         table = _table(self.scale)
-        self.zmax, self._masses, self._r, self._packed, self._threshold_low = (
-            table.zmax, table.masses, table.r, table.packed, table.threshold_low)
+        self.zmax, self._masses, self._magnitudes, self._r, self._packed, self._threshold_low = (
+            table.zmax, table.masses, table.magnitudes, table.r, table.packed, table.threshold_low)
         self.statistical_distance = table.statistical_distance
         from opendp_hybridad.dpsgd.noise_kernel import compiled_noisy_lattice
 
@@ -86,31 +90,39 @@ class DiscreteGaussianSampler:
         """``N_z`` for ``z = -zmax..zmax``: the sampler returns ``z`` with probability exactly ``N_z / 2^128``."""
         return list(self._masses)
 
+    def magnitude_masses(self) -> list[int]:
+        """``H_k`` for ``k = 0..zmax``, the alias table's masses: ``|Z| = k`` with probability ``H_k / 2^127``."""
+        return list(self._magnitudes)
+
     def integers(self, count: int) -> np.ndarray:
         """``count`` draws of ``Z`` (int64)."""
         bits = np.frombuffer(_random_bytes(8 * count), dtype=np.uint64)
-        return self.lookup(bits) - self.zmax
+        index = self.lookup(bits)
+        return np.where(bits >> np.uint64(63), -index, index)
 
     def lookup(self, bits: np.ndarray, low: np.ndarray | None = None) -> np.ndarray:
-        """The table index for each 64-bit draw: column ``j`` (top ``r`` bits) if ``u < T_j``, else its alias.
+        """``|Z|`` for each 64-bit draw: column ``j`` (the ``r`` bits below the sign bit) if ``u < T_j``, else its alias.
 
-        ``u`` is the draw's remaining ``64 - r`` bits followed by 64 more; those are read
+        ``u`` is the draw's remaining ``63 - r`` bits followed by 64 more; those are read
         from ``low`` or, when ``low`` is None, drawn only where the top bits tie ``T_j``'s.
         """
         r = self._r
-        column = (bits >> np.uint64(64 - r)).astype(np.intp)
+        column = ((bits >> np.uint64(63 - r)) & np.uint64((1 << r) - 1)).astype(np.intp)
         word = self._packed[column]
-        top = bits & np.uint64((1 << (64 - r)) - 1)
+        top = bits & np.uint64((1 << (63 - r)) - 1)
         threshold = word >> np.uint64(r)
         alias = (word & np.uint64((1 << r) - 1)).astype(np.intp)
         index = np.where(top < threshold, column, alias)
-        for t in np.flatnonzero(top == threshold):  # about 2^(r-64) of the draws: the next 64 bits decide
+        for t in np.flatnonzero(top == threshold):  # about 2^(r-63) of the draws: the next 64 bits decide
             index[t] = self._settle_tie(int(bits[t]), None if low is None else int(low[t]))
         return index
 
+    def _column(self, bits: int) -> int:
+        return (bits >> (63 - self._r)) & ((1 << self._r) - 1)
+
     def _settle_tie(self, bits: int, low: int | None) -> int:
-        """The index for a draw whose top bits tie its column's threshold: compare the next 64 bits of ``u``."""
-        column = bits >> (64 - self._r)
+        """``|Z|`` for a draw whose top bits tie its column's threshold: compare the next 64 bits of ``u``."""
+        column = self._column(bits)
         if low is None:
             low = int(np.frombuffer(_random_bytes(8), dtype=np.uint64)[0])
         if low < int(self._threshold_low[column]):
@@ -130,10 +142,11 @@ class DiscreteGaussianSampler:
     def add(self, values: np.ndarray, bits: np.ndarray, low: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """The mechanism given its random words: ``g (round(values / g) + Z)`` with ``Z`` looked up from ``bits``.
 
-        ``bits`` holds one uniform 64-bit word per coordinate; ``low`` the next 64 bits
-        for ties (drawn fresh when None, as :meth:`lookup`). Either backend gives the
-        same output for the same words. ``out`` (may be ``values``) receives the result.
-        A value too large for the grid, or NaN, raises before anything is written.
+        ``bits`` holds one uniform 64-bit word per coordinate (its top bit is the sign);
+        ``low`` the next 64 bits for ties (drawn fresh when None, as :meth:`lookup`).
+        Either backend gives the same output for the same words. ``out`` (may be
+        ``values``) receives the result. A value too large for the grid, or NaN, raises
+        before anything is written.
         """
         x = np.ascontiguousarray(values, dtype=np.float64)
         limit = 2.0**52 * self.grid
@@ -141,26 +154,26 @@ class DiscreteGaussianSampler:
         if self._kernel is not None:
             flat = x.reshape(-1)
             result = np.empty(x.size) if out is None else out.reshape(-1)
-            ties = np.empty(min(x.size, 64), dtype=np.int64)  # ties are about 2^(r-64) of the draws
+            ties = np.empty(min(x.size, 64), dtype=np.int64)  # ties are about 2^(r-63) of the draws
             start = 0
             while True:
-                count, stop = self._kernel(flat[start:], bits[start:], self._packed, self._r, self.zmax, self.grid, limit,
-                                           result[start:], ties)
+                count, stop = self._kernel(flat, bits, start, self._packed, self._r, self.grid, limit, result, ties)
                 if stop < 0:
                     raise bad
-                for t in (ties[:count] + start).tolist():
+                for t in ties[:count].tolist():
                     # the kernel wrote the column; the next 64 bits of u decide between it and its alias
-                    column = int(bits[t]) >> (64 - self._r)
-                    index = self._settle_tie(int(bits[t]), None if low is None else int(low[t]))
-                    result[t] += (index - column) * self.grid  # integers times g: exact
-                start += stop  # a stop before the end follows a full buffer of ties: always progress
-                if start >= x.size:
+                    word = int(bits[t])
+                    change = self._settle_tie(word, None if low is None else int(low[t])) - self._column(word)
+                    result[t] += (-change if word >> 63 else change) * self.grid  # integers times g: exact
+                if stop >= x.size:
                     break
+                start = stop  # a stop before the end follows a full buffer of ties at a later index: always progress
             return result.reshape(x.shape)
         if x.size and not (-limit < x.min() and x.max() < limit):  # NaN fails both
             raise bad
+        index = self.lookup(bits, low)
         lattice = np.rint(x * (1.0 / self.grid)) if out is None else np.rint(x * (1.0 / self.grid), out=out)
-        lattice += (self.lookup(bits, low) - self.zmax).reshape(x.shape)
+        lattice += np.where(bits >> np.uint64(63), -index, index).reshape(x.shape)
         lattice *= self.grid
         return lattice
 
@@ -173,6 +186,7 @@ class DiscreteGaussianSampler:
 class _Table:
     zmax: int
     masses: list[int]
+    magnitudes: list[int]
     r: int
     packed: np.ndarray
     threshold_low: np.ndarray
@@ -182,7 +196,7 @@ class _Table:
 @functools.lru_cache(maxsize=8)  # a table depends on the scale alone; per-step bounds revisit a few scales
 def _table(scale: float) -> _Table:
     zmax = math.ceil(_TAILS * scale)
-    if (2 * zmax).bit_length() > _MAX_COLUMN_BITS:
+    if zmax.bit_length() > _MAX_COLUMN_BITS:
         raise ValueError("the scale is too large for a table: use a coarser grid (smaller resolution)")
     # the pmf in long double where the platform has it (x86: 64-bit significand), so the
     # table's distance from the ideal is about 2^11 times smaller than in float64
@@ -196,12 +210,17 @@ def _table(scale: float) -> _Table:
     # pad the total to exactly 2^128 at the mode (the deficit is tiny next to N_0)
     deficit = 2**128 - sum(masses)
     masses[zmax] += deficit
-    r, packed, threshold_low = _alias_table(masses)
+    # z * z is the same for z and -z, so the floors are symmetric, and N_0 = 2^128 - 2 sum_k N_k is
+    # even: |Z| has masses N_0 / 2, N_1, ..., N_zmax over 2^127, and a fair sign bit gives Z
+    if masses[:zmax] != masses[:zmax:-1] or masses[zmax] % 2:
+        raise AssertionError("the pmf is not symmetric")  # exact integers from symmetric floats: cannot happen
+    magnitudes = [masses[zmax] // 2, *masses[zmax + 1:]]
+    r, packed, threshold_low = _alias_table(magnitudes, total_bits=127)
     # statistical distance from the discrete Gaussian, bounded generously (no factor 1/2):
     # relative error per weight of at most (2 |exponent| + 8) u (the exponent's roundings
     # and exp), the total's from those and (log2 n + 1) u of summation, one rounding in
     # the division; then the floors (one 2^-128 each), the padding at the mode, and the
-    # tail beyond 14 s
+    # tail beyond 10 s
     relative = (2.0 * np.abs(exponent.astype(np.float64)) + 8.0) * _U
     p64 = p.astype(np.float64)
     float_part = (2.0 * math.fsum((p64 * relative).tolist()) + (math.log2(p.size) + 2.0) * _U) * 1.01
@@ -213,7 +232,7 @@ def _table(scale: float) -> _Table:
     distance = float_part + floors + abs(deficit) / 2.0**128 + tail
     if distance > STATISTICAL_DISTANCE_BOUND:
         raise ValueError("this table is further from the discrete Gaussian than the bound every run reports")
-    return _Table(zmax, masses, r, packed, threshold_low, distance)
+    return _Table(zmax, masses, magnitudes, r, packed, threshold_low, distance)
 
 
 def _floor_times_2_128(p: np.ndarray) -> list[int]:
@@ -231,17 +250,20 @@ def _floor_times_2_128(p: np.ndarray) -> list[int]:
     return [(h << 64) | w for h, w in zip(high, low, strict=True)]
 
 
-def _alias_table(masses: list[int]) -> tuple[int, np.ndarray, np.ndarray]:
-    """An exact alias table for integer masses summing to ``2^128``, over ``2^r`` columns.
+def _alias_table(masses: list[int], total_bits: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """An exact alias table for integer masses summing to ``2^total_bits``, over ``2^r`` columns.
 
-    Column ``j`` has capacity ``2^(128 - r)``; it keeps ``T_j`` for entry ``j`` and gives the
-    rest to its alias (Vose 1991, in integers, so ``P(j) = N_j / 2^128`` exactly). Returns
-    ``r``, words ``(T_j >> 64) << r | alias_j`` and the low 64 bits of each ``T_j``. A full
-    column (``T_j`` = capacity) is its own alias.
+    Column ``j`` has capacity ``2^(total_bits - r)``; it keeps ``T_j`` for entry ``j`` and
+    gives the rest to its alias (Vose 1991, in integers, so ``P(j) = N_j / 2^total_bits``
+    exactly). Returns ``r``, words ``(T_j >> 64) << r | alias_j`` and the low 64 bits of
+    each ``T_j``. A full column (``T_j`` = capacity) is its own alias.
     """
     r = max(1, (len(masses) - 1).bit_length())
     columns = 1 << r
-    capacity = 1 << (128 - r)
+    capacity = 1 << (total_bits - r)
+    top_bits = total_bits - r - 64  # the bits of u in the draw's own word
+    if top_bits < 1:
+        raise ValueError("too many columns for the bits of one word")
     mass = list(masses) + [0] * (columns - len(masses))
     threshold, alias = [capacity] * columns, list(range(columns))
     small = [j for j in range(columns) if mass[j] < capacity]
@@ -254,10 +276,10 @@ def _alias_table(masses: list[int]) -> tuple[int, np.ndarray, np.ndarray]:
             large.pop()
             small.append(big)
     if any(mass[j] != capacity for j in small + large):
-        raise AssertionError("the masses do not sum to 2^128")  # exact integers: cannot happen
+        raise AssertionError("the masses do not sum to 2^total_bits")  # exact integers: cannot happen
     for j in small + large:  # full columns: their own alias, threshold all ones (a tie is resolved to j either way)
         threshold[j], alias[j] = capacity, j
-    top = [min(t >> 64, (1 << (64 - r)) - 1) for t in threshold]
+    top = [min(t >> 64, (1 << top_bits) - 1) for t in threshold]
     packed = (np.array(top, dtype=np.uint64) << np.uint64(r)) | np.array(alias, dtype=np.uint64)
     low = np.array([t & _M64 if t < capacity else _M64 for t in threshold], dtype=np.uint64)
     return r, packed, low
