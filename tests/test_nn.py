@@ -430,3 +430,34 @@ def test_projection_lands_inside_the_certified_ball_even_at_its_edge(excess):
     P, q = box.project(np.array([[0.6, -0.7, 0.1], [0.0, 0.5, -0.5]]), np.array([0.3, -0.1]))
     np.testing.assert_array_equal(P, [[0.5, -0.5, 0.1], [0.0, 0.5, -0.5]])
     np.testing.assert_array_equal(q, [0.25, -0.1])
+
+
+@pytest.mark.parametrize("norm_ball", [True, False])
+def test_the_compiled_update_gives_the_numpy_update_and_projection(norm_ball, monkeypatch):
+    pytest.importorskip("numba")
+    from opendp_hybridad.nn import layers as layers_module
+
+    rng = np.random.default_rng(8)
+    model = MLP([Dense(30, 20, 0.3, 0.1, norm_ball=norm_ball), Dense(20, 4, 0.3, 0.1, norm_ball=norm_ball)],
+                [Tanh(), Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
+    params = [(rng.normal(0, 0.005, (o, i)), rng.normal(0, 0.005, o)) for i, o in ((30, 20), (20, 4))]  # inside both sets
+    for step_size in (1e-4, 0.5, 20.0):  # projection inactive, active on some arrays, active everywhere
+        step = rng.normal(0, 1, model.num_parameters)
+        compiled = model.apply_step(params, step, step_size)
+        monkeypatch.setattr(layers_module, "_USE_COMPILED_UPDATE", False)
+        plain = model.apply_step(params, step, step_size)
+        monkeypatch.setattr(layers_module, "_USE_COMPILED_UPDATE", True)
+        for (cW, cb), (pW, pb), layer in zip(compiled, plain, model.layers, strict=True):
+            # the same update; a ball projection's factor may differ in the last bits (the sum of
+            # squares is summed in another order), each a sound upper bound on the norm
+            np.testing.assert_allclose(cW, pW, rtol=1e-13, atol=0)
+            np.testing.assert_array_equal(cb, pb)
+            assert np.abs(cb).max() <= layer.bias_bound
+            if norm_ball:
+                assert math.sqrt(math.fsum((cW * cW).ravel().tolist())) <= layer.weight_bound
+            else:
+                assert np.abs(cW).max() <= layer.weight_bound
+        unprojected = model.apply_step(params, step, step_size, project=False)
+        np.testing.assert_array_equal(unprojected[0][0], params[0][0] - step_size * step[:600].reshape(20, 30))
+        if step_size == 1e-4:  # nothing projected: bit for bit
+            np.testing.assert_array_equal(compiled[0][0], unprojected[0][0])

@@ -212,14 +212,10 @@ class DPSGD:
         if history is not None:
             history.gradient_seconds += t1 - t0
             history.noise_seconds += t2 - t1
-        noisy *= self.learning_rate / self.batch_size  # post-processing of the released sum
-        update, offset = [], 0
-        for W, b in params:
-            update.append((W - noisy[offset:offset + W.size].reshape(W.shape), b - noisy[offset + W.size:offset + W.size + b.size]))
-            offset += W.size + b.size
-        # K (global) holds only on the certified weight set: keep the weights there whenever K is relied on
+        # post-processing of the released sum; K (global) holds only on the certified weight
+        # set, so the weights are kept there whenever K is relied on
         relies_on_global_k = self.mode == "bound" or (self.mode == "auto" and self.granularity == "global")
-        return self.model.project(update) if relies_on_global_k else update
+        return self.model.apply_step(params, noisy, self.learning_rate / self.batch_size, project=relies_on_global_k)
 
     def fit(self, x: Any, y: Any, params=None, *, progress: bool = False, seed: int | None = None,
             validation: tuple[Any, Any] | None = None):

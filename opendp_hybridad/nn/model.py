@@ -99,6 +99,15 @@ class MLP:
     def project(self, params):
         return [layer.project(W, b) for layer, (W, b) in zip(self.layers, params, strict=True)]
 
+    def apply_step(self, params, step: np.ndarray, scale: float, project: bool = True):
+        """``params - scale * step`` (``step`` flat, layer by layer as :meth:`gradient_sum` writes it), projected if ``project``."""
+        out, offset = [], 0
+        for layer, (W, b) in zip(self.layers, params, strict=True):
+            step_W, step_b = step[offset:offset + W.size], step[offset + W.size:offset + W.size + b.size]
+            out.append(layer.apply_step(W, b, step_W, step_b, scale, project))
+            offset += W.size + b.size
+        return out
+
     # -- closed forms -----------------------------------------------------------------------
     def closed_form(self) -> str:
         L = len(self.layers)
