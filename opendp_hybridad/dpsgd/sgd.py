@@ -16,8 +16,8 @@ Gaussian on a power-of-two grid, the mechanism of OpenDP's ``then_gaussian``, wi
 standard deviation ``noise_multiplier * sensitivity`` (plus the grid rounding): by
 default drawn from an exact table (:mod:`opendp_hybridad.dpsgd.noise`, its tiny
 statistical distance added to delta), or by OpenDP itself with ``noise="opendp"``.
-Batch selection uses numpy's generator seeded from ``secrets`` (it decides who is
-in a batch, it is not privacy noise).
+Batch selection draws from the operating system's CSPRNG (:mod:`.selection`); a
+``seed`` makes it reproducible instead, for tests and experiments.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from opendp_hybridad.accounting import AccountingError, dp_sgd_epsilon, dp_sgd_event, dp_sgd_steps
+from opendp_hybridad.dpsgd.selection import BatchSelector
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.model import MLP, ModelBound
 
@@ -230,23 +231,24 @@ class DPSGD:
         dp.enable_features("contrib")
         x, y = self._check(x, y)
         n = x.shape[0]
-        rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
+        rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)  # initial weights: public
+        selector = BatchSelector(seed)
         params = self.model.project(params if params is not None else self.model.init(rng))
         steps = self._steps(n)
         sizes = [W.size + b.size for W, b in params]
         noise = self.noise_function(sum(sizes), max_terms=n)
         history = TrainingHistory()
-        order = rng.permutation(n)
+        order = selector.permutation(n)
         for step in range(steps):
             if self.sampling == "poisson":
-                members = np.flatnonzero(rng.random(n) < self.batch_size / n)
+                members = selector.poisson(n, self.batch_size)
             else:
                 # each epoch: a fresh permutation cut into n // batch disjoint batches, so an
                 # example is in at most one step per epoch (what the accounting assumes)
                 per_epoch = n // self.batch_size
                 position = step % per_epoch
                 if position == 0:
-                    order = rng.permutation(n)
+                    order = selector.permutation(n)
                 members = order[position * self.batch_size:(position + 1) * self.batch_size]
             if self.granularity == "step" and self.mode != "clip":
                 # the current weights are public (released by earlier noisy steps): a tighter K for this step
