@@ -461,3 +461,30 @@ def test_the_compiled_update_gives_the_numpy_update_and_projection(norm_ball, mo
         np.testing.assert_array_equal(unprojected[0][0], params[0][0] - step_size * step[:600].reshape(20, 30))
         if step_size == 1e-4:  # nothing projected: bit for bit
             np.testing.assert_array_equal(compiled[0][0], unprojected[0][0])
+
+
+def test_the_compiled_update_handles_weights_in_any_memory_layout():
+    rng = np.random.default_rng(9)
+    layer = Dense(30, 20, 1.0, 0.5, norm_ball=True)
+    W = np.asfortranarray(rng.normal(0, 0.01, (20, 30)))  # e.g. the transpose of another framework's array
+    b = rng.normal(0, 0.01, 40)[::2]  # a strided view
+    step = rng.normal(0, 1, 620)
+    for scale in (1e-4, 10.0):
+        new_W, new_b = layer.apply_step(W, b, step[:600], step[600:], scale, project=True)
+        expected_W, expected_b = layer.project(W - scale * step[:600].reshape(20, 30), b - scale * step[600:])
+        np.testing.assert_allclose(new_W, expected_W, rtol=1e-13, atol=0)
+        np.testing.assert_array_equal(new_b, expected_b)
+        assert math.sqrt(math.fsum((new_W * new_W).ravel().tolist())) <= 1.0
+
+
+def test_a_step_refuses_a_batch_larger_than_its_noise_covers():
+    from opendp_hybridad.accounting import AccountingError
+    from opendp_hybridad.dpsgd import DPSGD
+
+    model = MLP([Dense(2, 2, 1.0, 1.0)], [Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
+    trainer = DPSGD(model, noise_multiplier=1.0, batch_size=4, epochs=1, learning_rate=0.1)
+    params = model.init(np.random.default_rng(0))
+    x, y = np.zeros((5, 2)), np.zeros(5, dtype=int)
+    with pytest.raises(AccountingError, match="larger than the noise covers"):
+        trainer.step(params, x, y, trainer.noise_function(6))
+    assert len(trainer.step(params, x, y, trainer.noise_function(6, max_terms=5))) == 1

@@ -57,7 +57,7 @@ _MAX_COLUMN_BITS = 22
 _M64 = (1 << 64) - 1
 #: every table is checked against this at construction, so a run can state its delta before training
 #: (about 1e-17 with x86 long double, 1e-14 where long double is float64)
-STATISTICAL_DISTANCE_BOUND = 100.0 * _U
+STATISTICAL_DISTANCE_BOUND = 100.0 * max(_U, 2.0**-64)  # where long double is quad, the tail (about 1e-23) sets the floor
 
 
 class DiscreteGaussianSampler:
@@ -297,7 +297,8 @@ def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: i
     base = noise_multiplier * sensitivity
     k = math.floor(math.log2(base / resolution))
     grid = 2.0**k
-    std = noise_multiplier * (sensitivity + math.sqrt(dimension) * grid)
+    # rounded up: three roundings (sqrt, +, *) of at most one unit each, so a relative 2^-50 covers them
+    std = noise_multiplier * (sensitivity + math.sqrt(dimension) * grid) * (1.0 + 2.0**-50)
     octave = math.floor(math.log2(std))
     step = math.ceil((std / 2.0**octave) * 64) / 64  # round the std up to 64 steps per octave
     std = step * 2.0**octave

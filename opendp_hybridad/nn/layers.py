@@ -184,9 +184,11 @@ class Dense:
         if kernel is None or not project:
             new_W, new_b = W - scale * step_W.reshape(W.shape), b - scale * step_b
             return self.project(new_W, new_b) if project else (new_W, new_b)
-        new_W, new_b = np.empty_like(W), np.empty_like(b)
-        squares, largest = kernel(np.ascontiguousarray(W).reshape(-1), step_W.reshape(-1), scale, new_W.reshape(-1))
-        _, largest_b = kernel(b, step_b, scale, new_b)
+        # C order for the outputs whatever the inputs' layout, so reshape(-1) is a view the kernel writes through
+        new_W, new_b = np.empty(W.shape), np.empty(b.shape)
+        squares, largest = kernel(np.ascontiguousarray(W, dtype=np.float64).reshape(-1), np.ascontiguousarray(step_W).reshape(-1),
+                                  scale, new_W.reshape(-1))
+        _, largest_b = kernel(np.ascontiguousarray(b, dtype=np.float64), np.ascontiguousarray(step_b), scale, new_b)
         if self.norm_ball:
             # as in project: an upper bound on ||W|| for a float sum of squares in any order
             norm_up = _up(math.sqrt(squares * (1 + (W.size + 2) * 2.0**-52)))

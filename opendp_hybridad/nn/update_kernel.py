@@ -32,7 +32,7 @@ def compiled_subtract_scaled() -> Callable | None:
             out[i] = v
             total += v * v
             magnitude = abs(v)
-            if not magnitude <= biggest:  # NaN too, so it shows
+            if biggest == biggest and not magnitude <= biggest:  # a NaN is taken and then kept, so it shows
                 biggest = magnitude
         return total, biggest
 
