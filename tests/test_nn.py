@@ -488,3 +488,28 @@ def test_a_step_refuses_a_batch_larger_than_its_noise_covers():
     with pytest.raises(AccountingError, match="larger than the noise covers"):
         trainer.step(params, x, y, trainer.noise_function(6))
     assert len(trainer.step(params, x, y, trainer.noise_function(6, max_terms=5))) == 1
+
+
+@pytest.mark.parametrize("widths", [(64, 128, 10), (784, 256, 10), (3, 8, 2)])
+def test_an_example_s_row_does_not_depend_on_the_rest_of_its_block(widths):
+    """The float-sum bound of DP-SGD takes each example's row as a function of the example alone: check it on this BLAS.
+
+    The same example alone and at the first, middle and last position of blocks of 2 to
+    600 rows (padded by the model to a multiple of 16) must give bit-identical
+    activations and clipped deltas. Without the padding, BLAS's matrix-vector path for
+    one row and its edge tiles for the last rows change the last bits.
+    """
+    rng = np.random.default_rng(10)
+    model = MLP([Dense(widths[0], widths[1], 1.0, 1.0), Dense(widths[1], widths[2], 1.0, 1.0)], [Tanh(), Identity()],
+                SoftmaxCrossEntropy(), input_bound=1.0)
+    params = model.init(rng)
+    x, y = rng.uniform(-1, 1, (700, widths[0])), rng.integers(0, widths[2], 700)
+    clip = 0.5
+    alone_acts, alone_deltas = model._block_deltas(params, x[:1], y[:1], clip)
+    for size in (2, 15, 16, 17, 100, 255, 600):
+        others = rng.choice(np.arange(1, 700), size - 1, replace=False)
+        for position in sorted({0, size // 2, size - 1}):
+            idx = np.insert(others, position, 0)
+            acts, deltas = model._block_deltas(params, x[idx], y[idx], clip)
+            for mine, theirs in zip(alone_acts + alone_deltas, acts + deltas, strict=True):
+                np.testing.assert_array_equal(mine[0], theirs[position])

@@ -313,11 +313,13 @@ def computed_sum_sensitivity(per_example: float, max_terms: int, widest: int, la
     Hence ``||S(D) - S(D')|| <= C' (1 + 2 N gamma_(N+1))``. For a batch of 256 that is a
     factor ``1 + 1.5e-11``; for 60,000 examples ``1 + 8e-7``.
 
-    Assumed, not proven: that an example's row is the same function of the example in
-    any batch (BLAS picks gemv for one row and edge tiles for the last rows, which can
-    change the last bits, about 4e-17 here), and in ``bound`` / ``auto`` without
-    clipping, that the computed gradient's norm stays within the factor above of the
-    exact one that ``K`` bounds. See docs/dpsgd.md.
+    That an example's row is the same function of the example in any batch is not
+    promised by BLAS (one row goes through matrix-vector code, the last rows of a product
+    through edge tiles, which changed the last bits here); the kernels pad every block to
+    a multiple of 16 rows so neither happens, and ``tests/test_nn.py`` checks
+    bit-identical rows across batches on the machine that runs it. Assumed, not proven:
+    in ``bound`` / ``auto`` without clipping, that the computed gradient's norm stays
+    within the factor above of the exact one that ``K`` bounds. See docs/dpsgd.md.
     """
     per_term = per_example * (1.0 + _gamma(widest + 2 * layers + 12))
     bound = per_term * (1.0 + 2.0 * max_terms * _gamma(max_terms + 1))
