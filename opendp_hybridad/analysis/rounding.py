@@ -36,3 +36,18 @@ def round_up(x: Fraction) -> float:
     """The smallest float not below the rational ``x``."""
     f = float(x)
     return f if Fraction(f) >= x else math.nextafter(f, math.inf)
+
+
+UNIT_ROUNDOFF = 2.0**-53
+
+
+def gamma(n: int) -> float:
+    """Higham's ``gamma_n = n u / (1 - n u)`` (float64), rounded up.
+
+    A float64 sum or dot product of ``n`` terms, in any order, is within
+    ``gamma_n sum |terms|`` of the exact one (Higham 2002, section 3.1).
+    """
+    nu = n * UNIT_ROUNDOFF  # exact: a power of two times an integer below 2^53
+    if nu >= 0.5:
+        raise ValueError("too many terms for a float64 rounding bound")
+    return round_up(Fraction(nu) / (1 - Fraction(nu)))

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from opendp_hybridad.accounting import AccountingError, dp_sgd_epsilon, dp_sgd_event, dp_sgd_steps
+from opendp_hybridad.analysis.rounding import gamma
 from opendp_hybridad.dpsgd.selection import BatchSelector
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.model import MLP, ModelBound
@@ -284,17 +285,6 @@ class DPSGD:
         return params, history
 
 
-_UNIT_ROUNDOFF = 2.0**-53
-
-
-def _gamma(n: int) -> float:
-    """Higham's ``gamma_n = n u / (1 - n u)``, rounded up: the relative error bound of an ``n``-term float64 sum or dot product."""
-    nu = n * _UNIT_ROUNDOFF
-    if nu >= 0.5:
-        raise AccountingError("too many terms for a float64 sum bound")
-    return math.nextafter(math.nextafter(nu, math.inf) / (1.0 - nu), math.inf)
-
-
 def computed_sum_sensitivity(per_example: float, max_terms: int, widest: int, layers: int) -> float:
     """l2 sensitivity of the gradient sum as float64 computes it, for add/remove one example.
 
@@ -317,12 +307,12 @@ def computed_sum_sensitivity(per_example: float, max_terms: int, widest: int, la
     promised by BLAS (one row goes through matrix-vector code, the last rows of a product
     through edge tiles, which changed the last bits here); the kernels pad every block to
     a multiple of 16 rows so neither happens, and ``tests/test_nn.py`` checks
-    bit-identical rows across batches on the machine that runs it. Assumed, not proven:
-    in ``bound`` / ``auto`` without clipping, that the computed gradient's norm stays
-    within the factor above of the exact one that ``K`` bounds. See docs/dpsgd.md.
+    bit-identical rows across batches on the machine that runs it. Without clipping the
+    per-example bound is ``K``, which bounds the computed rows (the certificate includes
+    the products' rounding; :meth:`MLP.certified_bound`). See docs/dpsgd.md.
     """
-    per_term = per_example * (1.0 + _gamma(widest + 2 * layers + 12))
-    bound = per_term * (1.0 + 2.0 * max_terms * _gamma(max_terms + 1))
+    per_term = per_example * (1.0 + gamma(widest + 2 * layers + 12))
+    bound = per_term * (1.0 + 2.0 * max_terms * gamma(max_terms + 1))
     return math.nextafter(math.nextafter(bound, math.inf), math.inf)  # two roundings above
 
 

@@ -12,7 +12,11 @@ so per-example norms never materialise per-example gradients, and a clipped sum
 is one matrix product per layer: ``sum_i c_i delta_li a_{l-1,i}^T = (c * Delta_l)^T A_{l-1}``.
 
 The certified bound propagates magnitudes through the same recursion over the
-declared boxes (inputs, labels, weights), rounding every step up:
+declared boxes (inputs, labels, weights), rounding every step up, and bounds the
+gradient the kernels *compute*, not only the exact one: each matrix product's rounding
+(Higham's ``gamma_(n+1)``) is part of the recursion, and the library functions (tanh,
+exp, expit) are taken as faithful within the paddings of the activations' and
+losses' bounds:
 ``||a_0|| <= ||x||_box``; ``|z_l,j| <= ||W_l,j.|| ||a_{l-1}|| + B_b``;
 ``||a_l|| <= sqrt(n_l) max|phi_l|``; ``||delta_L|| <=`` the loss's bound;
 ``||delta_l|| <= ||W_{l+1}||_2 ||delta_{l+1}|| max|phi_l'|``.
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from opendp_hybridad.analysis.rounding import gamma
 from opendp_hybridad.nn.layers import Activation, Dense, Identity, Loss, _up
 
 
@@ -246,17 +251,22 @@ class MLP:
                 bias_norm = _mul_up(root_out, bias)
             else:
                 W, b = params[idx]
-                row = _up(float(np.sqrt((W * W).sum(axis=1)).max()))
+                # float norms of the public weights, raised by gamma_(n+2) (n squares summed in any
+                # order, each square and the square root rounded), so they bound the exact norms
+                row = _mul_up(float(np.sqrt((W * W).sum(axis=1)).max()), 1.0 + gamma(W.shape[1] + 2))
                 bias = _up(float(np.abs(b).max(initial=0.0)))
-                op = _up(float(np.sqrt((W * W).sum())))  # Frobenius >= spectral
-                bias_norm = _up(float(np.sqrt((b * b).sum())) * (1 + 2.0**-50))
-            r = _add_up(_mul_up(row, a_norms[-1]), bias)
+                op = _mul_up(float(np.sqrt((W * W).sum())), 1.0 + gamma(W.size + 2))  # Frobenius >= spectral
+                bias_norm = _mul_up(float(np.sqrt((b * b).sum())), 1.0 + gamma(b.size + 2))
+            # the computed z = fl(a W^T) + b: a dot product of n terms and one addition, within
+            # gamma_(n+1) (|W| |a| + |b|) of the exact one, whose norms the same bounds cover
+            rounding = 1.0 + gamma(layer.in_features + 1)
+            r = _mul_up(_add_up(_mul_up(row, a_norms[-1]), bias), rounding)
             z_bounds.append(r)
             op_norms.append(op)
             # ||phi(z)|| two ways: per unit (|phi(z_j)| <= max_abs(r)), and through ||z|| <= op ||a|| + ||b||
             # with |phi(z_j)| <= |phi(0)| + L |z_j| (tight when weights are small and phi is tanh-like)
             per_unit = _mul_up(root_out, act.max_abs(r))
-            z_norm = _add_up(_mul_up(op, a_norms[-1]), bias_norm)
+            z_norm = _mul_up(_add_up(_mul_up(op, a_norms[-1]), bias_norm), rounding)
             through_norm = _add_up(_mul_up(root_out, act.abs_at_zero()), _mul_up(act.max_derivative(r), z_norm))
             a_norms.append(min(per_unit, through_norm))
         last = self.layers[-1]
@@ -266,7 +276,9 @@ class MLP:
             delta = _mul_up(delta, self.activations[-1].max_derivative(z_bounds[-1]))
         delta_norms = [delta]
         for i in range(len(self.layers) - 1, 0, -1):
-            delta = _mul_up(_mul_up(op_norms[i], delta), self.activations[i - 1].max_derivative(z_bounds[i - 1]))
+            # fl(delta W) * slope: a dot product over the layer's outputs, then one rounded product
+            rounding = 1.0 + gamma(self.layers[i].out_features + 1)
+            delta = _mul_up(_mul_up(_mul_up(op_norms[i], delta), self.activations[i - 1].max_derivative(z_bounds[i - 1])), rounding)
             delta_norms.append(delta)
         delta_norms.reverse()
         parts = [_mul_up(_mul_up(d, d), _add_up(_mul_up(a, a), 1.0)) for d, a in zip(delta_norms, a_norms[:-1], strict=True)]
