@@ -190,25 +190,32 @@ class Dense:
                                   scale, new_W.reshape(-1))
         _, largest_b = kernel(np.ascontiguousarray(b, dtype=np.float64), np.ascontiguousarray(step_b), scale, new_b)
         if self.norm_ball:
-            # as in project: an upper bound on ||W|| for a float sum of squares in any order
-            norm_up = _up(math.sqrt(squares * (1 + (W.size + 2) * 2.0**-52)))
-            if norm_up > self.weight_bound:
-                new_W *= (self.weight_bound / norm_up) * (1 - 2.0**-50)
+            shrink = self._ball_shrink(squares, W.size)
+            if shrink < 1.0:
+                new_W *= shrink
         elif not largest <= self.weight_bound:
             np.clip(new_W, -self.weight_bound, self.weight_bound, out=new_W)
         if not largest_b <= self.bias_bound:
             np.clip(new_b, -self.bias_bound, self.bias_bound, out=new_b)
         return new_W, new_b
 
+    def _ball_shrink(self, squares: float, size: int) -> float:
+        """The factor that brings ``W`` inside the Frobenius ball, from its float sum of squares (1.0: already inside).
+
+        An upper bound on ``||W||``: a float sum of ``n`` squares in any order is within
+        ``gamma_n <= 2 n u`` of the exact one (Higham 2002, 3.1), and ``_up`` pads the
+        square root; the factor is shrunk by ``2^-50`` for the rounding of each product.
+        """
+        norm_up = _up(math.sqrt(squares * (1 + (size + 2) * 2.0**-52)))
+        return (self.weight_bound / norm_up) * (1 - 2.0**-50) if norm_up > self.weight_bound else 1.0
+
     def project(self, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Back onto the certified set (used by the ``bound`` mode after each step)."""
         if self.norm_ball:
             flat = W.ravel()
-            # an upper bound on ||W||: a float sum of n squares in any order is within gamma_n <= 2 n u
-            # of the exact one (Higham 2002, 3.1), and _up pads the square root
-            norm_up = _up(math.sqrt(float(np.dot(flat, flat)) * (1 + (flat.size + 2) * 2.0**-52)))
-            if norm_up > self.weight_bound:
-                W = W * ((self.weight_bound / norm_up) * (1 - 2.0**-50))  # each product rounds by at most u
+            shrink = self._ball_shrink(float(np.dot(flat, flat)), flat.size)
+            if shrink < 1.0:
+                W = W * shrink
         elif np.abs(W).max(initial=0.0) > self.weight_bound:
             W = np.clip(W, -self.weight_bound, self.weight_bound)
         if np.abs(b).max(initial=0.0) > self.bias_bound:
