@@ -35,3 +35,105 @@ def test_float_dot_products_stay_within_gamma_of_the_exact_value(n):
             assert error <= Fraction(gamma(n)) * magnitude
             worst = max(worst, float(error / magnitude) / gamma(n))
     assert worst > 0  # rounding happened: the comparison was not vacuous
+
+
+# -- the named rounded-up operations, against exact rational arithmetic -------------------
+from opendp_hybridad.analysis import rounding as rd  # noqa: E402
+
+
+def _awkward_floats(rng: np.random.Generator, n: int) -> list[float]:
+    """Random floats over the whole exponent range, subnormals and near-ties included."""
+    out = [0.0, 2.0**-1074, 2.0**-1022, 1.0, 1.0 + 2.0**-52, 3.0, 0.1, 1e308, 2.0**1023 * 1.5]
+    mant = rng.uniform(1, 2, n)
+    exps = rng.integers(-1074, 1023, n)
+    out += [math.ldexp(float(m), int(e)) for m, e in zip(mant, exps, strict=True)]
+    out += [1.0 + k * 2.0**-52 for k in range(1, 6)]  # products of these sit near ties
+    return [x * s for x in out for s in (1.0, -1.0)]
+
+
+def _check_up(result: float, exact: Fraction) -> None:
+    if math.isinf(result) and result > 0:
+        return
+    assert Fraction(result) >= exact
+    # tight: at most two ulp above the exact value
+    assert Fraction(math.nextafter(math.nextafter(result, -math.inf), -math.inf)) < exact or result == float(exact)
+
+
+def test_binary_operations_round_up_exactly():
+    rng = np.random.default_rng(7)
+    xs = _awkward_floats(rng, 60)
+    ys = _awkward_floats(rng, 60)
+    for a in xs[::3]:
+        for b in ys[::3]:
+            A, B = Fraction(a), Fraction(b)
+            with np.errstate(all="ignore"):
+                if math.isfinite(a + b):
+                    _check_up(rd.add_up(a, b), A + B)
+                    assert Fraction(rd.add_down(a, b)) <= A + B
+                    _check_up(rd.sub_up(a, b), A - B)
+                if math.isfinite(a * b):
+                    _check_up(rd.mul_up(a, b), A * B)
+                    assert Fraction(rd.mul_down(a, b)) <= A * B
+                if b != 0 and math.isfinite(a / b):
+                    _check_up(rd.div_up(a, b), A / B)
+                    assert Fraction(rd.div_down(a, b)) <= A / B
+
+
+def test_exact_results_stay_exact():
+    assert rd.add_up(1.0, -1.0) == 0.0
+    assert rd.mul_up(3.0, 0.5) == 1.5
+    assert rd.div_up(1.0, 4.0) == 0.25
+    assert rd.sqrt_up(4.0) == 2.0
+    assert rd.mul_up(0.0, math.inf) == 0.0
+
+
+def test_square_roots_and_norms():
+    rng = np.random.default_rng(3)
+    for x in _awkward_floats(rng, 200):
+        x = abs(x)
+        r = rd.sqrt_up(x)
+        assert Fraction(r) ** 2 >= Fraction(x)
+        assert Fraction(rd.sqrt_down(x)) ** 2 <= Fraction(x)
+    # norms whose squares overflow or underflow
+    for values in ([1e200, 1e200], [1e-200, 3e-200], [2.0**-1074] * 3, [1e308, 1e308, 1.0], [3.0, 4.0], [0.0]):
+        exact_sq = sum(Fraction(v) ** 2 for v in values)
+        n = rd.norm2_up(values)
+        assert math.isinf(n) or Fraction(n) ** 2 >= exact_sq
+        assert not math.isinf(n)
+        assert Fraction(n) ** 2 <= exact_sq * Fraction(101, 100) ** 2 + Fraction(2.0**-1000)
+        rows = rd.norm2_up_rows(np.array([values], dtype=float))
+        assert math.isinf(rows[0]) or Fraction(float(rows[0])) ** 2 >= exact_sq
+    assert rd.norm2_up([3.0, 4.0]) == 5.0
+
+
+def test_norm_rows_against_exact_on_random_scales():
+    rng = np.random.default_rng(11)
+    rows = rng.standard_normal((50, 17)) * 10.0 ** rng.integers(-300, 300, (50, 1))
+    got = rd.norm2_up_rows(rows)
+    for row, g in zip(rows, got, strict=True):
+        exact_sq = sum(Fraction(float(v)) ** 2 for v in row)
+        assert Fraction(float(g)) ** 2 >= exact_sq
+        assert Fraction(float(g)) ** 2 <= exact_sq * (1 + Fraction(1, 10**12)) ** 2
+
+
+def test_sum_up_and_round_up():
+    vals = [1e16, 1.0, -1e16, 2.0**-60, 3.0]
+    s = rd.sum_up(vals)
+    exact = sum(map(Fraction, vals))
+    assert Fraction(s) >= exact and s <= math.nextafter(float(exact), math.inf)
+    third = Fraction(1, 3)
+    assert Fraction(rd.round_up(third)) >= third >= Fraction(rd.round_down(third))
+
+
+def test_libm_padding_covers_library_functions():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    rng = np.random.default_rng(5)
+    for x in rng.uniform(-700, 700, 300).tolist():
+        for f, g in ((math.exp, mpmath.exp), (math.tanh, mpmath.tanh)):
+            y = f(x)
+            true = g(mpmath.mpf(x))
+            assert mpmath.mpf(rd.libm_down(y)) <= true <= mpmath.mpf(rd.libm_up(y))
+        y = math.log(abs(x) + 1e-300)
+        true = mpmath.log(mpmath.mpf(abs(x) + 1e-300))
+        assert mpmath.mpf(rd.libm_down(y)) <= true <= mpmath.mpf(rd.libm_up(y))

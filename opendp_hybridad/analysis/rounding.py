@@ -1,53 +1,243 @@
-"""Scalar arithmetic rounded up: the constants of stability and privacy maps.
+"""The one home of rounded-up arithmetic: every constant of a bound, map or charge.
 
-Every map in the package combines certified constants with these, so a rounding
-step can only make a bound larger.
+In the spirit of OpenDP's ``InfAdd`` / ``InfMul`` / ``InfSqrt`` traits: each
+operation returns a float that is **not below** the exact real result of the same
+operation on the same float inputs (``*_down`` variants: not above). Stability
+maps, privacy maps, individual charges and DP-SGD constants combine certified
+constants only through these, so rounding can only make a bound larger.
+
+Facts the operations rest on (IEEE 754-2008, binary64, round to nearest even):
+
+* ``+ - * / sqrt`` are correctly rounded: the float result ``r`` of the real ``x``
+  satisfies ``|r - x| <= ulp(x) / 2``, so ``nextafter(r, +inf) >= x``
+  (this also holds for subnormal results and for overflow to ``inf``);
+* a result can be *exact*; we check exactness (TwoSum for sums, an exact rational
+  comparison for products, quotients and square roots) and step only when needed, so
+  exact constants stay exact;
+* library functions (exp, log, tanh, ...) are not correctly rounded: their results
+  are padded by :data:`LIBM_PAD` relative plus :data:`TINY` (see :func:`libm_up`);
+* Higham, *Accuracy and Stability of Numerical Algorithms* (2002), Lemma 3.1 and
+  section 3.1: a float sum or dot product of ``n`` terms, in any order, is within
+  ``gamma_n sum |terms|`` of the exact one, ``gamma_n = n u / (1 - n u)``.
+
+There is one unit roundoff, :data:`UNIT_ROUNDOFF` ``= 2^-53`` (round to nearest).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from fractions import Fraction
 
+import numpy as np
 
-def mul_up(a: float, b: float) -> float:
-    """``a * b`` rounded up (a, b >= 0); ``0 * inf`` is 0 (no change times any distance)."""
-    if a == 0 or b == 0:
-        return 0.0
-    p = a * b
-    return p if p == 0 else math.nextafter(p, math.inf)
+#: u for binary64 round-to-nearest: |fl(x) - x| <= u |x| for normal results
+UNIT_ROUNDOFF = 2.0**-53
+#: the smallest positive subnormal: the absolute error allowance of an underflowing result
+TINY = 2.0**-1074
+#: relative padding of library functions (exp, log, tanh, pow, ...): 2^-46 is 64 ulp,
+#: far beyond the few ulp glibc and numpy document; tests check it against mpmath
+LIBM_PAD = 2.0**-46
+
+
+def up(x: float) -> float:
+    """The next float above ``x`` (a bound above a round-to-nearest result)."""
+    return math.nextafter(x, math.inf)
+
+
+def down(x: float) -> float:
+    """The next float below ``x``."""
+    return math.nextafter(x, -math.inf)
+
+
+def round_up(x: Fraction | int) -> float:
+    """The smallest float not below the rational ``x`` (``inf`` past the largest float)."""
+    x = Fraction(x)
+    try:
+        f = float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf  # pragma: no cover - only for |x| > 2^1024
+    return f if Fraction(f) >= x else up(f)
+
+
+def round_down(x: Fraction | int) -> float:
+    """The largest float not above the rational ``x``."""
+    return -round_up(-Fraction(x))
+
+
+def _exact(x: float) -> Fraction:
+    return Fraction(x)
 
 
 def add_up(a: float, b: float) -> float:
     """``a + b`` rounded up (TwoSum tells whether the float sum fell short of the real one)."""
     s = a + b
+    if not math.isfinite(s):
+        return s
     bb = s - a
     err = (a - (s - bb)) + (b - bb)
-    return math.nextafter(s, math.inf) if err > 0 else s
+    return up(s) if err > 0 else s
+
+
+def add_down(a: float, b: float) -> float:
+    """``a + b`` rounded down."""
+    return -add_up(-a, -b)
+
+
+def sub_up(a: float, b: float) -> float:
+    """``a - b`` rounded up."""
+    return add_up(a, -b)
+
+
+def sum_up(values: Iterable[float]) -> float:
+    """The exact sum of ``values`` rounded up (``math.fsum`` is correctly rounded, then one check)."""
+    values = [float(v) for v in values]
+    s = math.fsum(values)
+    if not math.isfinite(s) or any(not math.isfinite(v) for v in values):
+        return math.inf if not any(math.isnan(v) for v in values) else math.nan
+    return s if Fraction(s) >= sum(map(Fraction, values), Fraction(0)) else up(s)
+
+
+def mul_up(a: float, b: float) -> float:
+    """``a * b`` rounded up, any signs; ``0 * inf`` is 0 (no change times any distance)."""
+    if a == 0 or b == 0:
+        return 0.0
+    p = a * b
+    if not math.isfinite(p):
+        return p
+    return p if Fraction(p) >= _exact(a) * _exact(b) else up(p)
+
+
+def mul_down(a: float, b: float) -> float:
+    """``a * b`` rounded down."""
+    return -mul_up(-a, b)
 
 
 def div_up(a: float, b: float) -> float:
-    """``a / b`` rounded up (a >= 0, b > 0), checked in exact rational arithmetic."""
+    """``a / b`` rounded up (``b != 0``), checked in exact rational arithmetic."""
+    if b == 0:
+        raise ZeroDivisionError("div_up by zero")
     q = a / b
-    return q if Fraction(q) * Fraction(b) >= Fraction(a) else math.nextafter(q, math.inf)
+    if not math.isfinite(q) or not math.isfinite(b):
+        return q
+    return q if Fraction(q) >= _exact(a) / _exact(b) else up(q)
 
 
-def round_up(x: Fraction) -> float:
-    """The smallest float not below the rational ``x``."""
-    f = float(x)
-    return f if Fraction(f) >= x else math.nextafter(f, math.inf)
+def div_down(a: float, b: float) -> float:
+    """``a / b`` rounded down."""
+    return -div_up(-a, b)
 
 
-UNIT_ROUNDOFF = 2.0**-53
+def sqrt_up(x: float) -> float:
+    """``sqrt(x)`` rounded up (``x >= 0``)."""
+    if x < 0:
+        raise ValueError("sqrt_up of a negative number")
+    r = math.sqrt(x)
+    if not math.isfinite(r):
+        return r
+    return r if Fraction(r) ** 2 >= _exact(x) else up(r)
+
+
+def sqrt_down(x: float) -> float:
+    """``sqrt(x)`` rounded down (``x >= 0``)."""
+    if x < 0:
+        raise ValueError("sqrt_down of a negative number")
+    r = math.sqrt(x)
+    if not math.isfinite(r):
+        return r
+    return r if Fraction(r) ** 2 <= _exact(x) else down(r)
+
+
+def norm2_up(values: Iterable[float]) -> float:
+    """The l2 norm of ``values`` rounded up, without overflow or underflow of the squares.
+
+    The exact sum of squares is formed in rationals, scaled by a power of two so
+    that the float square root neither overflows nor underflows, then rounded up.
+    """
+    mags = [abs(float(v)) for v in values]
+    if any(math.isnan(m) for m in mags):
+        return math.nan
+    if any(math.isinf(m) for m in mags):
+        return math.inf
+    top = max(mags, default=0.0)
+    if top == 0:
+        return 0.0
+    e = math.frexp(top)[1]  # top < 2^e
+    scale = Fraction(2) ** e
+    scaled = sum(((Fraction(m) / scale) ** 2 for m in mags), Fraction(0))  # in (2^-2, n]
+    root = sqrt_up(round_up(scaled))
+    # root * 2^e: a power-of-two scaling is exact unless it overflows or underflows
+    result = math.ldexp(root, e)
+    return result if math.isfinite(result) else math.inf
+
+
+def libm_up(y: float) -> float:
+    """An upper bound on the real value of a library function whose float result is ``y``."""
+    return y + (abs(y) * LIBM_PAD + TINY)
+
+
+def libm_down(y: float) -> float:
+    """A lower bound on the real value of a library function whose float result is ``y``."""
+    return y - (abs(y) * LIBM_PAD + TINY)
 
 
 def gamma(n: int) -> float:
-    """Higham's ``gamma_n = n u / (1 - n u)`` (float64), rounded up.
+    """Higham's ``gamma_n = n u / (1 - n u)`` (float64, ``u = 2^-53``), rounded up.
 
     A float64 sum or dot product of ``n`` terms, in any order, is within
-    ``gamma_n sum |terms|`` of the exact one (Higham 2002, section 3.1).
+    ``gamma_n sum |terms|`` of the exact one (Higham 2002, Lemma 3.1 and section 3.1).
     """
-    nu = n * UNIT_ROUNDOFF  # exact: a power of two times an integer below 2^53
-    if nu >= 0.5:
+    if n < 0:
+        raise ValueError("gamma of a negative count")
+    nu = Fraction(n) * Fraction(UNIT_ROUNDOFF)
+    if nu >= Fraction(1, 2):
         raise ValueError("too many terms for a float64 rounding bound")
-    return round_up(Fraction(nu) / (1 - Fraction(nu)))
+    return round_up(nu / (1 - nu))
+
+
+# -- vectorised (numpy) forms: the interval evaluator and per-record charges ---------------
+def up_array(x: np.ndarray) -> np.ndarray:
+    """Elementwise next float above (a bound above correctly rounded results)."""
+    return np.nextafter(x, np.inf)
+
+
+def down_array(x: np.ndarray) -> np.ndarray:
+    """Elementwise next float below."""
+    return np.nextafter(x, -np.inf)
+
+
+def libm_up_array(y: np.ndarray) -> np.ndarray:
+    """Elementwise :func:`libm_up`."""
+    return y + (np.abs(y) * LIBM_PAD + TINY)
+
+
+def libm_down_array(y: np.ndarray) -> np.ndarray:
+    """Elementwise :func:`libm_down`."""
+    return y - (np.abs(y) * LIBM_PAD + TINY)
+
+
+def norm2_up_rows(rows: np.ndarray) -> np.ndarray:
+    """Per-row l2 norms of a 2-d array, each rounded up (scaled: no overflow or underflow).
+
+    Each row is divided by a power of two near its largest magnitude (exact), its
+    squares summed in float (``gamma_(n+1)`` relative error in any order, Higham
+    2002 section 3.1, plus one rounding per square), the square root taken, and the
+    result raised by the relative error and one ulp, then scaled back (exact).
+    """
+    rows = np.abs(np.asarray(rows, dtype=np.float64))
+    if rows.ndim != 2:
+        raise ValueError("norm2_up_rows takes a 2-d array")
+    n = rows.shape[1]
+    top = rows.max(axis=1, initial=0.0)
+    _, e = np.frexp(top)
+    scaled = np.ldexp(rows, -e[:, None])
+    squares = np.einsum("ij,ij->i", scaled, scaled)
+    # each square and the sum: relative error at most gamma_(n+1); the sqrt halves it,
+    # and the sqrt itself is correctly rounded (one more ulp)
+    factor = 1.0 + gamma(n + 2)
+    # scaling a subnormal entry and squaring it below the subnormal range: at most 2 TINY each
+    root = up_array(np.sqrt(up_array(up_array(squares * factor) + 3 * n * TINY)))
+    # scaling back is exact unless the result is subnormal, where one more step covers it
+    out = up_array(np.ldexp(root, e))
+    out = np.where(top == 0, 0.0, out)
+    return np.where(np.isnan(top), np.nan, out)
