@@ -11,6 +11,11 @@ filters accept it. OpenDP measure names stay behind :func:`to_measure`
 
 dp-accounting has no group privacy: a measurement is accounted at the ``d_in``
 it was built for; asking for another distance is refused.
+
+The relation is a :class:`~opendp_hybridad.relations.Relation` object (a name or
+an OpenDP metric is accepted and converted by :func:`relation_of`); measurements
+under different relations are refused together. The noise multiplier is rounded
+*down*, so the privacy loss dp-accounting reports from it can only be larger.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from typing import Any
 import dp_accounting
 from dp_accounting import pld, rdp
 
+from opendp_hybridad.analysis.rounding import div_down, mul_up, sqrt_up
 from opendp_hybridad.errors import HybridADError
+from opendp_hybridad.relations import ADD_REMOVE, Relation, relation_of
 
 #: Renyi orders used by the RDP accountant (dp-accounting's default grid, extended)
 RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024])
@@ -42,12 +49,23 @@ class AccountedMeasurement:
     mechanism: str  # "laplace" or "gaussian"
     scale: float
     sensitivity: float
-    relation: str = "ADD_OR_REMOVE_ONE"
+    relation: Relation = ADD_REMOVE
+
+    def __post_init__(self) -> None:
+        # a name ("add_remove", "ADD_OR_REMOVE_ONE", ...) or an OpenDP metric is accepted for compatibility
+        object.__setattr__(self, "relation", relation_of(self.relation))
 
     @property
     def noise_multiplier(self) -> float:
-        """Noise scale divided by the sensitivity at ``d_in``."""
-        return self.scale / self.sensitivity if self.sensitivity > 0 else math.inf
+        """Noise scale divided by the sensitivity at ``d_in``, rounded down (a larger reported loss)."""
+        return div_down(self.scale, self.sensitivity) if self.sensitivity > 0 else math.inf
+
+    def __call__(self, data: Any) -> Any:
+        """Release on ``data``; a frame outside the input domain is refused first, with this library's error."""
+        check = getattr(getattr(getattr(self.measurement, "input_domain", None), "descriptor", None), "check", None)
+        if callable(check):
+            check(data)  # e.g. FrameDomain.check: SchemaMismatchError naming the column
+        return self.measurement(data)
 
     def dp_event(self) -> dp_accounting.DpEvent:
         if self.sensitivity == 0:
@@ -61,9 +79,6 @@ class AccountedMeasurement:
     def privacy_loss(self) -> float:
         """OpenDP's own privacy map at ``d_in``: epsilon (Laplace) or rho (Gaussian, zCDP)."""
         return self.measurement.map(self.d_in)
-
-    def __call__(self, data: Any) -> Any:
-        return self.measurement(data)
 
     def to_measure(self, measure: str, delta: float | None = None) -> Any:
         """This measurement in another OpenDP measure.
@@ -91,19 +106,19 @@ class AccountedMeasurement:
         raise AccountingError(f"unknown measure {measure!r}: use 'pure', 'zcdp' or 'approx'")
 
 
-def accounted(measurement: Any, d_in: Any = 1, mechanism: str | None = None, relation: str = "ADD_OR_REMOVE_ONE") -> AccountedMeasurement:
+def accounted(measurement: Any, d_in: Any = 1, mechanism: str | None = None, relation: Any = ADD_REMOVE) -> AccountedMeasurement:
     """Wrap a plain OpenDP Laplace or Gaussian measurement for accounting.
 
     The noise multiplier is read off OpenDP's own privacy map: for Laplace,
     epsilon = sensitivity / scale; for Gaussian, rho = sensitivity^2 / (2 scale^2).
-    The sensitivity is reported as 1 and the scale as that multiplier.
+    The sensitivity is reported as 1 and the scale as that multiplier, rounded down.
     """
     kind = mechanism or _guess_mechanism(measurement)
     loss = float(measurement.map(d_in))
     if kind == "laplace":
-        multiplier = 1.0 / loss if loss > 0 else math.inf
+        multiplier = div_down(1.0, loss) if loss > 0 else math.inf
     elif kind == "gaussian":
-        multiplier = 1.0 / math.sqrt(2.0 * loss) if loss > 0 else math.inf
+        multiplier = div_down(1.0, sqrt_up(mul_up(2.0, loss))) if loss > 0 else math.inf
     else:
         raise AccountingError(f"unknown mechanism {kind!r}")
     return AccountedMeasurement(measurement, d_in, kind, multiplier, 1.0, relation)
@@ -118,14 +133,16 @@ def _guess_mechanism(measurement: Any) -> str:
     raise AccountingError(f"cannot tell the mechanism of a measurement with output measure {measure}; pass mechanism=")
 
 
-def _event(items: Iterable[AccountedMeasurement]) -> tuple[dp_accounting.DpEvent, str]:
+def _event(items: Iterable[AccountedMeasurement]) -> tuple[dp_accounting.DpEvent, Relation]:
     items = list(items)
     if not items:
         raise AccountingError("nothing to compose")
-    relations = {m.relation for m in items}
-    if len(relations) > 1:
-        raise AccountingError(f"measurements under different neighbouring relations cannot be composed: {sorted(relations)}")
-    return dp_accounting.ComposedDpEvent([m.dp_event() for m in items]), relations.pop()
+    relation = items[0].relation
+    others = [m.relation for m in items if m.relation != relation]
+    if others:
+        names = sorted({relation.name, *(r.name for r in others)})
+        raise AccountingError(f"measurements under different neighbouring relations cannot be composed: {names}")
+    return dp_accounting.ComposedDpEvent([m.dp_event() for m in items]), relation
 
 
 def compose_epsilon(measurements: Iterable[AccountedMeasurement], delta: float,
@@ -145,7 +162,7 @@ def compose_epsilon(measurements: Iterable[AccountedMeasurement], delta: float,
         "epsilon_rdp": float(rdp_acc.get_epsilon(delta)),
         "epsilon_pld": float(pld_acc.get_epsilon(delta)),
         "delta": float(delta),
-        "relation": relation,
+        "relation": relation.name,
     }
 
 

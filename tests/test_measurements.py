@@ -13,10 +13,9 @@ from dp_accounting import pld, rdp
 
 import opendp_hybridad as hd
 from opendp_hybridad.accounting import AccountingError, accounted, compose_epsilon
-from opendp_hybridad.frame import make_frame_domain
+from opendp_hybridad.frame import feature_distance, make_frame_domain
 from opendp_hybridad.frame.aggregate import make_sum_of
 from opendp_hybridad.frame.measurements import make_mean_of, make_private_count, make_private_mean, make_private_sum
-from opendp_hybridad.frame.relations import feature_distance
 
 dp.enable_features("contrib", "honest-but-curious")
 
@@ -59,8 +58,8 @@ def test_feature_level_relation_needs_far_less_noise():
 def test_mean_with_known_size_and_with_private_count():
     data = bdims()
     n = len(data)
-    domain = make_frame_domain(SCHEMA)
-    t = make_mean_of(domain, dp.change_one_distance(), BMI, n)
+    domain = make_frame_domain(SCHEMA, size=n)  # the public size is part of the domain
+    t = make_mean_of(domain, dp.change_one_distance(), BMI)
     true_mean = float(np.mean(BMI.compile()(data)))
     assert t(data) == pytest.approx(true_mean, rel=1e-12)
     assert t.map(1) >= (BMI.range().upper - BMI.range().lower) / n
@@ -199,12 +198,12 @@ def test_count_stability_under_add_remove(rows, added):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(_record, min_size=1, max_size=15), st.data())
 def test_mean_with_known_size_under_replace(rows, data):
-    t = make_mean_of(make_frame_domain(SCHEMA), dp.change_one_distance(), BMI, len(rows))
+    t = make_mean_of(make_frame_domain(SCHEMA, size=len(rows)), dp.change_one_distance(), BMI)
     i = data.draw(st.integers(0, len(rows) - 1))
     neighbour = [*rows[:i], data.draw(_record), *rows[i + 1:]]
     assert abs(t(_frame(neighbour)) - t(_frame(rows))) <= t.map(1)
     # the same pair seen as add/remove twice (OpenDP's sized convention: d_in = 2)
-    s = make_mean_of(make_frame_domain(SCHEMA), dp.symmetric_distance(), BMI, len(rows))
+    s = make_mean_of(make_frame_domain(SCHEMA, size=len(rows)), dp.symmetric_distance(), BMI, len(rows))
     assert abs(s(_frame(neighbour)) - s(_frame(rows))) <= s.map(2)
 
 

@@ -12,9 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import opendp_hybridad as hd
-from opendp_hybridad.frame import make_frame_domain
+from opendp_hybridad.frame import feature_distance, make_frame_domain
 from opendp_hybridad.frame.aggregate import make_sum_of, pairwise_sum, sum_relaxation, then_sum_of
-from opendp_hybridad.frame.relations import feature_distance
 
 dp.enable_features("contrib", "honest-but-curious")
 

@@ -5,13 +5,28 @@ is (a witness point inside the box and the value there), the box, the norm and
 the method. Bounds are proven by outward-rounded interval branch and bound;
 witnesses come from sampling and scipy's local optimisation and are never used
 as bounds.
+
+A certificate also says *what* it certifies: ``subject`` is the fingerprint of
+the function (SHA-256 of its canonical expression and of the schema's field
+names, bounds and missing-value policies, :attr:`RecordFunction.fingerprint`),
+stamped by the ``RecordFunction`` method that produced it, and ``kind`` names
+the quantity (``"gradient_norm"`` or ``"partial:<field>"``). Every consumer calls
+:meth:`RangeCertificate.certifies` / :meth:`BoundCertificate.certifies` before
+reading a constant, so a certificate of ``x`` is never read as one of ``100 x``.
+A certificate whose subject is unknown (``None``, e.g. built by hand) is refused.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from opendp_hybridad.analysis.rounding import sub_up
+from opendp_hybridad.errors import DeclarationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from opendp_hybridad.symbolic.function import RecordFunction
 
 METHOD = "interval branch and bound (natural and mean-value forms, outward rounding)"
 
@@ -38,6 +53,22 @@ class BoundCertificate:
     elapsed: float = 0.0
     tolerance: float = 0.0
     method: str = METHOD
+    #: fingerprint of the certified function (None: unknown, refused by every consumer)
+    subject: str | None = None
+    #: the certified quantity: "gradient_norm" (with ``norm``) or "partial:<field>"
+    kind: str | None = None
+
+    def certifies(self, function: RecordFunction, kind: str, norm: float | None = None) -> BoundCertificate:
+        """Return ``self`` if it bounds ``kind`` (in ``norm``) of ``function`` over its declared box; else raise.
+
+        Raises :class:`DeclarationError` naming the mismatch (function, box, quantity or norm).
+        """
+        _check_subject(self.subject, self.box, function, f"{kind} bound")
+        if self.kind != kind:
+            raise DeclarationError(f"the certificate bounds {self.kind or 'an unknown quantity'}, not {kind}")
+        if norm is not None and self.norm != norm:
+            raise DeclarationError(f"the certificate is for the {_json_norm(self.norm)}-norm, not the {_json_norm(norm)}-norm")
+        return self
 
     @property
     def ratio(self) -> float:
@@ -78,11 +109,21 @@ class RangeCertificate:
     converged: bool = True
     elapsed: float = 0.0
     method: str = METHOD
+    #: fingerprint of the certified function (None: unknown, refused by every consumer)
+    subject: str | None = None
+
+    def certifies(self, function: RecordFunction) -> RangeCertificate:
+        """Return ``self`` if it encloses the range of ``function`` over its declared box; else raise.
+
+        Raises :class:`DeclarationError` naming the mismatch (function or box).
+        """
+        _check_subject(self.subject, self.box, function, "range")
+        return self
 
     @property
     def width(self) -> float:
         """Certified upper bound on ``max f - min f``, rounded up."""
-        return math.nextafter(self.upper - self.lower, math.inf)
+        return sub_up(self.upper, self.lower)
 
     @property
     def max_abs(self) -> float:
@@ -117,6 +158,17 @@ class Analysis:
             "partials": {n: c.upper for n, c in self.partials.items()},
             "partials_detail": {n: c.to_dict() for n, c in self.partials.items()},
         }
+
+
+def _check_subject(subject: str | None, box: dict[str, tuple[float, float]], function: RecordFunction, what: str) -> None:
+    if subject is None:
+        raise DeclarationError(f"the {what} certificate does not say which function it certifies; "
+                               f"use the one {function.name}.range() / .lipschitz() returns")
+    if subject != function.fingerprint:
+        raise DeclarationError(f"the {what} certificate was issued for another function or box than {function.name!r}")
+    declared = {n: (f.lower, f.upper) for n, f in function.schema.fields.items()}
+    if dict(box) != declared:
+        raise DeclarationError(f"the {what} certificate's box differs from the declared box of {function.name!r}")
 
 
 def _json_norm(p: float | None) -> Any:

@@ -2,6 +2,8 @@
 
 from opendp_hybridad.frame.aggregate import make_sum_of, make_sum_of_vector, then_sum_of, then_sum_of_vector
 from opendp_hybridad.frame.domain import (
+    DEFAULT_SIZE_LIMIT,
+    FrameDomain,
     PreparedFrame,
     SchemaMismatchError,
     check_frame,
@@ -18,11 +20,12 @@ from opendp_hybridad.frame.measurements import (
     then_count_of,
     then_mean_of,
 )
-from opendp_hybridad.frame.relations import feature_distance
 from opendp_hybridad.frame.rowmap import make_row_map, then_row_map
+from opendp_hybridad.relations import feature_distance
 
 __all__ = [
-    "PreparedFrame", "SchemaMismatchError", "check_frame", "make_frame_domain", "prepare_frame", "feature_distance",
+    "DEFAULT_SIZE_LIMIT", "FrameDomain", "PreparedFrame", "SchemaMismatchError", "check_frame", "make_frame_domain",
+    "prepare_frame", "feature_distance",
     "make_row_map", "then_row_map", "make_sum_of", "then_sum_of", "make_sum_of_vector", "then_sum_of_vector",
     "make_count_of", "then_count_of", "make_mean_of", "then_mean_of",
     "make_private_sum", "make_private_sum_vector", "make_private_count", "make_private_mean",

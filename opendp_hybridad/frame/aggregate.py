@@ -3,10 +3,13 @@
 The sum is computed by :func:`pairwise_sum` (a binary tree of float additions of
 depth ``ceil(log2 n)``), and its stability map adds OpenDP's relaxation for
 pairwise float summation (Casacuberta et al. 2022, as in OpenDP's
-``make_bounded_float_checked_sum``): each float sum of at most ``size_limit``
-terms bounded by ``M`` is within ``error = (k u / (1 - k u)) size_limit M`` of the
-real sum, ``k = ceil(log2 size_limit)``, ``u = 2^-52``; the map adds ``2 error``
-(one per neighbouring dataset). All constants are rounded up.
+``make_bounded_float_checked_sum``): each float sum of at most ``n`` terms bounded
+by ``M`` is within ``error = (k u / (1 - k u)) n M`` of the real sum,
+``k = ceil(log2 n)``, with OpenDP's ``u = 2^-52`` (one ulp of 1, i.e.
+``2 * UNIT_ROUNDOFF``); the map adds ``2 error`` (one per neighbouring dataset).
+``n`` is the frame domain's ``size_limit`` (or its exact kept ``size``): every limit
+the sum relies on is part of the domain (:class:`~opendp_hybridad.frame.domain.FrameDomain`),
+so no member frame makes it fail. All constants are rounded up.
 """
 
 from __future__ import annotations
@@ -18,15 +21,17 @@ from typing import Any
 import numpy as np
 
 from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertificate
-from opendp_hybridad.analysis.rounding import add_up, mul_up, round_up
+from opendp_hybridad.analysis.rounding import UNIT_ROUNDOFF, add_up, mul_up, norm2_up, round_up, sum_up
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.frame.domain import SchemaMismatchError, kernel_inputs, prepare_frame, schema_of
-from opendp_hybridad.frame.relations import Relation, parse_relation, per_unit_sensitivity
-from opendp_hybridad.symbolic.function import RecordFunction, dual_norm
+from opendp_hybridad.frame.domain import DEFAULT_SIZE_LIMIT, FrameDomain, as_frame_domain, kernel_inputs, prepare_frame
+from opendp_hybridad.relations import FeatureLevel, PerRecordBound, Relation, relation_of
+from opendp_hybridad.symbolic.function import RecordFunction
 
-#: default bound on the number of records a frame may have (a domain constraint):
-#: beyond any in-memory pandas frame, and its relaxation is ~6e-5 max|f|
-DEFAULT_SIZE_LIMIT = 2**32
+__all__ = ["DEFAULT_SIZE_LIMIT", "make_sum_of", "make_sum_of_vector", "pairwise_sum", "sum_relaxation",
+           "then_sum_of", "then_sum_of_vector"]
+
+#: OpenDP's ``u`` in the pairwise-sum relaxation: one ulp of 1 (2^-52), twice the unit roundoff
+_OPENDP_ULP = 2 * UNIT_ROUNDOFF
 
 
 def pairwise_sum(values: np.ndarray, overwrite: bool = False) -> float:
@@ -55,8 +60,8 @@ def sum_relaxation(size_limit: int, max_abs: float) -> float:
     """``2 * (k u / (1 - k u)) * size_limit * max_abs``, k = ceil(log2 size_limit), u = 2^-52, rounded up."""
     if size_limit <= 1 or max_abs == 0:
         return 0.0
-    k = math.ceil(math.log2(size_limit))
-    uk = Fraction(k, 2**52)
+    k = (int(size_limit) - 1).bit_length()  # ceil(log2 n), exactly
+    uk = k * Fraction(_OPENDP_ULP)
     return round_up(2 * uk / (1 - uk) * size_limit * Fraction(max_abs))
 
 
@@ -74,7 +79,7 @@ class SumStability:
         self.evaluation_error = evaluation_error
 
     def __call__(self, d_in: Any) -> float:
-        if self.relation.kind == "feature":
+        if isinstance(self.relation, FeatureLevel):
             r = float(d_in)
             if not (r >= 0):
                 raise ValueError("d_in must be a non-negative distance")
@@ -83,52 +88,53 @@ class SumStability:
             d = int(d_in)
             if d < 0:
                 raise ValueError("d_in must be non-negative")
-            ideal = mul_up(self.slope, float(d))
+            ideal = mul_up(self.slope, round_up(d))
         return add_up(ideal, self.relaxation)
 
 
 class _SumPlan:
     """Everything fixed before data for one coordinate: kernel, certified range, stability."""
 
-    def __init__(self, input_domain: Any, input_metric: Any, function: RecordFunction, size_limit: int,
+    def __init__(self, input_domain: Any, input_metric: Any, function: RecordFunction,
                  range_certificate: RangeCertificate | None, lipschitz_certificate: BoundCertificate | None,
                  backend: str = "auto"):
-        self.schema = schema_of(input_domain)
+        self.domain: FrameDomain = as_frame_domain(input_domain)
+        self.schema = self.domain.schema
         if function.schema != self.schema:
             raise DeclarationError("the function's schema differs from the input domain's schema")
-        relation = parse_relation(input_metric)
-        rng = range_certificate or function.range()
+        relation = relation_of(input_metric)
+        rng = (range_certificate or function.range()).certifies(function)
+        if lipschitz_certificate is not None:  # refused if it is not this function's, even where unused
+            lipschitz_certificate.certifies(function, "gradient_norm")
         self.lower, self.upper = float(rng.lower), float(rng.upper)
-        max_abs = max(abs(self.lower), abs(self.upper))
-        if not math.isfinite(mul_up(max_abs, float(size_limit))):
+        terms = self.domain.max_terms
+        bound = PerRecordBound(self.lower, self.upper, drops_records=self.domain.drops_records,
+                               lipschitz=lambda norm: self._lipschitz(function, lipschitz_certificate, norm))
+        if not math.isfinite(mul_up(bound.max_abs, float(terms))):
             raise DeclarationError("the sum could overflow: size_limit * max|f| is not finite")
-        drops = any(f.missing == "drop" for f in self.schema.fields.values())
-        lip = None
-        if relation.kind == "feature":
-            cert = lipschitz_certificate or function.lipschitz(norm=dual_norm(relation.q))
-            if cert.norm != dual_norm(relation.q):
-                raise DeclarationError("the Lipschitz certificate's norm is not dual to the feature distance's norm")
-            lip = cert.upper
-        slope, cap = per_unit_sensitivity(function, relation, lower=self.lower, upper=self.upper, drops_records=drops, lipschitz=lip)
-        self.feature = relation.kind == "feature"
+        slope, cap = bound.sensitivity(relation)
+        self.feature = isinstance(relation, FeatureLevel)
         evaluation_error = 0.0
         if self.feature:
             # values come from certified point enclosures (analysis/float_error.py)
             from opendp_hybridad.analysis.float_error import evaluation_error as error_of
 
             evaluation_error = error_of(function)
-        self.stability = SumStability(slope, cap, sum_relaxation(size_limit, max_abs), relation, evaluation_error)
-        self.size_limit = size_limit
+        self.stability = SumStability(slope, cap, sum_relaxation(terms, bound.max_abs), relation, evaluation_error)
         self.function = function
         self.kernel = function.compile(backend=backend)
 
+    @staticmethod
+    def _lipschitz(function: RecordFunction, certificate: BoundCertificate | None, norm: float) -> float:
+        cert = certificate or function.lipschitz(norm=norm)
+        return float(cert.certifies(function, "gradient_norm", norm).upper)
+
     def inputs(self, frame: Any) -> list[np.ndarray]:
+        # membership (columns, dtypes, 'raise' fields, size) is checked first, before any value;
         # the feature relation evaluates enclosures at points, which need imputed, clamped records
-        columns = list(prepare_frame(frame, self.schema).columns.values()) if self.feature else kernel_inputs(frame, self.schema)
-        rows = columns[0].shape[0] if columns else 0
-        if rows > self.size_limit:
-            raise SchemaMismatchError(f"the frame has more records than the domain's size limit {self.size_limit}")
-        return columns
+        if self.feature:
+            return list(prepare_frame(frame, self.domain).columns.values())
+        return kernel_inputs(frame, self.domain)
 
     def total(self, columns: list[np.ndarray]) -> float:
         if not columns or columns[0].shape[0] == 0:
@@ -145,15 +151,27 @@ class _SumPlan:
         return pairwise_sum(values, overwrite=True)
 
 
+def _domain_size_limit(input_domain: Any, size_limit: int | None) -> None:
+    """``size_limit`` is part of the domain: a constructor accepts it only if it repeats the domain's."""
+    if size_limit is not None and size_limit != as_frame_domain(input_domain).size_limit:
+        raise DeclarationError("size_limit is part of the frame domain: declare it with "
+                               "make_frame_domain(schema, size_limit=...), not on the constructor")
+
+
 def make_sum_of(input_domain: Any, input_metric: Any, function: RecordFunction, *,
-                size_limit: int = DEFAULT_SIZE_LIMIT, range_certificate: RangeCertificate | None = None,
+                size_limit: int | None = None, range_certificate: RangeCertificate | None = None,
                 lipschitz_certificate: BoundCertificate | None = None, backend: str = "auto"):
     """Transformation: frame -> ``sum_i f(x_i)`` (a float), over records prepared by the frame domain.
 
     Each record is clamped to the box (missing values by policy), ``f`` is evaluated
     by the compiled kernel and clamped to its certified range ``[L, U]``, and the
-    values are summed pairwise. Frames with more than ``size_limit`` records are not
-    members of the domain. ``backend`` picks the kernel backend (see ``RecordFunction.compile``).
+    values are summed pairwise. The float relaxation is computed for the domain's
+    ``size_limit`` (``make_frame_domain(schema, size_limit=...)``); frames with more
+    records are not members and are refused before any value is computed. A
+    ``size_limit`` given here must equal the domain's. ``backend`` picks the kernel
+    backend (see ``RecordFunction.compile``). Certificates given here must be the
+    function's own (``function.range()``, ``function.lipschitz(norm=p)``); one issued
+    for another function, box, quantity or norm is refused.
 
     Stability (``d_in`` -> ``d_out`` in absolute distance), with ``R`` the float relaxation:
 
@@ -165,7 +183,8 @@ def make_sum_of(input_domain: Any, input_metric: Any, function: RecordFunction, 
     """
     import opendp.prelude as dp
 
-    plan = _SumPlan(input_domain, input_metric, function, size_limit, range_certificate, lipschitz_certificate, backend)
+    _domain_size_limit(input_domain, size_limit)
+    plan = _SumPlan(input_domain, input_metric, function, range_certificate, lipschitz_certificate, backend)
     return dp.t.make_user_transformation(
         input_domain, input_metric, dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float),
         lambda frame: plan.total(plan.inputs(frame)), plan.stability,
@@ -179,23 +198,15 @@ def then_sum_of(function: RecordFunction, **kwargs: Any):
     return _PartialConstructor(lambda d, m: make_sum_of(d, m, function, **kwargs))
 
 
-def _norm_up(values: list[float], p: float) -> float:
-    """Upper bound on the p-norm (p = 1 or 2) of non-negative numbers, rounded up."""
-    if p == 1.0:
-        return round_up(sum((Fraction(v) for v in values), Fraction(0)))
-    square = round_up(sum((Fraction(v) ** 2 for v in values), Fraction(0)))
-    root = math.sqrt(square)
-    return root if Fraction(root) ** 2 >= Fraction(square) else math.nextafter(root, math.inf)
-
-
 def make_sum_of_vector(input_domain: Any, input_metric: Any, functions: list[RecordFunction], norm: Any = 2, *,
-                       size_limit: int = DEFAULT_SIZE_LIMIT):
+                       size_limit: int | None = None, backend: str = "auto"):
     """Transformation: frame -> ``(sum_i f_1(x_i), ..., sum_i f_k(x_i))`` in the l1 or l2 distance.
 
     Each coordinate is computed as in :func:`make_sum_of` and changes by at most
     its own stability ``s_j(d_in)``, so the vector changes by at most
     ``||(s_j(d_in))_j||_p`` (rounded up). Under add/remove this is
-    ``d_in * ||(max|f_j|)_j||_p`` plus the relaxations.
+    ``d_in * ||(max|f_j|)_j||_p`` plus the relaxations. ``size_limit``, if given,
+    must equal the domain's.
     """
     import opendp.prelude as dp
 
@@ -206,14 +217,16 @@ def make_sum_of_vector(input_domain: Any, input_metric: Any, functions: list[Rec
         raise DeclarationError("a vector of sums is released in the l1 (Laplace) or l2 (Gaussian) distance")
     if not functions:
         raise DeclarationError("give at least one function")
-    plans = [_SumPlan(input_domain, input_metric, f, size_limit, None, None) for f in functions]
+    _domain_size_limit(input_domain, size_limit)
+    plans = [_SumPlan(input_domain, input_metric, f, None, None, backend) for f in functions]
 
     def apply(frame: Any) -> list[float]:
         columns = plans[0].inputs(frame)  # all plans share the schema: prepare once
         return [plan.total(columns) for plan in plans]
 
     def stability(d_in: Any) -> float:
-        return _norm_up([plan.stability(d_in) for plan in plans], p)
+        coordinates = [plan.stability(d_in) for plan in plans]
+        return sum_up(coordinates) if p == 1.0 else norm2_up(coordinates)
 
     metric = dp.l1_distance(T=float) if p == 1.0 else dp.l2_distance(T=float)
     out_domain = dp.vector_domain(dp.atom_domain(T=float, nan=False), size=len(plans))

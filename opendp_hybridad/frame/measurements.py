@@ -5,6 +5,18 @@
 scale to the certified sensitivity at ``d_in``, and return an
 :class:`~opendp_hybridad.accounting.AccountedMeasurement` that states the scale
 and reports its dp-accounting event. Noise is always drawn by OpenDP.
+
+Every limit a release relies on is part of its frame domain
+(:class:`~opendp_hybridad.frame.domain.FrameDomain`): ``size_limit`` (the most rows)
+and, for a mean with a public record count, ``size`` (the exact number of records
+kept after the missing-value policies). A frame that breaks one is not a member
+and is refused before any private computation; no member makes a release fail.
+
+A public ``size`` counts *kept* records: with a field whose policy is ``"drop"``,
+"the number of complete records is ``n``" is the public fact, and the domain is
+the frames with exactly ``n`` complete records. Two neighbours in it differ in
+complete records only in pairs (a complete record replaced by another), so a
+replacement never turns into a removal.
 """
 
 from __future__ import annotations
@@ -15,20 +27,41 @@ from typing import Any
 import numpy as np
 
 from opendp_hybridad.accounting import AccountedMeasurement
-from opendp_hybridad.analysis.rounding import div_up
+from opendp_hybridad.analysis.rounding import (
+    TINY,
+    UNIT_ROUNDOFF,
+    add_down,
+    add_up,
+    div_up,
+    mul_down,
+    mul_up,
+    round_down,
+    round_up,
+    sqrt_down,
+)
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.frame.aggregate import DEFAULT_SIZE_LIMIT, make_sum_of, make_sum_of_vector
-from opendp_hybridad.frame.domain import SchemaMismatchError, make_frame_domain, prepare_frame, schema_of
-from opendp_hybridad.frame.relations import parse_relation
+from opendp_hybridad.frame.aggregate import _domain_size_limit, _SumPlan, make_sum_of, make_sum_of_vector
+from opendp_hybridad.frame.domain import DEFAULT_SIZE_LIMIT, as_frame_domain, make_frame_domain, prepare_frame
+from opendp_hybridad.relations import ADD_REMOVE, REPLACE_ONE, FeatureLevel, Relation, relation_of
 from opendp_hybridad.symbolic.function import RecordFunction
 from opendp_hybridad.symbolic.schema import Schema
 
 
-def _space(domain_or_schema: Any, metric: Any) -> tuple[Any, Any]:
+def _space(domain_or_schema: Any, metric: Any, size_limit: int | None = None, size: int | None = None) -> tuple[Any, Any]:
+    """The frame domain (built from a Schema, or checked against the limits asked for) and the metric."""
     import opendp.prelude as dp
 
     dp.enable_features("contrib", "honest-but-curious")
-    domain = make_frame_domain(domain_or_schema) if isinstance(domain_or_schema, Schema) else domain_or_schema
+    if isinstance(domain_or_schema, Schema):
+        domain = make_frame_domain(domain_or_schema, size_limit=DEFAULT_SIZE_LIMIT if size_limit is None else size_limit,
+                                   size=size)
+    else:
+        domain = domain_or_schema
+        spec = as_frame_domain(domain)
+        _domain_size_limit(domain, size_limit)
+        if size is not None and spec.size != size:
+            raise DeclarationError("the public size is part of the frame domain: declare it with "
+                                   "make_frame_domain(schema, size=n), or pass the schema instead of a domain")
     return domain, (metric if metric is not None else dp.symmetric_distance())
 
 
@@ -37,62 +70,72 @@ def make_count_of(input_domain: Any, input_metric: Any):
 
     Stability ``d_in`` under symmetric distance (each record added or removed
     changes the count by at most 1); 0 under change-one when no field drops records,
-    else ``d_in``.
+    else ``d_in``; 0 when the domain fixes the kept ``size``.
     """
     import opendp.prelude as dp
 
-    schema = schema_of(input_domain)
-    relation = parse_relation(input_metric)
-    drops = any(f.missing == "drop" for f in schema.fields.values())
-    if relation.kind == "feature":
+    spec = as_frame_domain(input_domain)
+    relation = relation_of(input_metric)
+    if isinstance(relation, FeatureLevel):
         raise DeclarationError("a count does not change under the feature-level relation; there is nothing to privatise")
+    constant = spec.size is not None or (relation == REPLACE_ONE and not spec.drops_records)
 
     def stability(d_in: Any) -> float:
-        if relation.kind == "change_one" and not drops:
-            return 0.0
-        return float(int(d_in))
+        d = int(d_in)
+        if d < 0:
+            raise ValueError("d_in must be non-negative")
+        return 0.0 if constant else round_up(d)
 
     def apply(frame: Any) -> float:
-        return float(prepare_frame(frame, schema).rows)
+        return float(prepare_frame(frame, spec).rows)
 
     return dp.t.make_user_transformation(input_domain, input_metric, dp.atom_domain(T=float, nan=False),
                                          dp.absolute_distance(T=float), apply, stability)
 
 
-def make_mean_of(input_domain: Any, input_metric: Any, function: RecordFunction, size: int, **kwargs: Any):
+def make_mean_of(input_domain: Any, input_metric: Any, function: RecordFunction, size: int | None = None, **kwargs: Any):
     """Transformation: frame with exactly ``size`` kept records -> mean of f (a float).
 
-    The record count is public: a frame with another number of kept records is not
-    a member of the domain. Under symmetric distance neighbours of equal size
-    differ by replacements (``d_in = 2`` per replacement, OpenDP's convention), so
-    the stability is that of the sum under change-one at ``d_in // 2``, divided by
-    ``size`` and rounded up.
+    The record count is public and part of the domain: ``make_frame_domain(schema,
+    size=n)`` (a ``size`` given here must equal the domain's). A frame with another
+    number of kept records is not a member and is refused before any value is
+    computed. Under symmetric distance neighbours with the same kept count differ by
+    replacements of kept records (``d_in = 2`` per replacement, OpenDP's convention),
+    so the stability is that of the sum under change-one at ``d_in // 2``, divided by
+    ``size``, plus the float division's rounding, all rounded up. ``kwargs``:
+    ``range_certificate``, ``lipschitz_certificate``, ``backend``, ``size_limit`` (as
+    for :func:`make_sum_of`).
     """
     import opendp.prelude as dp
 
+    spec = as_frame_domain(input_domain)
+    if spec.size is None:
+        raise DeclarationError("a mean with a public record count needs a domain that fixes it: make_frame_domain(schema, size=n)")
+    if size is not None and size != spec.size:
+        raise DeclarationError(f"size {size} differs from the domain's size {spec.size}")
+    size = spec.size
     if size < 1:
         raise DeclarationError("size must be a positive number of records")
-    schema = schema_of(input_domain)
-    relation = parse_relation(input_metric)
-    if relation.kind == "symmetric":
-        inner = make_sum_of(input_domain, dp.change_one_distance(), function, **kwargs)
-        halve = True
-    else:
-        inner = make_sum_of(input_domain, input_metric, function, **kwargs)
-        halve = False
-
-    max_abs = max(abs(function.range().lower), abs(function.range().upper))
-    # the float division by size is rounded to nearest: at most u * max|f| per dataset
-    division_error = math.nextafter(2 * 2.0**-52 * max_abs, math.inf)
+    _domain_size_limit(input_domain, kwargs.pop("size_limit", None))
+    unknown = set(kwargs) - {"range_certificate", "lipschitz_certificate", "backend"}
+    if unknown:
+        raise DeclarationError(f"unexpected arguments: {', '.join(sorted(unknown))}")
+    relation = relation_of(input_metric)
+    halve = relation == ADD_REMOVE
+    plan = _SumPlan(input_domain, REPLACE_ONE.metric() if halve else input_metric, function,
+                    kwargs.get("range_certificate"), kwargs.get("lipschitz_certificate"), kwargs.get("backend", "auto"))
+    max_abs = max(abs(plan.lower), abs(plan.upper))
+    # the float division by size is rounded to nearest: at most u |s / size| <= 2u max|f| per
+    # dataset (|s| exceeds size max|f| only by the tiny summation error), plus an underflow
+    divisor = round_down(size)
+    division_error = add_up(mul_up(2 * (2 * UNIT_ROUNDOFF), max_abs), 2 * TINY)
 
     def stability(d_in: Any) -> float:
         d = int(d_in) // 2 if halve else d_in
-        return math.nextafter(div_up(inner.map(d), float(size)) + division_error, math.inf)
+        return add_up(div_up(plan.stability(d), divisor), division_error)
 
     def apply(frame: Any) -> float:
-        if prepare_frame(frame, schema).rows != size:
-            raise SchemaMismatchError(f"the domain has exactly {size} records after the missing-value policies")
-        return inner(frame) / size
+        return plan.total(plan.inputs(frame)) / size  # membership (size included) is checked first
 
     return dp.t.make_user_transformation(input_domain, input_metric, dp.atom_domain(T=float, nan=False),
                                          dp.absolute_distance(T=float), apply, stability)
@@ -105,14 +148,14 @@ def then_count_of():
     return _PartialConstructor(make_count_of)
 
 
-def then_mean_of(function: RecordFunction, size: int, **kwargs: Any):
+def then_mean_of(function: RecordFunction, size: int | None = None, **kwargs: Any):
     """Partial form of :func:`make_mean_of`."""
     from opendp.mod import _PartialConstructor
 
     return _PartialConstructor(lambda d, m: make_mean_of(d, m, function, size, **kwargs))
 
 
-def _calibrate(transformation: Any, d_in: Any, epsilon: float | None, rho: float | None, relation: str) -> AccountedMeasurement:
+def _calibrate(transformation: Any, d_in: Any, epsilon: float | None, rho: float | None, relation: Relation) -> AccountedMeasurement:
     """Chain OpenDP's Laplace (epsilon) or Gaussian (rho) mechanism at the smallest scale that meets the target."""
     import opendp.prelude as dp
 
@@ -129,8 +172,7 @@ def _calibrate(transformation: Any, d_in: Any, epsilon: float | None, rho: float
     elif mechanism == "laplace":
         scale = div_up(sensitivity, target)
     else:
-        scale = div_up(sensitivity, math.sqrt(2.0 * target))
-        scale = math.nextafter(scale, math.inf)  # the square root is rounded to nearest
+        scale = div_up(sensitivity, sqrt_down(2.0 * target))  # sigma = Delta / sqrt(2 rho)
     measurement = transformation >> then(scale)
     # OpenDP's own map is the authority: widen the scale until it agrees with the target
     for _ in range(64):
@@ -143,40 +185,43 @@ def _calibrate(transformation: Any, d_in: Any, epsilon: float | None, rho: float
     return AccountedMeasurement(measurement, d_in, mechanism, scale, sensitivity, relation)
 
 
-def _relation_name(metric: Any) -> str:
-    return parse_relation(metric).dp_accounting_name
-
-
 def make_private_sum(domain_or_schema: Any, function: RecordFunction, metric: Any = None, *, epsilon: float | None = None,
-                     rho: float | None = None, d_in: Any = 1, size_limit: int = DEFAULT_SIZE_LIMIT,
+                     rho: float | None = None, d_in: Any = 1, size_limit: int | None = None,
                      backend: str = "auto") -> AccountedMeasurement:
-    """``sum_i f(x_i)`` plus OpenDP noise calibrated to the certified sensitivity at ``d_in``."""
-    domain, metric = _space(domain_or_schema, metric)
-    t = make_sum_of(domain, metric, function, size_limit=size_limit, backend=backend)
-    return _calibrate(t, d_in, epsilon, rho, _relation_name(metric))
+    """``sum_i f(x_i)`` plus OpenDP noise calibrated to the certified sensitivity at ``d_in``.
+
+    ``size_limit`` builds the domain from a Schema (default 2^32); with a domain it must equal the domain's.
+    """
+    domain, metric = _space(domain_or_schema, metric, size_limit)
+    t = make_sum_of(domain, metric, function, backend=backend)
+    return _calibrate(t, d_in, epsilon, rho, relation_of(metric))
 
 
 def make_private_sum_vector(domain_or_schema: Any, functions: list[RecordFunction], metric: Any = None, *,
                             epsilon: float | None = None, rho: float | None = None, d_in: Any = 1,
-                            size_limit: int = DEFAULT_SIZE_LIMIT) -> AccountedMeasurement:
+                            size_limit: int | None = None) -> AccountedMeasurement:
     """Several sums at once: Laplace in the l1 distance for epsilon, Gaussian in l2 for rho."""
-    domain, metric = _space(domain_or_schema, metric)
-    t = make_sum_of_vector(domain, metric, functions, 1 if epsilon is not None else 2, size_limit=size_limit)
-    return _calibrate(t, d_in, epsilon, rho, _relation_name(metric))
+    domain, metric = _space(domain_or_schema, metric, size_limit)
+    t = make_sum_of_vector(domain, metric, functions, 1 if epsilon is not None else 2)
+    return _calibrate(t, d_in, epsilon, rho, relation_of(metric))
 
 
 def make_private_count(domain_or_schema: Any, metric: Any = None, *, epsilon: float | None = None,
-                       rho: float | None = None, d_in: Any = 1) -> AccountedMeasurement:
+                       rho: float | None = None, d_in: Any = 1, size_limit: int | None = None) -> AccountedMeasurement:
     """Number of kept records plus OpenDP noise."""
-    domain, metric = _space(domain_or_schema, metric)
-    return _calibrate(make_count_of(domain, metric), d_in, epsilon, rho, _relation_name(metric))
+    domain, metric = _space(domain_or_schema, metric, size_limit)
+    return _calibrate(make_count_of(domain, metric), d_in, epsilon, rho, relation_of(metric))
 
 
 def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: Any = None, *, size: int | None = None,
                       epsilon: float | None = None, rho: float | None = None, d_in: Any = 1,
-                      count_share: float = 0.5, size_limit: int = DEFAULT_SIZE_LIMIT):
+                      count_share: float = 0.5, size_limit: int | None = None):
     """Mean of f: with a public ``size``, or (``size=None``) a private sum over a private count.
 
+    A public ``size`` is the number of records kept after the missing-value
+    policies, and is part of the domain: given a Schema, the domain is built with
+    it; given a domain, the domain must fix the same ``size`` (or pass
+    ``size=None`` with a domain from ``make_frame_domain(schema, size=n)`` to use its size).
     With a private count the budget is split (``count_share`` to the count), both
     are released by one ``dp.c.make_composition`` and the mean is post-processed as
     ``sum / max(count, 1)``, clamped to the certified range of f. The result is an
@@ -185,19 +230,23 @@ def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: A
     """
     import opendp.prelude as dp
 
-    domain, metric = _space(domain_or_schema, metric)
-    if size is not None:
-        t = make_mean_of(domain, metric, function, size, size_limit=size_limit)
-        return _calibrate(t, d_in, epsilon, rho, _relation_name(metric))
+    fixed = size is not None or (not isinstance(domain_or_schema, Schema) and as_frame_domain(domain_or_schema).size is not None)
+    if fixed:
+        domain, metric = _space(domain_or_schema, metric, size_limit, size)
+        t = make_mean_of(domain, metric, function)
+        return _calibrate(t, d_in, epsilon, rho, relation_of(metric))
+    domain, metric = _space(domain_or_schema, metric, size_limit)
     if not 0 < count_share < 1:
         raise DeclarationError("count_share must lie strictly between 0 and 1")
     budget = epsilon if epsilon is not None else rho
-    share = {"epsilon": None, "rho": None}
+    if (epsilon is None) == (rho is None):
+        raise DeclarationError("give exactly one of epsilon (Laplace, pure DP) or rho (Gaussian, zCDP)")
+    # the two shares, rounded down, add up to at most the budget in exact arithmetic
+    count_budget = mul_down(float(budget), count_share)
+    sum_budget = add_down(float(budget), -count_budget)
     key = "epsilon" if epsilon is not None else "rho"
-    share[key] = budget * (1 - count_share)
-    total = make_private_sum(domain, function, metric, d_in=d_in, size_limit=size_limit, **share)
-    share[key] = budget * count_share
-    count = make_private_count(domain, metric, d_in=d_in, **share)
+    total = make_private_sum(domain, function, metric, d_in=d_in, **{key: sum_budget})
+    count = make_private_count(domain, metric, d_in=d_in, **{key: count_budget})
     rng = function.range()
     composed = dp.c.make_composition([total.measurement, count.measurement])
     lower, upper = rng.lower, rng.upper

@@ -105,7 +105,9 @@ class RecordFunction:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """A stable hash of the expression and its box, used as the compile-cache key."""
+        """SHA-256 of the canonical expression (``sympy.srepr``) and of the schema's field names,
+        bounds and missing-value policies: the compile-cache key, and the ``subject`` stamped on
+        every certificate this function returns (consumers check it)."""
         import hashlib
 
         text = sympy.srepr(self.expr) + "|" + repr([(n, f.lower, f.upper, f.missing, f.impute) for n, f in self.schema.fields.items()])
@@ -177,7 +179,7 @@ class RecordFunction:
 
         key = ("range", tolerance, time_budget)
         if key not in self._certificates:
-            self._certificates[key] = certify_range(self, tolerance=tolerance, time_budget=time_budget)
+            self._certificates[key] = self._stamp(certify_range(self, tolerance=tolerance, time_budget=time_budget))
         return self._certificates[key]
 
     def lipschitz(self, norm: Any = 2, tolerance: float = 1e-3, time_budget: float = 2.0) -> BoundCertificate:
@@ -186,14 +188,22 @@ class RecordFunction:
 
         key = ("lipschitz", normalise_norm(norm), tolerance, time_budget)
         if key not in self._certificates:
-            self._certificates[key] = certify_lipschitz(self, norm=key[1], tolerance=tolerance, time_budget=time_budget)
+            cert = certify_lipschitz(self, norm=key[1], tolerance=tolerance, time_budget=time_budget)
+            self._certificates[key] = self._stamp(cert, kind="gradient_norm")
         return self._certificates[key]
 
     def partial_bounds(self, tolerance: float = 1e-3, time_budget: float = 1.0) -> dict[str, BoundCertificate]:
         """Certified ``sup |df/dx_j|`` per field: the sensitivity to each feature alone."""
         from opendp_hybridad.analysis.certify import certify_partial
 
-        return {n: certify_partial(self, j, tolerance=tolerance, time_budget=time_budget) for j, n in enumerate(self.names)}
+        return {n: self._stamp(certify_partial(self, j, tolerance=tolerance, time_budget=time_budget), kind=f"partial:{n}")
+                for j, n in enumerate(self.names)}
+
+    def _stamp(self, certificate: Any, **what: Any) -> Any:
+        """The certificate with what it certifies: this function's fingerprint (and the quantity)."""
+        import dataclasses
+
+        return dataclasses.replace(certificate, subject=self.fingerprint, **what)
 
     def analyse(self, norm: Any = 2, tolerance: float = 1e-3, time_budget: float = 2.0) -> Analysis:
         """Range, Lipschitz bound and per-field partial bounds together."""
