@@ -8,7 +8,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-from opendp_hybridad.errors import HybridADError, NotLipschitzError
+from opendp_hybridad.errors import DeclarationError, HybridADError, NotLipschitzError
 
 
 def _parse_bound(text: str) -> tuple[str, float, float]:
@@ -41,7 +41,16 @@ def _analyse(args: argparse.Namespace) -> int:
             raise HybridADError(f"field {name!r} is bounded twice")
         fields[name] = Field(lo, hi)
     schema = Schema(fields)
-    fn = RecordFunction(args.expression, schema)
+    try:
+        # the text is parsed from a whitelist (opendp_hybridad.symbolic.parse), never evaluated
+        fn = RecordFunction(args.expression, schema)
+    except HybridADError:
+        raise
+    except (RecursionError, MemoryError):
+        raise DeclarationError("the expression is too large to declare") from None
+    except Exception as exc:  # an accepted expression the later stages cannot handle: one line, no traceback
+        detail = " ".join(str(exc).split())[:200]
+        raise DeclarationError(f"the expression could not be declared ({type(exc).__name__}: {detail})") from None
     try:
         analysis = fn.analyse(norm=args.norm, tolerance=args.tolerance, time_budget=args.time_budget)
     except NotLipschitzError as exc:

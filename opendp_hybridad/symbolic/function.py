@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import sympy
 
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.symbolic.functions import NAMESPACE, canonical
+from opendp_hybridad.symbolic.functions import canonical, to_sympy
+from opendp_hybridad.symbolic.parse import parse_expression
 from opendp_hybridad.symbolic.schema import Schema
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,13 +47,14 @@ def dual_norm(p: float) -> float:
 
 
 def parse(text: str, schema: Schema) -> sympy.Expr:
-    """Parse an expression in sympy syntax over the schema's fields."""
-    names: dict[str, Any] = dict(NAMESPACE)
-    names.update(schema.symbol_map)
-    try:
-        return sympy.sympify(text, locals=names)
-    except (sympy.SympifyError, SyntaxError, TypeError) as exc:
-        raise DeclarationError(f"could not parse expression {text!r}: {exc}") from None
+    """Parse an expression over the schema's fields, without evaluating any of it as Python.
+
+    Arithmetic, comparisons (inside ``where``), the constants ``pi`` and ``E`` and
+    the functions of :data:`~opendp_hybridad.symbolic.functions.NAMESPACE` only;
+    see :mod:`opendp_hybridad.symbolic.parse` for the whitelist and the caps.
+    Anything else raises a one-line :class:`DeclarationError`.
+    """
+    return parse_expression(text, schema)
 
 
 class RecordFunction:
@@ -64,9 +66,9 @@ class RecordFunction:
     """
 
     def __init__(self, expression: Any, schema: Schema, name: str | None = None):
-        if isinstance(expression, str):
-            expression = parse(expression, schema)
-        expr = sympy.sympify(expression)
+        # text (str subclasses too) only ever goes through the parser; anything else through
+        # to_sympy, never sympy.sympify's string path (which runs Python)
+        expr = parse(expression, schema) if isinstance(expression, str) else to_sympy(expression, "a record function's expression")
         if not isinstance(expr, sympy.Expr):
             raise DeclarationError("a record function must be a number-valued expression, not a condition")
         missing = sorted(str(s) for s in expr.free_symbols if str(s) not in schema)

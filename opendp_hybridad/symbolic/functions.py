@@ -8,15 +8,52 @@ use its monotonicity.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import sympy
+
+from opendp_hybridad.errors import DeclarationError
+
+
+def to_sympy(value: Any, what: str = "a value") -> sympy.Basic:
+    """``value`` as a sympy object: a sympy object, a real number, or anything with ``_sympy_``; never text.
+
+    ``sympy.sympify`` of a string (or of an object it can only turn into a string)
+    runs Python, so text is refused here; text expressions go through
+    :func:`opendp_hybridad.parse`, which builds them without evaluating anything.
+    """
+    if isinstance(value, sympy.Basic):
+        return value
+    if isinstance(value, (str, bytes, bytearray, memoryview)):  # str subclasses (numpy.str_ too) included
+        raise DeclarationError(
+            f"{what} is text ({type(value).__name__}); text is accepted only as a whole expression, "
+            "by RecordFunction(text, schema) or opendp_hybridad.parse"
+        )
+    if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):
+        raise DeclarationError(f"{what} is a complex number; expressions are real-valued")
+    try:
+        # strict: numbers, numpy scalars and objects with _sympy_ only, never the string fallback
+        out = sympy.sympify(value, strict=True)
+    except (sympy.SympifyError, TypeError, ValueError):
+        raise DeclarationError(f"{what} cannot be used in an expression (it is a {type(value).__name__})") from None
+    if not isinstance(out, sympy.Basic):
+        raise DeclarationError(f"{what} cannot be used in an expression (it is a {type(value).__name__})")
+    return out
+
+
+def _args(name: str, args: tuple[Any, ...]) -> list[sympy.Basic]:
+    return [to_sympy(a, f"an argument of {name}") for a in args]
 
 
 class sigmoid(sympy.Function):  # noqa: N801 - lower case like sympy's own functions
     """The logistic function ``1 / (1 + exp(-x))``."""
 
     nargs = 1
+
+    def __new__(cls, *args: Any, **options: Any) -> Any:
+        # sympy.Function would sympify a string argument (running it as Python)
+        return super().__new__(cls, *_args(cls.__name__, args), **options)
 
     def fdiff(self, argindex: int = 1) -> sympy.Expr:
         s = sigmoid(self.args[0])
@@ -48,6 +85,9 @@ class softplus(sympy.Function):  # noqa: N801
 
     nargs = 1
 
+    def __new__(cls, *args: Any, **options: Any) -> Any:
+        return super().__new__(cls, *_args(cls.__name__, args), **options)
+
     def fdiff(self, argindex: int = 1) -> sympy.Expr:
         return sigmoid(self.args[0])
 
@@ -76,13 +116,43 @@ def canonical(expr: sympy.Expr) -> sympy.Expr:
     return expr.replace(1 / (1 + sympy.exp(u)), sigmoid(-u))
 
 
-exp = sympy.exp
-log = sympy.log
-sqrt = sympy.sqrt
-tanh = sympy.tanh
-Abs = sympy.Abs
-minimum = sympy.Min
-maximum = sympy.Max
+# The elementary functions, with their arguments converted by to_sympy: sympy's own
+# would sympify a string argument. They return sympy's objects (sympy.exp, ...).
+def exp(x: Any) -> sympy.Expr:
+    """``e**x`` (sympy.exp)."""
+    return sympy.exp(to_sympy(x, "the argument of exp"))
+
+
+def log(x: Any, base: Any = None) -> sympy.Expr:
+    """The natural logarithm, or the logarithm to ``base`` (sympy.log)."""
+    if base is None:
+        return sympy.log(to_sympy(x, "the argument of log"))
+    return sympy.log(to_sympy(x, "the argument of log"), to_sympy(base, "the base of log"))
+
+
+def sqrt(x: Any) -> sympy.Expr:
+    """The principal square root (sympy.sqrt)."""
+    return sympy.sqrt(to_sympy(x, "the argument of sqrt"))
+
+
+def tanh(x: Any) -> sympy.Expr:
+    """The hyperbolic tangent (sympy.tanh)."""
+    return sympy.tanh(to_sympy(x, "the argument of tanh"))
+
+
+def Abs(x: Any) -> sympy.Expr:
+    """The absolute value (sympy.Abs)."""
+    return sympy.Abs(to_sympy(x, "the argument of Abs"))
+
+
+def minimum(*args: Any) -> sympy.Expr:
+    """The least of the arguments (sympy.Min)."""
+    return sympy.Min(*_args("minimum", args))
+
+
+def maximum(*args: Any) -> sympy.Expr:
+    """The greatest of the arguments (sympy.Max)."""
+    return sympy.Max(*_args("maximum", args))
 
 
 def where(condition: Any, if_true: Any, if_false: Any) -> sympy.Expr:
@@ -92,12 +162,16 @@ def where(condition: Any, if_true: Any, if_false: Any) -> sympy.Expr:
     Lipschitz analysis accepts it only when it can prove the two branches meet
     on the boundary.
     """
-    return sympy.Piecewise((sympy.sympify(if_true), condition), (sympy.sympify(if_false), True))
+    cond = to_sympy(condition, "the condition of where")
+    if not isinstance(cond, sympy.logic.boolalg.Boolean):
+        raise DeclarationError("the condition of where must be a comparison such as x > 0 (or True/False)")
+    return sympy.Piecewise((to_sympy(if_true, "the value of where"), cond), (to_sympy(if_false, "the value of where"), True))
 
 
 def clip(x: Any, lower: Any, upper: Any) -> sympy.Expr:
     """``min(max(x, lower), upper)``."""
-    return sympy.Min(sympy.Max(x, lower), upper)
+    return sympy.Min(sympy.Max(to_sympy(x, "the argument of clip"), to_sympy(lower, "the lower bound of clip")),
+                     to_sympy(upper, "the upper bound of clip"))
 
 
 #: Names a textual expression (CLI, ``parse``) may use.

@@ -18,7 +18,7 @@ import numpy as np
 import sympy
 
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.symbolic.functions import sigmoid, where
+from opendp_hybridad.symbolic.functions import sigmoid, to_sympy, where
 
 
 def _unwrap(value: Any) -> Any:
@@ -26,15 +26,14 @@ def _unwrap(value: Any) -> Any:
         return value.expr
     if isinstance(value, TracedCondition):
         return value.cond
-    if isinstance(value, np.generic):
-        return sympy.sympify(value.item())
-    return value
+    # numbers, numpy scalars, sympy objects; text is refused (sympy.sympify would run it)
+    return to_sympy(value, "an operand of a traced expression")
 
 
 def _wrap(value: Any) -> Any:
     if isinstance(value, (sympy.logic.boolalg.Boolean, sympy.core.relational.Relational)):
         return TracedCondition(value)
-    return Traced(sympy.sympify(value))
+    return Traced(value)
 
 
 _UFUNCS: dict[Any, Callable[..., Any]] = {
@@ -98,7 +97,7 @@ class Traced:
     __array_priority__ = 1000
 
     def __init__(self, expr: Any):
-        self.expr = sympy.sympify(expr)
+        self.expr = to_sympy(expr, "a traced value")
 
     def _sympy_(self) -> sympy.Expr:
         # lets sympy functions (hd.sigmoid, sympy.exp, ...) take traced values directly
@@ -180,7 +179,9 @@ def trace(fn: Callable[..., Any], symbols: dict[str, sympy.Symbol]) -> sympy.Exp
         if unknown:
             raise DeclarationError(f"the traced function takes {', '.join(unknown)}, which the schema does not declare")
         result = fn(**{n: Traced(symbols[n]) for n in names})
+    if isinstance(result, (str, bytes)):
+        raise DeclarationError("the traced function returned text; it must return a number-valued expression")
     expr = _unwrap(result)
-    if isinstance(expr, TracedCondition) or not isinstance(sympy.sympify(expr), sympy.Expr):
+    if not isinstance(expr, sympy.Expr):
         raise DeclarationError("the traced function must return a number-valued expression")
-    return sympy.sympify(expr)
+    return expr
