@@ -1,13 +1,21 @@
 """Outward-rounded interval arithmetic, vectorised over many boxes at once.
 
-Soundness argument (ARCHITECTURE.md decision 3): IEEE-754 round-to-nearest makes
-``+ - * / sqrt`` correctly rounded, so moving a result one ulp outward with
-``nextafter`` gives a bound on the real result. Additions use Knuth's TwoSum to
-round only when the sum was inexact, so exact zeros stay exact (``1 - x`` at
-``x = 1``). Library functions (exp, log, tanh, pow, sigmoid, softplus) are not correctly
-rounded; their results are padded by 2^-46 relative (64 ulp, far beyond the few
-ulp that glibc and numpy document) plus the smallest subnormal, then
-intersected with the function's known range.
+Soundness argument (ARCHITECTURE.md decision 3); the rounding rules and the facts
+they rest on live in :mod:`opendp_hybridad.analysis.rounding`, the one home of
+rounding constants:
+
+* ``+``: IEEE 754 sums are correctly rounded and Knuth's TwoSum gives the exact error,
+  so each end is rounded in its direction only when the sum was inexact (exact zeros
+  stay exact: ``1 - x`` at ``x = 1``). A non-finite TwoSum error (an intermediate
+  overflow) steps anyway.
+* ``* / sqrt x*x``: correctly rounded, so the next float outward (``up_array`` /
+  ``down_array``) bounds the real result; a product with a zero factor is exactly 0,
+  and a product whose real value has a known sign is not moved across 0 (so a product
+  that underflows stays >= 0: ends never leave the set the real values can take).
+* library functions (exp, log, tanh, pow, sigmoid, softplus): padded by
+  ``libm_down_array`` / ``libm_up_array`` (``LIBM_PAD`` relative plus ``TINY``,
+  rounded outward), then intersected with the function's known range.
+* gradual underflow is required and checked (``check_gradual_underflow``).
 
 A box whose enclosure cannot be computed (division by an interval that contains
 0, log of a non-positive interval, overflow, a jump) is flagged in ``bad`` with
@@ -19,10 +27,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from opendp_hybridad.analysis.rounding import (
+    TINY,
+    check_gradual_underflow,
+    down_array,
+    libm_down_array,
+    libm_up_array,
+    up_array,
+)
 from opendp_hybridad.analysis.tape import Tape
-
-_PAD = 2.0**-46
-_TINY = np.nextafter(0.0, 1.0)
 
 #: reasons a node can fail, by op; anything non-finite is an overflow
 REASONS = {
@@ -34,13 +47,9 @@ REASONS = {
 }
 OVERFLOW = "overflow (the enclosure is not finite)"
 
-
-def down(x: np.ndarray) -> np.ndarray:
-    return np.nextafter(x, -np.inf)
-
-
-def up(x: np.ndarray) -> np.ndarray:
-    return np.nextafter(x, np.inf)
+#: the next float above / below, elementwise (the rounding module's; kept under these names for callers)
+up = up_array
+down = down_array
 
 
 def _two_sum_err(a: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -49,43 +58,58 @@ def _two_sum_err(a: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def add(alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lo = alo + blo
-    hi = ahi + bhi
-    lo = np.where(_two_sum_err(alo, blo, lo) < 0, down(lo), lo)
-    hi = np.where(_two_sum_err(ahi, bhi, hi) > 0, up(hi), hi)
+    """``[alo, ahi] + [blo, bhi]``, each end rounded in its direction only when inexact.
+
+    TwoSum (Knuth; Higham 2002 section 4.3) gives ``a + b - fl(a + b)`` exactly when no
+    operation overflows; where its error is not finite, the end is stepped anyway.
+    """
+    with np.errstate(all="ignore"):
+        lo = alo + blo
+        hi = ahi + bhi
+        elo = _two_sum_err(alo, blo, lo)
+        ehi = _two_sum_err(ahi, bhi, hi)
+        lo = np.where((elo < 0) | (np.isfinite(lo) & ~np.isfinite(elo)), down_array(lo), lo)
+        hi = np.where((ehi > 0) | (np.isfinite(hi) & ~np.isfinite(ehi)), up_array(hi), hi)
     return lo, hi
 
 
 def mul(alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[alo, ahi] * [blo, bhi]``: the four corner products, each moved one float outward.
+
+    A product with a zero factor is exactly 0; a product of two nonzero factors of one
+    sign is positive, so its lower end is not moved below 0 (and a negative one's upper
+    end not above 0): an underflowing product keeps its sign.
+    """
     los, his = [], []
-    for x in (alo, ahi):
-        for y in (blo, bhi):
-            p = x * y
-            exact = (x == 0) | (y == 0)
-            los.append(np.where(exact, p, down(p)))
-            his.append(np.where(exact, p, up(p)))
+    with np.errstate(all="ignore"):
+        for x in (alo, ahi):
+            for y in (blo, bhi):
+                p = x * y
+                exact = (x == 0) | (y == 0)
+                positive = ((x > 0) & (y > 0)) | ((x < 0) & (y < 0))
+                negative = ((x > 0) & (y < 0)) | ((x < 0) & (y > 0))
+                lo = np.where(positive, np.maximum(down_array(p), 0.0), down_array(p))
+                hi = np.where(negative, np.minimum(up_array(p), 0.0), up_array(p))
+                los.append(np.where(exact, p, lo))
+                his.append(np.where(exact, p, hi))
     return np.minimum.reduce(los), np.maximum.reduce(his)
 
 
-def pad_lo(y: np.ndarray) -> np.ndarray:
-    return y - (np.abs(y) * _PAD + _TINY)
-
-
-def pad_hi(y: np.ndarray) -> np.ndarray:
-    return y + (np.abs(y) * _PAD + _TINY)
-
-
 def _powi(lo: np.ndarray, hi: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi]^n`` for an integer ``n >= 2``: ``x*x`` correctly rounded, higher powers from libm, padded."""
     if n == 2:
         plo, phi = lo * lo, hi * hi
-        plo_d, phi_d = np.where(lo == 0, 0.0, down(plo)), np.where(hi == 0, 0.0, down(phi))
-        plo_u, phi_u = np.where(lo == 0, 0.0, up(plo)), np.where(hi == 0, 0.0, up(phi))
+        plo_d, phi_d = down_array(plo), down_array(phi)
+        plo_u, phi_u = up_array(plo), up_array(phi)
     else:
         plo, phi = np.power(lo, n), np.power(hi, n)
-        plo_d, phi_d = np.where(lo == 0, 0.0, pad_lo(plo)), np.where(hi == 0, 0.0, pad_lo(phi))
-        plo_u, phi_u = np.where(lo == 0, 0.0, pad_hi(plo)), np.where(hi == 0, 0.0, pad_hi(phi))
+        plo_d, phi_d = libm_down_array(plo), libm_down_array(phi)
+        plo_u, phi_u = libm_up_array(plo), libm_up_array(phi)
+    # x^n is exactly 0 at 0; it keeps the sign of x (odd n) or is >= 0 (even n)
+    plo_d, phi_d = np.where(lo == 0, 0.0, plo_d), np.where(hi == 0, 0.0, phi_d)
+    plo_u, phi_u = np.where(lo == 0, 0.0, plo_u), np.where(hi == 0, 0.0, phi_u)
     if n % 2 == 1:
-        return plo_d, phi_u
+        return np.where(lo > 0, np.maximum(plo_d, 0.0), plo_d), np.where(hi < 0, np.minimum(phi_u, 0.0), phi_u)
     rlo = np.where(lo >= 0, plo_d, np.where(hi <= 0, phi_d, 0.0))
     rhi = np.where(lo >= 0, phi_u, np.where(hi <= 0, plo_u, np.maximum(plo_u, phi_u)))
     return np.maximum(rlo, 0.0), rhi
@@ -104,13 +128,26 @@ class IntervalEvaluator:
     def __init__(self, tape: Tape):
         self.tape = tape
 
-    def evaluate(self, lo: np.ndarray, hi: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    def evaluate(
+        self,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        within: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """Enclose every node over boxes ``[lo[i], hi[i]]`` (arrays of shape (boxes, variables)).
 
         Returns per-node lower ends, upper ends and ``bad`` flags: -1 where the
         node is enclosed, else the index of the first node that could not be
         (its ends are then -inf and inf).
+
+        ``within``: per-node enclosures (arrays broadcastable to ``(boxes,)``, e.g. the
+        node enclosures of a box that contains every one of these boxes, from this
+        evaluator). Each node is intersected with them before it is used: both contain
+        the real value, so the intersection does too, and it never crosses a domain
+        boundary that the containing box respects (a point then fails only where that
+        box failed). An empty intersection would mean an unsound enclosure: raised.
         """
+        check_gradual_underflow()
         nboxes = lo.shape[0]
         L: list[np.ndarray] = []
         H: list[np.ndarray] = []
@@ -126,6 +163,11 @@ class IntervalEvaluator:
                     rlo, rhi, invalid = self._node(node, L, H, lo, hi, nboxes)
                     if invalid is not None:
                         bad = np.where((bad < 0) & invalid, idx, bad)
+                if within is not None:
+                    rlo = np.maximum(rlo, within[0][idx])
+                    rhi = np.minimum(rhi, within[1][idx])
+                    if np.any((bad < 0) & (rlo > rhi)):
+                        raise RuntimeError(f"node {idx} ({self.tape.describe(idx)}): enclosures do not meet")
                 nonfinite = ~(np.isfinite(rlo) & np.isfinite(rhi))
                 bad = np.where((bad < 0) & nonfinite, idx, bad)
                 L.append(np.where(bad < 0, rlo, -np.inf))
@@ -169,21 +211,21 @@ class IntervalEvaluator:
             invalid = (a_lo <= 0) if plo < 0 else (a_lo < 0)
             base_lo = np.maximum(a_lo, 0.0)
             corners = [np.power(b, p) for b in (base_lo, a_hi) for p in (plo, phi)]
-            rlo = pad_lo(np.minimum.reduce(corners))
-            rhi = pad_hi(np.maximum.reduce(corners))
+            rlo = libm_down_array(np.minimum.reduce(corners))
+            rhi = libm_up_array(np.maximum.reduce(corners))
             return np.maximum(rlo, 0.0), rhi, invalid
         if op == "exp":
-            return np.maximum(pad_lo(np.exp(a_lo)), 0.0), pad_hi(np.exp(a_hi)), None
+            return np.maximum(libm_down_array(np.exp(a_lo)), 0.0), libm_up_array(np.exp(a_hi)), None
         if op == "log":
             invalid = a_lo <= 0
-            return pad_lo(np.log(np.maximum(a_lo, _TINY))), pad_hi(np.log(a_hi)), invalid
+            return libm_down_array(np.log(np.maximum(a_lo, TINY))), libm_up_array(np.log(a_hi)), invalid
         if op == "tanh":
-            return np.maximum(pad_lo(np.tanh(a_lo)), -1.0), np.minimum(pad_hi(np.tanh(a_hi)), 1.0), None
+            return np.maximum(libm_down_array(np.tanh(a_lo)), -1.0), np.minimum(libm_up_array(np.tanh(a_hi)), 1.0), None
         if op == "sigmoid":
             s_lo, s_hi = _sigmoid(a_lo), _sigmoid(a_hi)
-            return np.maximum(pad_lo(s_lo), 0.0), np.minimum(pad_hi(s_hi), 1.0), None
+            return np.maximum(libm_down_array(s_lo), 0.0), np.minimum(libm_up_array(s_hi), 1.0), None
         if op == "softplus":
-            return np.maximum(pad_lo(np.logaddexp(0.0, a_lo)), 0.0), pad_hi(np.logaddexp(0.0, a_hi)), None
+            return np.maximum(libm_down_array(np.logaddexp(0.0, a_lo)), 0.0), libm_up_array(np.logaddexp(0.0, a_hi)), None
         if op == "abs":
             rlo = np.where(a_lo >= 0, a_lo, np.where(a_hi <= 0, -a_hi, 0.0))
             rhi = np.maximum(np.abs(a_lo), np.abs(a_hi))
@@ -211,7 +253,8 @@ class IntervalEvaluator:
         if op == "or":
             return np.maximum(a_lo, L[args[1]]), np.maximum(a_hi, H[args[1]]), None
         if op == "not":
-            return 1.0 - a_hi, 1.0 - a_lo, None
+            r = add(np.ones(nboxes), np.ones(nboxes), -a_hi, -a_lo)  # 1 - x, exact for x in {0, 1}
+            return r[0], r[1], None
         raise AssertionError(f"unknown op {op}")
 
     @staticmethod

@@ -14,8 +14,17 @@ Facts the operations rest on (IEEE 754-2008, binary64, round to nearest even):
 * a result can be *exact*; we check exactness (TwoSum for sums, an exact rational
   comparison for products, quotients and square roots) and step only when needed, so
   exact constants stay exact;
-* library functions (exp, log, tanh, ...) are not correctly rounded: their results
-  are padded by :data:`LIBM_PAD` relative plus :data:`TINY` (see :func:`libm_up`);
+* the two floats around a real ``t`` are at most ``max(2u|t|, TINY)`` apart, so a
+  correctly rounded result moved one float outward is within ``4u|t| + 2 TINY`` of
+  ``t`` (Higham 2002, Theorem 2.2 with gradual underflow: ``fl(t) = t(1 + d) + e``,
+  ``|d| <= u``, ``|e| <= TINY/2``; see :func:`ulp_up`);
+* library functions (exp, log, tanh, ...) are not correctly rounded. The one
+  assumption about them (checked against 60-digit mpmath in the tests): a library
+  result ``y`` of a real ``f(x)`` has ``|y - f(x)| <= LIBM_PAD |y| + TINY``; so
+  ``[libm_down(y), libm_up(y)]``, which pads by at least that much, encloses ``f(x)``;
+* gradual underflow: all of the above needs IEEE subnormals; a process whose
+  floating-point unit flushes subnormals to zero (FTZ/DAZ, set by some
+  ``-ffast-math`` libraries) is refused by :func:`check_gradual_underflow`;
 * Higham, *Accuracy and Stability of Numerical Algorithms* (2002), Lemma 3.1 and
   section 3.1: a float sum or dot product of ``n`` terms, in any order, is within
   ``gamma_n sum |terms|`` of the exact one, ``gamma_n = n u / (1 - n u)``.
@@ -172,13 +181,64 @@ def norm2_up(values: Iterable[float]) -> float:
 
 
 def libm_up(y: float) -> float:
-    """An upper bound on the real value of a library function whose float result is ``y``."""
-    return y + (abs(y) * LIBM_PAD + TINY)
+    """An upper bound on the real value of a library function whose float result is ``y``.
+
+    Not below ``y + LIBM_PAD |y| + TINY`` (real): ``d = fl(|y| LIBM_PAD)`` is exact
+    (a power-of-two scaling) or, below the normal range, within ``TINY/2``, so
+    ``e = up(fl(d + 2 TINY)) >= d + 2 TINY >= LIBM_PAD |y| + TINY``, and
+    ``up(fl(y + e)) >= y + e`` (a correctly rounded result moved one float up).
+    """
+    if not math.isfinite(y):
+        return y
+    return up(y + up(abs(y) * LIBM_PAD + 2 * TINY))
 
 
 def libm_down(y: float) -> float:
     """A lower bound on the real value of a library function whose float result is ``y``."""
-    return y - (abs(y) * LIBM_PAD + TINY)
+    return -libm_up(-y)
+
+
+def ulp_up(m: float) -> float:
+    """An upper bound on the gap between the two floats around any real ``t`` with ``|t| <= m``.
+
+    The gap is ``max(2u|t|, TINY)`` at most (IEEE 754 binary64: the spacing in the
+    binade of ``|t| >= 2^-1022`` is ``2^(e-52) <= 2u|t|``, and ``TINY`` below it), so
+    ``2u m + TINY``, rounded up. A directed rounding (TwoSum-checked sum) is within one
+    such gap of the exact result, a round-to-nearest result moved one float outward
+    within two (see the module notes).
+    """
+    if not math.isfinite(m):
+        return math.inf
+    return add_up(mul_up(2 * UNIT_ROUNDOFF, abs(m)), TINY)
+
+
+def libm_error_up(m: float) -> float:
+    """Bound on ``|y - f(x)|`` for a library result ``y`` with ``|y| <= m`` (the padding assumption)."""
+    return add_up(mul_up(abs(m), LIBM_PAD), TINY)
+
+
+def libm_spread_up(m: float) -> float:
+    """Bound on ``libm_up(y) - y`` and ``y - libm_down(y)`` for ``|y| <= m``.
+
+    With ``e`` as in :func:`libm_up`: ``e <= LIBM_PAD |y| (1 + 4u) + 5 TINY``, and the
+    outer step adds at most ``4u |y + e| + 2 TINY``; so ``|y| (LIBM_PAD + 8u) + 8 TINY``
+    (generous: 8u instead of about 4u, 8 TINY instead of 7).
+    """
+    if not math.isfinite(m):
+        return math.inf
+    return add_up(mul_up(abs(m), LIBM_PAD + 8 * UNIT_ROUNDOFF), 8 * TINY)
+
+
+def check_gradual_underflow() -> None:
+    """Refuse to run where numpy flushes subnormals to zero (FTZ/DAZ): every rounding rule needs them."""
+    probe = np.array([2.0**-1022, TINY])
+    with np.errstate(all="ignore"):
+        flushed = probe * np.array([0.25, 2.0])
+    if flushed[0] != 2.0**-1024 or flushed[1] != 2 * TINY:
+        raise RuntimeError(
+            "this process flushes subnormal floats to zero (FTZ/DAZ, often set by a library built with "
+            "-ffast-math); outward rounding is not sound there"
+        )
 
 
 def gamma(n: int) -> float:
@@ -207,13 +267,16 @@ def down_array(x: np.ndarray) -> np.ndarray:
 
 
 def libm_up_array(y: np.ndarray) -> np.ndarray:
-    """Elementwise :func:`libm_up`."""
-    return y + (np.abs(y) * LIBM_PAD + TINY)
+    """Elementwise :func:`libm_up` (same steps; ``inf`` and ``nan`` pass through)."""
+    y = np.asarray(y, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        out = up_array(y + up_array(np.abs(y) * LIBM_PAD + 2 * TINY))
+    return np.where(np.isfinite(y), out, y)
 
 
 def libm_down_array(y: np.ndarray) -> np.ndarray:
     """Elementwise :func:`libm_down`."""
-    return y - (np.abs(y) * LIBM_PAD + TINY)
+    return -libm_up_array(-np.asarray(y, dtype=np.float64))
 
 
 def norm2_up_rows(rows: np.ndarray) -> np.ndarray:
@@ -234,7 +297,7 @@ def norm2_up_rows(rows: np.ndarray) -> np.ndarray:
     squares = np.einsum("ij,ij->i", scaled, scaled)
     # each square and the sum: relative error at most gamma_(n+1); the sqrt halves it,
     # and the sqrt itself is correctly rounded (one more ulp)
-    factor = 1.0 + gamma(n + 2)
+    factor = add_up(1.0, gamma(n + 2))  # 1 + gamma, rounded up (a rounded-to-nearest factor could fall short)
     # scaling a subnormal entry and squaring it below the subnormal range: at most 2 TINY each
     root = up_array(np.sqrt(up_array(up_array(squares * factor) + 3 * n * TINY)))
     # scaling back is exact unless the result is subnormal, where one more step covers it
