@@ -47,13 +47,17 @@ def test_analyse_text_output(capsys):
         (["analyse", "x*z", "-b", "x=0:1"], "z"),
         (["analyse", "x", "-b", "x=1:0"], "empty"),
         (["analyse", "x", "-b", "x=0:inf"], "not finite"),
+        (["analyse", "x.real", "-b", "x=0:1"], "attribute access is not allowed"),
+        (["analyse", "9**9**9", "-b", "x=0:1"], "exponent"),
+        (["analyse", "x +* 1", "-b", "x=0:1"], "could not parse"),
     ],
 )
 def test_errors_go_to_stderr_with_a_nonzero_exit(argv, fragment):
     proc = subprocess.run([sys.executable, "-m", "opendp_hybridad.cli", *argv], capture_output=True, text=True)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert fragment in proc.stderr
     assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
 def test_demo_runs_on_the_bundled_data():

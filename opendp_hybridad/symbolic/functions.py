@@ -36,9 +36,9 @@ def to_sympy(value: Any, what: str = "a value") -> sympy.Basic:
         # strict: numbers, numpy scalars and objects with _sympy_ only, never the string fallback
         out = sympy.sympify(value, strict=True)
     except (sympy.SympifyError, TypeError, ValueError):
-        raise DeclarationError(f"{what} cannot be used in an expression (it is a {type(value).__name__})") from None
+        raise DeclarationError(f"{what}: a {type(value).__name__} is neither a number nor a sympy expression") from None
     if not isinstance(out, sympy.Basic):
-        raise DeclarationError(f"{what} cannot be used in an expression (it is a {type(value).__name__})")
+        raise DeclarationError(f"{what}: a {type(value).__name__} is neither a number nor a sympy expression")
     return out
 
 
