@@ -137,3 +137,38 @@ def test_libm_padding_covers_library_functions():
         y = math.log(abs(x) + 1e-300)
         true = mpmath.log(mpmath.mpf(abs(x) + 1e-300))
         assert mpmath.mpf(rd.libm_down(y)) <= true <= mpmath.mpf(rd.libm_up(y))
+
+
+def test_ulp_up_bounds_the_gap_and_outward_steps_stay_within_two_gaps():
+    """Facts D and N of analysis/float_error.py, on exact products and quotients of awkward floats."""
+    rng = np.random.default_rng(13)
+    xs = _awkward_floats(rng, 40)
+    for a in xs[::2]:
+        for b in xs[1::2]:
+            for op, exact in ((lambda p, q: p * q, Fraction(a) * Fraction(b)),
+                              (lambda p, q: p / q, Fraction(a) / Fraction(b) if b else None)):
+                if exact is None or abs(exact) > Fraction(1.7976931348623157e308):
+                    continue
+                t = abs(exact)
+                gap = Fraction(rd.ulp_up(float(rd.round_up(t))))
+                lo, hi = rd.round_down(exact), rd.round_up(exact)
+                assert Fraction(hi) - Fraction(lo) <= gap  # the two floats around t
+                with np.errstate(all="ignore"):
+                    r = op(a, b)
+                for end in (rd.up(r), rd.down(r)):
+                    if math.isfinite(end):
+                        assert abs(Fraction(end) - exact) <= 2 * gap
+
+
+def test_libm_helpers_and_gradual_underflow():
+    rd.check_gradual_underflow()  # this process keeps subnormals
+    for y in (0.0, 2.0**-1074, 1e-310, 2.0**-976, 1.0, -3.5, 1e300):
+        for v in (y, -y):
+            up_, down_ = rd.libm_up(v), rd.libm_down(v)
+            pad = abs(Fraction(v)) * Fraction(rd.LIBM_PAD) + Fraction(rd.TINY)
+            assert Fraction(up_) >= Fraction(v) + pad and Fraction(down_) <= Fraction(v) - pad
+            spread = Fraction(rd.libm_spread_up(abs(v)))
+            assert Fraction(up_) - Fraction(v) <= spread and Fraction(v) - Fraction(down_) <= spread
+            assert Fraction(rd.libm_error_up(abs(v))) >= pad
+    assert rd.libm_up(math.inf) == math.inf and rd.ulp_up(math.inf) == math.inf
+    assert 2.0**-52 <= rd.ulp_up(1.0) <= 2.0**-51
