@@ -28,7 +28,7 @@ from typing import Any
 import dp_accounting
 from dp_accounting import pld, rdp
 
-from opendp_hybridad.analysis.rounding import div_down, mul_up, sqrt_up
+from opendp_hybridad.analysis.rounding import div_down, div_up, mul_up, sqrt_up
 from opendp_hybridad.errors import HybridADError
 from opendp_hybridad.relations import ADD_REMOVE, Relation, relation_of
 
@@ -191,7 +191,9 @@ def dp_sgd_event(n: int, batch_size: int, noise_multiplier: float, epochs: float
         raise AccountingError("the noise multiplier must be positive")
     steps = dp_sgd_steps(n, batch_size, epochs)
     if sampling == "poisson":
-        step = dp_accounting.PoissonSampledDpEvent(batch_size / n, dp_accounting.GaussianDpEvent(noise_multiplier))
+        # the selection includes each example with probability at most the exact batch_size / n:
+        # account for that ratio rounded up
+        step = dp_accounting.PoissonSampledDpEvent(div_up(batch_size, n), dp_accounting.GaussianDpEvent(noise_multiplier))
         return dp_accounting.SelfComposedDpEvent(step, steps)
     if sampling == "shuffle":
         epochs_run = math.ceil(epochs)
@@ -210,7 +212,7 @@ def dp_sgd_epsilon(n: int, batch_size: int, noise_multiplier: float, epochs: flo
     steps = dp_sgd_steps(n, batch_size, epochs) if sampling == "poisson" else math.ceil(epochs) * (n // batch_size)
     return {"epsilon_rdp": float(rdp_acc.get_epsilon(delta)), "epsilon_pld": float(pld_acc.get_epsilon(delta)),
             "delta": float(delta), "steps": steps, "sampling": sampling,
-            "noise_multiplier": float(noise_multiplier), "sampling_probability": batch_size / n}
+            "noise_multiplier": float(noise_multiplier), "sampling_probability": div_up(batch_size, n)}
 
 
 def dp_sgd_noise_multiplier(target_epsilon: float, delta: float, n: int, batch_size: int, epochs: float,

@@ -88,3 +88,31 @@ def test_prepared_values_always_lie_in_the_box(rows):
         col = prepared.columns[name]
         assert col.shape == (prepared.rows,)
         assert np.all((col >= field.lower) & (col <= field.upper))
+
+
+def test_object_columns_are_members_only_if_every_value_is_a_number():
+    # a string past the first thousand rows, and an integer too large for a float64: not members,
+    # refused by the membership check with an error naming the column (never an OverflowError)
+    late_string = frame(age=[30.0] * 3).iloc[[0] * 1500].reset_index(drop=True)
+    late_string["age"] = late_string["age"].astype(object)
+    late_string.loc[1200, "age"] = "1.5"
+    with pytest.raises(SchemaMismatchError, match="column 'age' has dtype"):
+        check_frame(late_string, schema())
+    huge = frame(weight=pd.Series([70, 10**400, 80], dtype=object))
+    with pytest.raises(SchemaMismatchError, match="column 'weight' has dtype"):
+        check_frame(huge, schema())
+    numbers = frame(weight=pd.Series([70, 80.5, None], dtype=object))
+    check_frame(numbers, schema())
+
+
+def test_size_constraints_are_part_of_membership():
+    dp.enable_features("contrib", "honest-but-curious")
+    limited = make_frame_domain(schema(), size_limit=3)
+    assert limited.member(frame()) and not limited.member(pd.concat([frame(), frame()]))
+    with pytest.raises(SchemaMismatchError, match="size limit 3"):
+        check_frame(pd.concat([frame(), frame()]), limited.descriptor)
+    # an exact size counts the records kept after the missing-value policies
+    kept_two = make_frame_domain(schema(), size=2)
+    assert kept_two.member(frame(age=[30.0, np.nan, 60.0]))
+    assert not kept_two.member(frame())
+    assert str(kept_two) != str(make_frame_domain(schema()))

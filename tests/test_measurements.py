@@ -241,3 +241,45 @@ def test_awkward_but_valid_frames_are_clamped_or_imputed():
     t = make_sum_of(make_frame_domain(SCHEMA), dp.symmetric_distance(), BMI)
     expected = 30 * 40 / 1.75**2 + 40 * 80 / 1.7**2 + 90 * 40 / 2.2**2
     assert t(awkward) == pytest.approx(expected, rel=1e-12)
+
+
+# -- relation objects and rounding in accounting (issue 10) ------------------------------------
+def test_accounted_measurements_hold_relation_objects_and_round_the_multiplier_down():
+    from fractions import Fraction
+
+    from opendp_hybridad.accounting import AccountedMeasurement
+    from opendp_hybridad.relations import ADD_REMOVE, REPLACE_ONE, FeatureLevel
+
+    a = make_private_sum(SCHEMA, BMI, epsilon=0.5)
+    b = make_private_sum(SCHEMA, BMI, dp.change_one_distance(), epsilon=0.5)
+    f = make_private_sum(SCHEMA, BMI, feature_distance(2), epsilon=0.5, d_in=0.01)
+    assert (a.relation, b.relation, f.relation) == (ADD_REMOVE, REPLACE_ONE, FeatureLevel(2))
+    # names (old style) are accepted and become the same objects
+    legacy = AccountedMeasurement(a.measurement, 1, "laplace", a.scale, a.sensitivity, "REPLACE_ONE")
+    assert legacy.relation is REPLACE_ONE
+    assert compose_epsilon([b, legacy], 1e-6)["relation"] == "replace_one"
+    with pytest.raises(AccountingError, match="different neighbouring relations"):
+        compose_epsilon([a, f], 1e-6)
+    for m in (a, b, f):
+        # rounded down: the loss dp-accounting reports from it can only be larger
+        assert Fraction(m.noise_multiplier) <= Fraction(m.scale) / Fraction(m.sensitivity)
+    third = AccountedMeasurement(a.measurement, 1, "laplace", 1.0, 3.0)
+    assert Fraction(third.noise_multiplier) <= Fraction(1, 3)
+
+
+def test_size_limit_and_public_size_live_in_the_domain():
+    domain = make_frame_domain(SCHEMA, size_limit=100)
+    with pytest.raises(hd.DeclarationError, match="size_limit is part of the frame domain"):
+        make_sum_of(domain, dp.symmetric_distance(), BMI, size_limit=1000)
+    assert make_sum_of(domain, dp.symmetric_distance(), BMI, size_limit=100).map(1) < make_sum_of(
+        make_frame_domain(SCHEMA), dp.symmetric_distance(), BMI).map(1)  # a smaller relaxation
+    with pytest.raises(hd.DeclarationError, match="size_limit is part of the frame domain"):
+        make_private_sum(domain, BMI, epsilon=1.0, size_limit=1000)
+    with pytest.raises(hd.DeclarationError, match="needs a domain that fixes it"):
+        make_mean_of(domain, dp.change_one_distance(), BMI)
+    with pytest.raises(hd.DeclarationError, match="public size is part of the frame domain"):
+        make_private_mean(domain, BMI, dp.change_one_distance(), size=10, epsilon=1.0)
+    sized = make_frame_domain(SCHEMA, size_limit=100, size=10)
+    with pytest.raises(hd.DeclarationError, match="differs from the domain's size"):
+        make_mean_of(sized, dp.change_one_distance(), BMI, 11)
+    assert make_private_mean(sized, BMI, dp.change_one_distance(), epsilon=1.0).privacy_loss() <= 1.0
