@@ -1,10 +1,17 @@
 """Batched branch and bound for a certified maximum over a box.
 
 The objective supplies, for a batch of boxes, a proven upper bound on each box
-(``inf`` where it cannot enclose the objective) and a float value at points.
+(``inf`` where it cannot enclose the objective), a proven *lower* bound of the
+objective at each box's centre and at given points (point enclosures), and a
+float value at points (for the local search only).
 The certified answer is the maximum upper bound over *every* box of the final
 partition, so stopping early (tolerance reached, time out, box budget) only
 loosens the bound: it never makes it unsound.
+
+The witness value is the best proven lower bound found, so the stopping rule
+measures the real gap and the safety net (a witness above the bound) fires only
+on a proven violation: float cancellation at a witness (``(x+1)**2 - x**2 - 2x``
+at 1e8 evaluates to 2, not 1) cannot refuse a correct certificate.
 """
 
 from __future__ import annotations
@@ -31,11 +38,14 @@ class BoxBounds:
     upper: np.ndarray          # (boxes,) proven upper bound of the objective on each box
     bad: np.ndarray            # (boxes,) -1, or the tape node that could not be enclosed
     split_score: np.ndarray    # (boxes, variables) how much each direction loosens the bound
+    #: (boxes,) proven lower bound of the objective at each centre ``0.5 * (lo + hi)`` (-inf: none)
+    centre_lower: np.ndarray | None = None
 
 
 class Objective(Protocol):
     def enclose(self, lo: np.ndarray, hi: np.ndarray) -> BoxBounds: ...
-    def value(self, points: np.ndarray) -> np.ndarray: ...
+    def value(self, points: np.ndarray) -> np.ndarray: ...  # float estimate, for the local search
+    def lower_bound(self, points: np.ndarray) -> np.ndarray: ...  # proven (-inf where none)
     def explain(self, bad: int) -> UnboundedError: ...
 
 
@@ -97,8 +107,9 @@ def maximize(
     splittable = root_width > 0
     rng = np.random.default_rng(0)  # witness search only: never privacy noise
 
+    proven = hasattr(objective, "lower_bound")
     points = _initial_points(lo, hi, rng, samples)
-    values = objective.value(points)
+    values = objective.lower_bound(points) if proven else objective.value(points)
     values = np.where(np.isfinite(values), values, -np.inf)
     best = int(np.argmax(values))
     best_value, best_point = float(values[best]), points[best].copy()
@@ -111,7 +122,7 @@ def maximize(
         nonlocal best_value, best_point
         bounds = objective.enclose(blo, bhi)
         centers = 0.5 * (blo + bhi)
-        vals = objective.value(centers)
+        vals = bounds.centre_lower if bounds.centre_lower is not None else objective.value(centers)
         vals = np.where(np.isfinite(vals), vals, -np.inf)
         i = int(np.argmax(vals))
         if vals[i] > best_value:
@@ -164,11 +175,16 @@ def maximize(
 
     if polish and np.isfinite(best_value):
         x, v = _polish(objective, best_point, lo, hi)
+        if proven:  # a float gain elsewhere: prove it (a float value is never kept as the witness)
+            moved = np.isfinite(v) and v > best_value and not np.array_equal(x, best_point)
+            v = float(objective.lower_bound(x[None, :])[0]) if moved else -np.inf
         if np.isfinite(v) and v > best_value:
             best_point, best_value = x, v
-    # safety net: a point that beats the bound by more than float evaluation error
-    # proves the bound wrong; refuse it rather than return it
-    if best_value > upper + max(1e-9 * abs(upper), atol):
+    # safety net: a point that provably beats the bound (its point enclosure lies above
+    # it) proves the bound wrong; refuse it rather than return it. Float-only
+    # objectives keep a margin for evaluation error.
+    margin = 0.0 if proven else max(1e-9 * abs(upper), atol)
+    if best_value > upper + margin:
         raise SoundnessError(
             f"internal check failed: a witness ({best_value!r}) exceeds the certified bound ({upper!r}); "
             "the certificate is refused (please report this expression)"

@@ -3,7 +3,10 @@
 Several outputs (a function, its gradient, its Hessian) are lowered into one
 tape so that common sub-expressions are enclosed once per box. Lowering also
 decides which operations the certified analysis supports: anything else raises
-:class:`UnsupportedExpressionError` at declaration time.
+:class:`UnsupportedExpressionError` at declaration time. Every op it emits is
+classified (smooth, continuous with a kink, or possibly discontinuous) in
+:data:`opendp_hybridad.analysis.smoothness.OP_CLASS`, the one table the mean-value
+form, the continuity proof and Lipschitz certificates consult.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import sympy
 from sympy.core.relational import Relational
 
+from opendp_hybridad.analysis.smoothness import OP_CLASS
 from opendp_hybridad.errors import UnsupportedExpressionError
 from opendp_hybridad.symbolic.functions import sigmoid, softplus
 
@@ -87,6 +91,8 @@ class Tape:
 
     # -- lowering -------------------------------------------------------------
     def _emit(self, key: Any, node: Node) -> int:
+        if node.op not in OP_CLASS:  # every op is classified (smooth / continuous / jump) before it is used
+            raise AssertionError(f"op {node.op!r} has no entry in analysis.smoothness.OP_CLASS")
         # ``key`` shares structurally equal nodes built from different sympy objects;
         # None means the caller's sympy expression is the only key (see ``_lower``).
         if key is not None and key in self._memo:

@@ -1,0 +1,198 @@
+"""Regressions for certificate soundness (issue 10, classes 5 and 8), against mpmath or exact arithmetic.
+
+Each test failed on the code before the fix (checked by running it against the
+previous versions of analysis/certify.py, tape.py, branch_and_bound.py and
+compile/codegen.py).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import mpmath
+import numpy as np
+import pytest
+import sympy as sp
+from test_smoothness import mp_function
+
+import opendp_hybridad as hd
+from opendp_hybridad.compile.kernel import available_backends
+
+mpmath.mp.dps = 80
+
+
+# -- class 5: discontinuities the continuity proof missed ------------------------------------------
+def test_steps_whose_derivatives_cancel_are_not_trusted():
+    # Heaviside(x, 1) + Heaviside(-x, 1) is 2 at 0 and 1 elsewhere; sympy's derivative
+    # DiracDelta(x) - DiracDelta(-x) simplifies to 0, so the mean-value form said
+    # "constant" and K = 0 was certified.
+    s = hd.Schema(x=(-1, 1))
+    (x,) = s.symbols()
+    f = s.function(sp.Heaviside(x, 1) + sp.Heaviside(-x, 1))
+    assert f.gradient()["x"] == 0  # the cancellation is real
+    truth = mp_function(f)
+    assert truth(0.0) == 2 and truth(5e-324) == 1 and truth(-0.5) == 1
+    rng = f.range()
+    assert rng.lower <= 1 and rng.upper >= 2
+    with pytest.raises(hd.NotLipschitzError) as err:
+        f.lipschitz()
+    assert "Heaviside" in err.value.subexpression and err.value.fields == ["x"]
+    # the same with H(0) = 0: a hole at 0
+    g = s.function(sp.Heaviside(x, 0) + sp.Heaviside(-x, 0))
+    rng = g.range()
+    assert rng.lower <= 0 and rng.upper >= 1
+    with pytest.raises(hd.NotLipschitzError):
+        g.lipschitz()
+
+
+def test_a_threshold_below_float_resolution_is_a_jump():
+    # where(x > 1e-20, exp(x), 1): the branches differ at the threshold by exp(1e-20) - 1,
+    # about 1e-20; compared in 53-bit sympy Floats they looked equal and K = e was certified
+    s = hd.Schema(x=(-1, 1))
+    (x,) = s.symbols()
+    f = s.function(hd.where(x > 1e-20, sp.exp(x), 1))
+    truth = mp_function(f)
+    t = 1e-20
+    right, left = math.nextafter(t, 1), t  # the kernel compares against the double 1e-20
+    quotient = (truth(right) - truth(left)) / (mpmath.mpf(right) - mpmath.mpf(left))
+    assert quotient > 1e15  # far above e: no Lipschitz bound of the kind claimed exists
+    with pytest.raises(hd.NotLipschitzError) as err:
+        f.lipschitz()
+    assert err.value.fields == ["x"]
+
+
+def test_a_float_threshold_is_taken_exactly_as_the_double():
+    # 0.1 is the double 0.1000000000000000055...: 10 * that is not 1, so this jumps (by 5.6e-17)
+    s = hd.Schema(x=(-1, 1))
+    (x,) = s.symbols()
+    assert Fraction(0.1) * 10 != 1
+    with pytest.raises(hd.NotLipschitzError):
+        s.function(hd.where(x > 0.1, 10 * x, 1)).lipschitz()
+    # ... while branches that meet exactly at the double are accepted
+    assert s.function(hd.where(x > 0.1, x, 0.1)).lipschitz().upper == pytest.approx(1.0)
+    assert s.function(hd.where(x > 1e-20, x + 1, 1 + sp.Rational(1e-20))).lipschitz().upper == pytest.approx(1.0)
+
+
+# -- class 8: refusals and overflow where a bound exists -----------------------------------------------
+def test_l2_gradient_norm_is_scaled_against_overflow():
+    s = hd.Schema(x=(1e-150, 1))
+    (x,) = s.symbols()
+    f = s.function(1 / x)
+    exact = mpmath.mpf(1) / mpmath.mpf(1e-150) ** 2  # |f'| at the lower end
+    for norm in (1, 2, math.inf):
+        k = f.lipschitz(norm=norm, time_budget=1.0).upper
+        assert exact <= k <= exact * (1 + 1e-9)
+
+
+def test_l2_gradient_norm_is_scaled_against_underflow():
+    s = hd.Schema(x=(-745, -700))
+    (x,) = s.symbols()
+    f = s.function(sp.exp(x))
+    exact = mpmath.exp(-700)
+    for norm in (1, 2, math.inf):
+        k = f.lipschitz(norm=norm, time_budget=1.0).upper
+        assert exact <= k <= exact * (1 + 1e-9), norm  # was 2.2e-162 for the 2-norm
+
+
+def test_l2_norm_of_several_components_is_scaled():
+    s = hd.Schema(x=(1e-150, 1), y=(1e-150, 1))
+    x, y = s.symbols()
+    f = s.function(1 / x + 1 / y)
+    exact = mpmath.sqrt(2) / mpmath.mpf(1e-150) ** 2
+    k = f.lipschitz(norm=2, time_budget=1.0).upper
+    assert exact <= k <= exact * (1 + 1e-9)
+
+
+def test_a_witness_with_cancellation_does_not_refuse_a_correct_range():
+    # (x + 1)^2 - x^2 - 2x is exactly 1; in float it is 0 or 2 at x ~ 1e8, which made the
+    # safety net refuse the (correct) certificate [1, 1]
+    s = hd.Schema(x=(-1e8, 1e8))
+    (x,) = s.symbols()
+    f = s.function((x + 1) ** 2 - x**2 - 2 * x)
+    rng = f.range()
+    assert rng.lower <= 1 <= rng.upper
+    assert rng.upper - rng.lower <= 1e-12
+    # witnesses are proven: f(argmax) >= its value, f(argmin) <= its value
+    truth = mp_function(f)
+    assert truth(rng.argmax.point["x"]) >= rng.argmax.value
+    assert truth(rng.argmin.point["x"]) <= rng.argmin.value
+
+
+def test_witness_values_are_proven_lower_bounds():
+    s = hd.Schema(a=(18, 90), w=(40, 200), h=(1.4, 2.2))
+    a, w, h = s.symbols()
+    f = s.function(a * w / h**2)
+    cert = f.lipschitz()
+    p = cert.witness.point
+    with mpmath.workdps(80):
+        A, W, Hh = (mpmath.mpf(p[k]) for k in ("a", "w", "h"))
+        exact = mpmath.sqrt((W / Hh**2) ** 2 + (A / Hh**2) ** 2 + (2 * A * W / Hh**3) ** 2)
+    assert cert.witness.value <= exact <= cert.upper
+    assert cert.witness.value >= exact * (1 - 1e-12)  # library functions are padded by 2^-46
+
+
+def test_sqrt_at_zero_has_a_range_and_a_clear_lipschitz_refusal():
+    s = hd.Schema(x=(0, 1))
+    (x,) = s.symbols()
+    f = s.function(sp.sqrt(x))
+    rng = f.range()
+    assert rng.lower <= 0 and rng.lower >= -1e-12
+    assert rng.upper >= 1 and rng.upper <= 1 + 1e-12
+    with pytest.raises(hd.UnboundedError) as err:
+        f.lipschitz()
+    assert err.value.subexpression == "sqrt(x)"  # what the user wrote, not 1/sqrt(x)
+    assert err.value.fields == ["x"]
+    assert "Lipschitz" in err.value.reason
+    with pytest.raises(hd.UnboundedError) as err:
+        f.partial_bounds()
+    assert err.value.subexpression == "sqrt(x)"
+    # a fractional power and a compound argument are named the same way
+    s2 = hd.Schema(x=(0, 1), y=(0, 1))
+    x, y = s2.symbols()
+    with pytest.raises(hd.UnboundedError) as err:
+        s2.function(y * (x + y) ** 0.3).lipschitz(time_budget=0.5)
+    assert err.value.subexpression == str((x + y) ** 0.3) and err.value.fields == ["x", "y"]
+    # away from 0 it is certified
+    assert hd.Schema(x=(0.25, 1)).function("sqrt(x)").lipschitz().upper == pytest.approx(1.0, rel=1e-3)
+
+
+# -- the compiled sigmoid -----------------------------------------------------------------------------------
+def _sigmoid_truth(xs: np.ndarray) -> np.ndarray:
+    with mpmath.workdps(60):
+        return np.array([float(1 / (1 + mpmath.exp(-mpmath.mpf(float(v))))) for v in xs])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numexpr"])
+def test_compiled_sigmoid_keeps_relative_accuracy_down_to_subnormals(backend):
+    if backend not in available_backends():
+        pytest.skip("numexpr not installed")
+    s = hd.Schema(x=(-745, 745))
+    (x,) = s.symbols()
+    k = s.function(hd.sigmoid(x)).compile(backend=backend)
+    xs = np.concatenate([np.linspace(-745, 745, 30001), [-745.0, -744.4, -709.9, -709.7, -700.0, -37.0, 0.0, 37.0, 745.0]])
+    got = k.value(x=xs)
+    want = _sigmoid_truth(xs)
+    normal = want >= np.finfo(float).tiny
+    assert np.all(np.abs(got[normal] - want[normal]) <= 4e-16 * want[normal])
+    assert np.all(np.abs(got[~normal] - want[~normal]) <= 2 * 5e-324)  # subnormal: absolute accuracy
+    assert np.all(got > 0)  # the tanh form was 0 below x = -37
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numexpr"])
+def test_compiled_sigmoid_stays_inside_its_certified_range(backend):
+    if backend not in available_backends():
+        pytest.skip("numexpr not installed")
+    s = hd.Schema(x=(-740, -700))
+    (x,) = s.symbols()
+    f = s.function(hd.sigmoid(x) * 2)
+    rng = f.range()
+    assert rng.lower > 0
+    xs = np.linspace(-740, -700, 4001)
+    kernel = f.compile(backend=backend)
+    got = kernel.value(x=xs)
+    assert np.all((got >= rng.lower) & (got <= rng.upper))
+    assert np.array_equal(kernel.value_clamped([xs.copy()], rng.lower, rng.upper), got)
+    # and the gradient kernel (sigmoid (1 - sigmoid)) is positive too
+    grad = kernel.gradient(x=xs)
+    assert np.all(np.asarray(grad) > 0)
