@@ -86,7 +86,10 @@ class _NumexprPrinter(StrPrinter):
         raise NotImplementedError(name)
 
     def _print_sigmoid(self, e: Any) -> str:
-        return f"(0.5*(1.0 + tanh(0.5*({self._print(e.args[0])}))))"
+        # the numpy kernel's _sigmoid: z = exp(-|x|), 1/(1 + z) or z/(1 + z); no underflow
+        # where the value is a normal float (the tanh form is 0 below x = -37)
+        x = self._print(e.args[0])
+        return f"(where(({x}) >= 0, 1.0, exp(-abs({x}))) / (1.0 + exp(-abs({x}))))"
 
     def _print_softplus(self, e: Any) -> str:
         x = self._print(e.args[0])
@@ -176,7 +179,9 @@ from numpy import (exp, log, sqrt, tanh, abs, minimum, maximum, heaviside, sign,
 {extra_imports}
 
 def _sigmoid(x):
-    return 0.5 * (1.0 + tanh(0.5 * x))
+    # exp(-|x|) keeps full relative accuracy for very negative x (0.5 (1 + tanh(x / 2)) is 0 below -37)
+    z = exp(-abs(x))
+    return where(x >= 0, 1.0, z) / (1.0 + z)
 
 
 def _full(value, n):
