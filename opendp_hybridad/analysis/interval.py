@@ -6,8 +6,7 @@ rounding constants:
 
 * ``+``: IEEE 754 sums are correctly rounded and Knuth's TwoSum gives the exact error,
   so each end is rounded in its direction only when the sum was inexact (exact zeros
-  stay exact: ``1 - x`` at ``x = 1``). A non-finite TwoSum error (an intermediate
-  overflow) steps anyway.
+  stay exact: ``1 - x`` at ``x = 1``). A NaN TwoSum error (an overflow) steps anyway.
 * ``* / sqrt x*x``: correctly rounded, so the next float outward (``up_array`` /
   ``down_array``) bounds the real result; a product with a zero factor is exactly 0,
   and a product whose real value has a known sign is not moved across 0 (so a product
@@ -61,38 +60,36 @@ def add(alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray) -> t
     """``[alo, ahi] + [blo, bhi]``, each end rounded in its direction only when inexact.
 
     TwoSum (Knuth; Higham 2002 section 4.3) gives ``a + b - fl(a + b)`` exactly when no
-    operation overflows; where its error is not finite, the end is stepped anyway.
+    operation overflows. An end is kept only when that error shows it is already on
+    the right side (``>= 0`` below, ``<= 0`` above); a NaN error (an overflow somewhere)
+    steps it, which is sound: an overflowed end is infinite, or the next float toward
+    the finite range, past which the real sum lies.
     """
     with np.errstate(all="ignore"):
         lo = alo + blo
         hi = ahi + bhi
-        elo = _two_sum_err(alo, blo, lo)
-        ehi = _two_sum_err(ahi, bhi, hi)
-        lo = np.where((elo < 0) | (np.isfinite(lo) & ~np.isfinite(elo)), down_array(lo), lo)
-        hi = np.where((ehi > 0) | (np.isfinite(hi) & ~np.isfinite(ehi)), up_array(hi), hi)
+        lo = np.where(_two_sum_err(alo, blo, lo) >= 0, lo, down_array(lo))
+        hi = np.where(_two_sum_err(ahi, bhi, hi) <= 0, hi, up_array(hi))
     return lo, hi
 
 
 def mul(alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``[alo, ahi] * [blo, bhi]``: the four corner products, each moved one float outward.
 
-    A product with a zero factor is exactly 0; a product of two nonzero factors of one
-    sign is positive, so its lower end is not moved below 0 (and a negative one's upper
-    end not above 0): an underflowing product keeps its sign.
+    The real sign of each corner product is known exactly (the signs of its factors), so
+    a lower end is not moved below 0 unless the product is negative, nor an upper end
+    above 0 unless it is positive: a product with a zero factor stays exactly 0, and an
+    underflowing product keeps its sign.
     """
-    los, his = [], []
+    alo, ahi, blo, bhi = np.broadcast_arrays(alo, ahi, blo, bhi)
+    x = np.stack((alo, alo, ahi, ahi))
+    y = np.stack((blo, bhi, blo, bhi))
     with np.errstate(all="ignore"):
-        for x in (alo, ahi):
-            for y in (blo, bhi):
-                p = x * y
-                exact = (x == 0) | (y == 0)
-                positive = ((x > 0) & (y > 0)) | ((x < 0) & (y < 0))
-                negative = ((x > 0) & (y < 0)) | ((x < 0) & (y > 0))
-                lo = np.where(positive, np.maximum(down_array(p), 0.0), down_array(p))
-                hi = np.where(negative, np.minimum(up_array(p), 0.0), up_array(p))
-                los.append(np.where(exact, p, lo))
-                his.append(np.where(exact, p, hi))
-    return np.minimum.reduce(los), np.maximum.reduce(his)
+        p = x * y
+        sign = np.sign(x) * np.sign(y)
+        lo = np.maximum(down_array(p), np.where(sign >= 0, 0.0, -np.inf))
+        hi = np.minimum(up_array(p), np.where(sign <= 0, 0.0, np.inf))
+    return lo.min(axis=0), hi.max(axis=0)
 
 
 def _powi(lo: np.ndarray, hi: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
