@@ -274,3 +274,43 @@ def test_point_values_never_fail_inside_a_certified_box():
     assert math.isfinite(point_width_bound(fn))
     cols = [np.array([1e-300, 2.0**-1074, 0.0, 1.0, 0.5]), np.array([1e-300, 0.5, 1.0, 1.0, 1.0 - 2.0**-53])]
     assert not np.isnan(point_values(fn, cols)).any()
+
+
+@pytest.mark.parametrize(
+    ("expr", "box"),
+    [
+        (sp.exp(x) * y, {"x": (700.0, 709.0), "y": (0.5, 1.9)}),  # near exp's overflow
+        (x**3 - y, {"x": (5.0e102, 5.6e102), "y": (-1.0, 1.0)}),  # near x^3's overflow
+        (x * y, {"x": (1e154, 1.3e154), "y": (1e153, 1.3e154)}),  # products near the largest float
+        (1 / x + y, {"x": (2.0**-1022, 1e-300), "y": (0.0, 1.0)}),  # reciprocals near overflow
+        (x * y + x, {"x": (0.0, 2.0**-1000), "y": (0.0, 2.0**-60)}),  # subnormal products
+        (sp.exp(-x) * y, {"x": (700.0, 745.5), "y": (0.25, 1.0)}),  # exp underflowing into subnormals
+        (sp.log(x) + sp.sqrt(y), {"x": (2.0**-1074, 2.0**-1000), "y": (0.0, 2.0**-1070)}),
+        (sp.log(x) * y, {"x": (1.0 - 2.0**-40, 1.0 + 2.0**-40), "y": (-2.0, 3.0)}),  # log near 1
+        (sigmoid(x) + softplus(y) + sp.tanh(x - y), {"x": (-745.0, 40.0), "y": (-800.0, 800.0)}),
+    ],
+)
+def test_point_enclosures_at_overflow_and_underflow_edges(expr, box):
+    check_point_enclosures(expr, box, n=400, seed=7)
+
+
+def test_evaluation_error_covers_pairs_of_midpoints():
+    """Two midpoints differ by at most |f(x) - f(x')| + evaluation_error (checked in exact arithmetic)."""
+    from fractions import Fraction
+
+    from opendp_hybridad.analysis.float_error import evaluation_error
+
+    schema = hd.Schema(x=hd.Field(2.4425158386357304, 4.296403691112697), y=hd.Field(0.5, 2.0))
+    fn = schema.function(sp.Rational(61, 121) * schema.x * schema.y - sp.Rational(1, 3) * schema.y)
+    error = Fraction(evaluation_error(fn))
+    rng = np.random.default_rng(2)
+    pts = np.column_stack([2.4425158386357304 + rng.random(400) * 1.86, 0.5 + rng.random(400) * 1.5])
+    mids = point_values(fn, [pts[:, 0], pts[:, 1]])
+
+    def real(p):
+        return Fraction(61, 121) * Fraction(p[0]) * Fraction(p[1]) - Fraction(1, 3) * Fraction(p[1])
+
+    reals = [real(p) for p in pts.tolist()]
+    for i in range(0, 400, 7):
+        for j in range(1, 400, 11):
+            assert abs(Fraction(mids[i]) - Fraction(mids[j])) <= abs(reals[i] - reals[j]) + error

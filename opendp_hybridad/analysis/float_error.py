@@ -180,10 +180,9 @@ class _Widths:
             return _nearest_ends(exact, rd.add_up(M, exact))
         if op == "recip":
             m = self._mig(a)
-            mm = rd.mul_down(m, m) if m > 0 else 0.0
-            if mm <= 0:
+            if not m > 0:
                 return _INF
-            return _nearest_ends(rd.div_up(Wa, mm), rd.div_up(1.0, m))
+            return _nearest_ends(rd.div_up(rd.div_up(Wa, m), m), rd.div_up(1.0, m))  # W_a / m^2, no underflow of m^2
         if op == "powi":
             return self._powi(a, node.payload)
         if op == "sqrt":
