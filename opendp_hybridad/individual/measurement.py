@@ -1,19 +1,31 @@
 """The individual filter as an OpenDP measurement whose output is an OpenDP queryable.
 
-``make_individual_filter(domain, metric, ...)`` is a measurement from the frame
-domain (add/remove one individual, ``symmetric_distance``) whose function opens an
-:class:`IndividualFilter` on the data and returns ``dp.new_queryable`` over it;
-each query is an :class:`IndividualQuery` (functions and a noise scale).
+``make_individual_filter(domain, metric, ...)`` is a measurement from a frame domain
+whose function opens an :class:`IndividualFilter` on the data and returns
+``dp.new_queryable`` over it; each query is an :class:`IndividualQuery` (functions
+and a noise scale).
+
+**Relation.** Only adding or removing one individual: ``dp.symmetric_distance()``
+when every row is an individual, or :func:`individual_distance` ``(id_column)``
+(all of one individual's rows added or removed) when rows share ids. Row-level
+symmetric distance with an id column is refused: adding one row to a person who
+is already there changes their data, and so possibly their admission, which is
+the replace-one situation (see ``docs/individual.md``). Replace-one and the
+feature-level relation are refused for the same reason.
+
+**Domain.** The frame domain's ``size_limit`` is the one the float allowance is
+computed for; the domain's identifier carries it, and the function checks
+membership before anything is computed. Every member frame is answered (no
+exception depends on the data, see :class:`IndividualFilter`).
 
 Its privacy map states the per-individual guarantee, which holds however many
 queries are asked:
 
 * Rényi form: a ``RenyiDivergence`` curve equal to ``B`` for orders up to ``alpha``
   (Rényi divergence is non-decreasing in the order) and unbounded above it;
-* Gaussian-DP form: ``mu``-GDP implies ``mu^2 / 2``-zCDP (a mu-GDP mechanism is
-  post-processing of a Gaussian with sensitivity 1 and noise 1/mu, whose Rényi
-  curve is ``alpha mu^2 / 2``; Dong, Roth and Su 2022), so the map is in OpenDP's
-  ``ZeroConcentratedDivergence``.
+* Gaussian-DP form: the filter keeps ``sum_t c_t^2 / sigma_t^2 <= mu^2``; OpenDP
+  proves its Gaussian ``c^2 / (2 sigma^2)``-zCDP, so the Rényi filter at every order
+  gives ``mu^2 / 2``-zCDP (``ZeroConcentratedDivergence``), rounded up.
 
 Relation to OpenDP's ``make_privacy_filter``: that filter charges every query its
 worst-case loss for every individual, and stops the whole queryable when the
@@ -28,10 +40,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from opendp_hybridad.analysis.rounding import div_up, mul_up
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.frame.domain import schema_of
-from opendp_hybridad.individual.filter import IndividualFilter
+from opendp_hybridad.frame.domain import as_frame_domain
+from opendp_hybridad.individual.filter import REFUSAL, IndividualFilter, check_relation
 from opendp_hybridad.symbolic.function import RecordFunction
+
+_INDIVIDUAL_PREFIX = "AddRemoveIndividual("
 
 
 @dataclass(frozen=True)
@@ -44,37 +59,81 @@ class IndividualQuery:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+def individual_distance(id_column: str) -> Any:
+    """OpenDP metric: the number of individuals (all rows sharing an id in ``id_column``) added or removed.
+
+    Changing one individual's rows is distance 2 (remove them, add them back changed).
+    """
+    import opendp.prelude as dp
+
+    if not isinstance(id_column, str) or not id_column:
+        raise DeclarationError("id_column must be a column name")
+    return dp.user_distance(f"{_INDIVIDUAL_PREFIX}{id_column})")
+
+
+def _check_metric(input_metric: Any, id_column: str | None) -> None:
+    name = str(input_metric)
+    if id_column is not None:
+        if name == f"{_INDIVIDUAL_PREFIX}{id_column})":
+            return
+        if name.startswith("SymmetricDistance"):
+            raise DeclarationError(
+                "with an id column the filter needs individual_distance(id_column) (whole individuals added or "
+                "removed): under symmetric_distance one added row changes the data of a person who is already "
+                "there, so their admission can differ, as under replace-one (see docs/individual.md)")
+        if name.startswith(_INDIVIDUAL_PREFIX):
+            raise DeclarationError("the metric names another id column than the filter's")
+    elif name.startswith(_INDIVIDUAL_PREFIX):
+        raise DeclarationError("individual_distance needs the filter's id_column")
+    try:
+        check_relation(input_metric)
+    except DeclarationError as exc:
+        if "unsupported neighbouring relation" in str(exc):
+            raise DeclarationError(REFUSAL.format(name=name)) from None
+        raise
+
+
 def make_individual_filter(input_domain: Any, input_metric: Any, *, budget: float, kind: str = "renyi",
-                           alpha: float | None = None, ledger: str = ":memory:", id_column: str | None = None):
+                           alpha: float | None = None, ledger: str = ":memory:", id_column: str | None = None,
+                           max_rows: int = 1024):
     """Measurement: frame -> queryable of noisy sums with per-individual accounting (see module docstring)."""
     import opendp.prelude as dp
 
-    schema = schema_of(input_domain)
-    if not str(input_metric).startswith("SymmetricDistance"):
-        raise DeclarationError("the individual filter is stated for adding or removing one individual (symmetric_distance)")
+    domain = as_frame_domain(input_domain)
+    _check_metric(input_metric, id_column)
+    if not (isinstance(budget, (int, float)) and budget > 0 and math.isfinite(budget)):
+        raise DeclarationError("the per-individual budget must be a positive finite number")
+    budget = float(budget)
+
+    def check_d_in(d_in: Any) -> int:
+        d = int(d_in)
+        if d != d_in or d < 0:
+            raise DeclarationError("d_in counts individuals: a non-negative whole number")
+        if d > 1:
+            raise DeclarationError("the individual guarantee is for one individual (d_in = 1); apply group privacy explicitly")
+        return d
+
     if kind == "renyi":
-        if alpha is None or not alpha > 1:
-            raise DeclarationError("the Renyi filter needs an order alpha > 1")
+        if alpha is None or not (alpha > 1 and math.isfinite(alpha)):
+            raise DeclarationError("the Renyi filter needs a finite order alpha > 1")
         measure = dp.renyi_divergence()
 
         def privacy_map(d_in: Any) -> Any:
-            if int(d_in) > 1:
-                raise DeclarationError("the individual guarantee is for one individual (d_in = 1); apply group privacy explicitly")
-            if int(d_in) == 0:
+            if check_d_in(d_in) == 0:
                 return lambda order: 0.0
-            return lambda order: float(budget) if order <= alpha else math.inf
+            return lambda order: budget if order <= alpha else math.inf
     elif kind == "gdp":
         measure = dp.zero_concentrated_divergence()
+        rho = div_up(mul_up(budget, budget), 2.0)
 
         def privacy_map(d_in: Any) -> Any:
-            if int(d_in) > 1:
-                raise DeclarationError("the individual guarantee is for one individual (d_in = 1); apply group privacy explicitly")
-            return 0.0 if int(d_in) == 0 else math.nextafter(budget * budget / 2.0, math.inf)
+            return 0.0 if check_d_in(d_in) == 0 else rho
     else:
         raise DeclarationError("kind must be 'renyi' or 'gdp'")
 
     def open_filter(frame: Any) -> Any:
-        flt = IndividualFilter(frame, schema, budget=budget, kind=kind, alpha=alpha, ledger=ledger, id_column=id_column)
+        flt = IndividualFilter(frame, domain, budget=budget, kind=kind, alpha=alpha, ledger=ledger,
+                               id_column=id_column, max_rows=max_rows)
 
         def transition(query: Any, _is_internal: bool) -> Any:
             if not isinstance(query, IndividualQuery):
