@@ -64,7 +64,7 @@ def test_an_individual_who_left_changes_no_later_answer(data, person, sequence):
     kw = {"kind": "renyi", "alpha": 4.0, "budget": 0.5, "id_column": "person"}
     with_p = IndividualFilter(df, SCHEMA, **kw)
     without_p = IndividualFilter(without, SCHEMA, **kw)
-    p_hash = with_p.ledger.hash_ids(pd.Series([person]))
+    p_hash = with_p.hashes_of([person])
     left = False
     for q in sequence:
         a = with_p.exact_sum_vector([FUNCTIONS[q]], 0.8)
@@ -74,15 +74,15 @@ def test_an_individual_who_left_changes_no_later_answer(data, person, sequence):
         left = left or bool(with_p.ledger.retired(p_hash)[0])
     # and everyone else was charged exactly the same in both worlds
     others = pd.Series(sorted(set(without.person)))
-    np.testing.assert_array_equal(with_p.ledger.spent(with_p.ledger.hash_ids(others)),
-                                  without_p.ledger.spent(without_p.ledger.hash_ids(others)))
+    np.testing.assert_array_equal(with_p.ledger.spent(with_p.hashes_of(others)),
+                                  without_p.ledger.spent(without_p.hashes_of(others)))
 
 
 def test_charges_follow_each_individuals_own_contribution():
     df = frame([(0.5, 2.0, 0), (0.5, 2.0, 0), (0.0, 1.0, 1), (-1.0, 0.0, 2)])
     flt = IndividualFilter(df, SCHEMA, kind="gdp", budget=10.0, id_column="person")
     flt.exact_sum_vector([FUNCTIONS[0]], 2.0)
-    spent = flt.ledger.spent(flt.ledger.hash_ids(pd.Series([0, 1, 2])))
+    spent = flt.ledger.spent(flt.hashes_of([0, 1, 2]))
     # person 0: (0.5*2 + 0.5*2)^2 / 4 = 1; person 1: 0; person 2: 0 (all up to the float allowance)
     assert spent[0] == pytest.approx(1.0, rel=1e-5)  # plus the float allowance (u * size_limit * max|f|)
     assert spent[1] < 1e-6 and spent[2] < 1e-6
@@ -152,10 +152,11 @@ def test_two_processes_sharing_a_ledger_never_spend_the_same_budget_twice(tmp_pa
 
 
 # -- bad input --------------------------------------------------------------------------------
-def test_missing_ids_are_refused_naming_the_column():
+def test_rows_with_a_missing_id_belong_to_nobody_and_a_missing_id_column_is_refused():
     df = pd.DataFrame({"x": [0.1, 0.2], "y": [1.0, 1.0], "person": [1, None]})
-    with pytest.raises(hd.HybridADError, match="id column 'person' has missing ids"):
-        IndividualFilter(df, SCHEMA, kind="gdp", budget=1.0, id_column="person")
+    flt = IndividualFilter(df, SCHEMA, kind="gdp", budget=1.0, id_column="person")
+    assert flt._m == 1  # the row without an id is dropped, as a missing value under "drop"
+    assert flt.exact_sum_vector([FUNCTIONS[0]], 1.0)[0] == pytest.approx(0.1)
     with pytest.raises(hd.HybridADError, match="id column 'who' is missing"):
         IndividualFilter(df, SCHEMA, kind="gdp", budget=1.0, id_column="who")
 
@@ -232,7 +233,7 @@ def test_noisy_gradient_descent_with_the_filter_learns_and_keeps_every_budget():
     loss = schema.function(hd.softplus(-y * (w1 * (h - 1.7) * 10 + w2 * (wt - 70) / 15 + b)))
     start = {"w1": 0.0, "w2": 0.0, "b": 0.0}
     result = noisy_gradient_descent(data, loss, start, steps=30, learning_rate=2.0, noise_scale=5.0, clip=1.0,
-                                    budget=2.0, kind="gdp")
+                                    budget=2.0, kind="gdp", normaliser=500.0)  # a public constant near the size
 
     def mean_loss(params):
         cols = {**{c: data[c].to_numpy() for c in ("height", "weight", "y")},
@@ -245,26 +246,6 @@ def test_noisy_gradient_descent_with_the_filter_learns_and_keeps_every_budget():
     assert len(result.history) == 30 and set(result.history[0]) == {"step", "w1", "w2", "b"}
     # each step charged every active person at most (clip / sigma)^2 plus the float allowance
     assert all(r.max_charge <= (1.0 / 5.0) ** 2 * (1 + 1e-4) for r in result.filter.reports)
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.floats(-1, 1), st.floats(0, 2)), min_size=1, max_size=8), st.data())
-def test_feature_level_charges_bound_every_move_within_the_radius(records, data):
-    r = 0.3
-    df = pd.DataFrame(records, columns=["x", "y"])
-    flt = IndividualFilter(df, SCHEMA, kind="gdp", budget=100.0, relation=("feature", 2, r))
-    f = FUNCTIONS[2]  # sigmoid(3x) + y
-    _, sensitivity, worst = flt._contributions([f])
-    i = data.draw(st.integers(0, len(records) - 1))
-    direction = np.array(data.draw(st.tuples(st.floats(-1, 1), st.floats(-1, 1))))
-    norm = np.linalg.norm(direction)
-    step = direction / norm * data.draw(st.floats(0, r)) if norm > 0 else direction * 0
-    moved = np.clip(np.array(records[i]) + step, [-1, 0], [1, 2])
-    kernel = f.compile()
-    before = kernel.value(x=np.array([records[i][0]]), y=np.array([records[i][1]]))[0]
-    after = kernel.value(x=moved[:1], y=moved[1:])[0]
-    assert abs(after - before) <= sensitivity[i]
-    assert sensitivity[i] <= worst * (1 + 1e-12)
 
 
 def test_report_summarises_and_plots(tmp_path):
