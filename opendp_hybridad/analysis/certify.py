@@ -40,7 +40,7 @@ from opendp_hybridad.analysis import interval as iv
 from opendp_hybridad.analysis.branch_and_bound import BoxBounds, MaxResult, maximize
 from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertificate, Witness
 from opendp_hybridad.analysis.rounding import gamma
-from opendp_hybridad.analysis.smoothness import possible_jump, smooth_masks, statically_smooth
+from opendp_hybridad.analysis.smoothness import JUMP, OP_CLASS, possible_jump, smooth_masks, statically_smooth
 from opendp_hybridad.analysis.tape import Tape
 from opendp_hybridad.compile.codegen import numpy_callable
 from opendp_hybridad.errors import NotLipschitzError, UnboundedError
@@ -125,7 +125,9 @@ class _Enclosure:
         src = self.tape.nodes[node].source
         op = self.tape.nodes[node].op
         reason = iv.REASONS.get(op, iv.OVERFLOW)
-        cls = NotLipschitzError if op == "dirac" else UnboundedError
+        # a possibly discontinuous primitive that cannot be enclosed (DiracDelta, from differentiating
+        # a step) means a jump: no Lipschitz constant
+        cls = NotLipschitzError if OP_CLASS[op] == JUMP else UnboundedError
         err = cls(reason, str(src), self.tape.fields_of(node))
         err.source_expr = src  # for callers that name the user's sub-expression instead (see _infinite_slope)
         return err

@@ -302,7 +302,11 @@ def piecewise_continuous(pairs: tuple, symbols: tuple, lo: tuple, hi: tuple) -> 
             return False
         v, at = boundary
         for later, _ in pairs[i + 1:]:
-            diff = sympy.simplify((branch - later).xreplace({v: at}))
-            if diff != 0:
+            gap = (branch - later).xreplace({v: at})
+            if sympy.simplify(gap) != 0:
+                return False
+            # belt and braces: an exact zero lies in the gap's enclosure (outward-rounded) on the box
+            enclosure = _enclose_on_box(gap, symbols, lo, hi)
+            if enclosure is not None and not enclosure[0] <= 0 <= enclosure[1]:
                 return False
     return True
