@@ -43,8 +43,21 @@ import functools
 import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
+
+from opendp_hybridad.analysis.rounding import (
+    add_down,
+    add_up,
+    div_up,
+    libm_up,
+    mul_down,
+    mul_up,
+    round_up,
+    sqrt_up,
+    sum_up,
+)
 
 try:  # OpenSSL's DRBG, as in OpenDP; the operating system's generator where Python lacks ssl
     from ssl import RAND_bytes as _random_bytes
@@ -178,8 +191,8 @@ class DiscreteGaussianSampler:
         return lattice
 
     def delta_penalty(self, epsilon: float, coordinates: int) -> float:
-        """What ``coordinates`` draws add to delta: ``(1 + e^epsilon) coordinates eta``."""
-        return (1.0 + math.exp(epsilon)) * coordinates * self.statistical_distance
+        """What ``coordinates`` draws add to delta: ``(1 + e^epsilon) coordinates eta``, rounded up."""
+        return mul_up(mul_up(add_up(1.0, libm_up(math.exp(epsilon))), float(coordinates)), self.statistical_distance)
 
 
 @dataclass(frozen=True)
@@ -221,15 +234,18 @@ def _table(scale: float) -> _Table:
     # and exp), the total's from those and (log2 n + 1) u of summation, one rounding in
     # the division; then the floors (one 2^-128 each), the padding at the mode, and the
     # tail beyond 10 s
+    # (the per-entry terms are summed with math.fsum and padded by 1%, far more than the
+    # few roundings of each float product; the totals below are rounded up)
     relative = (2.0 * np.abs(exponent.astype(np.float64)) + 8.0) * _U
     p64 = p.astype(np.float64)
-    float_part = (2.0 * math.fsum((p64 * relative).tolist()) + (math.log2(p.size) + 2.0) * _U) * 1.01
-    floors = p.size * 2.0**-128
+    float_part = mul_up(add_up(mul_up(2.0, math.fsum((p64 * relative).tolist())), mul_up(add_up(math.log2(p.size), 2.0), _U)), 1.01)
+    floors = mul_up(float(p.size), 2.0**-128)
     s = float(scale)
     # sum_{z > T s} e^{-z^2/2s^2} <= e^{-T^2/2} / (1 - e^{-T/s}) <= e^{-T^2/2} (s/T + 1), both tails,
     # over a normaliser of at least s sqrt(2 pi) - 1
-    tail = 2.0 * math.exp(-_TAILS * _TAILS / 2.0) * (s / _TAILS + 1.0) / max(s * math.sqrt(2.0 * math.pi) - 1.0, 1e-300)
-    distance = float_part + floors + abs(deficit) / 2.0**128 + tail
+    normaliser = max(add_down(mul_down(s, 2.5066282746310002), -1.0), 1e-300)  # a float below sqrt(2 pi) = 2.50662827463100050...
+    tail = div_up(mul_up(mul_up(2.0, libm_up(math.exp(-_TAILS * _TAILS / 2.0))), add_up(div_up(s, _TAILS), 1.0)), normaliser)
+    distance = sum_up([float_part, floors, round_up(Fraction(abs(deficit), 2**128)), tail])
     if distance > STATISTICAL_DISTANCE_BOUND:
         raise ValueError("this table is further from the discrete Gaussian than the bound every run reports")
     return _Table(zmax, masses, magnitudes, r, packed, threshold_low, distance)
@@ -294,12 +310,15 @@ def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: i
     ``noise_multiplier * (sensitivity + sqrt(dimension) g)``, rounded up to one of 64
     values per octave so that (cached) tables are reused across steps.
     """
+    if not (noise_multiplier > 0 and sensitivity > 0 and math.isfinite(noise_multiplier * sensitivity)):
+        raise ValueError("the noise multiplier and the sensitivity must be positive and finite")
     base = noise_multiplier * sensitivity
     k = math.floor(math.log2(base / resolution))
     grid = 2.0**k
-    # rounded up: three roundings (sqrt, +, *) of at most one unit each, so a relative 2^-50 covers them
-    std = noise_multiplier * (sensitivity + math.sqrt(dimension) * grid) * (1.0 + 2.0**-50)
+    # every operation rounded up (analysis/rounding.py): sqrt(d) 2^k, the sum, the product
+    std = mul_up(noise_multiplier, add_up(sensitivity, mul_up(sqrt_up(float(dimension)), grid)))
     octave = math.floor(math.log2(std))
-    step = math.ceil((std / 2.0**octave) * 64) / 64  # round the std up to 64 steps per octave
+    # round the std up to 64 steps per octave: scaling by powers of two and ceil are exact
+    step = math.ceil((std / 2.0**octave) * 64) / 64
     std = step * 2.0**octave
     return DiscreteGaussianSampler(std, k=k, backend=backend)  # cheap: the table behind it is cached by scale

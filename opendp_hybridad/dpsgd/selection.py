@@ -34,14 +34,19 @@ class BatchSelector:
         self._rng = None if seed is None else np.random.default_rng(seed)
         self._system = random.SystemRandom()
 
-    def poisson(self, n: int, batch_size: int) -> np.ndarray:
-        """Indices of the examples selected, each independently with probability ``floor(q 2^64) / 2^64 <= q = batch_size / n``."""
+    def poisson(self, count: int, batch_size: int, n: int | None = None) -> np.ndarray:
+        """Indices among ``count`` examples, each selected independently with probability ``floor(q 2^64) / 2^64 <= q``.
+
+        ``q = batch_size / n`` with ``n`` the *public* dataset size (default ``count``): under
+        add/remove the actual number of examples is private, so the rate must not depend on it.
+        """
+        n = count if n is None else int(n)
         if self._rng is not None:
-            return np.flatnonzero(self._rng.random(n) < batch_size / n)
+            return np.flatnonzero(self._rng.random(count) < batch_size / n)
         threshold = (batch_size << 64) // n  # exact integer floor of q 2^64
         if threshold >= 1 << 64:
-            return np.arange(n)
-        words = np.frombuffer(_random_bytes(8 * n), dtype=np.uint64)
+            return np.arange(count)
+        words = np.frombuffer(_random_bytes(8 * count), dtype=np.uint64)
         return np.flatnonzero(words < np.uint64(threshold))
 
     def permutation(self, n: int) -> np.ndarray:

@@ -3,25 +3,68 @@
 Each activation knows its value, its derivative, and a sound bound on both over an
 interval, which is all the certified per-example gradient-norm bound needs. Each
 loss knows its output delta ``dL/dz`` and a sound bound on its l2 norm.
+
+For the float64 forward-error bound of the per-example gradient (DP-SGD's float-sum
+argument, :meth:`opendp_hybridad.nn.model.MLP.certified_bound`) each activation also
+states, for pre-activations ``|z| <= r``: ``derivative_lipschitz`` (a bound on
+``|phi''|``; infinite where ``phi'`` jumps, as relu's does at 0, so no forward-error bound
+exists), ``value_error`` and ``slope_error`` (how far the value and the slope *as
+computed here* can be from the real ones at the same float input: library functions are
+faithful within :data:`~opendp_hybridad.analysis.rounding.LIBM_PAD`, basic operations
+within the unit roundoff ``u``); each loss states ``delta_lipschitz`` and
+``delta_error``. Defaults are infinite: an activation or loss that states nothing gets
+no bound, never a wrong one. Every constant goes through
+:mod:`opendp_hybridad.analysis.rounding`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import expit
 
-_PAD = 2.0**-46
+from opendp_hybridad.analysis.rounding import (
+    LIBM_PAD,
+    TINY,
+    UNIT_ROUNDOFF,
+    add_down,
+    add_up,
+    div_down,
+    div_up,
+    gamma,
+    libm_down,
+    libm_up,
+    mul_down,
+    mul_up,
+    sqrt_up,
+    sub_up,
+    up,
+)
+
+_gamma_cached = functools.lru_cache(maxsize=None)(gamma)
+
 _USE_COMPILED_UPDATE = True  # tests switch it off to check the numpy path gives the same weights
 
+#: |computed f(x) - f(x)| <= _LIBM_ABS * |f(x)| + 2 TINY for a library function f at a float x:
+#: |y - f| <= PAD |y| + TINY (the padding rule of rounding.libm_up, y the computed value) gives
+#: |y| <= (|f| + TINY) / (1 - PAD), so the error is at most 2 PAD |f| + 2 TINY
+_LIBM_ABS = 2.0 * LIBM_PAD
 
-def _up(x: float) -> float:
-    """``x`` rounded up with a margin; NaN becomes inf (an unknown bound is no bound)."""
-    if math.isnan(x):
-        return math.inf
-    return math.nextafter(x * (1 + _PAD), math.inf) if x > 0 else (math.nextafter(x, math.inf) if x < 0 else 0.0)
+
+def _libm_error(magnitude: float) -> float:
+    """Bound on ``|computed f - f|`` for a library function whose real value is at most ``magnitude`` in absolute value."""
+    return add_up(mul_up(_LIBM_ABS, magnitude), 2.0 * TINY)
+
+
+#: the library error of a function with values in [-1, 1] (tanh, sigmoid)
+_UNIT_LIBM_ERROR = _libm_error(1.0)
+#: tanh's slope 1 - a^2 from the computed value a (see Tanh.slope_error)
+_TANH_SLOPE_ERROR = add_up(5.0 * LIBM_PAD, 5.0 * TINY)
+#: sigmoid's slope s (1 - s) from the computed value s (see Sigmoid.slope_error)
+_SIGMOID_SLOPE_ERROR = add_up(3.0 * LIBM_PAD, 3.0 * TINY)
 
 
 @dataclass(frozen=True)
@@ -52,6 +95,19 @@ class Activation:
         """``phi(z)`` and ``phi'(z)`` (None: identically 1), sharing work: the backward pass needs both."""
         return self(z), self.derivative(z)
 
+    # -- what the forward-error bound of the per-example gradient needs (infinite: no bound) --------
+    def derivative_lipschitz(self, r: float) -> float:
+        """Upper bound of ``|phi''(z)|`` for ``|z| <= r`` (the slope moves by at most this times the move of z)."""
+        return math.inf
+
+    def value_error(self, r: float) -> float:
+        """Upper bound of ``|computed phi(z) - phi(z)|`` at a float ``z`` with ``|z| <= r``."""
+        return math.inf
+
+    def slope_error(self, r: float) -> float:
+        """Upper bound of ``|computed slope - phi'(z)|`` at a float ``|z| <= r``, the slope as :meth:`value_and_derivative` computes it."""
+        return math.inf
+
 
 class Tanh(Activation):
     def __init__(self) -> None:
@@ -65,8 +121,17 @@ class Tanh(Activation):
         slope = a * a
         np.subtract(1.0, slope, out=slope)  # 1 - tanh^2 from the value: tanh is the costly part
         return a, slope
-    def max_abs(self, r): return min(1.0, _up(math.tanh(r)))
+    def max_abs(self, r): return 1.0 if math.isnan(r) else min(1.0, libm_up(math.tanh(r)))
     def max_derivative(self, r): return 1.0
+    #: sup |tanh''| = 4 / (3 sqrt 3) = 0.7698...
+    def derivative_lipschitz(self, r): return 0.77
+    def value_error(self, r): return _UNIT_LIBM_ERROR
+
+    def slope_error(self, r):
+        # computed a = t + v with t = tanh(z), |v| <= w := value_error; |a^2 - t^2| <= w (2 + w);
+        # a * a and 1 - a^2 each round once (at most u each: |a|, |1 - a^2| <= 1 + w):
+        # 2.01 w + 2.01 u + 2 u w <= 5 PAD + 5 TINY (w = 2 PAD + 2 TINY, u = PAD / 128)
+        return _TANH_SLOPE_ERROR
 
 
 class Sigmoid(Activation):
@@ -81,9 +146,17 @@ class Sigmoid(Activation):
     def value_and_derivative(self, z):
         s = expit(z)
         return s, s * (1 - s)
-    def max_abs(self, r): return min(1.0, _up(float(expit(r))))
+    def max_abs(self, r): return 1.0 if math.isnan(r) else min(1.0, libm_up(float(expit(r))))
     def max_derivative(self, r): return 0.25
     def abs_at_zero(self): return 0.5
+    #: sup |sigmoid''| = 1 / (6 sqrt 3) = 0.0962...
+    def derivative_lipschitz(self, r): return 0.1
+    def value_error(self, r): return _UNIT_LIBM_ERROR
+
+    def slope_error(self, r):
+        # computed s = e + v (|v| <= w = 2 PAD + 2 TINY): |s (1 - s) - e (1 - e)| <= w (1 + w);
+        # 1 - s and the product round once each (at most u (1 + w) and u): <= 1.01 w + 2.1 u <= 3 PAD + 3 TINY
+        return _SIGMOID_SLOPE_ERROR
 
 
 class TemperedSigmoid(Activation):
@@ -108,15 +181,52 @@ class TemperedSigmoid(Activation):
         return self.scale * s - self.offset, self.scale * self.inverse_temperature * s * (1 - s)
 
     def max_abs(self, r):
-        hi = self.scale * float(expit(self.inverse_temperature * r)) - self.offset
-        lo = self.scale * float(expit(-self.inverse_temperature * r)) - self.offset
-        return _up(max(abs(hi), abs(lo)) + 4 * 2.0**-52 * (abs(self.scale) + abs(self.offset)))
+        if math.isnan(r):
+            return math.inf
+        # sigmoid(T z) for |z| <= r lies in [sigmoid(-|T| r), sigmoid(|T| r)] (monotone), enclosed with
+        # the library padding; scale * that - offset, rounded outward; padded by the evaluation error
+        # (8 u (|s| + |o|), as before) so that it bounds computed values too
+        tr = mul_up(abs(self.inverse_temperature), r)
+        hi = min(1.0, libm_up(float(expit(tr))))
+        lo = max(0.0, libm_down(float(expit(-tr))))
+        s, o = self.scale, self.offset
+        top = mul_up(s, hi) if s >= 0 else mul_up(s, lo)
+        bottom = mul_down(s, lo) if s >= 0 else mul_down(s, hi)
+        biggest = max(abs(sub_up(top, o)), abs(add_down(bottom, -o)))
+        return add_up(biggest, mul_up(8.0 * UNIT_ROUNDOFF, add_up(abs(s), abs(o))))
 
-    def max_derivative(self, r): return _up(abs(self.scale * self.inverse_temperature) / 4)
-    def abs_at_zero(self): return _up(abs(self.scale / 2 - self.offset))
+    def max_derivative(self, r): return div_up(mul_up(abs(self.scale), abs(self.inverse_temperature)), 4.0)
+
+    def abs_at_zero(self):
+        return max(abs(sub_up(div_up(self.scale, 2.0), self.offset)), abs(add_down(div_down(self.scale, 2.0), -self.offset)))
+
+    def derivative_lipschitz(self, r):
+        # phi'' = s T^2 sigma''(T z), |sigma''| <= 0.1
+        return mul_up(0.1, mul_up(abs(self.scale), mul_up(self.inverse_temperature, self.inverse_temperature)))
+
+    def _expit_error(self, r: float) -> float:
+        # the argument T z rounds once (|T z| u), sigmoid is 1/4-Lipschitz, then the library error
+        return add_up(div_up(mul_up(mul_up(abs(self.inverse_temperature), r), UNIT_ROUNDOFF), 4.0), _libm_error(1.0))
+
+    def value_error(self, r):
+        # fl(fl(s e) - o) with |e_computed - e| <= eta: |s| eta + u |s| (1 + eta) + u (|s| (1 + eta) (1 + u) + |o|)
+        eta = self._expit_error(r)
+        s, o = abs(self.scale), abs(self.offset)
+        return add_up(mul_up(s, eta), mul_up(3.0 * UNIT_ROUNDOFF, add_up(mul_up(s, add_up(1.0, eta)), o)))
+
+    def slope_error(self, r):
+        # ((s T) e) (1 - e) with four roundings (gamma_4) of a value at most |s T| (1/4 + eta), and
+        # |e_c (1 - e_c) - e (1 - e)| <= eta (1 + eta)
+        eta = self._expit_error(r)
+        st = mul_up(abs(self.scale), abs(self.inverse_temperature))
+        return mul_up(st, add_up(mul_up(eta, add_up(1.0, eta)), mul_up(add_up(0.25, eta), gamma(4))))
 
 
 class ReLU(Activation):
+    """``max(z, 0)``. Its derivative jumps at 0, so the float error of a per-example gradient has no
+    small bound (a pre-activation that rounds to either side of 0 changes the gradient by O(1)):
+    DP-SGD refuses it (:class:`opendp_hybridad.dpsgd.DPSGD`)."""
+
     def __init__(self) -> None:
         super().__init__("relu")
 
@@ -124,6 +234,8 @@ class ReLU(Activation):
     def derivative(self, z): return (z > 0).astype(float)
     def max_abs(self, r): return r
     def max_derivative(self, r): return 1.0
+    def value_error(self, r): return 0.0
+    def slope_error(self, r): return 0.0
 
 
 class Identity(Activation):
@@ -135,6 +247,9 @@ class Identity(Activation):
     def value_and_derivative(self, z): return z, None
     def max_abs(self, r): return r
     def max_derivative(self, r): return 1.0
+    def derivative_lipschitz(self, r): return 0.0
+    def value_error(self, r): return 0.0
+    def slope_error(self, r): return 0.0
 
 
 @dataclass(frozen=True)
@@ -165,11 +280,11 @@ class Dense:
         """Upper bound on ``||W||_2`` over the certified set (Frobenius bounds spectral)."""
         if self.norm_ball:
             return self.weight_bound
-        return _up(self.weight_bound * math.sqrt(self.in_features * self.out_features))
+        return mul_up(self.weight_bound, sqrt_up(float(self.in_features * self.out_features)))
 
     def row_bound(self) -> float:
         """Upper bound on the l2 norm of one row of ``W``."""
-        return self.weight_bound if self.norm_ball else _up(self.weight_bound * math.sqrt(self.in_features))
+        return self.weight_bound if self.norm_ball else mul_up(self.weight_bound, sqrt_up(float(self.in_features)))
 
     def apply_step(self, W: np.ndarray, b: np.ndarray, step_W: np.ndarray, step_b: np.ndarray, scale: float,
                    project: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -202,12 +317,16 @@ class Dense:
     def _ball_shrink(self, squares: float, size: int) -> float:
         """The factor that brings ``W`` inside the Frobenius ball, from its float sum of squares (1.0: already inside).
 
-        An upper bound on ``||W||``: a float sum of ``n`` squares in any order is within
-        ``gamma_n <= 2 n u`` of the exact one (Higham 2002, 3.1), and ``_up`` pads the
-        square root; the factor is shrunk by ``2^-50`` for the rounding of each product.
+        An upper bound on ``||W||``: a float sum of ``n`` squares (each rounded) in any order
+        is within ``gamma_n`` of the exact one (Higham 2002, 3.1); the factor and the square
+        root are rounded up. The shrink factor is rounded down and then shrunk by
+        ``2^-50 = 8 u``, which covers the rounding of each product ``W_ij * shrink`` (at most
+        ``u`` relative: ``(1 - 8 u)(1 + u) < 1``).
         """
-        norm_up = _up(math.sqrt(squares * (1 + (size + 2) * 2.0**-52)))
-        return (self.weight_bound / norm_up) * (1 - 2.0**-50) if norm_up > self.weight_bound else 1.0
+        norm_up = sqrt_up(mul_up(squares, add_up(1.0, gamma(size + 2))))
+        if not norm_up > self.weight_bound:
+            return 1.0
+        return mul_down(div_down(self.weight_bound, norm_up), 1.0 - 8.0 * UNIT_ROUNDOFF)
 
     def project(self, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Back onto the certified set (used by the ``bound`` mode after each step)."""
@@ -236,6 +355,14 @@ class Loss:
     def delta_norm_bound(self, out_features: int, output_abs_bound: float, label_abs_bound: float) -> float:
         raise NotImplementedError
 
+    def delta_lipschitz(self) -> float:
+        """l2 Lipschitz constant of ``z -> dL/dz (z, y)`` for any label (infinite: unknown)."""
+        return math.inf
+
+    def delta_error(self, out_features: int, output_abs_bound: float, label_abs_bound: float) -> float:
+        """Bound on ``||computed delta(z, y) - delta(z, y)||_2`` at a float ``z`` with ``|z_j| <= output_abs_bound``."""
+        return math.inf
+
 
 class SoftmaxCrossEntropy(Loss):
     """``-log softmax(z)_y`` with integer labels ``y``; ``dL/dz = softmax(z) - onehot(y)``."""
@@ -255,7 +382,39 @@ class SoftmaxCrossEntropy(Loss):
 
     def delta_norm_bound(self, out_features, output_abs_bound, label_abs_bound):
         # ||p - e_y||^2 = (1 - p_y)^2 + sum_{j != y} p_j^2 <= 2 (1 - p_y)^2 <= 2
-        return _up(math.sqrt(2.0))
+        return sqrt_up(2.0)
+
+    def delta_lipschitz(self):
+        # softmax is 1-Lipschitz in l2 (Gao and Pavel 2017, Proposition 4); the one-hot does not move
+        return 1.0
+
+    def delta_error(self, out_features, output_abs_bound, label_abs_bound):
+        """The computed ``p - e_y`` against the real one at the same float logits.
+
+        ``t_j = z_j - max z`` rounds once (``|t_j| <= 2 M``), so ``exp`` sees ``t_j (1 + theta)``
+        and ``exp(t_j theta)`` is within ``tau e^tau`` of 1 (``tau = 2 M u``); the library exp
+        adds ``2 PAD`` relative and ``2 TINY``: ``e_j = exp(t_j) (1 + alpha_j) + eta_j``. The
+        sum of ``m`` positive terms is within ``gamma_(m-1)``, and it is at least 1 (the
+        largest logit gives ``exp(0)``); the division rounds once. So
+        ``|p_j,computed - p_j| <= rho p_j + 3 TINY`` with ``rho = (a + b) / (1 - b)``,
+        ``a = alpha + u + alpha u``, ``b = alpha + 2 m TINY + gamma_(m-1)``; subtracting 1 at
+        the label rounds once more (at most ``u (1 + rho)``). In l2: ``rho + 3 sqrt(m) TINY + u (1 + rho)``.
+        """
+        # products and quotients of non-negative values as up(x * y): a correctly rounded
+        # result moved one float up is not below the exact one (this runs every step)
+        m = max(int(out_features), 1)
+        u = UNIT_ROUNDOFF
+        tau = up(up(2.0 * output_abs_bound) * u)
+        if not tau < 0.5:
+            return math.inf
+        tau_e = up(tau * libm_up(math.exp(tau)))
+        alpha = add_up(add_up(tau_e, _LIBM_ABS), up(_LIBM_ABS * tau_e))
+        a = add_up(add_up(alpha, u), up(alpha * u))
+        b = add_up(add_up(alpha, up(2.0 * m * TINY)), _gamma_cached(max(m - 1, 0)))
+        if not b < 0.5:
+            return math.inf
+        rho = up(add_up(a, b) / add_down(1.0, -b))
+        return add_up(add_up(rho, up(up(3.0 * up(math.sqrt(m))) * TINY)), up(u * add_up(1.0, rho)))
 
 
 class MeanSquaredError(Loss):
@@ -270,7 +429,14 @@ class MeanSquaredError(Loss):
         return z - y.reshape(z.shape)
 
     def delta_norm_bound(self, out_features, output_abs_bound, label_abs_bound):
-        return _up(math.sqrt(out_features) * _up(output_abs_bound + label_abs_bound))
+        return mul_up(sqrt_up(float(out_features)), add_up(output_abs_bound, label_abs_bound))
+
+    def delta_lipschitz(self):
+        return 1.0
+
+    def delta_error(self, out_features, output_abs_bound, label_abs_bound):
+        # z - y rounds once per entry: at most u ||z - y||
+        return mul_up(UNIT_ROUNDOFF, self.delta_norm_bound(out_features, output_abs_bound, label_abs_bound))
 
 
 class Logistic(Loss):
@@ -287,3 +453,11 @@ class Logistic(Loss):
 
     def delta_norm_bound(self, out_features, output_abs_bound, label_abs_bound):
         return 1.0
+
+    def delta_lipschitz(self):
+        return 0.25  # sup sigmoid'
+
+    def delta_error(self, out_features, output_abs_bound, label_abs_bound):
+        # the library sigmoid (value at most 1), then one rounding of the difference (at most 1 + its error)
+        w = _UNIT_LIBM_ERROR
+        return add_up(w, mul_up(UNIT_ROUNDOFF, add_up(1.0, w)))
