@@ -192,10 +192,9 @@ class DPSGD:
         terms = self._max_terms(max_size)
         e = self.row_error()
         total = computed_sum_sensitivity(self.sensitivity, e, terms)
-        weights = ("declared weight set" if self.mode == "bound" or (self.mode == "auto" and self.granularity == "global")
-                   else "current (public) weights, each step")
-        float_sum = (f"each computed row within e = {e:.3g} of the exact one (any BLAS; {weights}), "
-                     f"sums of up to N = {terms} rows: sensitivity {self.sensitivity:.6g} + 2 N e + 2 N gamma_N (S + e) = {total:.9g}")
+        where = "" if self._projects else "; recomputed from the current (public) weights each step"
+        float_sum = (f"each computed row within e = {e:.3g} of the exact one over the declared weight set (any BLAS{where}); "
+                     f"sums of up to N = {terms} rows: S + 2 N e + 2 N gamma_N (S + e) = {total!r}")
         sampler = ("discrete Gaussian on a 2^k grid, exact alias table (OpenSSL bits), delta + (1 + e^eps) x coordinates x eta"
                    if self.noise == "discrete-gaussian" else "OpenDP's vector Gaussian (discrete, 2^k grid)")
         if self._impute is None:
@@ -206,7 +205,7 @@ class DPSGD:
             missing = "imputed with declared values, one per feature"
         missing += "; features clamped to the declared box"
         return DPSGDPlan(selection, summed, self.sensitivity, float_sum,
-                         f"{sampler}; std = {self.noise_multiplier:g} x ({total:.9g} + grid rounding)",
+                         f"{sampler}; std = {self.noise_multiplier:g} x ({total!r} + grid rounding)",
                          dp_sgd_event(n, self.batch_size, self.noise_multiplier, self.epochs, self.sampling),
                          self.relation, n, max_size, missing)
 
@@ -505,10 +504,13 @@ def _group_delta(epsilon: float, delta: float, k: int) -> float:
     """``delta (1 + e^eps + ... + e^((k-1) eps))``, rounded up (at most 1: any pair is (eps, 1)-close)."""
     total = 0.0
     for j in range(k):
-        total = add_up(total, libm_up(math.exp(mul_up(float(j), epsilon))))
-        if not math.isfinite(total):
+        exponent = mul_up(float(j), epsilon)
+        if exponent > 700.0:
             return 1.0
-    return min(1.0, mul_up(delta, total))
+        total = add_up(total, libm_up(math.exp(exponent)))
+        if not mul_up(delta, total) < 1.0:
+            return 1.0
+    return mul_up(delta, total)
 
 
 def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: int | None = None):
