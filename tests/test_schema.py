@@ -82,3 +82,10 @@ def test_norm_must_be_one_two_or_inf():
     with pytest.raises(hd.DeclarationError, match="norm"):
         s.function(s.x).lipschitz(norm=3)
     assert hd.dual_norm(1) == math.inf and hd.dual_norm(2) == 2 and hd.dual_norm("inf") == 1
+
+
+@pytest.mark.parametrize("name", ["lambda", "import", "__builtins__", "__class__", "match", "x\u00e9"])
+def test_reserved_or_non_ascii_field_names_are_refused(name):
+    # field names become variable names in generated kernel source
+    with pytest.raises(hd.DeclarationError):
+        hd.Schema({name: (0, 1)})

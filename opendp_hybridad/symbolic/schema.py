@@ -7,6 +7,7 @@ data clamps to it. Errors raised here depend on the declaration only.
 
 from __future__ import annotations
 
+import keyword
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -95,8 +96,11 @@ class Schema:
             raise DeclarationError("a schema needs at least one field")
         self.fields: dict[str, Field] = {}
         for name, fld in merged.items():
-            if not isinstance(name, str) or not name.isidentifier():
+            if not isinstance(name, str) or not name.isidentifier() or not name.isascii():
                 raise DeclarationError(f"field name {name!r} is not a valid identifier")
+            # field names become variable names in generated kernel source: no keywords, no dunders
+            if keyword.iskeyword(name) or keyword.issoftkeyword(name) or name.startswith("__"):
+                raise DeclarationError(f"field name {name!r} is reserved; choose another name")
             if isinstance(fld, tuple):
                 fld = Field(*fld)
             if not isinstance(fld, Field):
