@@ -196,3 +196,44 @@ def test_compiled_sigmoid_stays_inside_its_certified_range(backend):
     # and the gradient kernel (sigmoid (1 - sigmoid)) is positive too
     grad = kernel.gradient(x=xs)
     assert np.all(np.asarray(grad) > 0)
+
+
+# -- found by the soundness fuzzer (bench/fuzz_soundness.py, seed 7) ------------------------------------
+def test_initial_witness_points_stay_inside_the_box():
+    # lo + 1.0 * (hi - lo) rounds to 2.0000000000000004e-08 > hi: a witness outside the box
+    s = hd.Schema(x=(0.001, 5.164673791991256), y=(-1e-08, 2e-08))
+    _, y = s.symbols()
+    rng = s.function(y).range()
+    assert rng.lower == -1e-08 and rng.upper == 2e-08
+    assert -1e-08 <= rng.argmax.point["y"] <= 2e-08
+
+
+_X = sp.Symbol("x", real=True)
+
+
+@pytest.mark.parametrize(("expr", "box"), [
+    (sp.log(sp.sign(_X - 2.0) - sp.Min(7.118712505, _X)) - 4, {"x": (0.0, 0.5)}),  # log(-1 - x): undefined everywhere
+    (sp.log(_X), {"x": (-9.5, -4.5)}),
+    (sp.log(_X) + sp.Symbol("y") ** 2, {"x": (-1, 1), "y": (0, 1)}),  # undefined on half the box
+])
+def test_no_lipschitz_bound_for_a_function_undefined_on_the_box(expr, box):
+    # the gradient formula (1/(1 + x), 1/x) is finite there, so K was certified for an undefined f
+    f = hd.Schema(box).function(expr)
+    with pytest.raises(hd.UnboundedError) as err:
+        f.lipschitz(time_budget=0.5)
+    assert "defined" in err.value.reason and err.value.fields == ["x"]
+    with pytest.raises(hd.UnboundedError):
+        f.partial_bounds(time_budget=0.5)
+
+
+def test_a_dependency_artefact_in_the_domain_is_refined_away():
+    f = hd.RecordFunction("log(x**2 - 2*x + 2)", hd.Schema(x=(0, 2)))  # x^2 - 2x + 2 >= 1
+    assert f.lipschitz().upper == pytest.approx(1.0, rel=1e-3)  # |2(x - 1)/(x^2 - 2x + 2)| <= 1 at x = 0, 2
+
+
+def test_a_continuity_proof_that_sympy_cannot_evaluate_is_a_refusal_not_a_crash():
+    s = hd.Schema(y=(-1, 1))
+    (y,) = s.symbols()
+    f = s.function(sp.Piecewise((y**3, y < 1e-300), (y**3 + (y - 1e-300) * sp.Min(hd.sigmoid(y), hd.softplus(y)), True)))
+    with pytest.raises(hd.NotLipschitzError):
+        f.lipschitz(time_budget=0.5)

@@ -63,7 +63,13 @@ def _initial_points(lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator, sa
     n = lo.size
     corners = np.array(list(itertools.product((0.0, 1.0), repeat=n))) if n <= 12 else rng.integers(0, 2, size=(4096, n)).astype(float)
     unit = np.vstack([corners, np.full((1, n), 0.5), rng.random((samples, n))])
-    return lo + unit * (hi - lo)
+    return np.clip(lo + unit * (hi - lo), lo, hi)  # lo + 1 * (hi - lo) can round past hi
+
+
+def centres(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Box centres, inside the boxes (0.5 * (lo + hi) overflows for huge ends)."""
+    with np.errstate(all="ignore"):
+        return np.clip(0.5 * (lo + hi), lo, hi)
 
 
 def _polish(objective: Objective, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float]:
@@ -121,7 +127,7 @@ def maximize(
     def push(blo: np.ndarray, bhi: np.ndarray) -> None:
         nonlocal best_value, best_point
         bounds = objective.enclose(blo, bhi)
-        centers = 0.5 * (blo + bhi)
+        centers = centres(blo, bhi)
         vals = bounds.centre_lower if bounds.centre_lower is not None else objective.value(centers)
         vals = np.where(np.isfinite(vals), vals, -np.inf)
         i = int(np.argmax(vals))

@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 import sympy
 
 from opendp_hybridad.analysis import interval as iv
-from opendp_hybridad.analysis.branch_and_bound import BoxBounds, MaxResult, maximize
+from opendp_hybridad.analysis.branch_and_bound import _MIN_RELATIVE_WIDTH, BoxBounds, MaxResult, centres, maximize
 from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertificate, Witness
 from opendp_hybridad.analysis.rounding import gamma
 from opendp_hybridad.analysis.smoothness import JUMP, OP_CLASS, possible_jump, smooth_masks, statically_smooth
@@ -75,7 +76,7 @@ class _Enclosure:
         """Returns ylo, yhi (outputs, boxes), bad (outputs, boxes), derivative magnitudes (outputs, boxes, n),
         and the point enclosures of the outputs at the box centres, clo, chi (outputs, boxes)."""
         nb = lo.shape[0]
-        centre = 0.5 * (lo + hi)
+        centre = centres(lo, hi)
         L, H, B = self.evaluator.evaluate(np.vstack([lo, centre]), np.vstack([hi, centre]))
         smooth = smooth_masks(self.tape, self.y, L, H, rows=slice(0, nb), static=self._static)
         m = len(self.y)
@@ -307,6 +308,57 @@ def _require_continuous(fn: RecordFunction) -> None:
         raise NotLipschitzError(reason, tape.describe(node), tape.fields_of(node))
 
 
+#: cap on the boxes kept while proving that f is defined on the whole box
+_DOMAIN_MAX_BOXES = 200_000
+
+
+def _require_defined(fn: RecordFunction, time_budget: float) -> None:
+    """Refuse (UnboundedError naming the sub-expression) unless ``f`` is proven defined and finite on the box.
+
+    A Lipschitz bound is a statement about ``f``: a finite gradient formula says
+    nothing where ``f`` itself is undefined (``log(-1 - x)``, whose derivative
+    ``1/(1 + x)`` is finite). Boxes whose enclosure of ``f`` fails are bisected
+    until every one is enclosed; a failure at a box's centre *point* (or one that
+    persists at 2^-40 of the root width, or past the time or box budget) refuses.
+    """
+    tape = Tape(list(fn.symbols))
+    root = tape.add_output(fn.expr)
+    evaluator = iv.IntervalEvaluator(tape)
+    lo, hi = _box_arrays(fn)
+    width = hi - lo
+    splittable = width > 0
+    start = time.perf_counter()
+    blo, bhi = lo[None, :], hi[None, :]
+
+    def refuse(node: int) -> UnboundedError:
+        reason = iv.REASONS.get(tape.nodes[node].op, iv.OVERFLOW)
+        return UnboundedError(f"f is not proven defined and finite on the whole box ({reason})", tape.describe(node),
+                              tape.fields_of(node))
+
+    while blo.shape[0]:
+        mid = centres(blo, bhi)
+        _, _, B = evaluator.evaluate(np.vstack([blo, mid]), np.vstack([bhi, mid]))
+        nb = blo.shape[0]
+        box_bad, point_bad = B[root][:nb], B[root][nb:]
+        if (point_bad >= 0).any():
+            raise refuse(int(point_bad[point_bad >= 0][0]))
+        keep = box_bad >= 0
+        if not keep.any():
+            return
+        blo, bhi, mid, nodes = blo[keep], bhi[keep], mid[keep], box_bad[keep]
+        rel = np.where(splittable, (bhi - blo) / np.where(splittable, width, 1.0), 0.0)
+        if (not (rel > _MIN_RELATIVE_WIDTH).any(axis=1).all() or time.perf_counter() - start > time_budget
+                or 2 * blo.shape[0] > _DOMAIN_MAX_BOXES):
+            raise refuse(int(nodes[0]))
+        d = np.argmax(rel, axis=1)
+        rows = np.arange(blo.shape[0])
+        cut = mid[rows, d]
+        left_hi, right_lo = bhi.copy(), blo.copy()
+        left_hi[rows, d] = cut
+        right_lo[rows, d] = cut
+        blo, bhi = np.vstack([blo, right_lo]), np.vstack([left_hi, bhi])
+
+
 def _infinite_slope(fn: RecordFunction, err: UnboundedError) -> UnboundedError | None:
     """When the derivative failed at a negative fractional power ``u**(-a)``: the user's root ``sqrt(u)``
     (or ``u**p``, 0 < p < 1) whose argument reaches 0 on the box, as the error to raise instead."""
@@ -349,6 +401,7 @@ def _maximize_gradient(fn: RecordFunction, objective: GradientObjective, **kwarg
 def certify_lipschitz(fn: RecordFunction, norm: float = 2.0, tolerance: float = 1e-3, time_budget: float = 2.0) -> BoundCertificate:
     """Certified ``K >= sup ||grad f||_norm`` over the box, with the best witness found."""
     _require_continuous(fn)
+    _require_defined(fn, time_budget)
     res = _maximize_gradient(fn, GradientObjective(fn, norm), tolerance=tolerance, time_budget=time_budget)
     label = {1.0: "1", 2.0: "2", math.inf: "inf"}[norm]
     return BoundCertificate(
@@ -361,6 +414,7 @@ def certify_lipschitz(fn: RecordFunction, norm: float = 2.0, tolerance: float = 
 def certify_partial(fn: RecordFunction, index: int, tolerance: float = 1e-3, time_budget: float = 1.0) -> BoundCertificate:
     """Certified ``sup |df/dx_index|`` over the box: the sensitivity to one field alone."""
     _require_continuous(fn)
+    _require_defined(fn, time_budget)
     res = _maximize_gradient(fn, GradientObjective(fn, math.inf, component=index), tolerance=tolerance,
                              time_budget=time_budget)
     name = fn.names[index]

@@ -278,6 +278,13 @@ def piecewise_continuous(pairs: tuple, symbols: tuple, lo: tuple, hi: tuple) -> 
     Anything else (equalities, compound conditions, other boundaries) is
     conservatively reported as a possible jump.
     """
+    try:
+        return _proof(pairs, symbols, lo, hi)
+    except Exception:  # sympy refusing a step (e.g. Min of incomparable numbers): not proven, refuse
+        return False
+
+
+def _proof(pairs: tuple, symbols: tuple, lo: tuple, hi: tuple) -> bool:
     pairs = [(exact(b), exact(c)) for b, c in pairs]
     for i, (branch, cond) in enumerate(pairs):
         if cond == sympy.true or cond == sympy.false:
