@@ -5,9 +5,11 @@
 (b) One step of ``auto`` mode with K <= C (no per-example norms, default table-sampler
     noise, update and projection) against a non-private numpy step (same batched gradient
     sum and update, no noise), over batch sizes; and OpenDP's own sampler for scale.
-(c) Building the per-example kernels and the certified bound for MLPs from about
-    10 thousand to 2.5 million parameters (global bound, and per-step bound with
-    given weights); the paper's prototype took about 60 hours at 2.5 million.
+    The float margin is how much the noise's sensitivity exceeds the exact one to cover
+    the float64 sum with any BLAS (``computed_sum_sensitivity``).
+(c) Building the per-example kernels and the certified bound (with the forward error
+    ``e``) for MLPs from about 10 thousand to 2.5 million parameters (global bound, and
+    per-step bound with given weights); the paper's prototype took about 60 hours at 2.5 million.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def step_comparison(width: int = 128, batches: tuple[int, ...] = (64, 128, 256, 
     size = model.num_parameters
     print(f"(b) 64-{width}-10 tanh MLP, {size} parameters; auto mode, K <= C = 3 (no per-example norms); "
           "private step = DPSGD.step (gradient sum, noise, update, projection onto the weight set)")
-    print(f"    {'batch':>6s} {'non-private ms':>15s} {'private ms':>11s} {'ratio':>6s} {'noise us/coord':>15s}")
+    print(f"    {'batch':>6s} {'non-private ms':>15s} {'private ms':>11s} {'ratio':>6s} {'noise us/coord':>15s} {'float margin':>13s}")
     for batch in batches:
         trainer = DPSGD(model, noise_multiplier=1.0, batch_size=batch, epochs=1, learning_rate=0.1, mode="auto", clip=3.0)
         assert not trainer.clipping_needed, "the example needs K <= C"
@@ -53,7 +55,8 @@ def step_comparison(width: int = 128, batches: tuple[int, ...] = (64, 128, 256, 
         # interleaved, best of several rounds, so drift hits both alike
         rounds = [(best_of(non_private, 1), best_of(private, 1), best_of(noise_alone, 1)) for _ in range(repeats * 20)]
         base, ours, alone = (min(v) for v in zip(*rounds, strict=True))
-        print(f"    {batch:>6d} {base * 1000:>15.3f} {ours * 1000:>11.3f} {ours / base:>6.2f} {alone / size * 1e6:>15.4f}")
+        margin = noise.sum_sensitivity / trainer.sensitivity - 1  # S + 2 N e + 2 N gamma_N (S + e), relative to S
+        print(f"    {batch:>6d} {base * 1000:>15.3f} {ours * 1000:>11.3f} {ours / base:>6.2f} {alone / size * 1e6:>15.4f} {margin:>13.2e}")
     trainer = DPSGD(model, noise_multiplier=1.0, batch_size=256, epochs=1, learning_rate=0.1, mode="auto", clip=3.0, noise="opendp")
     opendp_noise = trainer.noise_function(size)
     t = best_of(lambda: opendp_noise(np.zeros(size)), 3)
@@ -63,7 +66,7 @@ def step_comparison(width: int = 128, batches: tuple[int, ...] = (64, 128, 256, 
 
 def build_times() -> None:
     print("(c) building kernels + certified bound")
-    print(f"    {'parameters':>12s} {'layers':>18s} {'global bound ms':>16s} {'per-step bound ms':>18s}")
+    print(f"    {'parameters':>12s} {'layers':>18s} {'global bound ms':>16s} {'per-step bound ms':>18s}   (K; e: row's float error)")
     rng = np.random.default_rng(0)
     for widths in ([64, 128, 10], [256, 256, 256, 10], [512, 512, 512, 512, 10], [784, 1024, 1024, 512, 10],
                    [1024, 1024, 1024, 1024, 10], [1024, 1536, 1024, 10]):
@@ -78,7 +81,7 @@ def build_times() -> None:
         model.certified_bound(params)
         per_step = time.perf_counter() - t
         print(f"    {model.num_parameters:>12,d} {'-'.join(map(str, widths)):>18s} {build * 1000:>16.3f} {per_step * 1000:>18.3f}"
-              f"   (K = {bound.upper:.3g})")
+              f"   (K = {bound.upper:.3g}, e = {bound.rounding:.2g})")
 
 
 if __name__ == "__main__":

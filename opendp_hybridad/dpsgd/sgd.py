@@ -282,6 +282,11 @@ class DPSGD:
             from opendp_hybridad.dpsgd.noise import gaussian_noise_for
 
             noise = gaussian_noise_for(total, self.noise_multiplier, dimension)
+            # every coordinate of a sum of max_terms rows is at most max_terms * total in magnitude:
+            # refused here (public figures) rather than by the sampler on some data
+            if not mul_up(float(max_terms), total) < 2.0**51 * noise.grid:
+                raise DeclarationError("sums of max_terms rows could leave the noise grid's range; "
+                                       "declare a smaller max_size or use a larger noise multiplier")
         noise.max_terms = max_terms  # step() refuses larger batches: the float-sum bound would not cover them
         noise.sum_sensitivity = total
         return noise

@@ -34,6 +34,7 @@ from opendp_hybridad.analysis.rounding import (
     add_up,
     div_down,
     div_up,
+    down,
     gamma,
     libm_down,
     libm_up,
@@ -323,10 +324,12 @@ class Dense:
         ``2^-50 = 8 u``, which covers the rounding of each product ``W_ij * shrink`` (at most
         ``u`` relative: ``(1 - 8 u)(1 + u) < 1``).
         """
-        norm_up = sqrt_up(mul_up(squares, add_up(1.0, gamma(size + 2))))
+        # every step runs this: up / down of a correctly rounded result (one float outward) instead
+        # of the exactness checks of mul_up and friends; the same bounds, a little looser
+        norm_up = up(math.sqrt(up(squares * add_up(1.0, _gamma_cached(size + 2)))))
         if not norm_up > self.weight_bound:
             return 1.0
-        return mul_down(div_down(self.weight_bound, norm_up), 1.0 - 8.0 * UNIT_ROUNDOFF)
+        return down(down(self.weight_bound / norm_up) * (1.0 - 8.0 * UNIT_ROUNDOFF))
 
     def project(self, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Back onto the certified set (used by the ``bound`` mode after each step)."""
