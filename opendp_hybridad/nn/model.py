@@ -331,11 +331,12 @@ class MLP:
     def rounding_bound(self, params) -> ModelBound:
         """A cheaper bound with these (public) weights, for the forward error of clipped rows each step.
 
-        Frobenius norms only (``R = F``), each rounded up to one of 16 values per octave so
-        results are cached (every quantity of the recursion grows with the norms, so a
-        larger norm gives a valid, larger bound).
+        Frobenius norms only (``R = F``), each rounded up to a power of two, and at least
+        ``2^-30``, so that results are cached across steps (every quantity of the recursion
+        grows with the norms, so larger norms give a valid, larger bound; ``e`` is about
+        ``1e-12`` of the gradients' scale, so a factor 2 in it moves the noise by nothing).
         """
-        norms = tuple(tuple(_round_up_16_per_octave(v) for v in layer) for layer in self._weight_norms(params, rows=False))
+        norms = tuple(tuple(_round_up_to_power_of_two(v) for v in layer) for layer in self._weight_norms(params, rows=False))
         cached = self._norm_bounds_cache.get(norms)
         if cached is None:
             if len(self._norm_bounds_cache) > 256:
@@ -488,6 +489,16 @@ def _round_up_16_per_octave(value: float) -> float:
         return value
     octave = math.floor(math.log2(value))
     return math.ceil(value / 2.0**octave * 16) / 16 * 2.0**octave
+
+
+def _round_up_to_power_of_two(value: float, floor: float = 2.0**-30) -> float:
+    """The smallest power of two not below ``max(value, floor)`` (``inf`` and NaN stay ``inf``)."""
+    if not value <= 2.0**1023:
+        return math.inf
+    if value <= floor:
+        return floor
+    mantissa, exponent = math.frexp(value)  # value = mantissa 2^exponent, mantissa in [1/2, 1)
+    return value if mantissa == 0.5 else math.ldexp(1.0, exponent)
 
 
 def scalar_expansion(model: MLP, label: float | int = 0):
