@@ -96,7 +96,7 @@ def test_shuffling_is_replace_one_over_datasets_of_exactly_n():
     assert m.map(2)[0] >= 2 * eps
     with pytest.raises(DeclarationError, match="exactly n"):
         make_dp_sgd(trainer, N, max_size=N + 1)
-    with pytest.raises(Exception, match="DeclarationError: .*exactly n"):  # OpenDP wraps the library's error
+    with pytest.raises(Exception, match=r"DeclarationError: .*exactly n"):  # OpenDP wraps the library's error
         m((np.zeros((N + 1, D)), np.zeros(N + 1, dtype=int)))
 
 

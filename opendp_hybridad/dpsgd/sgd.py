@@ -506,7 +506,15 @@ def computed_sum_sensitivity(per_example: float, row_error: float, max_terms: in
 
 
 def _group_delta(epsilon: float, delta: float, k: int) -> float:
-    """``delta (1 + e^eps + ... + e^((k-1) eps))``, rounded up (at most 1: any pair is (eps, 1)-close)."""
+    """``delta (1 + e^eps + ... + e^((k-1) eps))``, rounded up (at most 1: any pair is (eps, 1)-close).
+
+    Past 64 terms the sum is bounded by ``k e^((k-1) eps)`` (each term is at most the last).
+    """
+    if k > 64:
+        exponent = mul_up(float(k - 1), epsilon)
+        if exponent > 700.0:
+            return 1.0
+        return min(1.0, mul_up(delta, mul_up(float(k), libm_up(math.exp(exponent)))))
     total = 0.0
     for j in range(k):
         exponent = mul_up(float(j), epsilon)
