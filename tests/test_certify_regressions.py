@@ -237,3 +237,31 @@ def test_a_continuity_proof_that_sympy_cannot_evaluate_is_a_refusal_not_a_crash(
     f = s.function(sp.Piecewise((y**3, y < 1e-300), (y**3 + (y - 1e-300) * sp.Min(hd.sigmoid(y), hd.softplus(y)), True)))
     with pytest.raises(hd.NotLipschitzError):
         f.lipschitz(time_budget=0.5)
+
+
+def test_constants_beyond_the_double_range_are_enclosed_not_crashed_on():
+    s = hd.Schema(x=(709.0, 709.78), y=(0.5, 2.0))
+    x, y = s.symbols()
+    f = s.function(sp.Float("-1e310") * x * sp.sqrt(y + 0.5))  # was OverflowError at declaration
+    with pytest.raises(hd.UnboundedError, match="overflow"):
+        f.range(time_budget=0.5)
+    tiny = sp.Float("1.99919829144813e-4342944819032518345576667741936181848751422365269907905")  # was a hang
+    g = hd.Schema(x=(-1, 1)).function(tiny * sp.tanh(sp.Symbol("x")) + sp.Float("3.87e-434"))
+    rng = g.range(time_budget=0.5)
+    assert rng.lower <= 0 <= rng.upper and rng.upper - rng.lower < 1e-320
+
+
+def test_a_jump_at_a_subnormal_threshold_is_refused_quickly():
+    # exact rationals with 2^-1074 denominators sent sympy.simplify into a polynomial of
+    # degree ~1e16; the gap's enclosure (about -1) already proves the jump
+    import time
+
+    s = hd.Schema(x=(0.0, 1e-310), y=(0.8, 1.5))
+    x, _ = s.symbols()
+    f = s.function(sp.Piecewise((2 * sp.tanh(x), x < 5.52826997208576e-311), (sp.exp(sp.Min(sp.E, x)), True)))
+    start = time.perf_counter()
+    with pytest.raises(hd.NotLipschitzError):
+        f.lipschitz(time_budget=0.25)
+    assert time.perf_counter() - start < 5
+    # a continuous one at a subnormal threshold is still proven
+    assert s.function(hd.where(x > 5e-311, x - 5e-311, 0)).lipschitz(time_budget=0.25).upper == pytest.approx(1.0)

@@ -241,10 +241,17 @@ def _piecewise_jump(i: int, visit, L, H, symbols: tuple, box: tuple, tape: Tape)
 
 # -- the exact continuity proof ----------------------------------------------------------------
 def exact(expr: sympy.Basic) -> sympy.Basic:
-    """``expr`` with every float constant replaced by its exact rational value (that of the double)."""
+    """``expr`` with every float constant replaced by its exact rational value (that of the double).
+
+    Raises ValueError for a float far outside the double range (its rational would not fit in memory).
+    """
     floats = expr.atoms(sympy.Float)
     if not floats:
         return expr
+    for f in floats:
+        _, man, exp, bc = f._mpf_
+        if man and not -1200 <= exp + bc <= 1200:
+            raise ValueError(f"float constant {f} is far outside the double range")
     return expr.xreplace({f: sympy.Rational(f) for f in floats})
 
 
@@ -271,9 +278,10 @@ def piecewise_continuous(pairs: tuple, symbols: tuple, lo: tuple, hi: tuple) -> 
     * ``g`` must have a finite enclosure on the box (no pole);
     * ``g`` must be linear in some field ``v`` whose coefficient is enclosed away
       from 0 on the box, so that ``{g = 0}`` is exactly ``{v = v*(others)}``;
-    * on that boundary the branch must equal every later branch: ``sympy.simplify``
-      of the difference, with ``v = v*``, is exactly 0. Float constants are first
-      converted to the exact rationals they hold, so the comparison is exact.
+    * on that boundary the branch must equal every later branch: the difference,
+      with ``v = v*``, is exactly 0 (sympy's evaluation or ``sympy.simplify``, over
+      exact rationals: float constants are first converted to the exact rationals
+      they hold), and 0 lies in its outward-rounded enclosure on the box.
 
     Anything else (equalities, compound conditions, other boundaries) is
     conservatively reported as a possible jump.
@@ -301,7 +309,7 @@ def _proof(pairs: tuple, symbols: tuple, lo: tuple, hi: tuple) -> bool:
                 continue
             enclosure = _enclose_on_box(slope, symbols, lo, hi)
             if enclosure is not None and (enclosure[0] > 0 or enclosure[1] < 0):
-                boundary = (v, sympy.simplify(v - g / slope))
+                boundary = (v, _simplify(v - g / slope))
                 break
         if boundary is None:
             if not g.free_symbols:
@@ -310,10 +318,26 @@ def _proof(pairs: tuple, symbols: tuple, lo: tuple, hi: tuple) -> bool:
         v, at = boundary
         for later, _ in pairs[i + 1:]:
             gap = (branch - later).xreplace({v: at})
-            if sympy.simplify(gap) != 0:
-                return False
-            # belt and braces: an exact zero lies in the gap's enclosure (outward-rounded) on the box
+            if gap == 0:  # sympy's own (exact) evaluation already cancelled it
+                continue
+            # a gap whose outward-rounded enclosure on the box excludes 0 is a jump; this also
+            # keeps simplify away from most jumps, where it can be slow
             enclosure = _enclose_on_box(gap, symbols, lo, hi)
             if enclosure is not None and not enclosure[0] <= 0 <= enclosure[1]:
                 return False
+            if _simplify(gap) != 0:
+                return False
     return True
+
+
+#: rationals wider than this (in bits) keep sympy.simplify out: polynomial algorithms may expand
+#: ``exp(p / 2**1074)`` into a polynomial of degree ``p`` and never return
+_SIMPLIFY_MAX_BITS = 256
+
+
+def _simplify(expr: sympy.Expr) -> sympy.Expr:
+    """``sympy.simplify(expr)``, or ``expr`` itself when its rationals are too wide to simplify safely."""
+    for r in expr.atoms(sympy.Rational):
+        if max(abs(int(r.p)).bit_length(), int(r.q).bit_length()) > _SIMPLIFY_MAX_BITS:
+            return expr
+    return sympy.simplify(expr)

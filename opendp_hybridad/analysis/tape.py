@@ -11,6 +11,7 @@ form, the continuity proof and Lipschitz certificates consult.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -33,19 +34,33 @@ class Node:
     source: Any = field(default=None, compare=False)
 
 
-def exact_interval(value: sympy.Expr) -> tuple[float, float]:
-    """The tightest float interval that contains the real constant ``value``."""
-    import math
+_MAX = 1.7976931348623157e308
+_TINY = 5e-324
 
+
+def exact_interval(value: sympy.Expr) -> tuple[float, float]:
+    """The tightest float interval that contains the real constant ``value``.
+
+    A constant beyond the largest double gets ``[max double, inf]`` (the evaluator
+    flags it as an overflow where it matters).
+    """
     if value.is_Rational:
         frac = Fraction(int(value.p), int(value.q))
-        x = float(frac)
+        try:
+            x = float(frac)
+        except OverflowError:  # beyond the largest double: an enclosure that is not finite (flagged)
+            return (_MAX, math.inf) if frac > 0 else (-math.inf, -_MAX)
         if Fraction(x) == frac:
             return x, x
         lo = x if Fraction(x) < frac else math.nextafter(x, -math.inf)
         hi = x if Fraction(x) > frac else math.nextafter(x, math.inf)
         return lo, hi
     if value.is_Float:
+        sign, man, exp, bc = value._mpf_
+        if man and exp + bc > 1100:  # beyond the double range (and too wide to build as a rational)
+            return (-math.inf, -_MAX) if sign else (_MAX, math.inf)
+        if man and exp + bc < -1100:  # below the smallest subnormal, not zero
+            return (-_TINY, 0.0) if sign else (0.0, _TINY)
         rational = sympy.Rational(value)
         return exact_interval(rational)
     # irrational constants (pi, E, sqrt(2), ...): 30 correct digits then widen
