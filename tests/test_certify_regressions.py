@@ -265,3 +265,9 @@ def test_a_jump_at_a_subnormal_threshold_is_refused_quickly():
     assert time.perf_counter() - start < 5
     # a continuous one at a subnormal threshold is still proven
     assert s.function(hd.where(x > 5e-311, x - 5e-311, 0)).lipschitz(time_budget=0.25).upper == pytest.approx(1.0)
+
+
+def test_a_nan_constant_is_refused_at_declaration():
+    x = sp.Symbol("x")
+    with pytest.raises(hd.UnsupportedExpressionError):  # was a TypeError from the tape
+        hd.Schema(x=(0, 1)).function(x + sp.nan)

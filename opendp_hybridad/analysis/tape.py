@@ -141,7 +141,7 @@ class Tape:
         # only literal numbers become constants; a constant expression such as exp(750)
         # or softplus(1) is lowered op by op, so it is enclosed (or flagged) like any other
         if e.is_Number or e.is_NumberSymbol:
-            if e.is_finite is False or e.is_real is False:
+            if not (e.is_finite and e.is_real):  # nan, zoo, oo, I
                 raise UnsupportedExpressionError(f"constant {e} is not a finite real number")
             return self._const(e)
         if isinstance(e, sympy.Add):
