@@ -80,7 +80,8 @@ def _polish(objective: Objective, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray
         return -v if np.isfinite(v) else np.inf
 
     try:
-        res = optimize.minimize(neg, x0, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
+        with np.errstate(all="ignore"):  # finite differences over subnormal-width boxes overflow harmlessly
+            res = optimize.minimize(neg, x0, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
     except (ValueError, FloatingPointError):  # pragma: no cover - scipy refusing a non-finite start
         return x0, -neg(x0)
     x = np.clip(res.x, lo, hi)
