@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_MAX_THREADS", "NUMBA_NUM_THREADS"):
@@ -114,11 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, default=0, help="first case index of the stream")
     ap.add_argument("--case", type=int, default=None, help="run only this case index")
     ap.add_argument("--max-cases", type=int, default=None)
+    ap.add_argument("--max-depth", type=int, default=4, help="deepest expression tree (larger: bigger expressions)")
+    ap.add_argument("--max-vars", type=int, default=4)
     ap.add_argument("--case-timeout", type=float, default=20.0, help="seconds of certification per case")
     ap.add_argument("--out", default="fuzz_findings.json")
     ap.add_argument("--replay", default=None, help="re-run the cases of a findings file")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    # the library's witness polish (scipy finite differences) warns on overflow; noise here
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
 
     if args.replay:
         data = json.loads(Path(args.replay).read_text())
@@ -130,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                 stream[-1].label = rec["label"]
         cases = iter(stream)
     elif args.case is not None:
-        cases = iter([case_from_seed(args.seed, args.case)])
+        cases = iter([case_from_seed(args.seed, args.case, max_vars=args.max_vars, max_depth=args.max_depth)])
     else:
-        cases = (case_from_seed(args.seed, i) for i in range(args.start, 1 << 62))
+        cases = (case_from_seed(args.seed, i, max_vars=args.max_vars, max_depth=args.max_depth) for i in range(args.start, 1 << 62))
 
     tally = Tally()
     records: list[dict] = []
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = start + 60 * args.minutes
 
     def dump() -> None:
-        out = {"seed": args.seed, "minutes": args.minutes, "summary": tally.summary(time.perf_counter() - start), "findings": records}
+        out = {"seed": args.seed, "minutes": args.minutes, "max_depth": args.max_depth, "max_vars": args.max_vars,
+               "summary": tally.summary(time.perf_counter() - start), "findings": records}
         Path(args.out).write_text(json.dumps(out, indent=1, default=str))
 
     for case in cases:

@@ -377,7 +377,7 @@ def draw_case(ch, max_vars: int = 4, max_depth: int = 4) -> Case:
     n = ch.integer(1, max_vars)
     kinds = tuple(ch.weighted(BOX_KINDS) for _ in range(n))
     box = tuple(draw_interval(ch, k) for k in kinds)
-    env = _Env(box, budget=ch.integer(3, 14))
+    env = _Env(box, budget=ch.integer(3, 14 if max_depth <= 4 else 4 * max_depth))
     tree = _expr(ch, env, ch.integer(1, max_depth))
     tolerance = ch.weighted([(1e-3, 7), (1e-6, 2), (0.1, 1)])
     budget = ch.weighted([(0.25, 5), (1.0, 3), (2.0, 1)])
@@ -388,7 +388,8 @@ def case_from_seed(seed: int, index: int, **kwargs) -> Case:
     """Case ``index`` of the reproducible stream ``seed``."""
     rng = random.Random(f"opendp-hybridad-fuzz:{seed}:{index}")
     case = draw_case(RandomChooser(rng), **kwargs)
-    case.label = f"seed={seed} index={index}"
+    defaults = {"max_vars": 4, "max_depth": 4}
+    case.label = f"seed={seed} index={index}" + "".join(f" {k}={v}" for k, v in sorted(kwargs.items()) if v != defaults[k])
     return case
 
 
