@@ -422,6 +422,10 @@ class Evaluator:
         if op == "powx":
             b, bg = self._eval(node[1], st)
             e, eg = self._eval(node[2], st)
+            if b == 0 and e > 0:  # 0**e = 0 for e > 0 (its slope in the base: 0 for e > 1, infinite below)
+                if bg is not None and e <= 1 and any(c != 0 for c in bg):
+                    st.singular = True
+                return ctx.zero, self._zeros(st)
             if b <= 0:
                 raise UndefinedError("symbolic power of a non-positive base")
             lb = ctx.log(b)
@@ -862,13 +866,27 @@ class _Checker:
         slack = (abs(a.value) + abs(b.value)) * mpmath.mpf(10) ** (-mpmath.mp.dps + 8)
         return (abs(a.value - b.value) - slack) / norm_p(d, q)
 
-    def findings(self) -> list[Finding]:
+    def findings(self, library: Evaluator | None = None) -> list[Finding]:
+        """The worst violation per quantity; ``library`` evaluates the library's own expression.
+
+        A point where the expression as written has no real value (a non-real intermediate)
+        but the library's expression, rewritten by sympy under the schema's sign assumptions,
+        does (``Abs(sqrt(y))`` with y < 0 becomes ``sqrt(-y)``) is reported as ``semantics``,
+        not as unsound: the certificate holds for the function the library computes.
+        """
         out = [f for _, f in sorted(self.worst.values(), key=lambda t: -t[0])]
         if self.undefined_seen is not None:
             r = self.undefined_seen
+            kind, note = "unsound", ""
+            if library is not None:
+                lib = library.at(r.x, MP, grad=False)
+                if lib.status == "ok":
+                    kind = "semantics"
+                    note = f"; the library's expression (after sympy's rewriting) is defined there: {_fmt(lib.value)}"
             for q in [k for k in ("range", "K1", "K2", "Kinf", "partials") if k in self.c]:
-                out.append(Finding("unsound", f"{q}.domain", certified=repr(self.c[q]), true="undefined",
-                                   witness=_point_json(r.x), detail=f"certified, but f is undefined at a point of the box: {r.reason}"))
+                out.append(Finding(kind, f"{q}.domain", certified=repr(self.c[q]), true="undefined",
+                                   witness=_point_json(r.x),
+                                   detail=f"certified, but f is undefined at a point of the box: {r.reason}{note}"))
         return out
 
 
@@ -1048,7 +1066,7 @@ def run_expression(expr: sympy.Expr, symbols, names, box, *, tolerance: float = 
     t1 = time.perf_counter()
     try:
         with time_limit(truth_timeout):
-            _truth(case, expr, symbols, result, certified, seed)
+            _truth(case, expr, symbols, result, certified, seed, library=(fn.expr, tuple(fn.symbols)))
     except CaseTimeout:
         result.status = "gt_timeout"
     except UnsupportedNodeError as exc:
@@ -1062,7 +1080,7 @@ def run_expression(expr: sympy.Expr, symbols, names, box, *, tolerance: float = 
     return result
 
 
-def _truth(case, expr, symbols, result: CaseResult, certified: dict, seed: int) -> None:
+def _truth(case, expr, symbols, result: CaseResult, certified: dict, seed: int, library=None) -> None:
     ev = Evaluator(expr, symbols)
     lo = np.array([b[0] for b in case.box], dtype=float)
     hi = np.array([b[1] for b in case.box], dtype=float)
@@ -1170,4 +1188,10 @@ def _truth(case, expr, symbols, result: CaseResult, certified: dict, seed: int) 
 
     result.points = len(evaluated)
     result.pairs = pairs
-    result.findings.extend(checker.findings())
+    lib_ev = None
+    if library is not None:
+        try:
+            lib_ev = Evaluator(*library)
+        except UnsupportedNodeError:
+            lib_ev = None
+    result.findings.extend(checker.findings(lib_ev))
