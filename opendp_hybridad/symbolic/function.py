@@ -57,6 +57,29 @@ def parse(text: str, schema: Schema) -> sympy.Expr:
     return parse_expression(text, schema)
 
 
+def exact_constant(value: sympy.Float) -> sympy.Rational:
+    """The exact rational value of a float constant: the double the kernel computes with.
+
+    A certificate is then about the real-arithmetic version of exactly the constants
+    the compiled kernel uses, and sympy cannot fold a function of a float constant
+    into a 53-bit rounded value that it then treats as exact. (Text literals are read
+    by the parser as the decimal written.)
+    """
+    return sympy.Rational(value)
+
+
+def _is_a_double(value: sympy.Float) -> bool:
+    """Whether a sympy Float is exactly a finite double (others, such as 1e500, stay Floats).
+
+    Read from the mpmath triple (sign, mantissa, exponent, bits) without forming the
+    rational: a Float with an astronomic exponent would need an astronomic integer.
+    """
+    _, mantissa, exponent, bits = value._mpf_
+    if mantissa == 0:
+        return exponent == 0  # zero (mpmath's inf and nan have a zero mantissa and special exponents)
+    return bits <= 53 and exponent >= -1074 and exponent + bits <= 1024
+
+
 class RecordFunction:
     """A scalar function of one record, ``f: box -> R``, with closed forms and certificates.
 
@@ -77,7 +100,16 @@ class RecordFunction:
                 f"the expression uses {', '.join(missing)}, which the schema does not declare "
                 f"(fields: {', '.join(schema.names)})"
             )
-        expr = expr.xreplace({s: schema.symbol(str(s)) for s in expr.free_symbols})
+        # one rebuild that swaps in the schema's symbols (with their sign assumptions) and turns
+        # every float constant into its exact value: sympy re-evaluates while rebuilding, and a float
+        # argument would be folded in 53-bit precision into a rounded constant that is then
+        # treated as exact (tanh(Min(-0.196, x)) with x >= 0); rationals stay symbolic
+        substitution: dict[sympy.Basic, sympy.Basic] = {s: schema.symbol(str(s)) for s in expr.free_symbols}
+        substitution.update({c: exact_constant(c) for c in expr.atoms(sympy.Float) if _is_a_double(c)})
+        try:
+            expr = expr.xreplace(substitution)
+        except (TypeError, ValueError) as exc:  # sympy cannot order Min/Max arguments, and similar
+            raise DeclarationError(f"the expression cannot be declared over this schema: {type(exc).__name__}") from None
         self.expr: sympy.Expr = canonical(expr)
         self.schema = schema
         self.name = name or "f"
