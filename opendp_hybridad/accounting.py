@@ -1,4 +1,4 @@
-"""The one bridge between OpenDP measurements and dp-accounting (ARCHITECTURE.md decision 9).
+"""The one bridge between OpenDP measurements and dp-accounting.
 
 Every measurement this package makes is an :class:`AccountedMeasurement`: the
 OpenDP measurement, the distance ``d_in`` its guarantee is stated for, the
@@ -7,7 +7,7 @@ the neighbouring relation. From these it reports its dp-accounting event
 (``LaplaceDpEvent`` or ``GaussianDpEvent``), and it can be expressed in OpenDP's
 other measures so ``dp.c.make_composition``, ``make_zCDP_to_approxDP`` and privacy
 filters accept it. OpenDP measure names stay behind :func:`to_measure`
-(decision 8: OpenDP plans to rename them).
+(OpenDP plans to rename them).
 
 dp-accounting has no group privacy: a measurement is accounted at the ``d_in``
 it was built for; asking for another distance is refused.

@@ -1,6 +1,6 @@
 """Outward-rounded interval arithmetic, vectorised over many boxes at once.
 
-Soundness argument (ARCHITECTURE.md decision 3); the rounding rules and the facts
+Soundness argument (docs/soundness.md); the rounding rules and the facts
 they rest on live in :mod:`opendp_hybridad.analysis.rounding`, the one home of
 rounding constants:
 

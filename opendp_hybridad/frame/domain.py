@@ -2,7 +2,7 @@
 preparation every data-facing constructor applies before a kernel runs.
 
 OpenDP does not check domain membership when a transformation runs
-(ARCHITECTURE.md decision 6), so constructors call :func:`check_frame` on every
+(docs/architecture.md), so constructors call :func:`check_frame` on every
 input, before any value is computed. Its errors name the column and the kind of
 mismatch, never a value.
 

@@ -1,4 +1,4 @@
-"""Layers, activations and losses of tensor-level models, symbolic per layer (ARCHITECTURE decision 1).
+"""Layers, activations and losses of tensor-level models, symbolic per layer (never expanded into scalars).
 
 Each activation knows its value, its derivative, and a sound bound on both over an
 interval, which is all the certified per-example gradient-norm bound needs. Each

@@ -1,6 +1,6 @@
 """A multilayer perceptron declared per layer, with per-example gradient kernels and a certified bound.
 
-Closed forms, per example (ARCHITECTURE decision 1, no scalar expansion):
+Closed forms, per example (symbolic per layer, never expanded into scalars):
 
     z_l = W_l a_{l-1} + b_l,   a_l = phi_l(z_l),   a_0 = x
     delta_L = dLoss/dz_L
