@@ -284,7 +284,7 @@ class Evaluator:
             b = self._compile(base)
             if expo.is_Integer:
                 return ("powi", b, int(expo))
-            if not expo.free_symbols:
+            if not expo.free_symbols and (expo.is_Number or expo.is_NumberSymbol):
                 if expo.is_real is False or expo.is_finite is False:
                     return ("undefined", str(e))
                 return ("powr", b, expo)
