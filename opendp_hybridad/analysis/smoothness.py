@@ -34,8 +34,12 @@ declaration), so they cannot reach a certificate.
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sympy
@@ -287,9 +291,44 @@ def piecewise_continuous(pairs: tuple, symbols: tuple, lo: tuple, hi: tuple) -> 
     conservatively reported as a possible jump.
     """
     try:
-        return _proof(pairs, symbols, lo, hi)
-    except Exception:  # sympy refusing a step (e.g. Min of incomparable numbers): not proven, refuse
+        with _time_limit(PROOF_SECONDS):
+            return _proof(pairs, symbols, lo, hi)
+    except Exception:  # sympy refusing a step, or the proof running out of time: not proven, refuse
         return False
+
+
+#: a continuity proof that takes longer is abandoned (refused): sympy's simplification and
+#: exact substitution have no time bound of their own
+PROOF_SECONDS = 5.0
+
+
+class _ProofTimeoutError(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`_ProofTimeoutError` inside the block after ``seconds`` (main thread, POSIX; else no limit).
+
+    sympy is pure Python, so the alarm interrupts it between bytecodes. An abandoned
+    proof only ever turns into a refusal, never into a certificate.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def _expire(signum: int, frame: Any) -> None:
+        raise _ProofTimeoutError
+
+    previous = signal.signal(signal.SIGALRM, _expire)
+    remaining, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if remaining:  # an outer timer was running: let it go on
+            signal.setitimer(signal.ITIMER_REAL, remaining)
 
 
 def _proof(pairs: tuple, symbols: tuple, lo: tuple, hi: tuple) -> bool:

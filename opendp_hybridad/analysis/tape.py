@@ -64,7 +64,10 @@ def exact_interval(value: sympy.Expr) -> tuple[float, float]:
         rational = sympy.Rational(value)
         return exact_interval(rational)
     # irrational constants (pi, E, sqrt(2), ...): 30 correct digits then widen
-    approx = sympy.Rational(sympy.N(value, 30))
+    numeric = sympy.N(value, 30)
+    if not numeric.is_Number or not numeric.is_finite:
+        raise UnsupportedExpressionError(f"the constant {value} has no finite real value")
+    approx = sympy.Rational(numeric)
     lo, hi = exact_interval(approx)
     return math.nextafter(lo, -math.inf), math.nextafter(hi, math.inf)
 

@@ -105,7 +105,10 @@ class RecordFunction:
         # argument would be folded in 53-bit precision into a rounded constant that is then
         # treated as exact (tanh(Min(-0.196, x)) with x >= 0); rationals stay symbolic
         substitution: dict[sympy.Basic, sympy.Basic] = {s: schema.symbol(str(s)) for s in expr.free_symbols}
-        substitution.update({c: exact_constant(c) for c in expr.atoms(sympy.Float) if _is_a_double(c)})
+        # exponents stay floats: a negative base to a rational power with a 2^52 denominator
+        # sends sympy into root extraction ((-0.031)**0.7 hangs); a float exponent evaluates
+        exponents = {p.exp for p in expr.atoms(sympy.Pow) if p.exp.is_Float}
+        substitution.update({c: exact_constant(c) for c in expr.atoms(sympy.Float) if _is_a_double(c) and c not in exponents})
         try:
             expr = expr.xreplace(substitution)
         except (TypeError, ValueError) as exc:  # sympy cannot order Min/Max arguments, and similar

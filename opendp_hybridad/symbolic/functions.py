@@ -46,6 +46,16 @@ def _args(name: str, args: tuple[Any, ...]) -> list[sympy.Basic]:
     return [to_sympy(a, f"an argument of {name}") for a in args]
 
 
+def _evalf_by_rewrite(fn: sympy.Function, target: Any, prec: int) -> sympy.Expr | None:
+    """sympy's numeric value of ``fn`` of a constant, through its closed form (None if not a constant)."""
+    if fn.args[0].free_symbols:
+        return None
+    from mpmath.libmp import prec_to_dps
+
+    value = fn.rewrite(target).evalf(prec_to_dps(prec))
+    return value if value.is_Number else None
+
+
 class sigmoid(sympy.Function):  # noqa: N801 - lower case like sympy's own functions
     """The logistic function ``1 / (1 + exp(-x))``."""
 
@@ -76,6 +86,10 @@ class sigmoid(sympy.Function):  # noqa: N801 - lower case like sympy's own funct
     def _eval_rewrite_as_exp(self, x: sympy.Expr, **kwargs: Any) -> sympy.Expr:
         return 1 / (1 + sympy.exp(-x))
 
+    def _eval_evalf(self, prec: int) -> sympy.Expr | None:
+        # numeric value of a constant argument (sympy compares and encloses constants with it)
+        return _evalf_by_rewrite(self, sympy.exp, prec)
+
     def _latex(self, printer: Any) -> str:
         return rf"\sigma\left({printer._print(self.args[0])}\right)"
 
@@ -99,6 +113,9 @@ class softplus(sympy.Function):  # noqa: N801
 
     def _eval_rewrite_as_log(self, x: sympy.Expr, **kwargs: Any) -> sympy.Expr:
         return sympy.log(1 + sympy.exp(x))
+
+    def _eval_evalf(self, prec: int) -> sympy.Expr | None:
+        return _evalf_by_rewrite(self, sympy.log, prec)
 
     def _latex(self, printer: Any) -> str:
         return rf"\operatorname{{softplus}}\left({printer._print(self.args[0])}\right)"
