@@ -1,4 +1,4 @@
-"""Audit findings (adversarial review): minimal reproducers, xfail(strict) until fixed.
+"""Audit findings (adversarial review): minimal reproducers, kept as regression tests once fixed.
 
 Attack scripts: bench/audits/attack_maps.py, bench/audits/attack_dpsgd_totality.py.
 """
@@ -11,7 +11,6 @@ from decimal import Decimal
 import numpy as np
 import opendp.prelude as dp
 import pandas as pd
-import pytest
 
 import opendp_hybridad as hd
 from opendp_hybridad.dpsgd import DPSGD, make_dp_sgd
@@ -22,8 +21,8 @@ from opendp_hybridad.nn import MLP, Dense, Identity, MeanSquaredError
 dp.enable_features("contrib", "honest-but-curious")
 
 
-@pytest.mark.xfail(strict=True, reason="audit finding: feature-level map assumes the float64 conversion of the "
-                   "data is non-expansive; an int64 column above 2^53 turns records 1 apart into records 2 apart")
+# Audit finding (fixed): feature-level map assumes the float64 conversion of the data is non-
+# expansive; an int64 column above 2^53 turns records 1 apart into records 2 apart
 def test_feature_level_map_covers_int64_records_above_2_to_53():
     B = 2**53
     schema = hd.Schema(x=hd.Field(B, B + 8, dtype="int64"))
@@ -34,8 +33,8 @@ def test_feature_level_map_covers_int64_records_above_2_to_53():
     assert abs(t(a) - t(b)) <= t.map(1.0)  # observed 2.0, map 1.0000000000000073
 
 
-@pytest.mark.xfail(strict=True, reason="audit finding: feature-level map vs Decimal (object) columns: records "
-                   "2e-7 apart convert to float64 records one ulp (1.0) apart; map(2e-7) = 2.0000000710542738e-07")
+# Audit finding (fixed): feature-level map vs Decimal (object) columns: records 2e-7 apart convert to
+# float64 records one ulp (1.0) apart; map(2e-7) = 2.0000000710542738e-07
 def test_feature_level_map_covers_decimal_records_closer_than_an_ulp():
     B = 2**52
     schema = hd.Schema(x=hd.Field(B, B + 8))
@@ -59,13 +58,13 @@ def _dpsgd_release(data):
         try:
             m(data)
             return "released"
-        except Exception:  # noqa: BLE001
+        except Exception:
             return "raised"
 
 
-@pytest.mark.xfail(strict=True, reason="audit finding: make_dp_sgd (clip mode) is not total: unprojected weights "
-                   "pushed by one example's gradient make the per-step row error infinite and noise_function raises "
-                   "at step 2, while the empty neighbour releases")
+# Audit finding (fixed): make_dp_sgd (clip mode) is not total: unprojected weights pushed by one
+# example's gradient make the per-step row error infinite and noise_function raises at step 2, while
+# the empty neighbour releases
 def test_make_dp_sgd_is_total_on_neighbours_in_clip_mode():
     one = (np.array([[100.0, 100.0]]), np.array([-1.0]))
     empty = (np.zeros((0, 2)), np.zeros(0))

@@ -291,6 +291,26 @@ def evaluation_error(fn: RecordFunction) -> float:
     return rd.add_up(width, rd.mul_up(2.0, rd.ulp_up(rd.add_up(max_abs, width))))
 
 
+def conversion_distance(fn: RecordFunction, q: float) -> float:
+    """Bound on ``||fl(x) - x||_q`` for a record x in the box: what converting data to float64 can move it.
+
+    Columns of other types (int64 above 2^53, Decimal, long double, text) are converted
+    to float64 before clamping. Each conversion is at most one ulp from the value
+    (correct rounding gives half of that; one ulp allows a faithful conversion), and,
+    since the box's ends are doubles, clamping after the conversion equals converting
+    after clamping, so the value that matters is in the box: per field
+    ``c_k <= 2 u max(|lower_k|, |upper_k|) + TINY``. Two records at distance ``r``
+    are then at most ``r + 2 ||c||_q`` apart after conversion (a review found records 1
+    apart as int64 that are 2 apart as float64).
+    """
+    per_field = [rd.add_up(rd.mul_up(2 * rd.UNIT_ROUNDOFF, max(abs(lo), abs(hi))), rd.TINY) for lo, hi in fn.schema.bounds()]
+    if math.isinf(q):
+        return max(per_field, default=0.0)
+    if q == 1.0:
+        return rd.sum_up(per_field)
+    return rd.norm2_up(per_field)
+
+
 def clamped_point_values(fn: RecordFunction, columns: list[np.ndarray], lower: float, upper: float) -> np.ndarray:
     """:func:`point_values` clamped to ``[lower, upper]``, a failed enclosure becoming ``lower``."""
     values = point_values(fn, columns)

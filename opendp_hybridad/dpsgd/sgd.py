@@ -70,6 +70,8 @@ class TrainingHistory:
     steps: list[dict[str, float]] = field(default_factory=list)
     noise_seconds: float = 0.0
     gradient_seconds: float = 0.0
+    #: why training stopped before its last step (a function of public weights), or None
+    stopped: str | None = None
 
 
 class DPSGD:
@@ -448,14 +450,19 @@ class DPSGD:
                 bound_t = self.model.certified_bound(params)
                 K_t = min(_round_up_16_per_octave(bound_t.upper), self.bound.upper if self.mode == "bound" else math.inf)
                 clip_now = self._clipping_needed(K_t)
-                noise = noise_for(self._sensitivity(K_t), _round_up_16_per_octave(self.row_error(bound_t, clip_now)))
+                sensitivity, error = self._sensitivity(K_t), _round_up_16_per_octave(self.row_error(bound_t, clip_now))
             elif self._projects:
                 clip_now = self.clipping_needed
-                noise = noise_for(self.sensitivity, self.row_error())
+                sensitivity, error = self.sensitivity, self.row_error()
             else:  # clip mode: the weights are not kept in the declared set; e from their norms
                 clip_now = True
-                error = _round_up_16_per_octave(self.model.rounding_bound(params).row_error(self.clip))
-                noise = noise_for(self.clip, error)
+                sensitivity, error = self.clip, _round_up_16_per_octave(self.model.rounding_bound(params).row_error(self.clip))
+            if not math.isfinite(computed_sum_sensitivity(sensitivity, error, max_terms)):
+                # no finite noise covers the float sum at these (public) weights: stop here, a
+                # decision made from released quantities only, so every member is answered alike
+                history.stopped = f"step {step}: the float error of the gradient sum is unbounded at the current weights"
+                break
+            noise = noise_for(sensitivity, error)
             params = self.step(params, x[members], y[members], noise, clip=clip_now, history=history)
             record: dict[str, float] = {"step": step}
             if progress and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):

@@ -116,10 +116,13 @@ class _SumPlan:
         self.feature = isinstance(relation, FeatureLevel)
         evaluation_error = 0.0
         if self.feature:
-            # values come from certified point enclosures (analysis/float_error.py)
+            # values come from certified point enclosures (analysis/float_error.py) of records
+            # converted to float64, which can move each record by up to conversion_distance
+            from opendp_hybridad.analysis.float_error import conversion_distance
             from opendp_hybridad.analysis.float_error import evaluation_error as error_of
 
-            evaluation_error = error_of(function)
+            moved = conversion_distance(function, relation.q)
+            evaluation_error = add_up(error_of(function), mul_up(mul_up(2.0, slope), moved))
         self.stability = SumStability(slope, cap, sum_relaxation(terms, bound.max_abs), relation, evaluation_error)
         self.function = function
         self.kernel = function.compile(backend=backend)
