@@ -34,15 +34,13 @@ declaration), so they cannot reach a certificate.
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sympy
+
+from opendp_hybridad.time_limit import time_limit
 
 if TYPE_CHECKING:  # pragma: no cover
     from opendp_hybridad.analysis.tape import Tape
@@ -291,7 +289,7 @@ def piecewise_continuous(pairs: tuple, symbols: tuple, lo: tuple, hi: tuple) -> 
     conservatively reported as a possible jump.
     """
     try:
-        with _time_limit(PROOF_SECONDS):
+        with time_limit(PROOF_SECONDS):
             return _proof(pairs, symbols, lo, hi)
     except Exception:  # sympy refusing a step, or the proof running out of time: not proven, refuse
         return False
@@ -302,33 +300,6 @@ def piecewise_continuous(pairs: tuple, symbols: tuple, lo: tuple, hi: tuple) -> 
 PROOF_SECONDS = 5.0
 
 
-class _ProofTimeoutError(Exception):
-    pass
-
-
-@contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`_ProofTimeoutError` inside the block after ``seconds`` (main thread, POSIX; else no limit).
-
-    sympy is pure Python, so the alarm interrupts it between bytecodes. An abandoned
-    proof only ever turns into a refusal, never into a certificate.
-    """
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def _expire(signum: int, frame: Any) -> None:
-        raise _ProofTimeoutError
-
-    previous = signal.signal(signal.SIGALRM, _expire)
-    remaining, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if remaining:  # an outer timer was running: let it go on
-            signal.setitimer(signal.ITIMER_REAL, remaining)
 
 
 def _proof(pairs: tuple, symbols: tuple, lo: tuple, hi: tuple) -> bool:

@@ -80,6 +80,10 @@ def _is_a_double(value: sympy.Float) -> bool:
     return bits <= 53 and exponent >= -1074 and exponent + bits <= 1024
 
 
+#: a declaration (parsing, sympy's evaluation, lowering) that takes longer is refused
+DECLARATION_SECONDS = 5.0
+
+
 class RecordFunction:
     """A scalar function of one record, ``f: box -> R``, with closed forms and certificates.
 
@@ -89,6 +93,19 @@ class RecordFunction:
     """
 
     def __init__(self, expression: Any, schema: Schema, name: str | None = None):
+        # sympy evaluates while it builds (Max compares every pair of its arguments, which
+        # grows fast with exponentials): a declaration that takes too long is refused
+        from opendp_hybridad.time_limit import TimeLimitError, time_limit
+
+        try:
+            with time_limit(DECLARATION_SECONDS):
+                self._declare(expression, schema, name)
+        except TimeLimitError:
+            raise DeclarationError(
+                f"the expression takes longer than {DECLARATION_SECONDS:g} s to declare (sympy's evaluation while "
+                "building it); simplify it, or split a long min/max") from None
+
+    def _declare(self, expression: Any, schema: Schema, name: str | None) -> None:
         # text (str subclasses too) only ever goes through the parser; anything else through
         # to_sympy, never sympy.sympify's string path (which runs Python)
         expr = parse(expression, schema) if isinstance(expression, str) else to_sympy(expression, "a record function's expression")

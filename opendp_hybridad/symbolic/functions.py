@@ -144,7 +144,11 @@ def log(x: Any, base: Any = None) -> sympy.Expr:
     """The natural logarithm, or the logarithm to ``base`` (sympy.log)."""
     if base is None:
         return sympy.log(to_sympy(x, "the argument of log"))
-    return sympy.log(to_sympy(x, "the argument of log"), to_sympy(base, "the base of log"))
+    base = to_sympy(base, "the base of log")
+    # sympy folds log(x, 0) to 0 and log(x, x) to 1, though both are undefined somewhere
+    if not (base.is_number and base.is_extended_real and base.is_positive and base != 1):
+        raise DeclarationError("the base of log must be a positive constant other than 1")
+    return sympy.log(to_sympy(x, "the argument of log"), base)
 
 
 def sqrt(x: Any) -> sympy.Expr:
