@@ -19,6 +19,7 @@ from typing import Any
 import sympy
 from sympy.core.relational import Relational
 
+from opendp_hybridad.analysis.rounding import down, round_down, round_up, up
 from opendp_hybridad.analysis.smoothness import OP_CLASS
 from opendp_hybridad.errors import UnsupportedExpressionError
 from opendp_hybridad.symbolic.functions import sigmoid, softplus
@@ -52,9 +53,7 @@ def exact_interval(value: sympy.Expr) -> tuple[float, float]:
             return (_MAX, math.inf) if frac > 0 else (-math.inf, -_MAX)
         if Fraction(x) == frac:
             return x, x
-        lo = x if Fraction(x) < frac else math.nextafter(x, -math.inf)
-        hi = x if Fraction(x) > frac else math.nextafter(x, math.inf)
-        return lo, hi
+        return round_down(frac), round_up(frac)
     if value.is_Float:
         sign, man, exp, bc = value._mpf_
         if man and exp + bc > 1100:  # beyond the double range (and too wide to build as a rational)
@@ -69,7 +68,7 @@ def exact_interval(value: sympy.Expr) -> tuple[float, float]:
         raise UnsupportedExpressionError(f"the constant {value} has no finite real value")
     approx = sympy.Rational(numeric)
     lo, hi = exact_interval(approx)
-    return math.nextafter(lo, -math.inf), math.nextafter(hi, math.inf)
+    return down(lo), up(hi)
 
 
 _UNARY = {

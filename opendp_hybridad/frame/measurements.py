@@ -178,7 +178,7 @@ def _calibrate(transformation: Any, d_in: Any, epsilon: float | None, rho: float
     for _ in range(64):
         if measurement.map(d_in) <= target:
             break
-        scale = math.nextafter(scale * (1 + 2**-40), math.inf)
+        scale = mul_up(scale, 1 + 2**-40)
         measurement = transformation >> then(scale)
     else:  # pragma: no cover - a handful of ulps always suffices
         raise DeclarationError("could not calibrate the noise scale to the target")

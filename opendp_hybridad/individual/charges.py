@@ -29,6 +29,7 @@ from opendp_hybridad.analysis.rounding import (
     UNIT_ROUNDOFF,
     add_up,
     div_up,
+    down_array,
     gamma,
     mul_up,
     norm2_up,
@@ -144,6 +145,6 @@ def clip_rows(values: np.ndarray, row_bound: float) -> tuple[np.ndarray, float]:
         over = norms > row_bound
         if over.any():
             with np.errstate(all="ignore"):
-                factor = np.nextafter(row_bound / norms[over], -np.inf)
+                factor = down_array(row_bound / norms[over])
             values[over] *= factor[:, None]
     return values, mul_up(row_bound, add_up(1.0, 2 * UNIT_ROUNDOFF))

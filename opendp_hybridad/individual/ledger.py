@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from opendp_hybridad.analysis.rounding import up_array
 from opendp_hybridad.errors import HybridADError
 
 FORMAT = "opendp-hybridad-ledger-v1"
@@ -180,7 +181,7 @@ class PrivacyLedger:
                 idx, found = self._positions(known, hashes)
                 self._db.execute("UPDATE members SET hashes = ? WHERE id = 0", (known.tobytes(),))
             recorded = spent[idx] + charges
-            recorded = np.where(charges > 0, np.nextafter(recorded, np.inf), recorded)  # never under-record
+            recorded = np.where(charges > 0, up_array(recorded), recorded)  # never under-record
             admitted = ~retired[idx] & (recorded <= budget)
             newly_retired = ~retired[idx] & ~admitted
             spent[idx[admitted]] = recorded[admitted]
