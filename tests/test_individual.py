@@ -168,19 +168,24 @@ def test_a_budget_that_is_not_positive_is_refused(budget):
 
 
 def test_foreign_corrupted_and_mismatched_ledgers_are_refused_without_reset(tmp_path):
-    foreign = tmp_path / "foreign.sqlite"
-    with sqlite3.connect(foreign) as db:
-        db.execute("CREATE TABLE t (x)")
-    with pytest.raises(LedgerError, match="not an opendp-hybridad ledger"):
-        PrivacyLedger(str(foreign), LedgerParameters("gdp", 1.0))
-    junk = tmp_path / "junk.sqlite"
-    junk.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(LedgerError, match="not a usable ledger"):
-        PrivacyLedger(str(junk), LedgerParameters("gdp", 1.0))
     real = tmp_path / "real.sqlite"
     ledger = PrivacyLedger(str(real), LedgerParameters("renyi", 2.0, 8.0))
     ledger.charge(np.array([7], dtype=np.uint64), np.array([1.5]))
     ledger.close()
+    key = (tmp_path / "real.sqlite.key").read_bytes()  # a valid key next to each bad file: the file itself is judged
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE t (x)")
+    (tmp_path / "foreign.sqlite.key").write_bytes(key)
+    with pytest.raises(LedgerError, match="not an opendp-hybridad ledger"):
+        PrivacyLedger(str(foreign), LedgerParameters("gdp", 1.0))
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    (tmp_path / "junk.sqlite.key").write_bytes(key)
+    with pytest.raises(LedgerError, match="not a usable ledger"):
+        PrivacyLedger(str(junk), LedgerParameters("gdp", 1.0))
+    with pytest.raises(LedgerError, match="key file"):  # a database without its key file
+        PrivacyLedger(str(real), LedgerParameters("renyi", 2.0, 8.0), key_path=tmp_path / "absent.key")
     with pytest.raises(LedgerError, match="never reset"):
         PrivacyLedger(str(real), LedgerParameters("renyi", 3.0, 8.0))
     with pytest.raises(LedgerError, match="never reset"):

@@ -45,6 +45,7 @@ from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.frame.domain import FrameDomain, SchemaMismatchError, as_frame_domain, kernel_inputs, prepare_frame
 from opendp_hybridad.individual import charges as _charges
 from opendp_hybridad.individual import report as _report
+from opendp_hybridad.individual.ids import _id_key, id_keys  # noqa: F401  (the canonical id encoding)
 from opendp_hybridad.individual.ledger import LedgerParameters, PrivacyLedger
 from opendp_hybridad.individual.report import QueryReport
 from opendp_hybridad.relations import AddRemove, relation_of
@@ -68,44 +69,6 @@ def check_relation(relation: Any) -> AddRemove:
     if not isinstance(rel, AddRemove):
         raise DeclarationError(REFUSAL.format(name=rel.name))
     return rel
-
-
-def id_keys(ids: pd.Series) -> pd.Series:
-    """The text that names each row's individual (hashed by the ledger); ids are compared by these keys.
-
-    Numbers by numeric value (``1``, ``1.0`` and ``numpy.int64(1)`` are one person:
-    ``"n:1"``), strings by their text (``"s:1"`` is another person), anything else
-    by its type and ``str()``. A per-value rule: a row's key never depends on other rows.
-    """
-    kind = ids.dtype.kind if isinstance(ids.dtype, np.dtype) else "O"
-    values = ids.to_numpy()
-    if kind in "iu":
-        return pd.Series(np.char.add("n:", values.astype(str)), dtype=object)
-    if kind == "f":
-        out = np.char.add("n:", values.astype(str)).astype(object)
-        integral = np.isfinite(values) & (np.floor(values) == values)
-        small = integral & (np.abs(values) < 2.0**63)
-        out[small] = np.char.add("n:", values[small].astype(np.int64).astype(str))
-        out[integral & ~small] = [_id_key(v) for v in values[integral & ~small]]
-        return pd.Series(out, dtype=object)
-    if kind == "b":
-        return pd.Series(np.char.add("bool:", values.astype(str)), dtype=object)
-    return pd.Series([_id_key(v) for v in values], dtype=object)
-
-
-def _id_key(value: Any) -> str:
-    if isinstance(value, str):
-        return "s:" + value
-    if isinstance(value, (bool, np.bool_)):
-        return "bool:" + str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return "n:" + str(int(value))
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        if math.isfinite(v) and v.is_integer():
-            return "n:" + str(int(v))
-        return "n:" + repr(v)
-    return f"{type(value).__module__}.{type(value).__qualname__}:{value}"
 
 
 class IndividualFilter:
@@ -177,7 +140,8 @@ class IndividualFilter:
             self._max_rows = max_rows
         codes, uniques = pd.factorize(keys, sort=False)
         codes = codes.astype(np.intp)
-        hashes = self.ledger.hash_ids(pd.Series(uniques, dtype=object))
+        uniques = pd.Series(uniques, dtype=object)  # keys (ids.py encoding), or row positions
+        hashes = self.ledger.hash_keys(uniques) if id_column is not None else self.ledger.hash_ids(uniques)
         distinct, inverse = np.unique(hashes, return_inverse=True)
         if distinct.size < hashes.size:  # two keys share a hash: the ledger sees one individual
             codes, hashes = inverse.reshape(-1)[codes], distinct
@@ -194,7 +158,7 @@ class IndividualFilter:
     def hashes_of(self, ids: Any) -> np.ndarray:
         """The ledger hashes of the given ids (as :func:`id_keys` names them; row positions without an id column)."""
         ids = pd.Series(list(ids) if not isinstance(ids, pd.Series) else ids)
-        return self.ledger.hash_ids(pd.Series(id_keys(ids) if self._id_column is not None else ids, dtype=object))
+        return self.ledger.hash_ids(ids)  # encoded by ids.py, as the ledger's parameters record
 
     def record_columns(self) -> list[np.ndarray]:
         """The records the filter counts (schema order): missing values imputed, clamped to the box."""

@@ -1,6 +1,7 @@
 """A durable privacy ledger: every individual's spent privacy loss, in SQLite.
 
-Guarantees (tested in ``tests/test_ledger.py``):
+Guarantees (tested in ``tests/test_ledger.py``, ``tests/test_ledger_corruption.py`` and
+``tests/test_individual.py``):
 
 * **Committed before released.** :meth:`PrivacyLedger.charge` commits the charges of a
   query (``synchronous=FULL``) and only then returns the set of admitted
@@ -8,24 +9,40 @@ Guarantees (tested in ``tests/test_ledger.py``):
   killed at any point has therefore recorded at least what every released answer
   cost.
 * **No double spending.** A charge runs in one ``BEGIN IMMEDIATE`` transaction that
-  re-reads the state, so two processes sharing a ledger serialise their charges.
+  re-reads the state, so two processes sharing a ledger serialise their charges; threads
+  sharing one :class:`PrivacyLedger` serialise on its lock.
 * **Never above the budget.** An individual is admitted only if their recorded loss
   plus the new charge (rounded up) stays within the budget; otherwise they are
   retired for good and charged nothing.
 * **No private values.** Individuals are stored as 64-bit keyed hashes (SipHash-2-4
-  via ``pandas.util.hash_pandas_object`` with a random per-ledger key) next to their
-  losses. Two ids that collide share one budget, which only over-charges them.
-* **Refuses what it does not recognise.** A file that is not a ledger, a corrupted
-  one, or one made for other parameters (kind, order, budget) raises
-  :class:`LedgerError`; spent budget is never silently reset.
+  via ``pandas.util.hash_pandas_object`` with a random per-ledger key) of their canonical
+  typed id (:mod:`opendp_hybridad.individual.ids`, whose encoding name is one of the
+  ledger's parameters). Two ids that collide share one budget, which only over-charges them.
+* **Never forgets.** A ledger is created only by :meth:`PrivacyLedger.create`, or by the
+  constructor when neither the data file nor its key file exists. Opening an existing file
+  never creates anything.
+* **Integrity.** The ledger's secret lives in a key file apart from the data (``<path>.key``,
+  mode 0600). Individuals are stored in 2^14 buckets (by the top 14 bits of their hash), each
+  with an HMAC-SHA256 over its content; a head row holds an HMAC over the parameters, a
+  commit counter, the member and query counts and the XOR of the bucket and query-row MACs.
+  A charge rewrites only the buckets it changes and the head. The key file also records the
+  counter (updated after each commit), so an older copy of the data (a copy without its WAL,
+  a rolled-back file) is refused. Opening checks every MAC; anything altered, truncated,
+  replaced or rolled back raises :class:`LedgerError`; spent budget is never silently reset.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import hmac
+import json
 import math
 import os
 import secrets
 import sqlite3
+import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +52,16 @@ import pandas as pd
 
 from opendp_hybridad.analysis.rounding import up_array
 from opendp_hybridad.errors import HybridADError
+from opendp_hybridad.individual import ids as _ids
 
-FORMAT = "opendp-hybridad-ledger-v1"
+FORMAT = "opendp-hybridad-ledger-v2"
+BUCKET_BITS = 14
+BUCKETS = 1 << BUCKET_BITS
+_SHIFT = np.uint64(64 - BUCKET_BITS)
+_KEY_HEADER = b"opendp-hybridad-ledger-key-v2\n"
+_COUNTER_OFFSET = len(_KEY_HEADER) + 65  # header, 64 hex digits of secret and a newline
+_COUNTER_WIDTH = 20
+_READ_ERRORS = (sqlite3.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, struct.error, OverflowError)
 
 
 class LedgerError(HybridADError, RuntimeError):
@@ -48,109 +73,299 @@ class LedgerParameters:
     kind: str          # "renyi" or "gdp"
     budget: float      # B for renyi (at order alpha), mu^2 for gdp
     alpha: float | None = None
+    id_encoding: str = _ids.ENCODING  # how ids become hashed keys (ids.py)
 
 
 @dataclass
 class _State:
-    version: int
-    hashes: np.ndarray   # sorted unique uint64
+    counter: int
+    hashes: np.ndarray   # sorted unique uint64 (bucket order = sorted order)
     spent: np.ndarray    # float64, recorded loss per individual
     retired: np.ndarray  # bool
+    macs: np.ndarray     # (BUCKETS, 4) uint64: each bucket's MAC (zeros: empty bucket)
+    queries: int
+    qxor: bytes
+
+
+def _starts(hashes: np.ndarray) -> np.ndarray:
+    """Index of each bucket's first member in the sorted hash array (BUCKETS + 1 entries)."""
+    bounds = np.arange(BUCKETS, dtype=np.uint64) << _SHIFT
+    return np.append(np.searchsorted(hashes, bounds), hashes.size)
 
 
 class PrivacyLedger:
-    """Per-individual privacy loss, persisted in SQLite (``":memory:"`` for experiments)."""
+    """Per-individual privacy loss, persisted in SQLite (``":memory:"`` for experiments).
 
-    def __init__(self, path: str | os.PathLike[str], parameters: LedgerParameters):
+    ``PrivacyLedger(path, parameters)`` opens an existing ledger, or creates one when neither
+    ``path`` nor its key file exists; :meth:`create` only creates and :meth:`open` only opens.
+    ``key_path`` (default ``<path>.key``) is the file holding the ledger's secret.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], parameters: LedgerParameters, *,
+                 key_path: str | os.PathLike[str] | None = None, create: bool | None = None):
         if not (parameters.budget > 0 and math.isfinite(parameters.budget)):
             raise LedgerError("the privacy budget must be a positive finite number")
         if parameters.kind == "renyi" and not (parameters.alpha is not None and parameters.alpha > 1):
             raise LedgerError("a Renyi ledger needs an order alpha > 1")
         self.path = str(path)
         self.parameters = parameters
+        self._lock = threading.RLock()
+        self._positions_cache: tuple | None = None
+        self._key_fd: int | None = None
+        memory = self.path == ":memory:"
+        self.key_path = None if memory else str(key_path) if key_path is not None else self.path + ".key"
+        exists = not memory and (os.path.exists(self.path) or os.path.exists(self.key_path))
+        if create is None:
+            create = not exists
+        if create and exists:
+            raise LedgerError(f"{self.path} (or its key file {self.key_path}) already exists; open it instead "
+                              "(a ledger is never created over an existing one)")
+        if memory:
+            self._secret = secrets.token_bytes(32)
+        elif create:
+            self._secret = self._create_key_file()
+        else:
+            if not os.path.exists(self.path) and not os.path.exists(self.key_path):
+                raise LedgerError(f"{self.path} does not exist; create a ledger with PrivacyLedger.create")
+            if not os.path.exists(self.path):
+                raise LedgerError(f"{self.path} does not exist but its key file does: the ledger was deleted or "
+                                  "moved without its key; it is not recreated (spent budget is never reset)")
+            self._secret = self._read_key_file()
+        self._mac_key = hmac.digest(self._secret, b"opendp-hybridad ledger MAC key v2", "sha256")
         try:
+            if not memory and not create and os.path.getsize(self.path) == 0:
+                raise LedgerError(f"{self.path} is empty (truncated?): not a usable ledger")
             self._db = sqlite3.connect(self.path, timeout=120.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA synchronous=FULL")
-            if self.path != ":memory:":
+            if not memory:
                 self._db.execute("PRAGMA journal_mode=WAL")
+            if create:
+                self._create()
             self._open()
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path} is not a usable ledger (corrupted, or not a SQLite database): {exc}") from None
-        self._cache: _State | None = None
-        self._positions_cache: tuple | None = None
+        except _READ_ERRORS as exc:
+            self._close_quietly()
+            if create and not memory:
+                self._remove_created()
+            raise LedgerError(f"{self.path} is not a usable ledger (corrupted, or not a SQLite database): "
+                              f"{type(exc).__name__}: {exc}") from None
+        except LedgerError:
+            self._close_quietly()
+            if create and not memory:
+                self._remove_created()
+            raise
 
-    # -- schema -------------------------------------------------------------------
+    def _remove_created(self) -> None:
+        for p in (self.path, self.path + "-wal", self.path + "-shm", self.key_path):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], parameters: LedgerParameters, *,
+               key_path: str | os.PathLike[str] | None = None) -> PrivacyLedger:
+        """A new, empty ledger at ``path`` (and its key file); refused if either exists."""
+        return cls(path, parameters, key_path=key_path, create=True)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], parameters: LedgerParameters, *,
+             key_path: str | os.PathLike[str] | None = None) -> PrivacyLedger:
+        """An existing ledger; never creates one."""
+        return cls(path, parameters, key_path=key_path, create=False)
+
+    # -- key file ---------------------------------------------------------------------
+    def _create_key_file(self) -> bytes:
+        secret = secrets.token_bytes(32)
+        try:
+            fd = os.open(self.key_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except FileExistsError:
+            raise LedgerError(f"the key file {self.key_path} already exists") from None
+        os.write(fd, _KEY_HEADER + secret.hex().encode() + b"\n" + b"0".rjust(_COUNTER_WIDTH) + b"\n")
+        os.fsync(fd)
+        self._key_fd = fd
+        return secret
+
+    def _read_key_file(self) -> bytes:
+        try:
+            fd = os.open(self.key_path, os.O_RDWR)
+        except OSError as exc:
+            raise LedgerError(f"the ledger's key file {self.key_path} cannot be opened ({exc.strerror}); a ledger "
+                              "is only usable with its key") from None
+        self._key_fd = fd
+        try:
+            data = os.pread(fd, 4096, 0)
+            if not data.startswith(_KEY_HEADER):
+                raise ValueError("bad header")
+            return bytes.fromhex(data[len(_KEY_HEADER):len(_KEY_HEADER) + 64].decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            self._close_quietly()
+            raise LedgerError(f"{self.key_path} is not a ledger key file") from None
+
+    def _key_counter(self) -> int:
+        if self._key_fd is None:
+            return 0
+        try:
+            return int(os.pread(self._key_fd, _COUNTER_WIDTH, _COUNTER_OFFSET).decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            raise LedgerError(f"{self.key_path} is not a ledger key file (bad counter)") from None
+
+    def _raise_key_counter(self, counter: int) -> None:
+        """Record in the key file that the data has reached ``counter`` (only ever raised)."""
+        if self._key_fd is None:
+            return
+        fcntl.flock(self._key_fd, fcntl.LOCK_EX)
+        try:
+            if counter > self._key_counter():
+                os.pwrite(self._key_fd, str(counter).rjust(_COUNTER_WIDTH).encode(), _COUNTER_OFFSET)
+                os.fsync(self._key_fd)
+        finally:
+            fcntl.flock(self._key_fd, fcntl.LOCK_UN)
+
+    # -- MACs -------------------------------------------------------------------------
+    def _bucket_mac(self, b: int, hashes: bytes, spent: bytes, retired: bytes) -> bytes:
+        return hmac.digest(self._mac_key, b"B" + struct.pack("<IQ", b, len(hashes) // 8) + hashes + spent + retired,
+                           "sha256")
+
+    def _query_mac(self, row: tuple) -> bytes:
+        return hmac.digest(self._mac_key, b"Q" + repr(tuple(row)).encode(), "sha256")
+
+    def _head_mac(self, counter: int, members: int, queries: int, bxor: bytes, qxor: bytes) -> bytes:
+        return hmac.digest(self._mac_key, b"H" + self._meta_blob + struct.pack("<QQQ", counter, members, queries)
+                           + bxor + qxor, "sha256")
+
+    # -- schema -------------------------------------------------------------------------
+    def _create(self) -> None:
+        p = self.parameters
+        meta = {"format": FORMAT, "kind": p.kind, "budget": repr(p.budget),
+                "alpha": "" if p.alpha is None else repr(p.alpha), "id_encoding": p.id_encoding,
+                "salt": secrets.token_hex(8),  # 16 characters: SipHash's key for hash_pandas_object
+                "created": repr(time.time())}
+        self._meta_blob = json.dumps(meta, sort_keys=True).encode()
+        with self._transaction():
+            self._db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._db.executemany("INSERT INTO meta VALUES (?, ?)", list(meta.items()))
+            self._db.execute("CREATE TABLE buckets (b INTEGER PRIMARY KEY, ver INTEGER NOT NULL, hashes BLOB NOT NULL, "
+                             "spent BLOB NOT NULL, retired BLOB NOT NULL, mac BLOB NOT NULL)")
+            self._db.execute("CREATE INDEX buckets_ver ON buckets (ver)")
+            self._db.execute("CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 0), counter INTEGER NOT NULL, "
+                             "members INTEGER NOT NULL, queries INTEGER NOT NULL, bxor BLOB NOT NULL, "
+                             "qxor BLOB NOT NULL, mac BLOB NOT NULL)")
+            zero = bytes(32)
+            self._db.execute("INSERT INTO head VALUES (0, 0, 0, 0, ?, ?, ?)",
+                             (zero, zero, self._head_mac(0, 0, 0, zero, zero)))
+            self._db.execute("CREATE TABLE queries (seq INTEGER PRIMARY KEY, created REAL NOT NULL, "
+                             "label TEXT, noise_scale REAL, admitted INTEGER, retired_now INTEGER, "
+                             "worst_case_charge REAL, max_charge REAL, mac BLOB NOT NULL)")
+
     def _open(self) -> None:
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not tables:
-            self._create()
-            return
-        if not {"meta", "state", "members", "queries"} <= tables:
+            raise LedgerError(f"{self.path} is an empty database, not a ledger (was it truncated or replaced?); "
+                              "an existing file is never turned into a new ledger")
+        if not {"meta", "buckets", "head", "queries"} <= tables:
             raise LedgerError(f"{self.path} is a SQLite database but not an opendp-hybridad ledger")
         meta = dict(self._db.execute("SELECT key, value FROM meta"))
         if meta.get("format") != FORMAT:
             raise LedgerError(f"{self.path} is not an opendp-hybridad ledger (format {meta.get('format')!r})")
-        stored = LedgerParameters(meta["kind"], float(meta["budget"]), None if meta["alpha"] == "" else float(meta["alpha"]))
+        self._meta_blob = json.dumps(meta, sort_keys=True).encode()
+        stored = LedgerParameters(meta["kind"], float(meta["budget"]), None if meta["alpha"] == "" else float(meta["alpha"]),
+                                  meta.get("id_encoding", ""))
         if stored != self.parameters:
             raise LedgerError(
                 f"{self.path} was created for {stored}, not {self.parameters}; open it with its own parameters "
                 "(spent budget is never reset)"
             )
         self.salt = meta["salt"]
-
-    def _create(self) -> None:
-        self.salt = secrets.token_hex(8)  # 16 characters: SipHash's key for hash_pandas_object
-        p = self.parameters
-        with self._transaction():
-            self._db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
-                ("format", FORMAT), ("kind", p.kind), ("budget", repr(p.budget)),
-                ("alpha", "" if p.alpha is None else repr(p.alpha)), ("salt", self.salt), ("created", repr(time.time())),
-            ])
-            # members (sorted hashes) only change when new individuals arrive; the
-            # per-query write is the spent and retired arrays
-            self._db.execute("CREATE TABLE members (id INTEGER PRIMARY KEY CHECK (id = 0), hashes BLOB NOT NULL)")
-            self._db.execute("INSERT INTO members VALUES (0, ?)", (b"",))
-            self._db.execute("CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL, "
-                             "members INTEGER NOT NULL, spent BLOB NOT NULL, retired BLOB NOT NULL)")
-            self._db.execute("INSERT INTO state VALUES (0, 0, 0, ?, ?)", (b"", b""))
-            self._db.execute("CREATE TABLE queries (seq INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, "
-                             "label TEXT, noise_scale REAL, admitted INTEGER, retired_now INTEGER, "
-                             "worst_case_charge REAL, max_charge REAL)")
+        self._state: _State | None = None
+        with self._lock, self._read():
+            self._sync()
 
     class _Tx:
-        def __init__(self, db: sqlite3.Connection):
-            self.db = db
+        def __init__(self, db: sqlite3.Connection, begin: str):
+            self.db, self.begin = db, begin
 
         def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(self.begin)
             return self.db
 
         def __exit__(self, exc_type: Any, *rest: Any) -> None:
             self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
     def _transaction(self) -> PrivacyLedger._Tx:
-        return PrivacyLedger._Tx(self._db)
+        return PrivacyLedger._Tx(self._db, "BEGIN IMMEDIATE")
 
-    # -- state ----------------------------------------------------------------------
-    def _read_state(self) -> _State:
-        (version,) = self._db.execute("SELECT version FROM state WHERE id = 0").fetchone()
-        if self._cache is not None and self._cache.version == version:
-            return self._cache
-        members, spent, retired = self._db.execute("SELECT members, spent, retired FROM state WHERE id = 0").fetchone()
-        if self._cache is not None and self._cache.hashes.size == members:
-            hashes = self._cache.hashes  # the member set only grows: same size, same set
+    def _read(self) -> PrivacyLedger._Tx:
+        return PrivacyLedger._Tx(self._db, "BEGIN")  # one snapshot for several SELECTs
+
+    # -- state ----------------------------------------------------------------------------
+    def _corrupt(self, what: str) -> LedgerError:
+        self._state = None
+        return LedgerError(f"{self.path} failed its integrity check ({what}): altered, truncated, replaced or "
+                           "rolled back; refused (spent budget is never reset)")
+
+    def _sync(self) -> _State:
+        """The verified state as committed now; reads only what changed since the cached state."""
+        row = self._db.execute("SELECT counter, members, queries, bxor, qxor, mac FROM head WHERE id = 0").fetchone()
+        if row is None:
+            raise self._corrupt("no head row")
+        counter, members, queries, bxor, qxor, mac = row
+        if not hmac.compare_digest(bytes(mac), self._head_mac(counter, members, queries, bytes(bxor), bytes(qxor))):
+            raise self._corrupt("head MAC")
+        if counter < self._key_counter():
+            raise self._corrupt(f"commit {counter} is older than the key file's {self._key_counter()}")
+        state = self._state
+        if state is not None and state.counter == counter:
+            return state
+        since = -1 if state is None else state.counter
+        macs = np.zeros((BUCKETS, 4), dtype=np.uint64) if state is None else state.macs.copy()
+        changed: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for b, ver, hb, sb, rb, m in self._db.execute(
+                "SELECT b, ver, hashes, spent, retired, mac FROM buckets WHERE ver > ?", (since,)):
+            hb, sb, rb, m = bytes(hb), bytes(sb), bytes(rb), bytes(m)
+            if not (0 <= b < BUCKETS and ver <= counter and hmac.compare_digest(m, self._bucket_mac(b, hb, sb, rb))):
+                raise self._corrupt(f"bucket {b}")
+            h = np.frombuffer(hb, dtype=np.uint64)
+            s, r = np.frombuffer(sb, dtype=np.float64), np.frombuffer(rb, dtype=np.bool_)
+            if not (h.size == s.size == r.size):
+                raise self._corrupt(f"bucket {b} lengths")
+            changed[b] = (h, s, r)
+            macs[b] = np.frombuffer(m, dtype=np.uint64)
+        if np.bitwise_xor.reduce(macs, axis=0).tobytes() != bytes(bxor):
+            raise self._corrupt("bucket set")
+        if state is None:
+            pieces = [changed.get(b) for b in sorted(changed)]
         else:
-            hashes = np.frombuffer(self._db.execute("SELECT hashes FROM members WHERE id = 0").fetchone()[0], dtype=np.uint64).copy()
-        state = _State(version, hashes, np.frombuffer(spent, dtype=np.float64).copy(), np.frombuffer(retired, dtype=np.bool_).copy())
-        if not (state.hashes.size == state.spent.size == state.retired.size):
-            raise LedgerError(f"{self.path} is corrupted: its state arrays disagree in length")
-        self._cache = state
-        return state
+            starts = _starts(state.hashes)
+            pieces = [changed[b] if b in changed else
+                      (state.hashes[starts[b]:starts[b + 1]], state.spent[starts[b]:starts[b + 1]],
+                       state.retired[starts[b]:starts[b + 1]]) for b in range(BUCKETS)]
+        hashes = np.concatenate([p[0] for p in pieces] or [np.zeros(0, np.uint64)])
+        spent = np.concatenate([p[1] for p in pieces] or [np.zeros(0)])
+        retired = np.concatenate([p[2] for p in pieces] or [np.zeros(0, bool)])
+        if hashes.size != members:
+            raise self._corrupt("member count")
+        q = bytearray(bytes(32) if state is None else state.qxor)
+        n_queries = 0 if state is None else state.queries
+        for row in self._db.execute("SELECT seq, created, label, noise_scale, admitted, retired_now, worst_case_charge, "
+                                    "max_charge, mac FROM queries WHERE seq > ? ORDER BY seq", (n_queries,)):
+            if row[0] != n_queries + 1 or not hmac.compare_digest(bytes(row[-1]), self._query_mac(row[:-1])):
+                raise self._corrupt(f"query {row[0]}")
+            n_queries += 1
+            q = bytearray(a ^ c for a, c in zip(q, bytes(row[-1])))
+        if n_queries != queries or bytes(q) != bytes(qxor):
+            raise self._corrupt("query log")
+        self._state = _State(counter, hashes, spent, retired, macs, queries, bytes(q))
+        return self._state
 
-    def hash_ids(self, ids: pd.Series) -> np.ndarray:
-        """Keyed 64-bit hashes of individual ids (the only form in which ids are stored)."""
-        return pd.util.hash_pandas_object(ids.astype(str), index=False, hash_key=self.salt).to_numpy(dtype=np.uint64)
+    def hash_keys(self, keys: pd.Series) -> np.ndarray:
+        """Keyed 64-bit hashes of canonical id keys (:func:`ids.id_keys` output)."""
+        return pd.util.hash_pandas_object(pd.Series(keys, dtype=object).astype(str), index=False,
+                                          hash_key=self.salt).to_numpy(dtype=np.uint64)
+
+    def hash_ids(self, ids: Any) -> np.ndarray:
+        """Keyed 64-bit hashes of individual ids, through the canonical typed encoding (``ids.py``)."""
+        ids = ids if isinstance(ids, pd.Series) else pd.Series(list(ids))
+        return self.hash_keys(_ids.id_keys(ids.reset_index(drop=True)))
 
     def charge(self, hashes: np.ndarray, charges: np.ndarray, *, label: str = "", noise_scale: float = math.nan,
                worst_case_charge: float = math.nan) -> np.ndarray:
@@ -159,7 +374,8 @@ class PrivacyLedger:
         ``hashes`` are unique individual hashes and ``charges`` their losses for this
         query (>= 0). Returns the boolean mask of admitted individuals: those not
         retired whose recorded loss plus their charge (rounded up) stays within the
-        budget. The others are retired and charged nothing.
+        budget. The others are retired and charged nothing. Writes only the buckets of
+        the individuals whose record changes.
         """
         hashes = np.asarray(hashes, dtype=np.uint64)
         charges = np.asarray(charges, dtype=np.float64)
@@ -168,35 +384,63 @@ class PrivacyLedger:
         if np.any(~(charges >= 0)):
             raise ValueError("charges must be non-negative numbers")
         budget = self.parameters.budget
+        with self._lock:
+            try:
+                counter = self._charge(hashes, charges, budget, label, noise_scale, worst_case_charge)
+            except _READ_ERRORS as exc:
+                self._state = None
+                raise LedgerError(f"{self.path}: the charge failed and was rolled back: {type(exc).__name__}: {exc}") from None
+            admitted = self._admitted
+            self._raise_key_counter(counter)
+        return admitted
+
+    def _charge(self, hashes, charges, budget, label, noise_scale, worst_case_charge) -> int:
         with self._transaction():
-            state = self._read_state()
+            state = self._sync()
             known, spent, retired = state.hashes, state.spent.copy(), state.retired.copy()
             idx, found = self._positions(known, hashes)
-            if not found.all():  # individuals new to the ledger start with nothing spent
-                merged = np.concatenate([known, hashes[~found]])
+            new = ~found
+            if new.any():  # individuals new to the ledger start with nothing spent
+                merged = np.concatenate([known, hashes[new]])
                 order = np.argsort(merged, kind="stable")
                 known = merged[order]
-                spent = np.concatenate([spent, np.zeros(int((~found).sum()))])[order]
-                retired = np.concatenate([retired, np.zeros(int((~found).sum()), dtype=bool)])[order]
+                spent = np.concatenate([spent, np.zeros(int(new.sum()))])[order]
+                retired = np.concatenate([retired, np.zeros(int(new.sum()), dtype=bool)])[order]
                 idx, found = self._positions(known, hashes)
-                self._db.execute("UPDATE members SET hashes = ? WHERE id = 0", (known.tobytes(),))
             recorded = spent[idx] + charges
             recorded = np.where(charges > 0, up_array(recorded), recorded)  # never under-record
             admitted = ~retired[idx] & (recorded <= budget)
             newly_retired = ~retired[idx] & ~admitted
             spent[idx[admitted]] = recorded[admitted]
             retired[idx[newly_retired]] = True
-            version = state.version + 1
-            self._db.execute("UPDATE state SET version = ?, members = ?, spent = ?, retired = ? WHERE id = 0",
-                             (version, int(known.size), spent.tobytes(), retired.tobytes()))
-            self._db.execute(
-                "INSERT INTO queries (created, label, noise_scale, admitted, retired_now, worst_case_charge, max_charge) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), label, float(noise_scale), int(admitted.sum()), int(newly_retired.sum()),
-                 float(worst_case_charge), float(charges.max(initial=0.0))),
-            )
-        self._cache = _State(version, known, spent, retired)
-        return admitted
+            touched = (admitted & (charges > 0)) | newly_retired | new
+            buckets = np.unique(hashes[touched] >> _SHIFT).astype(np.int64)
+            counter = state.counter + 1
+            macs = state.macs.copy()
+            starts = _starts(known) if buckets.size else None
+            rows = []
+            for b in buckets.tolist():
+                s, e = int(starts[b]), int(starts[b + 1])
+                hb, sb, rb = known[s:e].tobytes(), spent[s:e].tobytes(), retired[s:e].tobytes()
+                m = self._bucket_mac(b, hb, sb, rb)
+                macs[b] = np.frombuffer(m, dtype=np.uint64)
+                rows.append((b, counter, hb, sb, rb, m))
+            self._db.executemany("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?, ?, ?)", rows)
+            seq = state.queries + 1
+            qrow = (seq, time.time(), label, float(noise_scale), int(admitted.sum()), int(newly_retired.sum()),
+                    float(worst_case_charge), float(charges.max(initial=0.0)))
+            # store what SQLite returns (NaN is stored as NULL), so the MAC is over the stored row
+            qrow = tuple(None if isinstance(v, float) and math.isnan(v) else v for v in qrow)
+            qmac = self._query_mac(qrow)
+            self._db.execute("INSERT INTO queries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", qrow + (qmac,))
+            qxor = bytes(a ^ c for a, c in zip(state.qxor, qmac))
+            bxor = np.bitwise_xor.reduce(macs, axis=0).tobytes()
+            self._db.execute("UPDATE head SET counter = ?, members = ?, queries = ?, bxor = ?, qxor = ?, mac = ? "
+                             "WHERE id = 0", (counter, int(known.size), seq, bxor, qxor,
+                                              self._head_mac(counter, int(known.size), seq, bxor, qxor)))
+        self._state = _State(counter, known, spent, retired, macs, seq, qxor)
+        self._admitted = admitted
+        return counter
 
     def _positions(self, known: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Index of each hash in the sorted member array, and whether it is a member.
@@ -216,16 +460,25 @@ class PrivacyLedger:
         self._positions_cache = (key, hashes, idx, found)
         return idx, found
 
-    # -- reading ----------------------------------------------------------------------
+    # -- reading ----------------------------------------------------------------------------
+    def _current(self) -> _State:
+        with self._lock:
+            try:
+                with self._read():
+                    return self._sync()
+            except _READ_ERRORS as exc:
+                raise LedgerError(f"{self.path} cannot be read: {type(exc).__name__}: {exc}") from None
+
     def _lookup(self, hashes: np.ndarray) -> tuple[_State, np.ndarray, np.ndarray]:
-        state = self._read_state()
-        idx, found = self._positions(state.hashes, np.asarray(hashes, dtype=np.uint64))
+        state = self._current()
+        with self._lock:
+            idx, found = self._positions(state.hashes, np.asarray(hashes, dtype=np.uint64))
         return state, idx, found
 
     def spent(self, hashes: np.ndarray | None = None) -> np.ndarray:
-        """Recorded loss of the given individuals (0 for unknown ones), or of all."""
+        """Recorded loss of the given individuals (0 for unknown ones), or of all (in hash order)."""
         if hashes is None:
-            return self._read_state().spent.copy()
+            return self._current().spent.copy()
         state, idx, known = self._lookup(hashes)
         return np.where(known, state.spent[idx] if state.spent.size else 0.0, 0.0)
 
@@ -234,14 +487,53 @@ class PrivacyLedger:
         return known & (state.retired[idx] if state.retired.size else False)
 
     def summary(self) -> dict[str, Any]:
-        state = self._read_state()
-        queries = self._db.execute("SELECT COUNT(*) FROM queries").fetchone()[0]
+        state = self._current()
         return {"individuals": int(state.hashes.size), "retired": int(state.retired.sum()),
-                "active": int((~state.retired).sum()), "queries": int(queries),
+                "active": int((~state.retired).sum()), "queries": int(state.queries),
                 "max_spent": float(state.spent.max(initial=0.0)), "budget": self.parameters.budget}
 
     def queries(self) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT * FROM queries ORDER BY seq", self._db)
+        with self._lock:
+            return pd.read_sql_query("SELECT seq, created, label, noise_scale, admitted, retired_now, "
+                                     "worst_case_charge, max_charge FROM queries ORDER BY seq", self._db)
+
+    # -- backup -------------------------------------------------------------------------------
+    def backup(self, dest: str | os.PathLike[str], *, key_dest: str | os.PathLike[str] | None = None) -> None:
+        """A consistent copy at ``dest`` (SQLite's backup API) with its key file (``<dest>.key``, 0600).
+
+        Open it with ``PrivacyLedger.open(dest, parameters)``. ``dest`` and its key file must not exist.
+        """
+        dest = str(dest)
+        key_dest = str(key_dest) if key_dest is not None else dest + ".key"
+        if os.path.exists(dest) or os.path.exists(key_dest):
+            raise LedgerError(f"{dest} or {key_dest} already exists; a backup never overwrites")
+        with self._lock:
+            target = sqlite3.connect(dest, isolation_level=None)
+            try:
+                self._db.backup(target)
+                target.execute("PRAGMA journal_mode=WAL")
+                (counter,) = target.execute("SELECT counter FROM head WHERE id = 0").fetchone()
+            finally:
+                target.close()
+            fd = os.open(key_dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            try:
+                os.write(fd, _KEY_HEADER + self._secret.hex().encode() + b"\n"
+                         + str(counter).rjust(_COUNTER_WIDTH).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _close_quietly(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            try:
+                db.close()
+            except sqlite3.Error:
+                pass
+        if self._key_fd is not None:
+            os.close(self._key_fd)
+            self._key_fd = None
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._close_quietly()
