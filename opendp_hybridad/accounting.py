@@ -29,15 +29,17 @@ import dp_accounting
 from dp_accounting import pld, rdp
 
 from opendp_hybridad.analysis.rounding import div_down, div_up, mul_up, sqrt_up
-from opendp_hybridad.errors import HybridADError
+from opendp_hybridad import validation
+from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.relations import ADD_REMOVE, Relation, relation_of
 
 #: Renyi orders used by the RDP accountant (dp-accounting's default grid, extended)
 RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024])
 
 
-class AccountingError(HybridADError, ValueError):
-    """Measurements that cannot be accounted together (mixed relations, unknown mechanisms, group privacy)."""
+class AccountingError(DeclarationError):
+    """Measurements that cannot be accounted together (mixed relations, unknown mechanisms, group privacy),
+    or accounting parameters out of range (a :class:`DeclarationError`, like every parameter check)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,8 @@ def compose_epsilon(measurements: Iterable[AccountedMeasurement], delta: float,
     measurement's sensitivity (already in its noise multiplier), so both
     accountants run with their add/remove-one convention.
     """
+    delta = validation.probability("delta", delta)
+    pld_discretization = validation.positive_finite("pld_discretization", pld_discretization)
     event, relation = _event(measurements)
     rdp_acc = rdp.RdpAccountant(orders=list(RDP_ORDERS))
     rdp_acc.compose(event)
@@ -169,11 +173,12 @@ def compose_epsilon(measurements: Iterable[AccountedMeasurement], delta: float,
 # -- DP-SGD ------------------------------------------------------------------------------------
 def dp_sgd_steps(n: int, batch_size: int, epochs: float) -> int:
     """Number of noisy steps of ``epochs`` passes over ``n`` examples with expected batch ``batch_size``."""
-    if n < 1 or batch_size < 1 or not epochs > 0:
-        raise AccountingError("n, batch_size and epochs must be positive")
+    n = validation.count("n", n)
+    batch_size = validation.count("batch_size", batch_size)
+    epochs = validation.positive_finite("epochs", epochs)
     if batch_size > n:
         raise AccountingError(f"the batch size ({batch_size}) is larger than the data ({n} examples)")
-    return max(1, math.ceil(epochs * n / batch_size))
+    return validation.steps(n, batch_size, epochs)
 
 
 def dp_sgd_event(n: int, batch_size: int, noise_multiplier: float, epochs: float, sampling: str = "poisson") -> dp_accounting.DpEvent:
@@ -187,9 +192,9 @@ def dp_sgd_event(n: int, batch_size: int, noise_multiplier: float, epochs: float
     clip norm, so each epoch is one Gaussian with noise multiplier ``sigma / 2``,
     composed over the epochs.
     """
-    if not noise_multiplier > 0:
-        raise AccountingError("the noise multiplier must be positive")
+    noise_multiplier = validation.positive_finite("noise_multiplier", noise_multiplier, validation.MAX_NOISE_MULTIPLIER)
     steps = dp_sgd_steps(n, batch_size, epochs)
+    n, batch_size = int(n), int(batch_size)
     if sampling == "poisson":
         # the selection includes each example with probability at most the exact batch_size / n:
         # account for that ratio rounded up
@@ -204,11 +209,13 @@ def dp_sgd_event(n: int, batch_size: int, noise_multiplier: float, epochs: float
 def dp_sgd_epsilon(n: int, batch_size: int, noise_multiplier: float, epochs: float, delta: float,
                    sampling: str = "poisson") -> dict[str, float]:
     """(epsilon, delta) of DP-SGD by dp-accounting's RDP and PLD accountants."""
+    delta = validation.probability("delta", delta)
     event = dp_sgd_event(n, batch_size, noise_multiplier, epochs, sampling)
     rdp_acc = rdp.RdpAccountant(orders=list(RDP_ORDERS))
     rdp_acc.compose(event)
     pld_acc = pld.PLDAccountant()
     pld_acc.compose(event)
+    n, batch_size = int(n), int(batch_size)
     steps = dp_sgd_steps(n, batch_size, epochs) if sampling == "poisson" else math.ceil(epochs) * (n // batch_size)
     return {"epsilon_rdp": float(rdp_acc.get_epsilon(delta)), "epsilon_pld": float(pld_acc.get_epsilon(delta)),
             "delta": float(delta), "steps": steps, "sampling": sampling,
@@ -219,12 +226,44 @@ def dp_sgd_noise_multiplier(target_epsilon: float, delta: float, n: int, batch_s
                             sampling: str = "poisson", accountant: str = "pld") -> float:
     """The smallest noise multiplier (to 1e-3 relative) whose DP-SGD epsilon is at most the target.
 
+    The answer is verified with the accountant it was calibrated by, through the same
+    :func:`dp_sgd_epsilon` that reports it (PLD at its default discretisation, or RDP), and
+    raised until that epsilon is at most the target: a reported epsilon never exceeds it.
     Raises :class:`AccountingError` that says what would work when the target cannot be met.
     """
-    from dp_accounting import mechanism_calibration
+    target_epsilon = validation.positive_finite("target_epsilon", target_epsilon)
+    delta = validation.probability("delta", delta)
+    dp_sgd_steps(n, batch_size, epochs)  # validates the sizes before any search
+    if accountant not in ("pld", "rdp"):
+        raise AccountingError("accountant must be 'pld' or 'rdp'")
+    sigma = _calibrate_noise_multiplier(target_epsilon, delta, n, batch_size, epochs, sampling, accountant)
+    key = "epsilon_pld" if accountant == "pld" else "epsilon_rdp"
 
-    if not (target_epsilon > 0 and 0 < delta < 1):
-        raise AccountingError("the target epsilon must be positive and delta in (0, 1)")
+    def holds(sigma: float) -> bool:
+        return dp_sgd_epsilon(n, batch_size, sigma, epochs, delta, sampling)[key] <= target_epsilon
+
+    if holds(sigma):
+        return sigma
+    # the accountant's own figure is above the target (e.g. PLD's pessimistic discretisation over
+    # many steps exceeds RDP at small epsilon): grow geometrically until it holds, then bisect to 1e-3
+    low, factor = sigma, 1.01
+    while True:
+        high = low * factor
+        if high > validation.MAX_NOISE_MULTIPLIER:
+            raise AccountingError(f"no noise multiplier up to {validation.MAX_NOISE_MULTIPLIER:g} gives epsilon at most "
+                                  f"{target_epsilon} at delta {delta}; use fewer epochs or a larger epsilon or delta")
+        if holds(high):
+            break
+        low, factor = high, factor * factor
+    while high > low * 1.001:
+        mid = math.sqrt(low * high)
+        low, high = (low, mid) if holds(mid) else (mid, high)
+    return high
+
+
+def _calibrate_noise_multiplier(target_epsilon: float, delta: float, n: int, batch_size: int, epochs: float,
+                                sampling: str, accountant: str) -> float:
+    from dp_accounting import mechanism_calibration
 
     def calibrate(make_accountant, low: float, high: float) -> float:
         return float(mechanism_calibration.calibrate_dp_mechanism(

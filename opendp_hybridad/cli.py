@@ -8,7 +8,36 @@ import math
 import sys
 from collections.abc import Sequence
 
+from opendp_hybridad import validation
 from opendp_hybridad.errors import DeclarationError, HybridADError, NotLipschitzError
+
+PROG = "opendp-hybridad"
+#: the longest time budget one certificate may be given (seconds)
+MAX_TIME_BUDGET = 3600.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``opendp-hybridad: error: ...`` on stderr, exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{PROG}: error: {' '.join(message.split())}\n")
+
+
+def _checked(check, name: str, *extra):
+    """An argparse ``type`` that parses a number and applies one of :mod:`opendp_hybridad.validation`'s checks."""
+
+    def parse(text: str):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number") from None
+        try:
+            return check("value", value, *extra)
+        except DeclarationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
 
 
 def _parse_bound(text: str) -> tuple[str, float, float]:
@@ -92,6 +121,12 @@ def _privacy_dp_sgd(args: argparse.Namespace) -> int:
     from opendp_hybridad.accounting import dp_sgd_epsilon, dp_sgd_noise_multiplier
 
     sigma = args.noise_multiplier
+    if sigma is not None and args.target_epsilon is not None:
+        raise DeclarationError("give either --noise-multiplier or --target-epsilon, not both")
+    if args.batch_size > args.n:
+        raise DeclarationError("--batch-size must be at most --n")
+    # the step count is checked before any accountant runs (memory and time grow with it)
+    validation.steps(args.n, args.batch_size, args.epochs)
     if sigma is None:
         if args.target_epsilon is None:
             raise HybridADError("give --noise-multiplier, or --target-epsilon to calibrate one")
@@ -114,28 +149,40 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opendp-hybridad", description="Hybrid automatic differentiation for differential privacy.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from opendp_hybridad import __version__
+
+    parser = _Parser(prog=PROG, description="Hybrid automatic differentiation for differential privacy.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     an = sub.add_parser("analyse", aliases=["analyze"], help="certify the range and Lipschitz constant of an expression")
     an.add_argument("expression", help="an expression in sympy syntax, e.g. 'a*w/h**2'")
     an.add_argument("--bound", "-b", action="append", type=_parse_bound, default=[], metavar="NAME=LO:HI",
                     help="the box of one field (repeat for each field)")
     an.add_argument("--norm", default="2", help="norm of the gradient: 1, 2 or inf (default 2)")
-    an.add_argument("--tolerance", type=float, default=1e-3, help="stop refining when bound/witness - 1 is below this")
-    an.add_argument("--time-budget", type=float, default=5.0, help="seconds per certificate (the bound stays sound)")
+    an.add_argument("--tolerance", type=_checked(validation.positive_finite, "--tolerance"), default=1e-3,
+                    help="stop refining when bound/witness - 1 is below this (positive, finite)")
+    an.add_argument("--time-budget", type=_checked(validation.positive_finite, "--time-budget", MAX_TIME_BUDGET), default=5.0,
+                    help=f"seconds per certificate, at most {MAX_TIME_BUDGET:g} (the bound stays sound)")
     an.add_argument("--json", action="store_true", help="print one JSON object")
     an.set_defaults(run=_analyse)
 
     privacy = sub.add_parser("privacy", help="privacy accounting")
-    privacy_sub = privacy.add_subparsers(dest="privacy_command", required=True)
+    privacy_sub = privacy.add_subparsers(dest="privacy_command", required=True, parser_class=_Parser)
     sgd = privacy_sub.add_parser("dp-sgd", help="epsilon of DP-SGD by dp-accounting's RDP and PLD accountants")
-    sgd.add_argument("--n", type=int, required=True, help="number of training examples")
-    sgd.add_argument("--batch-size", type=int, required=True, help="(expected) batch size")
-    sgd.add_argument("--noise-multiplier", type=float, default=None, help="noise standard deviation / clip norm")
-    sgd.add_argument("--target-epsilon", type=float, default=None, help="calibrate the noise multiplier to this epsilon")
-    sgd.add_argument("--epochs", type=float, required=True)
-    sgd.add_argument("--delta", type=float, required=True)
+    sgd.add_argument("--n", type=_checked(validation.count, "--n", validation.MAX_SIZE), required=True,
+                     help="number of training examples (a whole number, 1 to 2^53)")
+    sgd.add_argument("--batch-size", type=_checked(validation.count, "--batch-size", validation.MAX_SIZE), required=True,
+                     help="(expected) batch size, a whole number from 1 to --n")
+    sgd.add_argument("--noise-multiplier", type=_checked(validation.positive_finite, "--noise-multiplier",
+                                                         validation.MAX_NOISE_MULTIPLIER), default=None,
+                     help=f"noise standard deviation / clip norm (positive, at most {validation.MAX_NOISE_MULTIPLIER:g})")
+    sgd.add_argument("--target-epsilon", type=_checked(validation.positive_finite, "--target-epsilon"), default=None,
+                     help="calibrate the noise multiplier to this epsilon (instead of --noise-multiplier)")
+    sgd.add_argument("--epochs", type=_checked(validation.positive_finite, "--epochs"), required=True,
+                     help=f"passes over the data (positive; at most {validation.MAX_STEPS:.0e} steps in all)")
+    sgd.add_argument("--delta", type=_checked(validation.probability, "--delta"), required=True,
+                     help="delta, strictly between 0 and 1")
     sgd.add_argument("--sampling", choices=["poisson", "shuffle"], default="poisson")
     sgd.add_argument("--json", action="store_true", help="print one JSON object")
     sgd.set_defaults(run=_privacy_dp_sgd)
@@ -151,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except HybridADError as exc:
-        print(f"opendp-hybridad: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from opendp_hybridad import validation
 from opendp_hybridad.accounting import AccountingError, dp_sgd_epsilon, dp_sgd_event, dp_sgd_steps
 from opendp_hybridad.analysis.rounding import add_up, gamma, libm_up, mul_up, sqrt_up, up
 from opendp_hybridad.dpsgd.selection import BatchSelector
@@ -88,15 +89,23 @@ class DPSGD:
                  granularity: str = "global", noise: str = "discrete-gaussian", impute: Any = 0.0):
         if mode not in ("clip", "bound", "auto"):
             raise DeclarationError("mode must be 'clip', 'bound' or 'auto'")
-        if not (noise_multiplier > 0 and batch_size >= 1 and epochs > 0 and learning_rate > 0):
-            raise DeclarationError("noise multiplier, batch size, epochs and learning rate must be positive")
+        # public parameters: one-line DeclarationErrors from the shared checks, never a TypeError later
+        noise_multiplier = validation.positive_finite("noise_multiplier", noise_multiplier, validation.MAX_NOISE_MULTIPLIER)
+        batch_size = validation.count("batch_size", batch_size)
+        epochs = validation.positive_finite("epochs", epochs)
+        learning_rate = validation.positive_finite("learning_rate", learning_rate)
+        delta = validation.probability("delta", delta)
         if sampling not in ("poisson", "shuffle"):
             raise DeclarationError("sampling must be 'poisson' or 'shuffle'")
-        if mode != "bound" and not (math.isfinite(clip) and clip >= 2.0**-300):
-            raise DeclarationError("the clipping norm must be finite and at least 2^-300")
+        if mode != "bound":
+            clip = validation.positive_finite("clip", clip)
+            if clip < 2.0**-300:
+                raise DeclarationError("the clipping norm clip must be at least 2^-300")
+        else:
+            clip = validation.real("clip", clip)  # unused by the bound mode's sensitivity
         self.model, self.mode, self.clip = model, mode, float(clip)
-        self.noise_multiplier, self.batch_size, self.epochs = float(noise_multiplier), int(batch_size), float(epochs)
-        self.learning_rate, self.sampling, self.delta = float(learning_rate), sampling, float(delta)
+        self.noise_multiplier, self.batch_size, self.epochs = noise_multiplier, batch_size, epochs
+        self.learning_rate, self.sampling, self.delta = learning_rate, sampling, delta
         if granularity not in ("global", "step"):
             raise DeclarationError("granularity must be 'global' (one bound over the weight set) or 'step' (current weights)")
         self.granularity = granularity
@@ -169,16 +178,12 @@ class DPSGD:
             if actual is None:
                 raise DeclarationError("the public dataset size n is needed")
             n = actual
-        n = int(n)
-        if n < 1:
-            raise DeclarationError("the public dataset size must be positive")
+        n = validation.count("n (the public dataset size)", n)
         if self.sampling == "shuffle":
-            if max_size is not None and int(max_size) != n:
+            if max_size is not None and validation.count("max_size", max_size) != n:
                 raise DeclarationError("shuffled batches are accounted under replace-one: datasets hold exactly n examples")
             return n, n
-        max_size = n if max_size is None else int(max_size)
-        if max_size < 1:
-            raise DeclarationError("max_size must be positive")
+        max_size = n if max_size is None else validation.count("max_size", max_size)
         return n, max_size
 
     def plan(self, n: int, max_size: int | None = None) -> DPSGDPlan:
@@ -297,10 +302,14 @@ class DPSGD:
     def _membership_error(self, x: Any, y: Any, n: int, max_size: int) -> str | None:
         """Why ``(x, y)`` is not in the domain (a message naming no value), or None. Never raises."""
         try:
+            if _has_text(x):
+                return "features must be numbers"
             x = np.asarray(x, dtype=float)
             y = np.asarray(y)
         except (TypeError, ValueError, OverflowError):
             return "features must be numbers"
+        if _has_text(y):
+            return "labels must be numbers"
         m = x.shape[0] if x.ndim >= 1 else -1
         d = self.model.layers[0].in_features
         if x.ndim != 2 or x.shape[1] != d or y.ndim < 1 or y.shape[0] != m:
@@ -479,6 +488,17 @@ class DPSGD:
                 print(line, file=sys.stderr)
             history.steps.append(record)
         return params, history
+
+
+def _has_text(values: Any) -> bool:
+    """Whether ``values`` holds strings or bytes (numpy would parse ``"1.5"`` as a number; the domain has numbers only)."""
+    array = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object) if not hasattr(values, "dtype") \
+        else np.asarray(values)
+    if array.dtype.kind in "USV":
+        return True
+    if array.dtype.kind == "O":
+        return any(isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in array.ravel())
+    return False
 
 
 def computed_sum_sensitivity(per_example: float, row_error: float, max_terms: int) -> float:
