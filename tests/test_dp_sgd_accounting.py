@@ -62,3 +62,36 @@ def test_cli_reports_both_accountants(capsys):
     assert report["epsilon_pld"] == pytest.approx(2.17, abs=0.01)
     assert main(argv[:-1]) == 0
     assert "RDP" in capsys.readouterr().out
+
+
+def test_dp_sgd_accounting_memory_does_not_grow_with_steps():
+    """Issue 11: one event composed ``steps`` times (not a list of events); 1e7 steps stay in a few MiB."""
+    import logging
+    import time
+    import tracemalloc
+
+    from opendp_hybridad.accounting import dp_sgd_event
+
+    event = dp_sgd_event(100000, 100, 2.0, 10000)
+    assert isinstance(event, dp_accounting.SelfComposedDpEvent) and event.count == 10**7
+    assert isinstance(event.event, dp_accounting.PoissonSampledDpEvent)
+    logging.disable(logging.WARNING)
+    try:
+        tracemalloc.start()
+        start = time.perf_counter()
+        report = dp_sgd_epsilon(100000, 100, 2.0, 10000, 1e-5)
+        elapsed = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        logging.disable(logging.NOTSET)
+    assert report["steps"] == 10**7 and math.isfinite(report["epsilon_pld"])
+    assert peak < 64 * 2**20  # measured: about 12 MiB (1e5 steps: about 1 MiB)
+    assert elapsed < 60
+
+
+def test_more_than_1e8_steps_are_refused_before_accounting():
+    from opendp_hybridad.errors import DeclarationError
+
+    with pytest.raises(DeclarationError, match="steps"):
+        dp_sgd_epsilon(10**12, 10, 1.0, 1, 1e-5)
