@@ -20,6 +20,7 @@ from opendp_hybridad.frame.measurements import (
     then_count_of,
     then_mean_of,
 )
+from opendp_hybridad.frame.report import curator_report
 from opendp_hybridad.frame.rowmap import make_row_map, then_row_map
 from opendp_hybridad.relations import feature_distance
 
@@ -29,4 +30,5 @@ __all__ = [
     "make_row_map", "then_row_map", "make_sum_of", "then_sum_of", "make_sum_of_vector", "then_sum_of_vector",
     "make_count_of", "then_count_of", "make_mean_of", "then_mean_of",
     "make_private_sum", "make_private_sum_vector", "make_private_count", "make_private_mean",
+    "curator_report",
 ]
