@@ -116,3 +116,38 @@ def test_size_constraints_are_part_of_membership():
     assert kept_two.member(frame(age=[30.0, np.nan, 60.0]))
     assert not kept_two.member(frame())
     assert str(kept_two) != str(make_frame_domain(schema()))
+
+
+# -- issue 11: membership does not depend on where a value sits ------------------------------------
+import decimal as _decimal  # noqa: E402
+
+_ODD_VALUES = ["SENTINEL", b"1.5", "1.5", object(), None, pd.NA, np.nan, _decimal.Decimal("1.5"), 2**70, -(2**70),
+               True, 1 + 2j, [1.0], np.datetime64("2001-01-01"), pd.Timestamp("2001-01-01"), np.float32(1.5),
+               np.int64(3), 1.5, float("inf")]
+
+
+def _membership(frame, schema) -> bool:
+    try:
+        hd.frame.check_frame(frame, schema)
+    except hd.frame.SchemaMismatchError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("value", _ODD_VALUES, ids=lambda v: type(v).__name__ + ":" + str(v)[:12])
+@pytest.mark.parametrize("base", ["object", "Float64", "Int64", "category"])
+def test_membership_is_the_same_at_row_3_and_row_1500(value, base):
+    schema = hd.Schema(x=hd.Field(0, 10, missing="impute", impute=1))
+    decisions = []
+    for position in (3, 1500):
+        values = [1] * 2000
+        values[position] = value
+        if base == "object":
+            column = pd.Series(values, dtype=object)
+        else:
+            try:
+                column = pd.Series(values, dtype=base)
+            except (TypeError, ValueError, OverflowError):  # the value does not fit the dtype: an object column
+                column = pd.Series(values, dtype=object)
+        decisions.append(_membership(pd.DataFrame({"x": column}), schema))
+    assert decisions[0] == decisions[1]
