@@ -14,10 +14,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
-import sympy as sp  # noqa: E402
+import sympy as sp
+from fuzz.ground_truth import run_expression
 
-import opendp_hybridad as hd  # noqa: E402
-from fuzz.ground_truth import run_expression  # noqa: E402
+import opendp_hybridad as hd
 
 x, y, z = sp.symbols("x y z", real=True)
 H, Pw = sp.Heaviside, sp.Piecewise

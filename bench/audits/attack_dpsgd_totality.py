@@ -25,7 +25,7 @@ def run(data, **kw):
     try:
         out = m(data)
         return "ok", [float(np.abs(W).max()) for W, b in out]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return "raised", str(exc).strip().splitlines()[-1][:160]
 
 

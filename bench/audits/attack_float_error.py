@@ -50,8 +50,8 @@ def main() -> int:
         pts = np.vstack([pts, lo, hi, np.clip(np.nextafter(pts[:20], np.inf), lo, hi)])
         mids = point_values(f, [pts[:, k] for k in range(len(names))])
         worst = 0.0
-        for p, m in zip(pts, mids):
-            sub = {sp.Symbol(n): sp.Rational(float(v)) for n, v in zip(names, p)}
+        for p, m in zip(pts, mids, strict=False):
+            sub = {sp.Symbol(n): sp.Rational(float(v)) for n, v in zip(names, p, strict=False)}
             sub = {s: sub[sp.Symbol(str(s))] for s in f.expr.free_symbols}
             try:
                 r = mp.mpf(sp.N(f.expr.subs(sub), 60))

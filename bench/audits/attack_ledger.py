@@ -8,11 +8,9 @@ import math
 import os
 import shutil
 import sqlite3
-import sys
 import tempfile
 
 import numpy as np
-
 
 from opendp_hybridad.individual import LedgerError, LedgerParameters, PrivacyLedger
 
@@ -107,7 +105,7 @@ def data_file_reveals_values(tmp: str) -> float:
     (sigma,) = db.execute("SELECT noise_scale FROM queries WHERE seq = 1").fetchone()
     table = {}
     for hb, sb in db.execute("SELECT hashes, spent FROM buckets"):
-        table.update(zip(np.frombuffer(hb, np.uint64).tolist(), np.frombuffer(sb, np.float64).tolist()))
+        table.update(zip(np.frombuffer(hb, np.uint64).tolist(), np.frombuffer(sb, np.float64).tolist(), strict=False))
     guesses = pd.Series([f"n:{k}" for k in range(1000)], dtype=object)
     hashed = pd.util.hash_pandas_object(guesses, index=False, hash_key=salt).to_numpy(np.uint64)
     recovered = {k: math.sqrt(table[int(h)]) * sigma for k, h in enumerate(hashed) if int(h) in table}

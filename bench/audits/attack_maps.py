@@ -1,7 +1,5 @@
 """Stability-map attacks on the frame constructors (audit). Run: python bench/audits/attack_maps.py"""
-import math
 import warnings
-from fractions import Fraction
 
 import numpy as np
 import opendp.prelude as dp
