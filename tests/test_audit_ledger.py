@@ -41,9 +41,9 @@ def _gf2_dependent_subset(vectors: dict[int, int]) -> list[int]:
     raise AssertionError("no dependency")
 
 
-@pytest.mark.xfail(strict=True, reason="audit finding: bucket MACs are bound only by their XOR; without the key, "
-                   "an old copy's bucket rows can be spliced in (a GF(2)-dependent subset) and the ledger opens "
-                   "showing less than was released")
+# Audit finding (fixed): bucket MACs were bound only by their XOR (linear over GF(2)), so an old copy's
+# bucket rows (a dependent subset) could be spliced in without the key; the head now binds the SHA-256
+# of all bucket MACs in bucket order.
 def test_splicing_old_bucket_rows_without_the_key_is_refused_or_shows_released_spend(tmp_path):
     P = LedgerParameters("gdp", 1.0)
     path = str(tmp_path / "l.sqlite")

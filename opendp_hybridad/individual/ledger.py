@@ -24,7 +24,10 @@ Guarantees (tested in ``tests/test_ledger.py``, ``tests/test_ledger_corruption.p
 * **Integrity.** The ledger's secret lives in a key file apart from the data (``<path>.key``,
   mode 0600). Individuals are stored in 2^14 buckets (by the top 14 bits of their hash), each
   with an HMAC-SHA256 over its content; a head row holds an HMAC over the parameters, a
-  commit counter, the member and query counts and the XOR of the bucket and query-row MACs.
+  commit counter, the member and query counts, the SHA-256 of all bucket MACs concatenated in
+  bucket order (zeros for an empty bucket) and a SHA-256 chain over the query-row MACs. (Not
+  their XOR: an XOR is linear, so old bucket rows whose MAC changes cancel out could be
+  spliced back without the key.)
   A charge rewrites only the buckets it changes and the head. The key file also records the
   counter (updated after each commit), so an older copy of the data (a copy without its WAL,
   a rolled-back file) is refused. Opening checks every MAC; anything altered, truncated,
@@ -54,7 +57,7 @@ from opendp_hybridad.analysis.rounding import up_array
 from opendp_hybridad.errors import HybridADError
 from opendp_hybridad.individual import ids as _ids
 
-FORMAT = "opendp-hybridad-ledger-v2"
+FORMAT = "opendp-hybridad-ledger-v3"
 BUCKET_BITS = 14
 BUCKETS = 1 << BUCKET_BITS
 _SHIFT = np.uint64(64 - BUCKET_BITS)
@@ -84,7 +87,7 @@ class _State:
     retired: np.ndarray  # bool
     macs: np.ndarray     # (BUCKETS, 4) uint64: each bucket's MAC (zeros: empty bucket)
     queries: int
-    qxor: bytes
+    qchain: bytes        # SHA-256 chain over the query-row MACs, in order
 
 
 def _starts(hashes: np.ndarray) -> np.ndarray:
@@ -229,9 +232,18 @@ class PrivacyLedger:
     def _query_mac(self, row: tuple) -> bytes:
         return hmac.digest(self._mac_key, b"Q" + repr(tuple(row)).encode(), "sha256")
 
-    def _head_mac(self, counter: int, members: int, queries: int, bxor: bytes, qxor: bytes) -> bytes:
+    def _head_mac(self, counter: int, members: int, queries: int, bdigest: bytes, qchain: bytes) -> bytes:
         return hmac.digest(self._mac_key, b"H" + self._meta_blob + struct.pack("<QQQ", counter, members, queries)
-                           + bxor + qxor, "sha256")
+                           + bdigest + qchain, "sha256")
+
+    @staticmethod
+    def _bucket_digest(macs: np.ndarray) -> bytes:
+        """SHA-256 of every bucket's MAC in bucket order: binds each bucket non-linearly."""
+        return hashlib.sha256(np.ascontiguousarray(macs).tobytes()).digest()
+
+    @staticmethod
+    def _chain(qchain: bytes, qmac: bytes) -> bytes:
+        return hashlib.sha256(qchain + qmac).digest()
 
     # -- schema -------------------------------------------------------------------------
     def _create(self) -> None:
@@ -248,11 +260,12 @@ class PrivacyLedger:
                              "spent BLOB NOT NULL, retired BLOB NOT NULL, mac BLOB NOT NULL)")
             self._db.execute("CREATE INDEX buckets_ver ON buckets (ver)")
             self._db.execute("CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 0), counter INTEGER NOT NULL, "
-                             "members INTEGER NOT NULL, queries INTEGER NOT NULL, bxor BLOB NOT NULL, "
-                             "qxor BLOB NOT NULL, mac BLOB NOT NULL)")
+                             "members INTEGER NOT NULL, queries INTEGER NOT NULL, bdigest BLOB NOT NULL, "
+                             "qchain BLOB NOT NULL, mac BLOB NOT NULL)")
             zero = bytes(32)
+            bdigest = self._bucket_digest(np.zeros((BUCKETS, 4), dtype=np.uint64))
             self._db.execute("INSERT INTO head VALUES (0, 0, 0, 0, ?, ?, ?)",
-                             (zero, zero, self._head_mac(0, 0, 0, zero, zero)))
+                             (bdigest, zero, self._head_mac(0, 0, 0, bdigest, zero)))
             self._db.execute("CREATE TABLE queries (seq INTEGER PRIMARY KEY, created REAL NOT NULL, "
                              "label TEXT, noise_scale REAL, admitted INTEGER, retired_now INTEGER, "
                              "worst_case_charge REAL, max_charge REAL, mac BLOB NOT NULL)")
@@ -305,11 +318,11 @@ class PrivacyLedger:
 
     def _sync(self) -> _State:
         """The verified state as committed now; reads only what changed since the cached state."""
-        row = self._db.execute("SELECT counter, members, queries, bxor, qxor, mac FROM head WHERE id = 0").fetchone()
+        row = self._db.execute("SELECT counter, members, queries, bdigest, qchain, mac FROM head WHERE id = 0").fetchone()
         if row is None:
             raise self._corrupt("no head row")
-        counter, members, queries, bxor, qxor, mac = row
-        if not hmac.compare_digest(bytes(mac), self._head_mac(counter, members, queries, bytes(bxor), bytes(qxor))):
+        counter, members, queries, bdigest, qchain, mac = row
+        if not hmac.compare_digest(bytes(mac), self._head_mac(counter, members, queries, bytes(bdigest), bytes(qchain))):
             raise self._corrupt("head MAC")
         if counter < self._key_counter():
             raise self._corrupt(f"commit {counter} is older than the key file's {self._key_counter()}")
@@ -330,7 +343,7 @@ class PrivacyLedger:
                 raise self._corrupt(f"bucket {b} lengths")
             changed[b] = (h, s, r)
             macs[b] = np.frombuffer(m, dtype=np.uint64)
-        if np.bitwise_xor.reduce(macs, axis=0).tobytes() != bytes(bxor):
+        if not hmac.compare_digest(self._bucket_digest(macs), bytes(bdigest)):
             raise self._corrupt("bucket set")
         if state is None:
             pieces = [changed.get(b) for b in sorted(changed)]
@@ -344,15 +357,15 @@ class PrivacyLedger:
         retired = np.concatenate([p[2] for p in pieces] or [np.zeros(0, bool)])
         if hashes.size != members:
             raise self._corrupt("member count")
-        q = bytearray(bytes(32) if state is None else state.qxor)
+        q = bytes(32) if state is None else state.qchain
         n_queries = 0 if state is None else state.queries
         for row in self._db.execute("SELECT seq, created, label, noise_scale, admitted, retired_now, worst_case_charge, "
                                     "max_charge, mac FROM queries WHERE seq > ? ORDER BY seq", (n_queries,)):
             if row[0] != n_queries + 1 or not hmac.compare_digest(bytes(row[-1]), self._query_mac(row[:-1])):
                 raise self._corrupt(f"query {row[0]}")
             n_queries += 1
-            q = bytearray(a ^ c for a, c in zip(q, bytes(row[-1])))
-        if n_queries != queries or bytes(q) != bytes(qxor):
+            q = self._chain(q, bytes(row[-1]))
+        if n_queries != queries or not hmac.compare_digest(q, bytes(qchain)):
             raise self._corrupt("query log")
         self._state = _State(counter, hashes, spent, retired, macs, queries, bytes(q))
         return self._state
@@ -433,12 +446,12 @@ class PrivacyLedger:
             qrow = tuple(None if isinstance(v, float) and math.isnan(v) else v for v in qrow)
             qmac = self._query_mac(qrow)
             self._db.execute("INSERT INTO queries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", qrow + (qmac,))
-            qxor = bytes(a ^ c for a, c in zip(state.qxor, qmac))
-            bxor = np.bitwise_xor.reduce(macs, axis=0).tobytes()
-            self._db.execute("UPDATE head SET counter = ?, members = ?, queries = ?, bxor = ?, qxor = ?, mac = ? "
-                             "WHERE id = 0", (counter, int(known.size), seq, bxor, qxor,
-                                              self._head_mac(counter, int(known.size), seq, bxor, qxor)))
-        self._state = _State(counter, known, spent, retired, macs, seq, qxor)
+            qchain = self._chain(state.qchain, qmac)
+            bdigest = self._bucket_digest(macs)
+            self._db.execute("UPDATE head SET counter = ?, members = ?, queries = ?, bdigest = ?, qchain = ?, mac = ? "
+                             "WHERE id = 0", (counter, int(known.size), seq, bdigest, qchain,
+                                              self._head_mac(counter, int(known.size), seq, bdigest, qchain)))
+        self._state = _State(counter, known, spent, retired, macs, seq, qchain)
         self._admitted = admitted
         return counter
 
