@@ -15,7 +15,8 @@ Guarantees (tested in ``tests/test_ledger.py``, ``tests/test_ledger_corruption.p
   plus the new charge (rounded up) stays within the budget; otherwise they are
   retired for good and charged nothing.
 * **No private values.** Individuals are stored as 64-bit keyed hashes (SipHash-2-4
-  via ``pandas.util.hash_pandas_object`` with a random per-ledger key) of their canonical
+  via ``pandas.util.hash_pandas_object`` with a per-ledger key derived from the key file's
+  secret, ``HMAC(secret, "id-hash")``, never stored in the data file) of their canonical
   typed id (:mod:`opendp_hybridad.individual.ids`, whose encoding name is one of the
   ledger's parameters). Two ids that collide share one budget, which only over-charges them.
 * **Never forgets.** A ledger is created only by :meth:`PrivacyLedger.create`, or by the
@@ -135,6 +136,9 @@ class PrivacyLedger:
                                   "moved without its key; it is not recreated (spent budget is never reset)")
             self._secret = self._read_key_file()
         self._mac_key = hmac.digest(self._secret, b"opendp-hybridad ledger MAC key v2", "sha256")
+        # SipHash's key for hash_pandas_object (16 characters), derived from the key file's secret: it is
+        # never stored in the data file, so a data file without its key file has no linkable id hashes
+        self.salt = hmac.digest(self._secret, b"id-hash", "sha256")[:8].hex()
         try:
             if not memory and not create and os.path.getsize(self.path) == 0:
                 raise LedgerError(f"{self.path} is empty (truncated?): not a usable ledger")
@@ -250,7 +254,6 @@ class PrivacyLedger:
         p = self.parameters
         meta = {"format": FORMAT, "kind": p.kind, "budget": repr(p.budget),
                 "alpha": "" if p.alpha is None else repr(p.alpha), "id_encoding": p.id_encoding,
-                "salt": secrets.token_hex(8),  # 16 characters: SipHash's key for hash_pandas_object
                 "created": repr(time.time())}
         self._meta_blob = json.dumps(meta, sort_keys=True).encode()
         with self._transaction():
@@ -288,7 +291,8 @@ class PrivacyLedger:
                 f"{self.path} was created for {stored}, not {self.parameters}; open it with its own parameters "
                 "(spent budget is never reset)"
             )
-        self.salt = meta["salt"]
+        if "salt" in meta:
+            raise LedgerError(f"{self.path} stores its id-hashing key in the data file (an older format); refused")
         self._state: _State | None = None
         with self._lock, self._read():
             self._sync()
