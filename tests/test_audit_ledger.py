@@ -98,9 +98,9 @@ SCHEMA = hd.Schema(x=hd.Field(-1, 1))
 
 
 @pytest.mark.parametrize("bad", ["a\udcffSENTINEL", 10**5000], ids=["lone-surrogate", "int-over-4300-digits"])
-@pytest.mark.xfail(strict=True, reason="audit finding: an id that ids.py/hashing cannot encode (lone surrogate: "
-                   "UnicodeEncodeError quoting the character; a >4300-digit int: ValueError) makes the filter raise "
-                   "on one neighbour and answer the other")
+# Audit finding (fixed): an id that ids.py/hashing could not encode (lone surrogate: UnicodeEncodeError
+# quoting the character; a >4300-digit int: ValueError) made the filter raise on one neighbour and answer
+# the other; such strings are now keyed by their surrogatepass bytes in hex, such ints in hex.
 def test_ids_that_cannot_be_encoded_do_not_break_totality(bad):
     with_p = pd.DataFrame({"x": [0.5, 0.1], "person": pd.Series(["alice", bad], dtype=object)})
     without_p = with_p.iloc[:1]

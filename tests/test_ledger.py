@@ -169,3 +169,13 @@ def test_a_charge_writes_only_the_buckets_it_changes(tmp_path):
         (counter,) = db.execute("SELECT counter FROM head").fetchone()
         assert db.execute("SELECT COUNT(*) FROM buckets WHERE ver = ?", (counter,)).fetchone()[0] == 1
     assert ledger.spent(many[:2]).tolist() == [pytest.approx(0.501), pytest.approx(0.001)]
+
+
+def test_unencodable_ids_have_distinct_keys_and_hash():
+    from opendp_hybridad.individual.ids import id_key, id_keys
+    odd = ["a\udcff", "a\udcfe", "a\\udcff", 10**5000, 10**5000 + 1, -(10**5000)]
+    keys = [id_key(v) for v in odd]
+    assert len(set(keys)) == len(keys) and all(k.isascii() for k in keys)
+    assert list(id_keys(pd.Series(odd, dtype=object))) == keys
+    ledger = PrivacyLedger(":memory:", LedgerParameters("gdp", 1.0))
+    assert len(set(ledger.hash_ids(odd).tolist())) == len(odd)

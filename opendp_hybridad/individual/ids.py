@@ -10,9 +10,19 @@ key never depends on other rows):
   the next keeps its budgets); other finite or infinite floats by ``repr`` (``n:2.5``).
   NaN is a missing id, not a person: the filter drops such rows before encoding, and
   :func:`id_key` refuses it.
-* ``s:`` strings by their text (``"1"`` is another person than ``1``).
+* ``s:`` strings by their text (``"1"`` is another person than ``1``). A string that is not
+  valid Unicode text (a lone surrogate) is keyed ``s~:`` and the hex of its
+  ``surrogatepass`` UTF-8 bytes, so every string has a key and no key quotes an
+  unencodable character.
+* Integers too long for decimal text (Python refuses over 4,300 digits) are keyed
+  ``n:0x`` and their hexadecimal digits.
 * ``b:`` booleans, their own tag (``True`` is neither ``1`` nor ``"True"``).
-* anything else by its type and ``str()``: ``module.qualname:text``.
+* anything else by its type and ``str()``: ``module.qualname:text`` (text that is not valid
+  Unicode as above, in hex; a value whose ``str()`` fails is keyed by its type alone, which
+  can only make such ids share a budget, i.e. over-charge them).
+
+Encoding never raises on a member of a column (other than a missing id) and never quotes a
+value in an error.
 
 Ids of several kinds in one column (numbers and strings) are kept apart by their tags, not
 refused: a refusal that depends on which other people are in the data would make the
@@ -51,14 +61,32 @@ def id_keys(ids: pd.Series) -> pd.Series:
     return pd.Series([id_key(v) for v in values], dtype=object)
 
 
+def _text(tag: str, text: str) -> str:
+    """``tag:text``, or, for text with lone surrogates (no UTF-8 form), ``tag~:`` and its bytes in hex."""
+    if text.isascii():
+        return tag + ":" + text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return tag + "~:" + text.encode("utf-8", "surrogatepass").hex()
+    return tag + ":" + text
+
+
+def _int_key(value: int) -> str:
+    try:
+        return "n:" + str(value)
+    except ValueError:  # over sys.get_int_max_str_digits() decimal digits
+        return "n:0x" + format(value, "x")
+
+
 def id_key(value: Any) -> str:
     """The canonical key of one id."""
     if isinstance(value, str):
-        return "s:" + value
+        return _text("s", value)
     if isinstance(value, (bool, np.bool_)):
         return "b:" + str(bool(value))
     if isinstance(value, (int, np.integer)):
-        return "n:" + str(int(value))
+        return _int_key(int(value))
     if isinstance(value, (float, np.floating)):
         v = float(value)
         if math.isnan(v):
@@ -66,7 +94,14 @@ def id_key(value: Any) -> str:
         if math.isfinite(v) and v.is_integer():
             return "n:" + str(int(v))
         return "n:" + repr(v)
-    return f"{type(value).__module__}.{type(value).__qualname__}:{value}"
+    name = f"{type(value).__module__}.{type(value).__qualname__}"
+    try:
+        text = str(value)
+    except Exception:  # noqa: BLE001 - an id whose text fails still names someone (its type, over-charged)
+        return name + "!"
+    if not isinstance(text, str):
+        return name + "!"
+    return _text(name, text)
 
 
 _id_key = id_key  # the name filter.py used
