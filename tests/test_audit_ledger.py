@@ -111,17 +111,16 @@ def test_ids_that_cannot_be_encoded_do_not_break_totality(bad):
     assert assert_total_on_neighbours(release, [(with_p, without_p), (without_p, with_p)]) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="audit finding: datetime64 ids are keyed by numpy's str(), which includes the "
-                   "column's unit; pandas picks the unit from the other rows (or its version), so one person gets "
-                   "two budgets across runs")
+# Audit finding (fixed): datetime64 ids were keyed by numpy's str(), which includes the column's unit; they
+# are now keyed t: and their exact nanoseconds since the epoch.
 def test_a_datetime_id_keeps_its_key_whatever_the_columns_unit():
     one = pd.to_datetime(pd.Series(["2020-01-01T00:00:00"]), format="ISO8601")
     with_other = pd.to_datetime(pd.Series(["2020-01-01T00:00:00", "2020-01-02T00:00:00.000000001"]), format="ISO8601")
     assert id_keys(one)[0] == id_keys(with_other)[0]
 
 
-@pytest.mark.xfail(strict=True, reason="audit finding: timedelta64 ids are numpy integers to ids.py: a [us]/[s] "
-                   "column raises a raw TypeError, a [ns] one is keyed as the number of nanoseconds ('n:1' for 1 ns)")
+# Audit finding (fixed): timedelta64 ids were numpy integers to ids.py (a [us]/[s] column raised a raw
+# TypeError, a [ns] one was keyed 'n:1' for 1 ns); they are now keyed d: and their exact nanoseconds.
 def test_timedelta_ids_are_encoded_by_type_and_text():
     td = pd.Series(pd.to_timedelta(["1s"]))
     assert id_keys(td.astype("timedelta64[us]"))[0] == id_keys(td.astype("timedelta64[ns]"))[0]

@@ -179,3 +179,20 @@ def test_unencodable_ids_have_distinct_keys_and_hash():
     assert list(id_keys(pd.Series(odd, dtype=object))) == keys
     ledger = PrivacyLedger(":memory:", LedgerParameters("gdp", 1.0))
     assert len(set(ledger.hash_ids(odd).tolist())) == len(odd)
+
+
+def test_time_ids_are_keyed_by_exact_nanoseconds_whatever_the_unit():
+    import datetime as dt
+
+    from opendp_hybridad.individual.ids import id_key, id_keys
+    day = pd.Series(pd.to_datetime(["2020-01-01"]))
+    keys = {id_keys(day.astype(f"datetime64[{u}]"))[0] for u in ("s", "ms", "us", "ns")}
+    keys |= {id_key(dt.datetime(2020, 1, 1)), id_key(pd.Timestamp("2020-01-01", tz="UTC")),
+             id_key(np.datetime64("2020-01-01")), id_keys(pd.Series([pd.Timestamp("2020-01-01"), "x"]))[0]}
+    assert keys == {"t:1577836800000000000"}
+    sec = pd.Series(pd.to_timedelta(["1s"]))
+    keys = {id_keys(sec.astype(f"timedelta64[{u}]"))[0] for u in ("s", "ms", "us", "ns")}
+    keys |= {id_key(dt.timedelta(seconds=1)), id_key(pd.Timedelta("1s")), id_key(np.timedelta64(1, "s"))}
+    assert keys == {"d:1000000000"}
+    with pytest.raises(ValueError):
+        id_keys(pd.Series([np.datetime64("NaT", "ns")]))

@@ -16,6 +16,13 @@ key never depends on other rows):
   unencodable character.
 * Integers too long for decimal text (Python refuses over 4,300 digits) are keyed
   ``n:0x`` and their hexadecimal digits.
+* ``t:`` date-times (numpy ``datetime64`` columns and scalars, pandas ``Timestamp``, Python
+  ``datetime``) by their exact integer nanoseconds since 1970-01-01 (UTC for time-zone aware
+  ones), and ``d:`` durations (``timedelta64``, ``Timedelta``, ``timedelta``) by their exact
+  integer nanoseconds: the column's unit (``[s]``, ``[us]``, ``[ns]``, which pandas picks from
+  the other rows or its version) never changes a person's key. A value finer than a
+  nanosecond is written as a reduced fraction ``p/q`` of nanoseconds; a duration in months
+  or years (no fixed length) as ``d:<months>mo``. NaT is a missing id, like NaN.
 * ``b:`` booleans, their own tag (``True`` is neither ``1`` nor ``"True"``).
 * anything else by its type and ``str()``: ``module.qualname:text`` (text that is not valid
   Unicode as above, in hex; a value whose ``str()`` fails is keyed by its type alone, which
@@ -31,13 +38,53 @@ filter answer one dataset and refuse its neighbour (see ``tests/test_individual_
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 ENCODING = "typed-v1"
+
+#: nanoseconds per numpy time unit (months and years have no fixed length)
+_NS_PER_UNIT = {"W": 7 * 86400 * 10**9, "D": 86400 * 10**9, "h": 3600 * 10**9, "m": 60 * 10**9, "s": 10**9,
+                "ms": 10**6, "us": 10**3, "ns": 1, "ps": Fraction(1, 10**3), "fs": Fraction(1, 10**6),
+                "as": Fraction(1, 10**9)}
+
+
+def _time_keys(values: np.ndarray) -> np.ndarray:
+    """``t:``/``d:`` keys of a datetime64 or timedelta64 array (exact nanoseconds, whatever the unit)."""
+    if np.isnat(values).any():
+        raise ValueError("a missing id (NaT) names nobody; drop such rows before encoding")
+    tag = "t:" if values.dtype.kind == "M" else "d:"
+    unit, count = np.datetime_data(values.dtype)
+    if unit in ("Y", "M"):
+        if tag == "t:":  # calendar units: the first day of the year or month is exact in days
+            return _time_keys(values.astype("datetime64[D]"))
+        months = values.view(np.int64).astype(object) * (count * (12 if unit == "Y" else 1))
+        return np.array([f"d:{m}mo" for m in months], dtype=object)
+    factor = _NS_PER_UNIT[unit] * count
+    ints = values.view(np.int64)
+    if factor == 1:
+        return np.char.add(tag, ints.astype(str)).astype(object)
+    out = []
+    for i in ints.tolist():
+        ns = Fraction(i) * factor
+        out.append(f"{tag}{ns.numerator}" if ns.denominator == 1 else f"{tag}{ns.numerator}/{ns.denominator}")
+    return np.array(out, dtype=object)
+
+
+def _time_key(value: Any) -> str | None:
+    """The key of a date-time or duration scalar, or None if ``value`` is neither."""
+    if isinstance(value, (np.datetime64, np.timedelta64)):
+        return str(_time_keys(np.array([value]))[0])
+    if isinstance(value, _dt.datetime):
+        return str(_time_keys(np.array([pd.Timestamp(value).to_datetime64()]))[0])
+    if isinstance(value, _dt.timedelta):
+        return str(_time_keys(np.array([pd.Timedelta(value).to_timedelta64()]))[0])
+    return None
 
 
 def id_keys(ids: pd.Series) -> pd.Series:
@@ -46,6 +93,8 @@ def id_keys(ids: pd.Series) -> pd.Series:
     values = ids.to_numpy()
     if kind in "iu":
         return pd.Series(np.char.add("n:", values.astype(str)), dtype=object)
+    if kind in "Mm":
+        return pd.Series(_time_keys(values), dtype=object)
     if kind == "f":
         if np.isnan(values).any():
             raise ValueError("a missing id (NaN) names nobody; drop such rows before encoding")
@@ -83,6 +132,9 @@ def id_key(value: Any) -> str:
     """The canonical key of one id."""
     if isinstance(value, str):
         return _text("s", value)
+    time = _time_key(value)  # before integers: numpy's timedelta64 is an integer type
+    if time is not None:
+        return time
     if isinstance(value, (bool, np.bool_)):
         return "b:" + str(bool(value))
     if isinstance(value, (int, np.integer)):
