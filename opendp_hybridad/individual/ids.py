@@ -1,7 +1,8 @@
 """One canonical, typed encoding of individual ids (the text the ledger hashes).
 
-Encoding ``typed-v1`` (recorded in every ledger's parameters; a ledger made with another
-encoding is refused). Each value is named by a type tag and its value, per value (a row's
+Encoding ``typed-v2`` (recorded in every ledger's parameters; a ledger made with another
+encoding is refused; ``typed-v1`` keyed date-times by their unit-dependent text and could not
+key unencodable strings or huge integers). Each value is named by a type tag and its value, per value (a row's
 key never depends on other rows):
 
 * ``n:`` numbers by numeric value. Integers (Python, numpy) by their decimal text; a float
@@ -46,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ENCODING = "typed-v1"
+ENCODING = "typed-v2"
 
 #: nanoseconds per numpy time unit (months and years have no fixed length)
 _NS_PER_UNIT = {"W": 7 * 86400 * 10**9, "D": 86400 * 10**9, "h": 3600 * 10**9, "m": 60 * 10**9, "s": 10**9,
