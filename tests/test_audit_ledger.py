@@ -127,8 +127,8 @@ def test_timedelta_ids_are_encoded_by_type_and_text():
     assert id_keys(pd.Series(pd.to_timedelta(["1ns"])))[0] != id_keys(pd.Series([1]))[0]
 
 
-@pytest.mark.xfail(strict=True, reason="audit finding: PrivacyLedger._positions caches by array identity, so a "
-                   "hashes buffer reused in place is charged at the old person's slot: a person past budget is admitted")
+# Audit finding (fixed): PrivacyLedger._positions cached by array identity, so a hashes buffer reused in
+# place was charged at the old person's slot; it now caches by a digest of the hashes' content.
 def test_a_reused_hashes_buffer_is_not_admitted_past_budget():
     ledger = PrivacyLedger(":memory:", LedgerParameters("gdp", 1.0))
     alice, bob = ledger.hash_ids(["alice", "bob"])

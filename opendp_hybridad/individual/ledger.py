@@ -462,19 +462,21 @@ class PrivacyLedger:
     def _positions(self, known: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Index of each hash in the sorted member array, and whether it is a member.
 
-        Cached per (member count, hashes array): members are only ever added, so an
-        unchanged count means an unchanged array, and a filter asks with the same
-        hashes every query.
+        Cached per (member array, content of ``hashes``): a filter asks with the same hashes
+        every query. The key is a digest of the hashes' bytes, not the array's identity, so a
+        caller that reuses a buffer with other hashes in it never gets stale positions.
         """
-        key = (known.size, id(hashes), hashes.size)
-        if self._positions_cache is not None and self._positions_cache[0] == key and self._positions_cache[1] is hashes:
-            return self._positions_cache[2], self._positions_cache[3]
+        hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+        key = (hashes.size, hashlib.blake2b(hashes.tobytes(), digest_size=32).digest())
+        cache = self._positions_cache
+        if cache is not None and cache[0] is known and cache[1] == key:
+            return cache[2], cache[3]
         if known.size == 0:
             idx, found = np.zeros(hashes.shape, dtype=np.intp), np.zeros(hashes.shape, dtype=bool)
         else:
             idx = np.clip(np.searchsorted(known, hashes), 0, known.size - 1)
             found = known[idx] == hashes
-        self._positions_cache = (key, hashes, idx, found)
+        self._positions_cache = (known, key, idx, found)
         return idx, found
 
     # -- reading ----------------------------------------------------------------------------
