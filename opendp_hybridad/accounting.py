@@ -192,7 +192,7 @@ def dp_sgd_event(n: int, batch_size: int, noise_multiplier: float, epochs: float
     clip norm, so each epoch is one Gaussian with noise multiplier ``sigma / 2``,
     composed over the epochs.
     """
-    noise_multiplier = validation.positive_finite("noise_multiplier", noise_multiplier, validation.MAX_NOISE_MULTIPLIER)
+    noise_multiplier = validation.noise_multiplier("noise_multiplier", noise_multiplier)
     steps = dp_sgd_steps(n, batch_size, epochs)
     n, batch_size = int(n), int(batch_size)
     if sampling == "poisson":
@@ -211,13 +211,18 @@ def dp_sgd_epsilon(n: int, batch_size: int, noise_multiplier: float, epochs: flo
     """(epsilon, delta) of DP-SGD by dp-accounting's RDP and PLD accountants."""
     delta = validation.probability("delta", delta)
     event = dp_sgd_event(n, batch_size, noise_multiplier, epochs, sampling)
-    rdp_acc = rdp.RdpAccountant(orders=list(RDP_ORDERS))
-    rdp_acc.compose(event)
-    pld_acc = pld.PLDAccountant()
-    pld_acc.compose(event)
+    try:
+        rdp_acc = rdp.RdpAccountant(orders=list(RDP_ORDERS))
+        rdp_acc.compose(event)
+        pld_acc = pld.PLDAccountant()
+        pld_acc.compose(event)
+        epsilon_rdp, epsilon_pld = float(rdp_acc.get_epsilon(delta)), float(pld_acc.get_epsilon(delta))
+    except (ArithmeticError, ValueError, MemoryError) as exc:  # one line, no traceback
+        raise AccountingError(f"the accountants could not evaluate this DP-SGD run ({type(exc).__name__}); "
+                              "use a larger noise multiplier or fewer steps") from None
     n, batch_size = int(n), int(batch_size)
     steps = dp_sgd_steps(n, batch_size, epochs) if sampling == "poisson" else math.ceil(epochs) * (n // batch_size)
-    return {"epsilon_rdp": float(rdp_acc.get_epsilon(delta)), "epsilon_pld": float(pld_acc.get_epsilon(delta)),
+    return {"epsilon_rdp": epsilon_rdp, "epsilon_pld": epsilon_pld,
             "delta": float(delta), "steps": steps, "sampling": sampling,
             "noise_multiplier": float(noise_multiplier), "sampling_probability": div_up(batch_size, n)}
 

@@ -174,9 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="number of training examples (a whole number, 1 to 2^53)")
     sgd.add_argument("--batch-size", type=_checked(validation.count, "--batch-size", validation.MAX_SIZE), required=True,
                      help="(expected) batch size, a whole number from 1 to --n")
-    sgd.add_argument("--noise-multiplier", type=_checked(validation.positive_finite, "--noise-multiplier",
-                                                         validation.MAX_NOISE_MULTIPLIER), default=None,
-                     help=f"noise standard deviation / clip norm (positive, at most {validation.MAX_NOISE_MULTIPLIER:g})")
+    sgd.add_argument("--noise-multiplier", type=_checked(validation.noise_multiplier, "--noise-multiplier"), default=None,
+                     help=f"noise standard deviation / clip norm (from {validation.MIN_NOISE_MULTIPLIER:g} "
+                          f"to {validation.MAX_NOISE_MULTIPLIER:g})")
     sgd.add_argument("--target-epsilon", type=_checked(validation.positive_finite, "--target-epsilon"), default=None,
                      help="calibrate the noise multiplier to this epsilon (instead of --noise-multiplier)")
     sgd.add_argument("--epochs", type=_checked(validation.positive_finite, "--epochs"), required=True,

@@ -22,6 +22,9 @@ MAX_STEPS = 10**8
 MAX_SIZE = 2**53
 #: the largest noise multiplier accepted (beyond it accountants overflow and the noise swamps any float)
 MAX_NOISE_MULTIPLIER = 1e6
+#: the smallest noise multiplier accepted (below it the accountants divide by zero or need
+#: unbounded memory; such a run has no meaningful privacy anyway)
+MIN_NOISE_MULTIPLIER = 1e-3
 
 
 def real(name: str, value: Any) -> float:
@@ -82,3 +85,11 @@ def steps(n: int, batch_size: int, epochs: float, limit: int = MAX_STEPS) -> int
         raise DeclarationError(f"{epochs:g} epochs of {n} examples in batches of {batch_size} "
                                f"would be more than {limit} steps")
     return max(1, math.ceil(total))
+
+
+def noise_multiplier(name: str, value: Any) -> float:
+    """``value`` as a float in ``[MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER]``."""
+    out = positive_finite(name, value, MAX_NOISE_MULTIPLIER)
+    if out < MIN_NOISE_MULTIPLIER:
+        raise DeclarationError(f"{name} must be at least {MIN_NOISE_MULTIPLIER:g}")
+    return out

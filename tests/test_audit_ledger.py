@@ -140,8 +140,9 @@ def test_a_reused_hashes_buffer_is_not_admitted_past_budget():
 
 
 @pytest.mark.parametrize("sigma", [1e-300, 1e-8])
-@pytest.mark.xfail(strict=True, reason="audit finding: a tiny positive noise multiplier passes validation and then "
-                   "fails inside the accountants (ZeroDivisionError / 'Maximum allowed size exceeded' traceback)")
+# Audit finding (fixed): a tiny positive noise multiplier passed validation and then failed inside the
+# accountants (traceback); validation.noise_multiplier now requires at least MIN_NOISE_MULTIPLIER (1e-3) and
+# accountant failures are one-line AccountingErrors.
 def test_a_tiny_noise_multiplier_is_refused_in_one_line(sigma):
     proc = subprocess.run([sys.executable, "-m", "opendp_hybridad.cli", "privacy", "dp-sgd", "--n", "60000",
                            "--batch-size", "256", "--epochs", "1", "--delta", "1e-5", "--noise-multiplier", str(sigma)],
