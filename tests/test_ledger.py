@@ -196,3 +196,11 @@ def test_time_ids_are_keyed_by_exact_nanoseconds_whatever_the_unit():
     assert keys == {"d:1000000000"}
     with pytest.raises(ValueError):
         id_keys(pd.Series([np.datetime64("NaT", "ns")]))
+
+
+def test_duplicate_ids_in_one_charge_are_refused():
+    ledger = PrivacyLedger(":memory:", LedgerParameters("gdp", 1.0))
+    (alice,) = ledger.hash_ids(["alice"])
+    with pytest.raises(LedgerError):
+        ledger.charge(np.array([alice, alice]), np.array([0.5, 0.5]))
+    assert ledger.spent(np.array([alice]))[0] == 0 and ledger.summary()["queries"] == 0

@@ -389,7 +389,7 @@ class PrivacyLedger:
         """Admit and charge individuals, durably, before any answer exists.
 
         ``hashes`` are unique individual hashes and ``charges`` their losses for this
-        query (>= 0). Returns the boolean mask of admitted individuals: those not
+        query (>= 0); a repeated hash is refused with :class:`LedgerError` (nothing is recorded). Returns the boolean mask of admitted individuals: those not
         retired whose recorded loss plus their charge (rounded up) stays within the
         budget. The others are retired and charged nothing. Writes only the buckets of
         the individuals whose record changes.
@@ -400,6 +400,9 @@ class PrivacyLedger:
             raise ValueError("hashes and charges must have the same shape")
         if np.any(~(charges >= 0)):
             raise ValueError("charges must be non-negative numbers")
+        if hashes.size > 1 and np.unique(hashes).size != hashes.size:
+            raise LedgerError("charge() was given the same individual more than once; give each individual once "
+                              "with their total charge (nothing was recorded)")
         budget = self.parameters.budget
         with self._lock:
             try:
