@@ -131,3 +131,22 @@ def test_rows_of_a_retired_or_absent_person_leave_every_other_charge_unchanged()
         flt.exact_sum_vector(list(QUERY.functions), 3.0)
     named = base.person[~base.person.isna()]
     np.testing.assert_array_equal(a.ledger.spent(a.hashes_of(named)), b.ledger.spent(b.hashes_of(named)))
+
+
+def test_an_id_whose_missing_check_signals_is_a_missing_id_not_an_exception():
+    # Decimal("sNaN") signals InvalidOperation in pandas' isna; a review found the filter raised on
+    # the frame with that row while its neighbour without it answered
+    from decimal import Decimal
+
+    from opendp_hybridad.individual import IndividualFilter
+
+    schema = hd.Schema(x=(0, 1))
+    (x,) = schema.symbols()
+    f = schema.function(x)
+
+    def answer(frame):
+        return IndividualFilter(frame, schema, budget=1.0, kind="gdp", id_column="pid").exact_sum_vector([f], 1.0)
+
+    without = pd.DataFrame({"x": [0.5, 0.25], "pid": pd.Series([Decimal(1), Decimal(2)], dtype=object)})
+    with_snan = pd.DataFrame({"x": [0.5, 0.25, 0.75], "pid": pd.Series([Decimal(1), Decimal(2), Decimal("sNaN")], dtype=object)})
+    assert answer(with_snan).tolist() == answer(without).tolist()

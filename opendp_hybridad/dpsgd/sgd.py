@@ -90,7 +90,7 @@ class DPSGD:
         if mode not in ("clip", "bound", "auto"):
             raise DeclarationError("mode must be 'clip', 'bound' or 'auto'")
         # public parameters: one-line DeclarationErrors from the shared checks, never a TypeError later
-        noise_multiplier = validation.positive_finite("noise_multiplier", noise_multiplier, validation.MAX_NOISE_MULTIPLIER)
+        noise_multiplier = validation.noise_multiplier("noise_multiplier", noise_multiplier)
         batch_size = validation.count("batch_size", batch_size)
         epochs = validation.positive_finite("epochs", epochs)
         learning_rate = validation.positive_finite("learning_rate", learning_rate)

@@ -45,7 +45,7 @@ from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.frame.domain import FrameDomain, SchemaMismatchError, as_frame_domain, kernel_inputs, prepare_frame
 from opendp_hybridad.individual import charges as _charges
 from opendp_hybridad.individual import report as _report
-from opendp_hybridad.individual.ids import _id_key, id_keys  # noqa: F401  (the canonical id encoding)
+from opendp_hybridad.individual.ids import _id_key, id_keys, missing_ids  # noqa: F401  (the canonical id encoding)
 from opendp_hybridad.individual.ledger import LedgerParameters, PrivacyLedger
 from opendp_hybridad.individual.report import QueryReport
 from opendp_hybridad.relations import AddRemove, relation_of
@@ -133,7 +133,7 @@ class IndividualFilter:
             raw = frame[id_column]
             if isinstance(raw, pd.DataFrame):
                 raise SchemaMismatchError(f"id column {id_column!r} appears more than once")
-            named = ~raw.isna().to_numpy()[kept]  # a row with a missing id belongs to nobody: dropped
+            named = ~missing_ids(raw)[kept]  # a row with a missing id belongs to nobody: dropped
             if not named.all():
                 columns = [c[named] for c in columns]
             keys = id_keys(raw[kept].reset_index(drop=True)[named].reset_index(drop=True))

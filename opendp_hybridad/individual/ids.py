@@ -150,7 +150,7 @@ def id_key(value: Any) -> str:
     name = f"{type(value).__module__}.{type(value).__qualname__}"
     try:
         text = str(value)
-    except Exception:  # noqa: BLE001 - an id whose text fails still names someone (its type, over-charged)
+    except Exception:
         return name + "!"
     if not isinstance(text, str):
         return name + "!"
@@ -158,3 +158,28 @@ def id_key(value: Any) -> str:
 
 
 _id_key = id_key  # the name filter.py used
+
+
+def missing_ids(ids: pd.Series) -> np.ndarray:
+    """Which ids are missing (NaN, None, NaT, a NaN Decimal), without raising on any value.
+
+    ``Series.isna`` can raise on exotic values (``Decimal("sNaN")`` signals on comparison);
+    then each value is checked on its own. A value whose check fails is not missing (it is
+    encoded like any other id), so no member frame makes this raise.
+    """
+    try:
+        return np.asarray(ids.isna().to_numpy(), dtype=bool)
+    except Exception:  # an exotic value: decide value by value
+        return np.array([_is_missing(v) for v in ids.tolist()], dtype=bool)
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except Exception:  # noqa: S110 - fall through to the value's own NaN test
+        pass
+    is_nan = getattr(value, "is_nan", None)
+    try:
+        return bool(is_nan()) if callable(is_nan) else False
+    except Exception:
+        return False

@@ -37,6 +37,7 @@ Guarantees (tested in ``tests/test_ledger.py``, ``tests/test_ledger_corruption.p
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -163,10 +164,8 @@ class PrivacyLedger:
 
     def _remove_created(self) -> None:
         for p in (self.path, self.path + "-wal", self.path + "-shm", self.key_path):
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(p)
-            except OSError:
-                pass
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], parameters: LedgerParameters, *,
@@ -389,8 +388,8 @@ class PrivacyLedger:
         """Admit and charge individuals, durably, before any answer exists.
 
         ``hashes`` are unique individual hashes and ``charges`` their losses for this
-        query (>= 0); a repeated hash is refused with :class:`LedgerError` (nothing is recorded). Returns the boolean mask of admitted individuals: those not
-        retired whose recorded loss plus their charge (rounded up) stays within the
+        query (>= 0); a repeated hash is refused with :class:`LedgerError` (nothing is
+        recorded). Returns the boolean mask of admitted individuals: those not retired whose recorded loss plus their charge (rounded up) stays within the
         budget. The others are retired and charged nothing. Writes only the buckets of
         the individuals whose record changes.
         """
@@ -452,7 +451,7 @@ class PrivacyLedger:
             # store what SQLite returns (NaN is stored as NULL), so the MAC is over the stored row
             qrow = tuple(None if isinstance(v, float) and math.isnan(v) else v for v in qrow)
             qmac = self._query_mac(qrow)
-            self._db.execute("INSERT INTO queries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", qrow + (qmac,))
+            self._db.execute("INSERT INTO queries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*qrow, qmac))
             qchain = self._chain(state.qchain, qmac)
             bdigest = self._bucket_digest(macs)
             self._db.execute("UPDATE head SET counter = ?, members = ?, queries = ?, bdigest = ?, qchain = ?, mac = ? "
@@ -548,10 +547,8 @@ class PrivacyLedger:
     def _close_quietly(self) -> None:
         db = getattr(self, "_db", None)
         if db is not None:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 db.close()
-            except sqlite3.Error:
-                pass
         if self._key_fd is not None:
             os.close(self._key_fd)
             self._key_fd = None
