@@ -28,8 +28,8 @@ from typing import Any
 import dp_accounting
 from dp_accounting import pld, rdp
 
-from opendp_hybridad.analysis.rounding import div_down, div_up, mul_up, sqrt_up
 from opendp_hybridad import validation
+from opendp_hybridad.analysis.rounding import div_down, div_up, mul_up, sqrt_up
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.relations import ADD_REMOVE, Relation, relation_of
 

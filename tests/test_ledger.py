@@ -137,7 +137,7 @@ def test_four_threads_sharing_one_ledger_charge_exactly(tmp_path):
         try:
             for _ in range(40):
                 ledger.charge(hashes, step)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(4)]

@@ -8,7 +8,6 @@ exactly the spend that was committed.
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -33,8 +32,11 @@ def original(tmp_path_factory):
         ledger.charge(hashes[k::3], rng.uniform(0, 0.3, hashes[k::3].size), label=f"q{k}")
     assert os.path.getsize(path + "-wal") > 0
     spent = ledger.spent(hashes)
-    files = {name: open(path + suffix, "rb").read() for name, suffix in (("main", ""), ("wal", "-wal"), ("key", ".key"))
-             if os.path.exists(path + suffix)}
+    files = {}
+    for name, suffix in (("main", ""), ("wal", "-wal"), ("key", ".key")):
+        if os.path.exists(path + suffix):
+            with open(path + suffix, "rb") as handle:
+                files[name] = handle.read()
     yield hashes, spent, files
     ledger.close()
 

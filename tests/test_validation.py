@@ -28,7 +28,7 @@ def _model():
                input_bound=1.0, label_bound=1.0)
 
 
-GOOD = dict(noise_multiplier=1.0, batch_size=2, epochs=1, learning_rate=0.1, clip=1.0, delta=1e-5)
+GOOD = {"noise_multiplier": 1.0, "batch_size": 2, "epochs": 1, "learning_rate": 0.1, "clip": 1.0, "delta": 1e-5}
 
 
 def _one_line(exc: BaseException) -> None:
@@ -115,7 +115,8 @@ def test_delta_must_be_a_probability(delta):
 
 @pytest.mark.parametrize(("args", "name"), [
     ((1000, 10, INF, 1), "noise_multiplier"), ((1000, 10, 1e300, 1), "noise_multiplier"),
-    ((1000, 10, NAN, 1), "noise_multiplier"), ((1000, 10, 1e-300, 1), "noise_multiplier"), ((1000, 10, 1e-4, 1), "noise_multiplier"), ((1000, 10, 1.0, INF), "epochs"), ((1000, 10, 1.0, NAN), "epochs"),
+    ((1000, 10, NAN, 1), "noise_multiplier"), ((1000, 10, 1e-300, 1), "noise_multiplier"),
+    ((1000, 10, 1e-4, 1), "noise_multiplier"), ((1000, 10, 1.0, INF), "epochs"), ((1000, 10, 1.0, NAN), "epochs"),
     ((1000.5, 10, 1.0, 1), "n"), ((1000, 2.5, 1.0, 1), "batch_size"), ((1000, "10", 1.0, 1), "batch_size"),
     ((10**12, 10, 1.0, 1), "steps"), ((1000, 10, 1.0, 1e9), "steps"),
 ])
