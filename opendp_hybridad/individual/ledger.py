@@ -390,8 +390,9 @@ class PrivacyLedger:
         ``hashes`` are unique individual hashes and ``charges`` their losses for this
         query (>= 0); a repeated hash is refused with :class:`LedgerError` (nothing is
         recorded). Returns the boolean mask of admitted individuals: those not retired
-        whose recorded loss plus their charge (rounded up) stays within the budget. The others are retired and charged nothing. Writes only the buckets of
-        the individuals whose record changes.
+        whose recorded loss plus their charge (rounded up) stays within the budget. The
+        others are retired and charged nothing. Writes only the buckets of the
+        individuals whose record changes.
         """
         hashes = np.asarray(hashes, dtype=np.uint64)
         charges = np.asarray(charges, dtype=np.float64)
