@@ -45,6 +45,7 @@ from opendp_hybridad.analysis.smoothness import JUMP, OP_CLASS, possible_jump, s
 from opendp_hybridad.analysis.tape import Tape
 from opendp_hybridad.compile.codegen import numpy_callable
 from opendp_hybridad.errors import NotLipschitzError, UnboundedError
+from opendp_hybridad.symbolic.functions import to_sympy
 
 if TYPE_CHECKING:  # pragma: no cover
     from opendp_hybridad.symbolic.function import RecordFunction
@@ -67,7 +68,7 @@ class _Enclosure:
         self.y = [self.tape.add_output(e) for e in outputs]
         self.d: list[list[int | None]] = []
         for row in rows:
-            self.d.append([None if sympy.sympify(x) == 0 else self.tape.add_output(x) for x in row])
+            self.d.append([None if to_sympy(x, "a derivative") == 0 else self.tape.add_output(x) for x in row])
         self.evaluator = iv.IntervalEvaluator(self.tape)
         self._static = statically_smooth(self.tape)
         self._points: iv.IntervalEvaluator | None = None

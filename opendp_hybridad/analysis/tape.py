@@ -22,7 +22,7 @@ from sympy.core.relational import Relational
 from opendp_hybridad.analysis.rounding import down, round_down, round_up, up
 from opendp_hybridad.analysis.smoothness import OP_CLASS
 from opendp_hybridad.errors import UnsupportedExpressionError
-from opendp_hybridad.symbolic.functions import sigmoid, softplus
+from opendp_hybridad.symbolic.functions import sigmoid, softplus, to_sympy
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,9 @@ class Tape:
         self._index = {v: i for i, v in enumerate(self.variables)}
         self.outputs: list[int] = []
 
-    def add_output(self, expr: sympy.Expr) -> int:
-        idx = self._lower(sympy.sympify(expr))
+    def add_output(self, expr: sympy.Expr | int | float) -> int:
+        # numbers and sympy objects only: text never reaches sympify (it would run as Python)
+        idx = self._lower(to_sympy(expr, "a tape output"))
         self.outputs.append(idx)
         return idx
 
