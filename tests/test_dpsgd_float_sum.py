@@ -24,6 +24,7 @@ from fractions import Fraction
 import mpmath
 import numpy as np
 import pytest
+from helpers.labels import labels_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -120,12 +121,6 @@ ACTIVATIONS = [Tanh(), Sigmoid(), TemperedSigmoid(3.0, 0.5, 1.2), Identity()]
 LOSSES = [(SoftmaxCrossEntropy(), 3), (MeanSquaredError(), 2), (Logistic(), 1)]
 
 
-def _labels(loss, out, rng, n):
-    if isinstance(loss, SoftmaxCrossEntropy):
-        return rng.integers(0, out, n)
-    if isinstance(loss, Logistic):
-        return rng.integers(0, 2, n).astype(float)
-    return rng.uniform(-1, 1, (n, out))
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: a.name)
@@ -147,7 +142,7 @@ def test_computed_rows_are_within_the_forward_error_of_50_digit_gradients(act, l
         W1 = params[0][0]
         W1[:, 6:] = -W1[:, :6] * (1 + rng.uniform(-1e-3, 1e-3, (5, 6)))
         params[0] = (W1, np.zeros(5))
-    y = _labels(loss, out, rng, 6)
+    y = labels_for(loss, out, rng, 6)
     bound = model.certified_bound(params)
     global_bound = model.certified_bound()
     assert 0 < bound.rounding <= global_bound.rounding < math.inf

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers.labels import labels_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,12 +33,6 @@ def _model(act, loss, out):
                input_bound=1.5, label_bound=1.0)
 
 
-def _labels(loss, out, rng, n):
-    if isinstance(loss, SoftmaxCrossEntropy):
-        return rng.integers(0, out, n)
-    if isinstance(loss, Logistic):
-        return rng.integers(0, 2, n).astype(float)
-    return rng.uniform(-1, 1, (n, out))
 
 
 def _flat(params):
@@ -65,7 +60,7 @@ def test_per_example_gradients_match_autograd_and_finite_differences(act, loss, 
     # non-zero biases: no pre-activation sits exactly on relu's kink, where subgradients differ
     params = [(W, rng.uniform(-0.5, 0.5, b.shape)) for W, b in model.init(rng)]
     x = rng.uniform(-1.5, 1.5, (4, 4))
-    y = _labels(loss, out, rng, 4)
+    y = labels_for(loss, out, rng, 4)
     grads = model.per_example_gradients(params, x, y)
 
     def act_fn(z):
@@ -160,7 +155,7 @@ def test_certified_bound_is_never_below_sampled_and_optimised_norms(a, li, width
         params = model.project([(rng.uniform(-2, 2, (layer.out_features, layer.in_features)) * wbound,
                                  rng.uniform(-1, 1, layer.out_features)) for layer in layers])
         x = np.clip(rng.standard_normal((64, 3)) * xbound * 2, -xbound, xbound)
-        y = _labels(loss, out, rng, 64)
+        y = labels_for(loss, out, rng, 64)
         best = max(best, float(model.per_example_norms(params, x, y).max()))
         per_step = model.certified_bound(params)
         assert per_step.upper >= float(model.per_example_norms(params, x, y).max())

@@ -157,8 +157,6 @@ def id_key(value: Any) -> str:
     return _text(name, text)
 
 
-_id_key = id_key  # the name filter.py used
-
 
 def missing_ids(ids: pd.Series) -> np.ndarray:
     """Which ids are missing (NaN, None, NaT, a NaN Decimal), without raising on any value.
