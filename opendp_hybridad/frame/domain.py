@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from opendp_hybridad.errors import DeclarationError, HybridADError
+from opendp_hybridad.errors import DeclarationError, SchemaMismatchError
 from opendp_hybridad.symbolic.schema import Schema
 
 #: numpy dtype kinds a column may have: pandas stores integer columns with missing
@@ -41,10 +41,6 @@ _NUMERIC_INFERRED = ("floating", "integer", "mixed-integer-float", "decimal", "b
 #: default bound on the number of records a frame may have (a domain constraint):
 #: beyond any in-memory pandas frame, and its float-sum relaxation is ~6e-5 max|f|
 DEFAULT_SIZE_LIMIT = 2**32
-
-
-class SchemaMismatchError(HybridADError, ValueError):
-    """A dataframe is not a member of the declared frame domain. Names the column, never a value."""
 
 
 @dataclass(frozen=True)
@@ -112,9 +108,10 @@ class FrameDomain:
         check_frame(frame, self)
 
     def member(self, frame: Any) -> bool:
+        """OpenDP's membership callback: never raises, a frame it cannot judge is not a member."""
         try:
             check_frame(frame, self)
-        except SchemaMismatchError:
+        except Exception:  # anything check_frame cannot judge is outside the domain
             return False
         return True
 
