@@ -14,12 +14,16 @@ before any private data is seen.
 from opendp_hybridad.analysis import Analysis, BoundCertificate, RangeCertificate, Witness
 from opendp_hybridad.compile import Kernel
 from opendp_hybridad.errors import (
+    AccountingError,
+    DataError,
     DeclarationError,
     HybridADError,
     NotLipschitzError,
+    SchemaMismatchError,
     UnboundedError,
     UnsupportedExpressionError,
 )
+from opendp_hybridad.release import check_member, release
 from opendp_hybridad.symbolic import Field, RecordFunction, Schema, clip, dual_norm, parse, sigmoid, where
 from opendp_hybridad.symbolic.functions import Abs, exp, log, maximum, minimum, softplus, sqrt, tanh
 
@@ -30,4 +34,5 @@ __all__ = [
     "sigmoid", "softplus", "where", "clip", "exp", "log", "sqrt", "tanh", "Abs", "minimum", "maximum",
     "Analysis", "BoundCertificate", "RangeCertificate", "Witness", "Kernel",
     "HybridADError", "DeclarationError", "UnsupportedExpressionError", "UnboundedError", "NotLipschitzError",
+    "AccountingError", "DataError", "SchemaMismatchError", "release", "check_member",
 ]

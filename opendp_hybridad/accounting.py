@@ -1,21 +1,25 @@
 """The one bridge between OpenDP measurements and dp-accounting.
 
-Every measurement this package makes is an :class:`AccountedMeasurement`: the
-OpenDP measurement, the distance ``d_in`` its guarantee is stated for, the
-mechanism and its noise multiplier (noise scale / sensitivity at ``d_in``), and
-the neighbouring relation. From these it reports its dp-accounting event
-(``LaplaceDpEvent`` or ``GaussianDpEvent``), and it can be expressed in OpenDP's
-other measures so ``dp.c.make_composition``, ``make_zCDP_to_approxDP`` and privacy
-filters accept it. OpenDP measure names stay behind :func:`to_measure`
-(OpenDP plans to rename them).
+Every measurement this package makes is a plain OpenDP ``Measurement`` (it chains
+with ``>>``, composes, runs in odometers and filters). What dp-accounting needs to
+know about it travels with it as an :class:`Accounting` record, read with
+:func:`accounting_of`: its dp-accounting event (``LaplaceDpEvent``,
+``GaussianDpEvent``, a composition, DP-SGD's subsampled Gaussians), the distance
+``d_in`` the event is stated for, the neighbouring :class:`~opendp_hybridad.relations.Relation`,
+and the ``statistical_distance`` between what the implementation draws and the ideal
+mechanism the event describes (DP-SGD's table sampler; 0 for OpenDP's own noise).
 
-dp-accounting has no group privacy: a measurement is accounted at the ``d_in``
-it was built for; asking for another distance is refused.
+:func:`compose_epsilon` is the one accountant entry point. It takes anything that
+carries an event (the :class:`Accountable` protocol: ``dp_event()``, ``relation``,
+``statistical_distance``): this package's measurements, a DP-SGD plan
+(``DPSGD.plan(n)``), an :class:`Accounting` record, or a raw ``dp_accounting.DpEvent``
+(taken under add/remove, dp-accounting's own convention).
 
-The relation is a :class:`~opendp_hybridad.relations.Relation` object (a name or
-an OpenDP metric is accepted and converted by :func:`relation_of`); measurements
-under different relations are refused together. The noise multiplier is rounded
-*down*, so the privacy loss dp-accounting reports from it can only be larger.
+dp-accounting has no group privacy: each measurement is accounted at the ``d_in``
+it was built for. Measurements under different relations are refused together.
+Noise multipliers are rounded *down*, so the loss dp-accounting reports from them
+can only be larger. OpenDP measure names stay behind :func:`to_measure` (OpenDP plans
+to rename them).
 """
 
 from __future__ import annotations
@@ -23,107 +27,165 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import dp_accounting
 from dp_accounting import pld, rdp
 
 from opendp_hybridad import validation
-from opendp_hybridad.analysis.rounding import div_down, div_up, mul_up, sqrt_up
-from opendp_hybridad.errors import DeclarationError
+from opendp_hybridad.analysis.rounding import add_up, div_down, div_up, libm_up, mul_up, sqrt_up, sum_up
+from opendp_hybridad.errors import AccountingError
 from opendp_hybridad.relations import ADD_REMOVE, Relation, relation_of
 
 #: Renyi orders used by the RDP accountant (dp-accounting's default grid, extended)
 RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024])
 
+#: the attribute of an OpenDP Measurement that holds its :class:`Accounting` (read it with :func:`accounting_of`)
+_ATTRIBUTE = "_hybridad_accounting"
 
-class AccountingError(DeclarationError):
-    """Measurements that cannot be accounted together (mixed relations, unknown mechanisms, group privacy),
-    or accounting parameters out of range (a :class:`DeclarationError`, like every parameter check)."""
+__all__ = ["RDP_ORDERS", "Accountable", "Accounting", "AccountingError", "accounted", "accounting_of", "compose_epsilon",
+           "noise_accounting", "to_measure", "with_accounting", "dp_sgd_epsilon", "dp_sgd_event",
+           "dp_sgd_noise_multiplier", "dp_sgd_steps"]
+
+
+@runtime_checkable
+class Accountable(Protocol):
+    """Anything :func:`compose_epsilon` accepts: a dp-accounting event under a relation.
+
+    ``statistical_distance`` is the total variation distance between the released output
+    and the output of the ideal mechanism that ``dp_event()`` describes (0 when they are
+    the same). An ``(epsilon, delta)`` guarantee of the ideal then holds for the real one
+    with ``delta + (1 + e^epsilon) * statistical_distance``.
+    """
+
+    @property
+    def relation(self) -> Relation: ...
+
+    @property
+    def statistical_distance(self) -> float: ...
+
+    def dp_event(self) -> dp_accounting.DpEvent: ...
 
 
 @dataclass(frozen=True)
-class AccountedMeasurement:
-    """An OpenDP measurement together with what dp-accounting needs to know about it."""
+class Accounting:
+    """What dp-accounting needs to know about one measurement (see the module docstring).
 
-    measurement: Any
-    d_in: Any
-    mechanism: str  # "laplace" or "gaussian"
-    scale: float
-    sensitivity: float
+    For a noise mechanism built by :func:`noise_accounting`, ``mechanism`` is
+    ``"laplace"`` or ``"gaussian"`` and ``scale``, ``sensitivity`` (at ``d_in``) and
+    ``noise_multiplier`` (the event's, rounded down) are set; other records hold the
+    event (a composition also its ``parts``; DP-SGD with the table sampler its
+    ``statistical_distance``).
+    """
+
+    event: dp_accounting.DpEvent
     relation: Relation = ADD_REMOVE
+    d_in: Any = 1
+    mechanism: str = "event"
+    scale: float | None = None
+    sensitivity: float | None = None
+    noise_multiplier: float | None = None
+    statistical_distance: float = 0.0
+    #: the records of the measurements a composition was made from, in order
+    parts: tuple[Accounting, ...] = ()
 
     def __post_init__(self) -> None:
-        # a name ("add_remove", "ADD_OR_REMOVE_ONE", ...) or an OpenDP metric is accepted for compatibility
+        if not isinstance(self.event, dp_accounting.DpEvent):
+            raise AccountingError("an accounting record needs a dp_accounting.DpEvent")
+        # a name ("add_remove", "REPLACE_ONE", ...) or an OpenDP metric is accepted and converted
         object.__setattr__(self, "relation", relation_of(self.relation))
-
-    @property
-    def noise_multiplier(self) -> float:
-        """Noise scale divided by the sensitivity at ``d_in``, rounded down (a larger reported loss)."""
-        return div_down(self.scale, self.sensitivity) if self.sensitivity > 0 else math.inf
-
-    def __call__(self, data: Any) -> Any:
-        """Release on ``data``; a frame outside the input domain is refused first, with this library's error."""
-        check = getattr(getattr(getattr(self.measurement, "input_domain", None), "descriptor", None), "check", None)
-        if callable(check):
-            check(data)  # e.g. FrameDomain.check: SchemaMismatchError naming the column
-        return self.measurement(data)
+        distance = float(self.statistical_distance)
+        if not 0.0 <= distance <= 1.0:
+            raise AccountingError("statistical_distance is a total variation distance, in [0, 1]")
+        object.__setattr__(self, "statistical_distance", distance)
 
     def dp_event(self) -> dp_accounting.DpEvent:
-        if self.sensitivity == 0:
-            return dp_accounting.NoOpDpEvent()
-        if self.mechanism == "laplace":
-            return dp_accounting.LaplaceDpEvent(self.noise_multiplier)
-        if self.mechanism == "gaussian":
-            return dp_accounting.GaussianDpEvent(self.noise_multiplier)
-        raise AccountingError(f"no dp-accounting event for mechanism {self.mechanism!r}")
+        return self.event
 
-    def privacy_loss(self) -> float:
-        """OpenDP's own privacy map at ``d_in``: epsilon (Laplace) or rho (Gaussian, zCDP)."""
-        return self.measurement.map(self.d_in)
-
-    def to_measure(self, measure: str, delta: float | None = None) -> Any:
-        """This measurement in another OpenDP measure.
-
-        ``"pure"``: epsilon-DP (Laplace only). ``"zcdp"``: rho-zCDP (Laplace via
-        ``make_pureDP_to_zCDP``). ``"approx"``: (epsilon, delta)-DP with a fixed delta
-        (Gaussian via ``make_zCDP_to_approxDP`` and ``make_fix_delta``; Laplace via
-        ``make_approximate``, delta = 0).
-        """
-        import opendp.prelude as dp
-
-        m = self.measurement
-        if measure == "pure":
-            if self.mechanism != "laplace":
-                raise AccountingError("a Gaussian measurement has no pure-DP form")
-            return m
-        if measure == "zcdp":
-            return m if self.mechanism == "gaussian" else dp.c.make_pureDP_to_zCDP(m)
-        if measure == "approx":
-            if self.mechanism == "laplace":
-                return dp.c.make_approximate(m)
-            if delta is None:
-                raise AccountingError("converting a Gaussian measurement to approximate DP needs a delta")
-            return dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(m), delta)
-        raise AccountingError(f"unknown measure {measure!r}: use 'pure', 'zcdp' or 'approx'")
+    def __repr__(self) -> str:
+        noise = f", {self.mechanism} scale {self.scale:.6g} at sensitivity {self.sensitivity:.6g}" if self.scale is not None else ""
+        return f"Accounting({self.event!r}, relation={self.relation.name}, d_in={self.d_in!r}{noise})"
 
 
-def accounted(measurement: Any, d_in: Any = 1, mechanism: str | None = None, relation: Any = ADD_REMOVE) -> AccountedMeasurement:
-    """Wrap a plain OpenDP Laplace or Gaussian measurement for accounting.
+def noise_accounting(d_in: Any, mechanism: str, scale: float, sensitivity: float, relation: Any = ADD_REMOVE,
+                     opendp_loss: float | None = None) -> Accounting:
+    """The record of a Laplace or Gaussian mechanism of ``scale`` at ``sensitivity`` (for ``d_in``).
 
-    The noise multiplier is read off OpenDP's own privacy map: for Laplace,
-    epsilon = sensitivity / scale; for Gaussian, rho = sensitivity^2 / (2 scale^2).
-    The sensitivity is reported as 1 and the scale as that multiplier, rounded down.
+    The noise multiplier is ``scale / sensitivity`` rounded down. With ``opendp_loss``
+    (OpenDP's own privacy map at ``d_in``: epsilon for Laplace, rho for Gaussian), it is
+    also at most the multiplier that loss implies (``1 / epsilon``, ``1 / sqrt(2 rho)``,
+    rounded down), so dp-accounting never reports less than OpenDP's map (which covers
+    OpenDP's own discretisation of the noise).
+    """
+    if mechanism not in ("laplace", "gaussian"):
+        raise AccountingError(f"no dp-accounting event for mechanism {mechanism!r}: use 'laplace' or 'gaussian'")
+    scale, sensitivity = float(scale), float(sensitivity)
+    if sensitivity == 0:
+        return Accounting(dp_accounting.NoOpDpEvent(), relation, d_in, mechanism, scale, sensitivity, math.inf)
+    multiplier = div_down(scale, sensitivity)
+    if opendp_loss is not None:
+        multiplier = min(multiplier, _multiplier_of_loss(mechanism, float(opendp_loss)))
+    event = dp_accounting.LaplaceDpEvent(multiplier) if mechanism == "laplace" else dp_accounting.GaussianDpEvent(multiplier)
+    return Accounting(event, relation, d_in, mechanism, scale, sensitivity, multiplier)
+
+
+def _multiplier_of_loss(mechanism: str, loss: float) -> float:
+    """The noise multiplier whose Laplace epsilon (or Gaussian rho) is ``loss``, rounded down."""
+    if loss <= 0:
+        return math.inf
+    if mechanism == "laplace":
+        return div_down(1.0, loss)
+    return div_down(1.0, sqrt_up(mul_up(2.0, loss)))
+
+
+def with_accounting(measurement: Any, accounting: Accountable) -> Any:
+    """Attach ``accounting`` to an OpenDP measurement and return it (the same object).
+
+    Post-processing never increases the privacy loss, so the record of ``m`` holds for
+    ``m >> f`` too: ``with_accounting(m >> f, accounting_of(m))``.
+    """
+    if not isinstance(accounting, Accountable):
+        raise AccountingError("an accounting record needs dp_event(), relation and statistical_distance")
+    setattr(measurement, _ATTRIBUTE, accounting)
+    return measurement
+
+
+def accounting_of(item: Any) -> Accountable:
+    """What dp-accounting needs to know about ``item``.
+
+    ``item``: a measurement made by this package (``make_private_*``, ``make_dp_sgd``,
+    the Gaussian-DP individual filter) or one given a record by :func:`accounted` or
+    :func:`with_accounting`; an :class:`Accountable` (e.g. ``DPSGD.plan(n)``); or a raw
+    ``dp_accounting.DpEvent``, taken under add/remove (dp-accounting's convention).
+    Raises :class:`AccountingError` for anything that carries no event, such as an OpenDP
+    measurement built by hand or a chain built after one of ours (attach the record with
+    :func:`with_accounting`).
+    """
+    attached = getattr(item, _ATTRIBUTE, None)
+    if attached is not None:
+        return attached
+    if isinstance(item, dp_accounting.DpEvent):
+        return Accounting(item)
+    if isinstance(item, Accountable):
+        return item
+    kind = type(item).__name__
+    raise AccountingError(
+        f"a {kind} carries no dp-accounting event: use a measurement from make_private_* or make_dp_sgd, a DP-SGD plan, "
+        "a dp_accounting.DpEvent, or attach one with accounted(measurement) or with_accounting(measurement, record)")
+
+
+def accounted(measurement: Any, d_in: Any = 1, mechanism: str | None = None, relation: Any = ADD_REMOVE) -> Any:
+    """Give a plain OpenDP Laplace or Gaussian measurement its accounting record; returns the measurement.
+
+    The noise multiplier is read off OpenDP's own privacy map at ``d_in``: for Laplace,
+    epsilon = 1 / multiplier; for Gaussian, rho = 1 / (2 multiplier^2); the record states
+    sensitivity 1 and that multiplier, rounded down, as the scale.
     """
     kind = mechanism or _guess_mechanism(measurement)
-    loss = float(measurement.map(d_in))
-    if kind == "laplace":
-        multiplier = div_down(1.0, loss) if loss > 0 else math.inf
-    elif kind == "gaussian":
-        multiplier = div_down(1.0, sqrt_up(mul_up(2.0, loss))) if loss > 0 else math.inf
-    else:
+    if kind not in ("laplace", "gaussian"):
         raise AccountingError(f"unknown mechanism {kind!r}")
-    return AccountedMeasurement(measurement, d_in, kind, multiplier, 1.0, relation)
+    multiplier = _multiplier_of_loss(kind, float(measurement.map(d_in)))
+    return with_accounting(measurement, noise_accounting(d_in, kind, multiplier, 1.0, relation))
 
 
 def _guess_mechanism(measurement: Any) -> str:
@@ -135,37 +197,107 @@ def _guess_mechanism(measurement: Any) -> str:
     raise AccountingError(f"cannot tell the mechanism of a measurement with output measure {measure}; pass mechanism=")
 
 
-def _event(items: Iterable[AccountedMeasurement]) -> tuple[dp_accounting.DpEvent, Relation]:
-    items = list(items)
-    if not items:
+def to_measure(measurement: Any, measure: str, delta: float | None = None) -> Any:
+    """``measurement`` in another OpenDP privacy measure, keeping its accounting record.
+
+    ``"pure"``: epsilon-DP (a pure-DP measurement is returned as it is). ``"zcdp"``:
+    rho-zCDP (pure DP through ``make_pureDP_to_zCDP``). ``"approx"``: (epsilon, delta)-DP
+    with a fixed delta (zCDP through ``make_zCDP_to_approxDP`` and ``make_fix_delta``,
+    which needs ``delta``; pure DP through ``make_approximate``, delta = 0).
+    """
+    import opendp.prelude as dp
+
+    kind = str(measurement.output_measure)
+    pure, zcdp = kind.startswith("MaxDivergence"), kind.startswith("ZeroConcentratedDivergence")
+    approx = kind.startswith("Approximate")
+    if measure == "pure":
+        if not pure:
+            raise AccountingError(f"a measurement in {kind} has no pure-DP form")
+        return measurement
+    if measure == "zcdp":
+        if zcdp:
+            return measurement
+        if not pure:
+            raise AccountingError(f"a measurement in {kind} has no zCDP form")
+        converted = dp.c.make_pureDP_to_zCDP(measurement)
+    elif measure == "approx":
+        if approx:
+            return measurement
+        if pure:
+            converted = dp.c.make_approximate(measurement)
+        elif zcdp:
+            if delta is None:
+                raise AccountingError("converting a zCDP measurement to approximate DP needs a delta")
+            converted = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(measurement), validation.probability("delta", delta))
+        else:
+            raise AccountingError(f"a measurement in {kind} has no approximate-DP form here")
+    else:
+        raise AccountingError(f"unknown measure {measure!r}: use 'pure', 'zcdp' or 'approx'")
+    record = getattr(measurement, _ATTRIBUTE, None)
+    return converted if record is None else with_accounting(converted, record)
+
+
+def _composed(items: Iterable[Any]) -> tuple[dp_accounting.DpEvent, Relation, float]:
+    """The composed event, the common relation and the summed statistical distance (rounded up)."""
+    records = [accounting_of(item) for item in items]
+    if not records:
         raise AccountingError("nothing to compose")
-    relation = items[0].relation
-    others = [m.relation for m in items if m.relation != relation]
+    relation = relation_of(records[0].relation)
+    others = {relation_of(r.relation) for r in records} - {relation}
     if others:
         names = sorted({relation.name, *(r.name for r in others)})
         raise AccountingError(f"measurements under different neighbouring relations cannot be composed: {names}")
-    return dp_accounting.ComposedDpEvent([m.dp_event() for m in items]), relation
+    distance = sum_up([float(getattr(r, "statistical_distance", 0.0)) for r in records])
+    return dp_accounting.ComposedDpEvent([r.dp_event() for r in records]), relation, distance
 
 
-def compose_epsilon(measurements: Iterable[AccountedMeasurement], delta: float,
-                    pld_discretization: float = 1e-4) -> dict[str, float]:
-    """Total (epsilon, delta) of the composition, by dp-accounting's RDP and PLD accountants.
+def compose_epsilon(items: Iterable[Any], delta: float, pld_discretization: float = 1e-4) -> dict[str, Any]:
+    """Total (epsilon, delta) of the sequential composition of ``items``, by dp-accounting's RDP and PLD accountants.
 
-    For mechanisms that are not subsampled, the relation enters only through each
-    measurement's sensitivity (already in its noise multiplier), so both
-    accountants run with their add/remove-one convention.
+    ``items``: anything :func:`accounting_of` accepts (this package's measurements, DP-SGD
+    plans, :class:`Accounting` records, raw ``DpEvent``\\ s), all under one relation.
+
+    Each accountant reports the epsilon of the composed ideal mechanisms at ``delta``.
+    The returned ``"delta"`` is the total: ``delta + (1 + e^epsilon) * D``, with ``D`` the
+    sum of every item's ``statistical_distance`` (samplers that are not exactly the ideal
+    mechanism) and ``epsilon`` the larger of the two finite epsilons, rounded up; so
+    ``(epsilon_rdp, delta)`` and ``(epsilon_pld, delta)`` both hold. ``"accountant_delta"``
+    is the ``delta`` asked for and ``"statistical_distance"`` is ``D``. An event the PLD
+    accountant does not support (a zCDP one) gives ``epsilon_pld = inf``.
+
+    For mechanisms that are not subsampled the relation enters only through each
+    sensitivity (already in its noise multiplier), so both accountants run with their
+    add/remove-one convention.
     """
     delta = validation.probability("delta", delta)
     pld_discretization = validation.positive_finite("pld_discretization", pld_discretization)
-    event, relation = _event(measurements)
-    rdp_acc = rdp.RdpAccountant(orders=list(RDP_ORDERS))
-    rdp_acc.compose(event)
-    pld_acc = pld.PLDAccountant(value_discretization_interval=pld_discretization)
-    pld_acc.compose(event)
+    event, relation, distance = _composed(items)
+    try:
+        rdp_acc = rdp.RdpAccountant(orders=list(RDP_ORDERS))
+        rdp_acc.compose(event)
+        epsilon_rdp = float(rdp_acc.get_epsilon(delta))
+        pld_acc = pld.PLDAccountant(value_discretization_interval=pld_discretization)
+        if pld_acc.supports(event):
+            pld_acc.compose(event)
+            epsilon_pld = float(pld_acc.get_epsilon(delta))
+        else:
+            epsilon_pld = math.inf
+    except dp_accounting.UnsupportedEventError as exc:
+        raise AccountingError(f"dp-accounting cannot account this event: {type(exc).__name__}") from None
+    except (ArithmeticError, ValueError, MemoryError) as exc:  # one line, no traceback
+        raise AccountingError(f"the accountants could not evaluate this composition ({type(exc).__name__})") from None
+    total = delta
+    if distance > 0:
+        finite = [e for e in (epsilon_rdp, epsilon_pld) if math.isfinite(e)]
+        epsilon = max(finite) if finite else math.inf
+        growth = add_up(1.0, libm_up(math.exp(epsilon))) if epsilon < 700 else math.inf
+        total = min(1.0, add_up(delta, mul_up(growth, distance)))
     return {
-        "epsilon_rdp": float(rdp_acc.get_epsilon(delta)),
-        "epsilon_pld": float(pld_acc.get_epsilon(delta)),
-        "delta": float(delta),
+        "epsilon_rdp": epsilon_rdp,
+        "epsilon_pld": epsilon_pld,
+        "delta": float(total),
+        "accountant_delta": float(delta),
+        "statistical_distance": float(distance),
         "relation": relation.name,
     }
 

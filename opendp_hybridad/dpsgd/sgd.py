@@ -41,29 +41,42 @@ from typing import Any
 import numpy as np
 
 from opendp_hybridad import validation
-from opendp_hybridad.accounting import AccountingError, dp_sgd_epsilon, dp_sgd_event, dp_sgd_steps
+from opendp_hybridad.accounting import Accounting, AccountingError, dp_sgd_epsilon, dp_sgd_event, dp_sgd_steps, with_accounting
 from opendp_hybridad.analysis.rounding import add_up, gamma, libm_up, mul_up, sqrt_up, up
 from opendp_hybridad.dpsgd.selection import BatchSelector
-from opendp_hybridad.errors import DeclarationError
+from opendp_hybridad.errors import DataError, DeclarationError
 from opendp_hybridad.nn.model import MLP, ModelBound, _round_up_16_per_octave
 from opendp_hybridad.relations import ADD_REMOVE, REPLACE_ONE, Relation
 
 
 @dataclass(frozen=True)
 class DPSGDPlan:
+    """The parts of a run, printable; also what :func:`~opendp_hybridad.accounting.compose_epsilon` accepts
+    (``dp_event()``, ``relation``, ``statistical_distance``: the :class:`~opendp_hybridad.accounting.Accountable` protocol)."""
+
     batch_selection: str
     gradient_sum: str
     sensitivity: float
     float_sum: str
     noise: str
-    dp_event: Any
+    event: Any
     neighbouring_relation: Relation
     public_size: int
     max_size: int
     missing_values: str
+    #: total variation distance of the run's noise from the ideal Gaussians of ``event`` (the table sampler's)
+    statistical_distance: float = 0.0
 
     def __str__(self) -> str:
         return "\n".join(f"{k:>22s}: {v}" for k, v in self.__dict__.items())
+
+    def dp_event(self) -> Any:
+        """The run's dp-accounting event."""
+        return self.event
+
+    @property
+    def relation(self) -> Relation:
+        return self.neighbouring_relation
 
 
 @dataclass
@@ -214,7 +227,20 @@ class DPSGD:
         return DPSGDPlan(selection, summed, self.sensitivity, float_sum,
                          f"{sampler}; std = {self.noise_multiplier:g} x ({total!r} + grid rounding)",
                          dp_sgd_event(n, self.batch_size, self.noise_multiplier, self.epochs, self.sampling),
-                         self.relation, n, max_size, missing)
+                         self.relation, n, max_size, missing, self.statistical_distance(n))
+
+    def statistical_distance(self, n: int) -> float:
+        """How far (total variation) the run's noise can be from the ideal discrete Gaussians its event describes.
+
+        The table sampler draws each coordinate within ``STATISTICAL_DISTANCE_BOUND`` of the
+        discrete Gaussian, so a run drawing ``steps x parameters`` coordinates is within their
+        product (rounded up); OpenDP's own noise is exact (0).
+        """
+        if self.noise != "discrete-gaussian":
+            return 0.0
+        from opendp_hybridad.dpsgd.noise import STATISTICAL_DISTANCE_BOUND
+
+        return min(1.0, mul_up(float(self._steps(n) * self.model.num_parameters), STATISTICAL_DISTANCE_BOUND))
 
     def _max_terms(self, max_size: int) -> int:
         """The most examples one batch can hold: a Poisson batch can take every example; a shuffled one ``batch_size``."""
@@ -239,7 +265,7 @@ class DPSGD:
         """
         import opendp.prelude as dp
 
-        dp.enable_features("contrib")
+        dp.assert_features("contrib")  # OpenDP's vector Gaussian
         sens = self.sensitivity if sensitivity is None else sensitivity
         base = self.noise_multiplier * sens
         k = math.floor(math.log2(base)) - 30
@@ -359,7 +385,7 @@ class DPSGD:
         n, max_size = self._sizes(n, max_size, m)
         reason = self._membership_error(x, y, n, max_size)
         if reason is not None:
-            raise DeclarationError(reason)
+            raise DataError(reason)
         x = np.array(x, dtype=float)  # a copy: the caller's array is left alone
         y = np.asarray(y)
         if self._impute is not None:
@@ -419,9 +445,10 @@ class DPSGD:
         spent so far (PLD) and, if ``validation`` (public data) is given, its loss and
         accuracy. The training loss itself is never shown: it would not be private.
         """
-        import opendp.prelude as dp
+        if self.noise == "opendp":
+            import opendp.prelude as dp
 
-        dp.enable_features("contrib")
+            dp.assert_features("contrib")  # OpenDP's vector Gaussian draws the noise: asked before any data is read
         n, max_size = self._sizes(n, max_size, len(x) if hasattr(x, "__len__") else None)
         x, y = self._check(x, y, n, max_size)
         count = x.shape[0]
@@ -525,7 +552,7 @@ def computed_sum_sensitivity(per_example: float, row_error: float, max_terms: in
     term for the 64-128-10 bench model is about ``1e-10`` of ``S`` (``docs/dpsgd.md``).
     """
     if max_terms < 1:
-        raise ValueError("a sum has at least one term")
+        raise DeclarationError("a sum has at least one term")
     N = float(max_terms)
     two_n = 2.0 * N
     allowance = mul_up(mul_up(two_n, gamma(int(max_terms))), add_up(per_example, row_error))
@@ -564,8 +591,12 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
     values follow the trainer's ``impute`` policy (if it is None, NaN is outside the
     domain), everything is clamped to the declared box; labels are part of the domain
     (class indices, 0/1, or non-missing regression targets, clamped). The function checks
-    membership before touching any value and raises :class:`DeclarationError` naming no
-    value for a non-member; on members it is total.
+    membership before touching any value and raises :class:`DataError` naming no value for
+    a non-member (inside OpenDP's ``OpenDPException`` when called directly;
+    :func:`opendp_hybridad.release` raises it first); on members it is total. The
+    measurement carries its accounting record (:func:`~opendp_hybridad.accounting.accounting_of`:
+    the run's event at ``d_in = 1`` and the table sampler's statistical distance), so
+    :func:`~opendp_hybridad.accounting.compose_epsilon` accepts it.
 
     **Maps.** ``measure="approx"``: (epsilon, delta) at the trainer's delta (dp-accounting
     PLD; delta includes the table sampler's distance). ``d_in = 0``: (0, 0); ``d_in = k > 1``:
@@ -579,7 +610,8 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
     import opendp.prelude as dp
     from dp_accounting import rdp
 
-    dp.enable_features("contrib", "honest-but-curious")
+    # user_domain and make_user_measurement need both (OpenDP's Gaussian, with noise="opendp", needs contrib)
+    dp.assert_features("contrib", "honest-but-curious")
     n, max_size = trainer._sizes(n, max_size)
     trainer._steps(n)  # validates the public sizes
     d = trainer.model.layers[0].in_features
@@ -590,12 +622,15 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
     domain = dp.user_domain(
         f"DPSGDExamples(d={d}, {size}, n={n}, loss={trainer.model.loss.name}, outputs={trainer.model.layers[-1].out_features}, "
         f"label_bound={trainer.model.label_bound!r}, box=[{box}], missing={missing})",
-        member=lambda data: trainer.is_member(data, n, max_size))
+        member=lambda data: trainer.is_member(data, n, max_size), descriptor=_Examples(trainer, n, max_size))
     event = dp_sgd_event(n, trainer.batch_size, trainer.noise_multiplier, trainer.epochs, trainer.sampling)
+    # accounted at d_in = 1 (dp-accounting has no group privacy), with the table sampler's distance
+    record = Accounting(event, relation, 1, "dp-sgd", noise_multiplier=trainer.noise_multiplier,
+                        statistical_distance=trainer.statistical_distance(n))
 
     def run(data: Any) -> Any:
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
-            raise DeclarationError("the data must be a pair (features, labels)")
+            raise DataError("the data must be a pair (features, labels)")
         params, _ = trainer.fit(data[0], data[1], n=n, max_size=max_size)
         return params
 
@@ -617,7 +652,8 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
                 return (eps, delta)
             return (mul_up(float(k), eps), _group_delta(eps, delta, k))
 
-        return dp.m.make_user_measurement(domain, relation.metric(), dp.approximate(dp.max_divergence()), run, privacy_map)
+        measurement = dp.m.make_user_measurement(domain, relation.metric(), dp.approximate(dp.max_divergence()), run, privacy_map)
+        return with_accounting(measurement, record)
 
     if measure != "renyi":
         raise DeclarationError("measure must be 'approx' or 'renyi'")
@@ -638,4 +674,21 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
 
         return curve
 
-    return dp.m.make_user_measurement(domain, relation.metric(), dp.renyi_divergence(), run, curve_map)
+    return with_accounting(dp.m.make_user_measurement(domain, relation.metric(), dp.renyi_divergence(), run, curve_map), record)
+
+
+@dataclass(frozen=True)
+class _Examples:
+    """The descriptor of :func:`make_dp_sgd`'s domain: :func:`opendp_hybridad.release` calls ``check`` before training."""
+
+    trainer: DPSGD
+    n: int
+    max_size: int
+
+    def check(self, data: Any) -> None:
+        """Raise :class:`DataError` (naming no value) unless ``data`` is a member."""
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise DataError("the data must be a pair (features, labels)")
+        reason = self.trainer._membership_error(data[0], data[1], self.n, self.max_size)
+        if reason is not None:
+            raise DataError(reason)

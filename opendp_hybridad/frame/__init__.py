@@ -19,6 +19,10 @@ from opendp_hybridad.frame.measurements import (
     make_private_sum_vector,
     then_count_of,
     then_mean_of,
+    then_private_count,
+    then_private_mean,
+    then_private_sum,
+    then_private_sum_vector,
 )
 from opendp_hybridad.frame.report import curator_report
 from opendp_hybridad.frame.rowmap import make_row_map, then_row_map
@@ -30,5 +34,6 @@ __all__ = [
     "make_row_map", "then_row_map", "make_sum_of", "then_sum_of", "make_sum_of_vector", "then_sum_of_vector",
     "make_count_of", "then_count_of", "make_mean_of", "then_mean_of",
     "make_private_sum", "make_private_sum_vector", "make_private_count", "make_private_mean",
+    "then_private_sum", "then_private_sum_vector", "then_private_count", "then_private_mean",
     "curator_report",
 ]

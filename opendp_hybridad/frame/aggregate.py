@@ -24,6 +24,7 @@ from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertific
 from opendp_hybridad.analysis.rounding import UNIT_ROUNDOFF, add_up, mul_up, norm2_up, round_up, sum_up
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.frame.domain import DEFAULT_SIZE_LIMIT, FrameDomain, as_frame_domain, kernel_inputs, prepare_frame
+from opendp_hybridad.opendp_compat import to_then
 from opendp_hybridad.relations import FeatureLevel, PerRecordBound, Relation, relation_of
 from opendp_hybridad.symbolic.function import RecordFunction
 
@@ -82,12 +83,12 @@ class SumStability:
         if isinstance(self.relation, FeatureLevel):
             r = float(d_in)
             if not (r >= 0):
-                raise ValueError("d_in must be a non-negative distance")
+                raise DeclarationError("d_in must be a non-negative distance")
             ideal = min(add_up(mul_up(self.slope, r), self.evaluation_error), self.cap)
         else:
             d = int(d_in)
             if d < 0:
-                raise ValueError("d_in must be non-negative")
+                raise DeclarationError("d_in must be non-negative")
             ideal = mul_up(self.slope, round_up(d))
         return add_up(ideal, self.relaxation)
 
@@ -194,11 +195,7 @@ def make_sum_of(input_domain: Any, input_metric: Any, function: RecordFunction, 
     )
 
 
-def then_sum_of(function: RecordFunction, **kwargs: Any):
-    """Partial form of :func:`make_sum_of`."""
-    from opendp.mod import _PartialConstructor
-
-    return _PartialConstructor(lambda d, m: make_sum_of(d, m, function, **kwargs))
+then_sum_of = to_then(make_sum_of)
 
 
 def make_sum_of_vector(input_domain: Any, input_metric: Any, functions: list[RecordFunction], norm: Any = 2, *,
@@ -236,8 +233,4 @@ def make_sum_of_vector(input_domain: Any, input_metric: Any, functions: list[Rec
     return dp.t.make_user_transformation(input_domain, input_metric, out_domain, metric, apply, stability)
 
 
-def then_sum_of_vector(functions: list[RecordFunction], norm: Any = 2, **kwargs: Any):
-    """Partial form of :func:`make_sum_of_vector`."""
-    from opendp.mod import _PartialConstructor
-
-    return _PartialConstructor(lambda d, m: make_sum_of_vector(d, m, functions, norm, **kwargs))
+then_sum_of_vector = to_then(make_sum_of_vector)

@@ -2,15 +2,24 @@
 
 ``make_private_*`` pick OpenDP's Laplace mechanism for a requested epsilon
 (pure DP) or its Gaussian mechanism for a requested rho (zCDP), calibrate the
-scale to the certified sensitivity at ``d_in``, and return an
-:class:`~opendp_hybridad.accounting.AccountedMeasurement` that states the scale
-and reports its dp-accounting event. Noise is always drawn by OpenDP.
+scale to the certified sensitivity at ``d_in``, and return a plain OpenDP
+``Measurement`` (it chains with ``>>``, composes and runs in odometers and filters).
+Its scale, sensitivity and dp-accounting event are read with
+:func:`~opendp_hybridad.accounting.accounting_of`. Noise is always drawn by OpenDP.
+Each constructor has a ``then_*`` form made from it by
+:func:`~opendp_hybridad.opendp_compat.to_then`.
+
+OpenDP features are never enabled here: every constructor asserts the ones it needs
+(``contrib`` for OpenDP's noise and combinators, ``honest-but-curious`` for the user-defined
+frame domain, transformations and post-processing), so OpenDP explains what to enable.
 
 Every limit a release relies on is part of its frame domain
 (:class:`~opendp_hybridad.frame.domain.FrameDomain`): ``size_limit`` (the most rows)
 and, for a mean with a public record count, ``size`` (the exact number of records
-kept after the missing-value policies). A frame that breaks one is not a member
-and is refused before any private computation; no member makes a release fail.
+kept after the missing-value policies). A frame that breaks one is not a member:
+:func:`opendp_hybridad.release` refuses it with :class:`SchemaMismatchError` before
+any private computation (called directly, the measurement refuses it inside OpenDP's
+``OpenDPException``); no member makes a release fail.
 
 A public ``size`` counts *kept* records: with a field whose policy is ``"drop"``,
 "the number of complete records is ``n``" is the public fact, and the domain is
@@ -24,9 +33,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import dp_accounting
 import numpy as np
 
-from opendp_hybridad.accounting import AccountedMeasurement
+from opendp_hybridad.accounting import Accounting, accounting_of, noise_accounting, with_accounting
 from opendp_hybridad.analysis.rounding import (
     TINY,
     UNIT_ROUNDOFF,
@@ -42,16 +52,21 @@ from opendp_hybridad.analysis.rounding import (
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.frame.aggregate import _domain_size_limit, _SumPlan, make_sum_of, make_sum_of_vector
 from opendp_hybridad.frame.domain import DEFAULT_SIZE_LIMIT, as_frame_domain, make_frame_domain, prepare_frame
+from opendp_hybridad.opendp_compat import to_then
 from opendp_hybridad.relations import ADD_REMOVE, REPLACE_ONE, FeatureLevel, Relation, relation_of
 from opendp_hybridad.symbolic.function import RecordFunction
 from opendp_hybridad.symbolic.schema import Schema
+
+#: OpenDP features the private releases use: ``contrib`` (Laplace, Gaussian, composition) and
+#: ``honest-but-curious`` (user_domain, make_user_transformation, new_function post-processing)
+_FEATURES = ("contrib", "honest-but-curious")
 
 
 def _space(domain_or_schema: Any, metric: Any, size_limit: int | None = None, size: int | None = None) -> tuple[Any, Any]:
     """The frame domain (built from a Schema, or checked against the limits asked for) and the metric."""
     import opendp.prelude as dp
 
-    dp.enable_features("contrib", "honest-but-curious")
+    dp.assert_features(*_FEATURES)
     if isinstance(domain_or_schema, Schema):
         domain = make_frame_domain(domain_or_schema, size_limit=DEFAULT_SIZE_LIMIT if size_limit is None else size_limit,
                                    size=size)
@@ -74,6 +89,7 @@ def make_count_of(input_domain: Any, input_metric: Any):
     """
     import opendp.prelude as dp
 
+    dp.assert_features(*_FEATURES)  # before any work: make_user_transformation needs both
     spec = as_frame_domain(input_domain)
     relation = relation_of(input_metric)
     if isinstance(relation, FeatureLevel):
@@ -83,7 +99,7 @@ def make_count_of(input_domain: Any, input_metric: Any):
     def stability(d_in: Any) -> float:
         d = int(d_in)
         if d < 0:
-            raise ValueError("d_in must be non-negative")
+            raise DeclarationError("d_in must be non-negative")
         return 0.0 if constant else round_up(d)
 
     def apply(frame: Any) -> float:
@@ -108,6 +124,7 @@ def make_mean_of(input_domain: Any, input_metric: Any, function: RecordFunction,
     """
     import opendp.prelude as dp
 
+    dp.assert_features(*_FEATURES)  # before the certification work: make_user_transformation needs both
     spec = as_frame_domain(input_domain)
     if spec.size is None:
         raise DeclarationError("a mean with a public record count needs a domain that fixes it: make_frame_domain(schema, size=n)")
@@ -141,22 +158,16 @@ def make_mean_of(input_domain: Any, input_metric: Any, function: RecordFunction,
                                          dp.absolute_distance(T=float), apply, stability)
 
 
-def then_count_of():
-    """Partial form of :func:`make_count_of`."""
-    from opendp.mod import _PartialConstructor
-
-    return _PartialConstructor(make_count_of)
+then_count_of = to_then(make_count_of)
+then_mean_of = to_then(make_mean_of)
 
 
-def then_mean_of(function: RecordFunction, size: int | None = None, **kwargs: Any):
-    """Partial form of :func:`make_mean_of`."""
-    from opendp.mod import _PartialConstructor
+def _calibrate(transformation: Any, d_in: Any, epsilon: float | None, rho: float | None, relation: Relation) -> Any:
+    """Chain OpenDP's Laplace (epsilon) or Gaussian (rho) mechanism at the smallest scale that meets the target.
 
-    return _PartialConstructor(lambda d, m: make_mean_of(d, m, function, size, **kwargs))
-
-
-def _calibrate(transformation: Any, d_in: Any, epsilon: float | None, rho: float | None, relation: Relation) -> AccountedMeasurement:
-    """Chain OpenDP's Laplace (epsilon) or Gaussian (rho) mechanism at the smallest scale that meets the target."""
+    The measurement carries its :class:`~opendp_hybridad.accounting.Accounting`; the noise
+    multiplier there is at most both ``scale / sensitivity`` and what OpenDP's own map implies.
+    """
     import opendp.prelude as dp
 
     if (epsilon is None) == (rho is None):
@@ -182,13 +193,18 @@ def _calibrate(transformation: Any, d_in: Any, epsilon: float | None, rho: float
         measurement = transformation >> then(scale)
     else:  # pragma: no cover - a handful of ulps always suffices
         raise DeclarationError("could not calibrate the noise scale to the target")
-    return AccountedMeasurement(measurement, d_in, mechanism, scale, sensitivity, relation)
+    record = noise_accounting(d_in, mechanism, scale, sensitivity, relation, opendp_loss=measurement.map(d_in))
+    return with_accounting(measurement, record)
 
 
 def make_private_sum(domain_or_schema: Any, function: RecordFunction, metric: Any = None, *, epsilon: float | None = None,
                      rho: float | None = None, d_in: Any = 1, size_limit: int | None = None,
-                     backend: str = "auto") -> AccountedMeasurement:
-    """``sum_i f(x_i)`` plus OpenDP noise calibrated to the certified sensitivity at ``d_in``.
+                     backend: str = "auto") -> Any:
+    """Measurement: ``sum_i f(x_i)`` plus OpenDP noise calibrated to the certified sensitivity at ``d_in``.
+
+    Laplace for ``epsilon`` (``max_divergence``), Gaussian for ``rho``
+    (``zero_concentrated_divergence``). ``metric``: ``dp.symmetric_distance()`` (default),
+    ``dp.change_one_distance()`` or ``feature_distance(q)``.
 
     ``size_limit`` builds the domain from a Schema (default 2^32); with a domain it must equal the domain's.
     """
@@ -199,24 +215,24 @@ def make_private_sum(domain_or_schema: Any, function: RecordFunction, metric: An
 
 def make_private_sum_vector(domain_or_schema: Any, functions: list[RecordFunction], metric: Any = None, *,
                             epsilon: float | None = None, rho: float | None = None, d_in: Any = 1,
-                            size_limit: int | None = None) -> AccountedMeasurement:
-    """Several sums at once: Laplace in the l1 distance for epsilon, Gaussian in l2 for rho."""
+                            size_limit: int | None = None) -> Any:
+    """Measurement: several sums at once, Laplace in the l1 distance for epsilon, Gaussian in l2 for rho."""
     domain, metric = _space(domain_or_schema, metric, size_limit)
     t = make_sum_of_vector(domain, metric, functions, 1 if epsilon is not None else 2)
     return _calibrate(t, d_in, epsilon, rho, relation_of(metric))
 
 
 def make_private_count(domain_or_schema: Any, metric: Any = None, *, epsilon: float | None = None,
-                       rho: float | None = None, d_in: Any = 1, size_limit: int | None = None) -> AccountedMeasurement:
-    """Number of kept records plus OpenDP noise."""
+                       rho: float | None = None, d_in: Any = 1, size_limit: int | None = None) -> Any:
+    """Measurement: number of kept records plus OpenDP noise."""
     domain, metric = _space(domain_or_schema, metric, size_limit)
     return _calibrate(make_count_of(domain, metric), d_in, epsilon, rho, relation_of(metric))
 
 
 def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: Any = None, *, size: int | None = None,
                       epsilon: float | None = None, rho: float | None = None, d_in: Any = 1,
-                      count_share: float = 0.5, size_limit: int | None = None):
-    """Mean of f: with a public ``size``, or (``size=None``) a private sum over a private count.
+                      count_share: float = 0.5, size_limit: int | None = None) -> Any:
+    """Measurement: mean of f, with a public ``size``, or (``size=None``) a private sum over a private count.
 
     A public ``size`` is the number of records kept after the missing-value
     policies, and is part of the domain: given a Schema, the domain is built with
@@ -224,9 +240,9 @@ def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: A
     ``size=None`` with a domain from ``make_frame_domain(schema, size=n)`` to use its size).
     With a private count the budget is split (``count_share`` to the count), both
     are released by one ``dp.c.make_composition`` and the mean is post-processed as
-    ``sum / max(count, 1)``, clamped to the certified range of f. The result is an
-    :class:`AccountedMeasurement` for a public size, else a pair
-    ``(measurement, [accounted sum, accounted count])``.
+    ``sum / max(count, 1)``, clamped to the certified range of f: one measurement
+    (composition ``>>`` post-processing) whose accounting record is the composed event,
+    with the sum's and the count's records in its ``parts``.
     """
     import opendp.prelude as dp
 
@@ -248,16 +264,26 @@ def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: A
     total = make_private_sum(domain, function, metric, d_in=d_in, **{key: sum_budget})
     count = make_private_count(domain, metric, d_in=d_in, **{key: count_budget})
     rng = function.range()
-    composed = dp.c.make_composition([total.measurement, count.measurement])
+    composed = dp.c.make_composition([total, count])
     lower, upper = rng.lower, rng.upper
 
     def mean(pair: Any) -> float:
         s, c = pair
         return float(np.clip(s / max(c, 1.0), lower, upper))
 
-    measurement = composed >> dp.new_function(mean, TO=float)
-    return measurement, [total, count]
+    parts = (accounting_of(total), accounting_of(count))
+    record = Accounting(dp_accounting.ComposedDpEvent([p.dp_event() for p in parts]), relation_of(metric), d_in,
+                        "composition", parts=parts)
+    # post-processing the composed release never increases its loss: the composed record holds for the mean
+    return with_accounting(composed >> dp.new_function(mean, TO=float), record)
+
+
+then_private_sum = to_then(make_private_sum)
+then_private_sum_vector = to_then(make_private_sum_vector)
+then_private_count = to_then(make_private_count)
+then_private_mean = to_then(make_private_mean)
 
 
 __all__ = ["make_count_of", "make_mean_of", "make_private_count", "make_private_mean", "make_private_sum",
-           "make_private_sum_vector", "then_count_of", "then_mean_of"]
+           "make_private_sum_vector", "then_count_of", "then_mean_of", "then_private_count", "then_private_mean",
+           "then_private_sum", "then_private_sum_vector"]

@@ -24,6 +24,7 @@ import numpy as np
 from opendp_hybridad.analysis.certificate import RangeCertificate
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.frame.domain import as_frame_domain, kernel_inputs
+from opendp_hybridad.opendp_compat import to_then
 from opendp_hybridad.relations import ADD_REMOVE, REPLACE_ONE, relation_of
 from opendp_hybridad.symbolic.function import RecordFunction
 
@@ -69,8 +70,5 @@ def make_row_map(input_domain: Any, input_metric: Any, function: RecordFunction,
     )
 
 
-def then_row_map(function: RecordFunction, certificate: RangeCertificate | None = None):
-    """Partial form of :func:`make_row_map`, for ``(domain, metric) >> then_row_map(f)``."""
-    from opendp.mod import _PartialConstructor
-
-    return _PartialConstructor(lambda input_domain, input_metric: make_row_map(input_domain, input_metric, function, certificate))
+#: ``(domain, metric) >> then_row_map(f)``
+then_row_map = to_then(make_row_map)

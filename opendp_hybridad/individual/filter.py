@@ -92,6 +92,10 @@ class IndividualFilter:
     def __init__(self, frame: pd.DataFrame, schema: Schema | Any, *, budget: float, kind: str = "renyi",
                  alpha: float | None = None, id_column: str | None = None, ledger: str | Any = ":memory:",
                  relation: Any = "add_remove", max_rows: int = 1024, size_limit: int | None = None):
+        import opendp.prelude as dp
+
+        # every answer's noise is OpenDP's Gaussian: asked here, before any charge is recorded
+        dp.assert_features("contrib")
         self.relation = check_relation(relation)
         if kind not in ("renyi", "gdp"):
             raise DeclarationError("kind must be 'renyi' or 'gdp'")
@@ -274,7 +278,7 @@ def _gaussian(scale: float, k: int):
     """OpenDP's Gaussian mechanism for a scalar (k = 1, returned as a 1-vector) or an l2 vector."""
     import opendp.prelude as dp
 
-    dp.enable_features("contrib")
+    dp.assert_features("contrib")  # OpenDP's Gaussian mechanism (IndividualFilter asks at construction too)
     if k == 1:
         meas = (dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float)) >> dp.m.then_gaussian(scale)
         return lambda x: np.array([meas(float(x[0]))])

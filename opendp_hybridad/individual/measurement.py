@@ -27,6 +27,14 @@ queries are asked:
   proves its Gaussian ``c^2 / (2 sigma^2)``-zCDP, so the Rényi filter at every order
   gives ``mu^2 / 2``-zCDP (``ZeroConcentratedDivergence``), rounded up.
 
+**Accounting.** The Gaussian-DP form with one row per individual (no ``id_column``)
+carries its zCDP guarantee as a dp-accounting ``ZCDpEvent(mu^2 / 2)`` under add/remove
+(:func:`~opendp_hybridad.accounting.accounting_of`), so
+:func:`~opendp_hybridad.accounting.compose_epsilon` accepts it (RDP only: dp-accounting's PLD
+accountant has no zCDP event). The Rényi form (a bound at orders up to ``alpha`` only) has
+no dp-accounting event, nor has a filter over whole individuals (``id_column``), whose
+relation no other measurement here shares; both are refused there with ``AccountingError``.
+
 Relation to OpenDP's ``make_privacy_filter``: that filter charges every query its
 worst-case loss for every individual, and stops the whole queryable when the
 budget is spent. This one charges each individual their own loss and only leaves
@@ -40,10 +48,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import dp_accounting
+
+from opendp_hybridad.accounting import Accounting, with_accounting
 from opendp_hybridad.analysis.rounding import div_up, mul_up
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.frame.domain import as_frame_domain
 from opendp_hybridad.individual.filter import REFUSAL, IndividualFilter, check_relation
+from opendp_hybridad.opendp_compat import to_then
+from opendp_hybridad.relations import ADD_REMOVE
 from opendp_hybridad.symbolic.function import RecordFunction
 
 _INDIVIDUAL_PREFIX = "AddRemoveIndividual("
@@ -66,6 +79,7 @@ def individual_distance(id_column: str) -> Any:
     """
     import opendp.prelude as dp
 
+    dp.assert_features("honest-but-curious")  # a user-defined distance
     if not isinstance(id_column, str) or not id_column:
         raise DeclarationError("id_column must be a column name")
     return dp.user_distance(f"{_INDIVIDUAL_PREFIX}{id_column})")
@@ -99,6 +113,8 @@ def make_individual_filter(input_domain: Any, input_metric: Any, *, budget: floa
     """Measurement: frame -> queryable of noisy sums with per-individual accounting (see module docstring)."""
     import opendp.prelude as dp
 
+    # make_user_measurement needs both, new_queryable and the Gaussian noise contrib: asked before any work
+    dp.assert_features("contrib", "honest-but-curious")
     domain = as_frame_domain(input_domain)
     _check_metric(input_metric, id_column)
     if not (isinstance(budget, (int, float)) and budget > 0 and math.isfinite(budget)):
@@ -117,6 +133,7 @@ def make_individual_filter(input_domain: Any, input_metric: Any, *, budget: floa
         if alpha is None or not (alpha > 1 and math.isfinite(alpha)):
             raise DeclarationError("the Renyi filter needs a finite order alpha > 1")
         measure = dp.renyi_divergence()
+        record = None
 
         def privacy_map(d_in: Any) -> Any:
             if check_d_in(d_in) == 0:
@@ -128,6 +145,8 @@ def make_individual_filter(input_domain: Any, input_metric: Any, *, budget: floa
 
         def privacy_map(d_in: Any) -> Any:
             return 0.0 if check_d_in(d_in) == 0 else rho
+
+        record = None if id_column is not None else Accounting(dp_accounting.ZCDpEvent(rho), ADD_REMOVE, 1, "zcdp-filter")
     else:
         raise DeclarationError("kind must be 'renyi' or 'gdp'")
 
@@ -143,4 +162,8 @@ def make_individual_filter(input_domain: Any, input_metric: Any, *, budget: floa
 
         return dp.new_queryable(transition)
 
-    return dp.m.make_user_measurement(input_domain, input_metric, measure, open_filter, privacy_map)
+    measurement = dp.m.make_user_measurement(input_domain, input_metric, measure, open_filter, privacy_map)
+    return measurement if record is None else with_accounting(measurement, record)
+
+
+then_individual_filter = to_then(make_individual_filter)
