@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from opendp_hybridad.analysis.rounding import sub_up
 from opendp_hybridad.errors import DeclarationError
+from opendp_hybridad.symbolic.display import short_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from opendp_hybridad.symbolic.function import RecordFunction
@@ -37,6 +38,9 @@ class Witness:
 
     point: dict[str, float]
     value: float
+
+    def __repr__(self) -> str:
+        return f"Witness({_witness_value(self.value)} at {_point(self.point)})"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,12 @@ class BoundCertificate:
     subject: str | None = None
     #: the certified quantity: "gradient_norm" (with ``norm``) or "partial:<field>"
     kind: str | None = None
+
+    def __repr__(self) -> str:
+        # the bound exactly (a rounded-down display of an upper bound would understate it);
+        # the witness, a lower estimate of the supremum, shortened
+        return (f"BoundCertificate({self.quantity} <= {short_number(self.upper)}, witness {_witness_value(self.witness.value)} "
+                f"at {_point(self.witness.point)}, ratio {_ratio(self.ratio)}{_unconverged(self.converged)})")
 
     def certifies(self, function: RecordFunction, kind: str, norm: float | None = None) -> BoundCertificate:
         """Return ``self`` if it bounds ``kind`` (in ``norm``) of ``function`` over its declared box; else raise.
@@ -112,6 +122,10 @@ class RangeCertificate:
     #: fingerprint of the certified function (None: unknown, refused by every consumer)
     subject: str | None = None
 
+    def __repr__(self) -> str:
+        return (f"RangeCertificate([{short_number(self.lower)}, {short_number(self.upper)}], "
+                f"argmin {_point(self.argmin.point)}, argmax {_point(self.argmax.point)}{_unconverged(self.converged)})")
+
     def certifies(self, function: RecordFunction) -> RangeCertificate:
         """Return ``self`` if it encloses the range of ``function`` over its declared box; else raise.
 
@@ -149,6 +163,12 @@ class Analysis:
     lipschitz: BoundCertificate
     partials: dict[str, BoundCertificate] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        partials = ", ".join(f"{n} <= {short_number(c.upper)}" for n, c in self.partials.items())
+        return (f"Analysis({self.function}: range [{short_number(self.range.lower)}, {short_number(self.range.upper)}], "
+                f"{self.lipschitz.quantity} <= {short_number(self.lipschitz.upper)}"
+                + (f", partials {partials}" if partials else "") + ")")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "function": self.function,
@@ -169,6 +189,23 @@ def _check_subject(subject: str | None, box: dict[str, tuple[float, float]], fun
     declared = {n: (f.lower, f.upper) for n, f in function.schema.fields.items()}
     if dict(box) != declared:
         raise DeclarationError(f"the {what} certificate's box differs from the declared box of {function.name!r}")
+
+
+def _point(point: dict[str, float]) -> str:
+    """A witness point in short form: ``(a=90, w=200, h=1.4)``."""
+    return "(" + ", ".join(f"{n}={v:.6g}" for n, v in point.items()) + ")"
+
+
+def _witness_value(value: float) -> str:
+    return f"{value:.10g}"
+
+
+def _ratio(ratio: float) -> str:
+    return f"{ratio:.7f}" if math.isfinite(ratio) else str(ratio)
+
+
+def _unconverged(converged: bool) -> str:
+    return "" if converged else ", not converged (sound, looser)"
 
 
 def _json_norm(p: float | None) -> Any:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import sympy
 
 from opendp_hybridad.errors import DeclarationError
+from opendp_hybridad.symbolic.display import short_number, short_str
 from opendp_hybridad.symbolic.functions import canonical, to_sympy
 from opendp_hybridad.symbolic.parse import parse_expression
 from opendp_hybridad.symbolic.schema import Schema
@@ -27,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: cap on the size of a gradient norm that is put over a common denominator
 _TOGETHER_MAX_OPS = 2000
+#: a repr shows at most this much of the expression (str() shows all of it)
+_REPR_MAX_CHARS = 300
 
 
 def normalise_norm(p: Any) -> float:
@@ -168,10 +171,16 @@ class RecordFunction:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def __str__(self) -> str:
-        return str(self.expr)
+        # long exact constants (a float's exact double, 1/1.8**2 after fix) print as short
+        # decimals; the expression itself keeps the exact values (symbolic/display.py)
+        return short_str(self.expr)
 
     def __repr__(self) -> str:
-        return f"RecordFunction({self.name} = {self.expr}, {self.schema!r})"
+        text = str(self)
+        if len(text) > _REPR_MAX_CHARS:
+            text = text[:_REPR_MAX_CHARS] + "..."
+        box = ", ".join(f"{n} in [{short_number(f.lower)}, {short_number(f.upper)}]" for n, f in self.schema.fields.items())
+        return f"RecordFunction({self.name}: {text} over {box})"
 
     def latex(self) -> str:
         return sympy.latex(self.expr)
