@@ -151,3 +151,113 @@ def test_membership_is_the_same_at_row_3_and_row_1500(value, base):
                 column = pd.Series(values, dtype=object)
         decisions.append(_membership(pd.DataFrame({"x": column}), schema))
     assert decisions[0] == decisions[1]
+
+
+# -- polars frames: one reader, the same policy as pandas ------------------------------------------
+
+def _polars():
+    return pytest.importorskip("polars")
+
+
+def _as_polars(frame: pd.DataFrame, nan_to_null: bool):
+    """A polars copy of a float pandas frame; missing values become polars null or stay NaN."""
+    pl = _polars()
+    return pl.DataFrame({name: pl.Series(name, frame[name].to_numpy(dtype=float), nan_to_null=nan_to_null)
+                         for name in frame.columns})
+
+
+def _prepared_equal(a, b) -> None:
+    np.testing.assert_array_equal(a.kept, b.kept)
+    assert list(a.columns) == list(b.columns)
+    for name in a.columns:
+        np.testing.assert_array_equal(a.columns[name], b.columns[name])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.none()),
+                          st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.none()),
+                          st.floats(-1e6, 1e6)), max_size=30),
+       st.booleans())
+def test_a_polars_copy_prepares_exactly_as_the_pandas_frame(rows, nan_to_null):
+    df = pd.DataFrame(rows, columns=["age", "weight", "height"], dtype=float)
+    expected = prepare_frame(df, schema())
+    polars = _as_polars(df, nan_to_null)
+    _prepared_equal(prepare_frame(polars, schema()), expected)
+    _prepared_equal(prepare_frame(polars.lazy(), schema()), expected)
+
+
+def test_polars_nulls_and_nan_are_both_missing_and_follow_each_policy():
+    pl = _polars()
+    frame = pl.DataFrame({"age": pl.Series([30.0, None, float("nan"), 60.0]),
+                          "weight": pl.Series([None, float("nan"), 250.0, 10.0]),
+                          "height": [1.7, 1.8, 1.6, 9.0], "note": ["a", "b", "c", "d"]})
+    prepared = prepare_frame(frame, schema())
+    np.testing.assert_array_equal(prepared.kept, [True, False, False, True])
+    np.testing.assert_array_equal(prepared.columns["weight"], [70.0, 40.0])
+    np.testing.assert_array_equal(prepared.columns["height"], [1.7, 2.2])
+    with pytest.raises(SchemaMismatchError, match="column 'height' has missing values"):
+        check_frame(frame.with_columns(height=pl.Series([1.7, None, 1.6, 1.5])), schema())
+    with pytest.raises(SchemaMismatchError, match="column 'height' has missing values"):
+        check_frame(frame.with_columns(height=pl.Series([1.7, float("nan"), 1.6, 1.5])), schema())
+
+
+def test_polars_dtypes_are_accepted_and_refused_as_their_pandas_counterparts():
+    pl = _polars()
+    s = hd.Schema(x=hd.Field(0, 10, missing="impute", impute=1))
+    accepted = [
+        (pd.Series([3, None, 12], dtype="Int64"), pl.Series([3, None, 12], dtype=pl.Int64)),
+        (pd.Series([3.5, np.nan, -1.0], dtype="float32"), pl.Series([3.5, None, -1.0], dtype=pl.Float32)),
+        (pd.Series([3, 200, 0], dtype="uint8"), pl.Series([3, 200, 0], dtype=pl.UInt8)),
+        (pd.Series([True, None, False], dtype="boolean"), pl.Series([True, None, False], dtype=pl.Boolean)),
+        (pd.Series([None, None, None], dtype=object), pl.Series([None, None, None])),
+        (pd.Series([2**62 + 1, 5, 7], dtype="int64"), pl.Series([2**62 + 1, 5, 7], dtype=pl.Int64)),
+    ]
+    for pandas_column, polars_column in accepted:
+        expected = prepare_frame(pd.DataFrame({"x": pandas_column}), s)
+        _prepared_equal(prepare_frame(pl.DataFrame({"x": polars_column}), s), expected)
+        _prepared_equal(prepare_frame(pl.DataFrame({"x": polars_column}).lazy(), s), expected)
+    refused = [
+        (pd.Series(["1.5", str(SECRET), "x"], dtype=object), pl.Series(["1.5", str(SECRET), "x"], dtype=pl.Utf8)),
+        (pd.Series(["1.5", "2", "x"], dtype="category"), pl.Series(["1.5", "2", "x"], dtype=pl.Categorical)),
+        (pd.Series(pd.to_datetime(["2001-01-01"] * 3)), pl.Series(pd.to_datetime(["2001-01-01"] * 3))),
+    ]
+    for pandas_column, polars_column in refused:
+        for data in (pd.DataFrame({"x": pandas_column}), pl.DataFrame({"x": polars_column}),
+                     pl.DataFrame({"x": polars_column}).lazy()):
+            with pytest.raises(SchemaMismatchError, match="column 'x' has dtype") as err:
+                check_frame(data, s)
+            assert "123456" not in str(err.value)
+
+
+def test_polars_membership_errors_name_the_column_and_the_size_constraints_hold():
+    pl = _polars()
+    frame_values = pd.DataFrame({"age": [30.0, np.nan, 60.0], "weight": [70.0, 80.0, 90.0], "height": [1.7, 1.8, 1.6]})
+    frame = _as_polars(frame_values, nan_to_null=True)
+    with pytest.raises(SchemaMismatchError, match="column 'height' is missing"):
+        check_frame(frame.drop("height"), schema())
+    with pytest.raises(SchemaMismatchError, match="column 'height' is missing"):
+        check_frame(frame.lazy().drop("height"), schema())
+    dp.enable_features("contrib", "honest-but-curious")
+    assert make_frame_domain(schema(), size_limit=3).member(frame)
+    assert not make_frame_domain(schema(), size_limit=2).member(frame.lazy())
+    assert make_frame_domain(schema(), size=2).member(frame) and not make_frame_domain(schema(), size=3).member(frame)
+    assert prepare_frame(frame.head(0), schema()).rows == prepare_frame(frame_values.iloc[0:0], schema()).rows == 0
+    # a LazyFrame whose plan fails is not a member; polars' message (which may quote values) is not passed on
+    failing = pl.LazyFrame({"age": ["SECRET"], "weight": [70.0], "height": [1.7]}).with_columns(pl.col("age").cast(pl.Float64))
+    with pytest.raises(SchemaMismatchError, match="plan failed") as err:
+        check_frame(failing, schema())
+    assert "SECRET" not in str(err.value)
+
+
+def test_polars_membership_does_not_depend_on_where_a_null_sits():
+    pl = _polars()
+    dp.enable_features("contrib", "honest-but-curious")
+    s = hd.Schema(x=hd.Field(0, 10))  # missing="raise"
+    for dtype in (pl.Float64, pl.Int64, pl.Boolean):
+        decisions = []
+        for position in (3, 1500):
+            values = [1] * 2000
+            values[position] = None
+            column = pl.Series(values, dtype=dtype, strict=False)
+            decisions.append(make_frame_domain(s).member(pl.DataFrame({"x": column})))
+        assert decisions == [False, False]

@@ -1,5 +1,15 @@
-"""A pandas dataframe domain built from a :class:`Schema`, and the data-independent
+"""A dataframe domain built from a :class:`Schema`, and the data-independent
 preparation every data-facing constructor applies before a kernel runs.
+
+Members are pandas ``DataFrame`` s and polars ``DataFrame`` s / ``LazyFrame`` s
+(polars is optional: ``pip install opendp-hybridad[polars]``). Both are read by
+one rule, :func:`_member_columns`: each declared column is accepted or refused
+by its dtype alone (so membership never depends on where a value sits), then
+converted to float64 in one vectorised step with every missing value as NaN:
+pandas ``NaN``/``None``/``pd.NA`` and polars ``null``/``NaN`` alike. Everything
+after that (missing-value policies, clamping, the size checks) sees only those
+float64 arrays, so a pandas frame and its polars copy prepare identically. A
+``LazyFrame`` is collected once, for the declared columns only.
 
 OpenDP does not check domain membership when a transformation runs
 (docs/architecture.md), so constructors call :func:`check_frame` on every
@@ -23,6 +33,7 @@ frame that has one is not a member and is refused.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,41 +151,114 @@ def frame_domain_identifier(schema: Schema, size_limit: int = DEFAULT_SIZE_LIMIT
 def check_frame(frame: Any, domain: Schema | FrameDomain) -> None:
     """Raise :class:`SchemaMismatchError` unless ``frame`` belongs to the frame domain.
 
-    Membership: a pandas DataFrame with every declared column, each of a numeric
-    dtype compatible with the field's, no missing value in a column whose policy
-    is ``"raise"``, at most ``size_limit`` rows and, when the domain fixes a
-    ``size``, exactly that many records kept by the missing-value policies.
-    Extra columns are allowed and ignored. ``domain`` may be a bare Schema (the
-    default size limit, no fixed size). Nothing is computed from the values
-    beyond these checks; errors name the column, never a value.
+    Membership: a pandas DataFrame, or a polars DataFrame/LazyFrame, with every
+    declared column, each of a numeric dtype (pandas: numeric, nullable numeric,
+    boolean, or an object column of numbers; polars: integer, float, decimal,
+    boolean or all-null; never strings, categoricals or dates), no missing value
+    in a column whose policy is ``"raise"``, at most ``size_limit`` rows and, when
+    the domain fixes a ``size``, exactly that many records kept by the
+    missing-value policies. Extra columns are allowed and ignored. ``domain`` may
+    be a bare Schema (the default size limit, no fixed size). Nothing is computed
+    from the values beyond these checks; errors name the column, never a value.
     """
-    spec = as_frame_domain(domain)
+    _member_columns(frame, as_frame_domain(domain))
+
+
+def _member_columns(frame: Any, spec: FrameDomain) -> tuple[dict[str, np.ndarray], int]:
+    """The declared columns of a member as float64 (NaN marks a missing value) and its row count.
+
+    The one reader of frames: every check and every preparation starts here, so
+    pandas and polars frames follow the same policy. Raises :class:`SchemaMismatchError`
+    for a non-member before anything is computed from its values.
+    """
     schema = spec.schema
-    if not isinstance(frame, pd.DataFrame):
-        raise SchemaMismatchError(f"expected a pandas DataFrame, got {type(frame).__name__}")
+    if isinstance(frame, pd.DataFrame):
+        columns = {name: _pandas_column(frame, name, field.dtype) for name, field in schema.fields.items()}
+        rows = len(frame)
+    elif _is_polars(frame):
+        columns, rows = _polars_columns(frame, schema)
+    else:
+        raise SchemaMismatchError(f"expected a pandas DataFrame or a polars DataFrame/LazyFrame, got {type(frame).__name__}")
     for name, field in schema.fields.items():
-        if name not in frame.columns:
-            raise SchemaMismatchError(f"column {name!r} is missing from the dataframe")
-        column = frame[name]
-        if isinstance(column, pd.DataFrame):
-            raise SchemaMismatchError(f"column {name!r} appears more than once")
-        kind = column.dtype.kind if isinstance(column.dtype, np.dtype) else _extension_kind(column)
-        if kind == "O" and _numeric_objects(column):
-            kind = "f"  # e.g. an empty frame, or a concat of nullable and plain floats
-        if kind not in _NUMERIC_KINDS:
-            raise SchemaMismatchError(f"column {name!r} has dtype {column.dtype}, which is not compatible with {field.dtype}")
-        # missing means NaN after conversion to float64, exactly as prepare_frame sees it
-        if field.missing == "raise" and np.isnan(_float_column(column)).any():
+        if field.missing == "raise" and np.isnan(columns[name]).any():
             raise SchemaMismatchError(f"column {name!r} has missing values and its policy is 'raise'")
-    if len(frame) > spec.size_limit:
+    if rows > spec.size_limit:
         raise SchemaMismatchError(f"the frame has more records than the domain's size limit {spec.size_limit}")
-    if spec.size is not None:
-        kept = np.ones(len(frame), dtype=bool)
-        for name, field in schema.fields.items():
-            if field.missing == "drop":
-                kept &= ~np.isnan(_float_column(frame[name]))
-        if int(kept.sum()) != spec.size:
-            raise SchemaMismatchError(f"the domain has exactly {spec.size} records after the missing-value policies")
+    if spec.size is not None and int(_kept(columns, schema, rows).sum()) != spec.size:
+        raise SchemaMismatchError(f"the domain has exactly {spec.size} records after the missing-value policies")
+    return columns, rows
+
+
+def _kept(columns: dict[str, np.ndarray], schema: Schema, rows: int) -> np.ndarray:
+    """Rows kept by the missing-value policies: those with no missing value in a field whose policy is ``"drop"``."""
+    kept = np.ones(rows, dtype=bool)
+    for name, field in schema.fields.items():
+        if field.missing == "drop":
+            kept &= ~np.isnan(columns[name])
+    return kept
+
+
+def _pandas_column(frame: pd.DataFrame, name: str, dtype: str) -> np.ndarray:
+    if name not in frame.columns:
+        raise SchemaMismatchError(f"column {name!r} is missing from the dataframe")
+    column = frame[name]
+    if isinstance(column, pd.DataFrame):
+        raise SchemaMismatchError(f"column {name!r} appears more than once")
+    kind = column.dtype.kind if isinstance(column.dtype, np.dtype) else _extension_kind(column)
+    if kind == "O" and _numeric_objects(column):
+        kind = "f"  # e.g. an empty frame, or a concat of nullable and plain floats
+    if kind not in _NUMERIC_KINDS:
+        raise SchemaMismatchError(f"column {name!r} has dtype {column.dtype}, which is not compatible with {dtype}")
+    return _float_column(column)
+
+
+def _is_polars(frame: Any) -> bool:
+    # polars is optional: a frame can only be a polars frame if polars has been imported
+    pl = sys.modules.get("polars")
+    return pl is not None and isinstance(frame, (pl.DataFrame, pl.LazyFrame))
+
+
+def _polars_numeric(dtype: Any) -> bool:
+    """Whether a polars dtype is read as numbers: what pandas accepts, decided by the dtype alone."""
+    import polars as pl
+
+    # Null is the dtype of an all-missing column (pandas: an object column of None, accepted too)
+    return bool(dtype.is_numeric()) or dtype == pl.Boolean or dtype == pl.Null
+
+
+def materialise(frame: Any, columns: list[str] | None = None) -> Any:
+    """A polars ``LazyFrame`` collected (only ``columns`` of it, those it has, when given); anything else as it is.
+
+    The one place a LazyFrame is collected, so a constructor that reads several of its
+    columns (a key column and the declared fields) runs the user's plan once. A plan
+    that fails is not a member: refused with :class:`SchemaMismatchError`, without
+    polars' message (which may quote values).
+    """
+    pl = sys.modules.get("polars")
+    if pl is None or not isinstance(frame, pl.LazyFrame):
+        return frame
+    if columns is not None:
+        present = set(frame.collect_schema().names())
+        frame = frame.select([name for name in dict.fromkeys(columns) if name in present])
+    try:
+        return frame.collect()
+    except pl.exceptions.PolarsError:
+        raise SchemaMismatchError("the LazyFrame's plan failed when collected") from None
+
+
+def _polars_columns(frame: Any, schema: Schema) -> tuple[dict[str, np.ndarray], int]:
+    import polars as pl
+
+    types = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
+    for name, field in schema.fields.items():
+        if name not in types:
+            raise SchemaMismatchError(f"column {name!r} is missing from the dataframe")
+        if not _polars_numeric(types[name]):
+            raise SchemaMismatchError(f"column {name!r} has dtype {types[name]}, which is not compatible with {field.dtype}")
+    frame = materialise(frame, schema.names)  # a LazyFrame: once, and only the declared columns
+    # a cast to Float64 turns null into NaN in to_numpy; NaN stays NaN: both are missing, as in pandas
+    columns = {name: frame.get_column(name).cast(pl.Float64).to_numpy() for name in schema.names}
+    return columns, frame.height
 
 
 def _numeric_objects(column: pd.Series) -> bool:
@@ -198,21 +282,15 @@ def _extension_kind(column: pd.Series) -> str:
 
 def prepare_frame(frame: Any, domain: Schema | FrameDomain) -> PreparedFrame:
     """Check membership, apply missing-value policies, clamp to the box: see the module docstring."""
-    check_frame(frame, domain)
     schema = as_frame_domain(domain).schema
-    kept = np.ones(len(frame), dtype=bool)
-    raw: dict[str, np.ndarray] = {}
-    for name, field in schema.fields.items():
-        values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
-        missing = np.isnan(values)
-        if field.missing == "impute":
-            values = np.where(missing, field.impute, values)
-        elif field.missing == "drop":
-            kept &= ~missing
-        raw[name] = values
+    raw, rows = _member_columns(frame, as_frame_domain(domain))
+    kept = _kept(raw, schema, rows)
     columns = {}
     for name, field in schema.fields.items():
-        values = raw[name] if kept.all() else raw[name][kept]
+        values = raw[name]
+        if field.missing == "impute":
+            values = np.where(np.isnan(values), field.impute, values)
+        values = values if kept.all() else values[kept]
         columns[name] = np.clip(values, field.lower, field.upper)
     return PreparedFrame(columns, kept)
 
@@ -226,14 +304,14 @@ def kernel_inputs(frame: Any, domain: Schema | FrameDomain) -> list[np.ndarray]:
     """Columns ready for :meth:`Kernel.value_clamped`, which imputes and clamps itself.
 
     When no field drops records this is a membership check and a float64 view of
-    each column (no copy, no extra pass); otherwise records are dropped first by
-    :func:`prepare_frame`.
+    each column (no copy for a pandas float64 column); otherwise records are
+    dropped first by :func:`prepare_frame`.
     """
-    schema = as_frame_domain(domain).schema
-    if any(f.missing == "drop" for f in schema.fields.values()):
-        return list(prepare_frame(frame, domain).columns.values())
-    check_frame(frame, domain)
-    return [_float_column(frame[name]) for name in schema.names]
+    spec = as_frame_domain(domain)
+    if any(f.missing == "drop" for f in spec.schema.fields.values()):
+        return list(prepare_frame(frame, spec).columns.values())
+    columns, _ = _member_columns(frame, spec)
+    return [columns[name] for name in spec.schema.names]
 
 
 def _float_column(column: pd.Series) -> np.ndarray:
@@ -243,7 +321,7 @@ def _float_column(column: pd.Series) -> np.ndarray:
 
 
 def make_frame_domain(schema: Schema, *, size_limit: int = DEFAULT_SIZE_LIMIT, size: int | None = None):
-    """An OpenDP ``UserDomain`` of the pandas dataframes that :func:`check_frame` accepts.
+    """An OpenDP ``UserDomain`` of the pandas and polars frames that :func:`check_frame` accepts.
 
     :param size_limit: the most rows (records, before any is dropped) a member may have.
     :param size: if given, a member has exactly this many records kept by the
