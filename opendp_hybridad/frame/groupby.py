@@ -1,0 +1,376 @@
+"""Sums, counts and means of a certified expression per group, over a PUBLIC key set.
+
+A group-by names a key column ``by`` and a public, ordered list of ``keys``
+(:class:`GroupKeys`). The output is a vector with one entry per key, in the
+given order; a key absent from the data gets 0 (its sum or count). The key column
+is declared outside the schema: the schema's fields are the bounded numeric
+inputs of ``f``, the key column is a label, read as it is (any dtype: strings,
+integers, categoricals), compared with the keys by equality (pandas' rules, for
+polars frames too). It must not be one of the schema's fields.
+
+Records dropped. A record is dropped (it counts in no group) when
+
+* its key is not one of the public keys: the key set is public, so a record
+  outside it is outside the query, a data-independent rule;
+* its key is missing (None, NaN, pandas NA, polars null) and the key policy is
+  ``missing="drop"`` (the default); with ``missing="raise"`` a frame with a
+  missing key is not a member and is refused before any private computation;
+* a field with ``missing="drop"`` is missing (the frame domain's policy).
+
+Per-partition sensitivity, with ``L, U`` the certified range of ``f`` (values are
+clamped to it), ``M = max(|L|, |U|)``, ``W = U - L`` and ``R`` the float relaxation
+of :func:`~opendp_hybridad.frame.aggregate.sum_relaxation`, per unit of ``d_in``:
+
+* add/remove (``symmetric_distance``): a record added or removed touches one
+  partition, by at most ``M``: ``l1 = l2 = M``.
+* replace-one (``change_one_distance``): the replaced record may keep its key
+  (one partition moves by the replace constant of ``relations.py``: ``W``, or
+  ``max(W, M)`` when a field drops records) or move to another key (two
+  partitions move, each by at most the add/remove constant ``M``): ``l1 =
+  max(W, 2M) = 2M`` and ``l2 = max(W, sqrt(2) M)`` (``= sqrt(2) M`` when ``f`` has
+  one sign; ``W`` can exceed ``sqrt(2) M`` when ``L < 0 < U``).
+* feature-level (``feature_distance(q)``): the relation moves a record's declared
+  fields, and the key column is not one of them, so a record keeps its key: one
+  partition moves, by the sum's feature-level constant ``min(K r + E, W)``.
+
+The relaxation ``R`` covers the float summation of every partition at once: each
+partition's pairwise sum of ``n_g`` terms errs by at most ``gamma_{k_g} n_g M`` and
+``sum_g n_g <= n`` (the domain's ``size_limit`` or kept ``size``), so the errors of
+all partitions, in l1 and so in l2, stay within the relaxation of one sum of ``n``
+terms. All constants come from :class:`~opendp_hybridad.relations.PerRecordBound`
+and the sum's plan (:class:`~opendp_hybridad.frame.aggregate._SumPlan`) and are
+rounded up.
+
+Counts per group: ``l1 = l2 = 1`` per unit of ``d_in`` under add/remove; ``l1 = 2``
+and ``l2 = sqrt(2)`` under replace-one (a record may move between groups); refused
+under the feature-level relation (counts do not change).
+
+Private key sets. When the keys themselves are private, use OpenDP's own
+mechanism rather than this module: a ``dp.Context`` query over polars data
+(``context.query().group_by("sex").agg(...)``) releases only the keys whose noisy
+count passes a threshold (OpenDP picks the threshold for an approximate-DP budget);
+:func:`~opendp_hybridad.frame.polars_bridge.with_certified_column` adds a certified
+column to such data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dp_accounting
+import numpy as np
+import pandas as pd
+
+from opendp_hybridad.accounting import Accounting, accounting_of, with_accounting
+from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertificate
+from opendp_hybridad.analysis.rounding import add_down, add_up, mul_down, mul_up, round_up, sqrt_up
+from opendp_hybridad.errors import DeclarationError, SchemaMismatchError
+from opendp_hybridad.frame.aggregate import _SumPlan
+from opendp_hybridad.frame.domain import FrameDomain, as_frame_domain, materialise, prepare_frame
+from opendp_hybridad.frame.measurements import _calibrate, _space
+from opendp_hybridad.opendp_compat import to_then
+from opendp_hybridad.relations import ADD_REMOVE, REPLACE_ONE, FeatureLevel, PerRecordBound, Relation, relation_of
+from opendp_hybridad.symbolic.function import RecordFunction, normalise_norm
+
+__all__ = ["GroupKeys", "make_grouped_count_of", "make_grouped_sum_of", "make_private_grouped_count",
+           "make_private_grouped_mean", "make_private_grouped_sum", "then_grouped_count_of", "then_grouped_sum_of",
+           "then_private_grouped_count", "then_private_grouped_mean", "then_private_grouped_sum"]
+
+_KEY_POLICIES = ("drop", "raise")
+
+
+@dataclass(frozen=True)
+class GroupKeys:
+    """The key column ``by``, the public ``keys`` (distinct, none missing, in output order) and the missing-key policy."""
+
+    by: str
+    keys: tuple[Any, ...]
+    missing: str = "drop"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.by, str) or not self.by:
+            raise DeclarationError("by must name the key column")
+        try:
+            keys = None if isinstance(self.keys, (str, bytes)) else tuple(self.keys)
+        except TypeError:
+            keys = None
+        if not keys:
+            raise DeclarationError(f"key column {self.by!r}: give the public keys as a non-empty list")
+        if any(_is_missing(k) for k in keys):
+            raise DeclarationError(f"key column {self.by!r}: a public key cannot be missing (None or NaN)")
+        try:
+            index = pd.Index(keys)
+        except TypeError as exc:
+            raise DeclarationError(f"key column {self.by!r}: the keys must be hashable") from exc
+        if not index.is_unique:
+            raise DeclarationError(f"key column {self.by!r}: the keys must be distinct")
+        if self.missing not in _KEY_POLICIES:
+            raise DeclarationError(f"key column {self.by!r}: missing-key policy must be one of {_KEY_POLICIES}")
+        object.__setattr__(self, "keys", keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def codes(self, frame: Any) -> np.ndarray:
+        """Per input row, the position of its key in ``keys``, or -1 (missing or not a public key).
+
+        Raises :class:`SchemaMismatchError` (naming the column, never a value) when the
+        column is absent, repeated, holds a missing key under ``missing="raise"``, or holds
+        values that cannot be compared with the keys.
+        """
+        column = _key_column(frame, self.by)
+        missing = column.isna().to_numpy(dtype=bool)
+        if self.missing == "raise" and missing.any():
+            raise SchemaMismatchError(f"key column {self.by!r} has missing keys and its policy is 'raise'")
+        try:
+            codes = pd.Index(self.keys).get_indexer(column)
+        except (TypeError, ValueError):  # e.g. unhashable values: decided for the whole column, wherever they sit
+            raise SchemaMismatchError(f"key column {self.by!r} holds values that cannot be compared with the keys") from None
+        codes = np.asarray(codes, dtype=np.intp)
+        codes[missing] = -1  # a missing value never matches a key (NaN == NaN in pandas' indexer)
+        return codes
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # an array-like key: not a scalar missing value
+        return False
+
+
+def _key_column(frame: Any, by: str) -> pd.Series:
+    """The key column as a pandas Series (a polars column converted, so both follow pandas' equality rules)."""
+    if isinstance(frame, pd.DataFrame):
+        if by not in frame.columns:
+            raise SchemaMismatchError(f"key column {by!r} is missing from the dataframe")
+        column = frame[by]
+        if isinstance(column, pd.DataFrame):
+            raise SchemaMismatchError(f"key column {by!r} appears more than once")
+        return column
+    if hasattr(frame, "get_column") and hasattr(frame, "columns"):  # a polars DataFrame (LazyFrames are collected first)
+        if by not in frame.columns:
+            raise SchemaMismatchError(f"key column {by!r} is missing from the dataframe")
+        return pd.Series(frame.get_column(by).to_list(), dtype=object)
+    raise SchemaMismatchError(f"expected a pandas DataFrame or a polars DataFrame/LazyFrame, got {type(frame).__name__}")
+
+
+def _group_keys(by: Any, keys: Any, missing_key: str) -> GroupKeys:
+    return by if isinstance(by, GroupKeys) else GroupKeys(by, keys, missing_key)
+
+
+def _checked(spec: FrameDomain, groups: GroupKeys) -> None:
+    if groups.by in spec.schema.fields:
+        raise DeclarationError(f"key column {groups.by!r} is a field of the schema; group by a column outside it")
+
+
+class _Grouped:
+    """Reads a member frame once: the prepared fields of the kept records and each one's key position."""
+
+    def __init__(self, spec: FrameDomain, groups: GroupKeys):
+        self.spec, self.groups = spec, groups
+
+    def split(self, frame: Any) -> tuple[list[np.ndarray], np.ndarray]:
+        """Columns of the records in some group, ordered by group (input order within one), and each group's size."""
+        frame = materialise(frame, [*self.spec.schema.names, self.groups.by])
+        prepared = prepare_frame(frame, self.spec)  # membership of the fields first (size limit included)
+        codes = self.groups.codes(frame)[prepared.kept]
+        chosen = codes >= 0
+        codes = codes[chosen]
+        order = np.argsort(codes, kind="stable")
+        columns = [np.ascontiguousarray(c[chosen][order]) for c in prepared.columns.values()]
+        return columns, np.bincount(codes, minlength=len(self.groups))
+
+
+def _grouped_stability(per_record_l1: float, per_record_l2: float, p: float, relaxation: float) -> Any:
+    """``d_in -> per_record_p * d_in + relaxation`` (add/remove, replace-one: whole records), rounded up."""
+    slope = per_record_l1 if p == 1.0 else per_record_l2
+
+    def stability(d_in: Any) -> float:
+        d = int(d_in)
+        if d < 0:
+            raise ValueError("d_in must be non-negative")
+        return add_up(mul_up(slope, round_up(d)), relaxation)
+
+    return stability
+
+
+def _moving_constants(bound: PerRecordBound, relation: Relation) -> tuple[float, float]:
+    """Per-record (l1, l2) change of a grouped sum, from the scalar constants of relations.py."""
+    add_remove = bound.sensitivity(ADD_REMOVE)[0]  # one partition, one record in or out
+    if relation == ADD_REMOVE:
+        return add_remove, add_remove
+    stay = bound.sensitivity(REPLACE_ONE)[0]  # the record keeps its key
+    # or it moves: out of one partition and into another, each by at most the add/remove constant
+    return max(stay, add_up(add_remove, add_remove)), max(stay, mul_up(sqrt_up(2.0), add_remove))
+
+
+def _output(p: float, size: int) -> tuple[Any, Any]:
+    import opendp.prelude as dp
+
+    metric = dp.l1_distance(T=float) if p == 1.0 else dp.l2_distance(T=float)
+    return dp.vector_domain(dp.atom_domain(T=float, nan=False), size=size), metric
+
+
+def _norm(norm: Any) -> float:
+    p = normalise_norm(norm)
+    if p not in (1.0, 2.0):
+        raise DeclarationError("a vector of group sums is released in the l1 (Laplace) or l2 (Gaussian) distance")
+    return p
+
+
+def make_grouped_sum_of(input_domain: Any, input_metric: Any, function: RecordFunction, by: str | GroupKeys,
+                        keys: Any = None, norm: Any = 1, *, missing_key: str = "drop",
+                        range_certificate: RangeCertificate | None = None,
+                        lipschitz_certificate: BoundCertificate | None = None, backend: str = "auto"):
+    """Transformation: frame -> ``[sum of f over the records with key k for k in keys]`` (l1 or l2 distance).
+
+    :param by: the key column (outside the schema), or a :class:`GroupKeys`.
+    :param keys: the public keys, in output order (with ``by`` a column name).
+    :param norm: 1 (``l1_distance``, for Laplace) or 2 (``l2_distance``, for Gaussian).
+    :param missing_key: ``"drop"`` (a record with a missing key counts in no group) or ``"raise"``.
+
+    Each record is prepared as in :func:`~opendp_hybridad.frame.aggregate.make_sum_of`
+    (clamped to the box, missing values by policy), ``f`` is evaluated by the compiled
+    kernel and clamped to its certified range, and each group's values are summed
+    pairwise in input order; a group sum over all records equals ``make_sum_of``'s
+    output on the frame restricted to that group, bit for bit. Records outside the
+    public key set or with a missing key are dropped (module docstring).
+
+    Stability per unit of ``d_in`` (``M = max|f|``, ``W = U - L``, ``R`` the float relaxation):
+
+    * symmetric_distance: ``l1 = l2 = M d_in + R``
+    * change_one_distance: ``l1 = 2M d_in + R``, ``l2 = max(W, sqrt(2) M) d_in + R``
+    * feature_distance(q): ``min(K d_in + E, W) + R`` in both norms (the key does not move)
+    """
+    import opendp.prelude as dp
+
+    spec = as_frame_domain(input_domain)
+    groups = _group_keys(by, keys, missing_key)
+    _checked(spec, groups)
+    p = _norm(norm)
+    plan = _SumPlan(input_domain, input_metric, function, range_certificate, lipschitz_certificate, backend)
+    relation = relation_of(input_metric)
+    if isinstance(relation, FeatureLevel):
+        stability = plan.stability  # one record's fields move, its key stays: one partition moves
+    else:
+        bound = PerRecordBound(plan.lower, plan.upper, drops_records=spec.drops_records)
+        stability = _grouped_stability(*_moving_constants(bound, relation), p, plan.stability.relaxation)
+    reader = _Grouped(spec, groups)
+
+    def apply(frame: Any) -> list[float]:
+        columns, sizes = reader.split(frame)
+        totals, start = [], 0
+        for size in sizes.tolist():
+            totals.append(plan.total([c[start:start + size] for c in columns]))
+            start += size
+        return totals
+
+    output_domain, output_metric = _output(p, len(groups))
+    return dp.t.make_user_transformation(input_domain, input_metric, output_domain, output_metric, apply, stability)
+
+
+def make_grouped_count_of(input_domain: Any, input_metric: Any, by: str | GroupKeys, keys: Any = None, norm: Any = 1, *,
+                          missing_key: str = "drop"):
+    """Transformation: frame -> ``[number of kept records with key k for k in keys]`` (floats; l1 or l2 distance).
+
+    Records dropped as for :func:`make_grouped_sum_of`. Stability per unit of ``d_in``:
+    symmetric_distance ``l1 = l2 = d_in``; change_one_distance ``l1 = 2 d_in``,
+    ``l2 = sqrt(2) d_in`` (a record may move between groups; rounded up). Counts are
+    exact (integers below 2^53), so there is no float relaxation. Refused under the
+    feature-level relation, where no count changes.
+    """
+    import opendp.prelude as dp
+
+    spec = as_frame_domain(input_domain)
+    groups = _group_keys(by, keys, missing_key)
+    _checked(spec, groups)
+    p = _norm(norm)
+    relation = relation_of(input_metric)
+    if isinstance(relation, FeatureLevel):
+        raise DeclarationError("group counts do not change under the feature-level relation; there is nothing to privatise")
+    one = PerRecordBound(1.0, 1.0)  # a record adds 1 to its group's count
+    stability = _grouped_stability(*_moving_constants(one, relation), p, 0.0)
+    reader = _Grouped(spec, groups)
+
+    def apply(frame: Any) -> list[float]:
+        return [float(n) for n in reader.split(frame)[1].tolist()]
+
+    output_domain, output_metric = _output(p, len(groups))
+    return dp.t.make_user_transformation(input_domain, input_metric, output_domain, output_metric, apply, stability)
+
+
+then_grouped_sum_of = to_then(make_grouped_sum_of)
+then_grouped_count_of = to_then(make_grouped_count_of)
+
+
+def make_private_grouped_sum(domain_or_schema: Any, function: RecordFunction, metric: Any = None, *, by: str | GroupKeys,
+                             keys: Any = None, missing_key: str = "drop", epsilon: float | None = None,
+                             rho: float | None = None, d_in: Any = 1, size_limit: int | None = None,
+                             backend: str = "auto") -> Any:
+    """Measurement: the group sums of :func:`make_grouped_sum_of` plus OpenDP noise on every entry.
+
+    Laplace in the l1 distance for ``epsilon``, Gaussian in the l2 distance for ``rho``,
+    calibrated to the grouped sum's sensitivity at ``d_in`` as the package's other
+    ``make_private_*`` are (``frame.measurements._calibrate``); its accounting record
+    is read with :func:`~opendp_hybridad.accounting.accounting_of`.
+    """
+    domain, metric = _space(domain_or_schema, metric, size_limit)
+    t = make_grouped_sum_of(domain, metric, function, by, keys, 1 if epsilon is not None else 2,
+                            missing_key=missing_key, backend=backend)
+    return _calibrate(t, d_in, epsilon, rho, relation_of(metric))
+
+
+def make_private_grouped_count(domain_or_schema: Any, metric: Any = None, *, by: str | GroupKeys, keys: Any = None,
+                               missing_key: str = "drop", epsilon: float | None = None, rho: float | None = None,
+                               d_in: Any = 1, size_limit: int | None = None) -> Any:
+    """Measurement: the group counts of :func:`make_grouped_count_of` plus OpenDP noise (Laplace l1 / Gaussian l2)."""
+    domain, metric = _space(domain_or_schema, metric, size_limit)
+    t = make_grouped_count_of(domain, metric, by, keys, 1 if epsilon is not None else 2, missing_key=missing_key)
+    return _calibrate(t, d_in, epsilon, rho, relation_of(metric))
+
+
+def make_private_grouped_mean(domain_or_schema: Any, function: RecordFunction, metric: Any = None, *, by: str | GroupKeys,
+                              keys: Any = None, missing_key: str = "drop", epsilon: float | None = None,
+                              rho: float | None = None, d_in: Any = 1, count_share: float = 0.5,
+                              size_limit: int | None = None, backend: str = "auto") -> Any:
+    """Measurement: per key, a private sum over a private count, ``sum / max(count, 1)`` clamped to f's certified range.
+
+    The group sizes are private, so the mean is post-processing of a private grouped
+    sum and a private grouped count released together by ``dp.c.make_composition``,
+    the budget split ``count_share`` to the counts (shares rounded down, so they add up
+    to at most the budget). The accounting record is the composed event, with the
+    sum's and the count's records in its ``parts``.
+    """
+    import opendp.prelude as dp
+
+    domain, metric = _space(domain_or_schema, metric, size_limit)
+    if (epsilon is None) == (rho is None):
+        raise DeclarationError("give exactly one of epsilon (Laplace, pure DP) or rho (Gaussian, zCDP)")
+    if not 0 < count_share < 1:
+        raise DeclarationError("count_share must lie strictly between 0 and 1")
+    budget = float(epsilon if epsilon is not None else rho)
+    count_budget = mul_down(budget, count_share)
+    sum_budget = add_down(budget, -count_budget)
+    key = "epsilon" if epsilon is not None else "rho"
+    groups = _group_keys(by, keys, missing_key)
+    total = make_private_grouped_sum(domain, function, metric, by=groups, d_in=d_in, backend=backend, **{key: sum_budget})
+    count = make_private_grouped_count(domain, metric, by=groups, d_in=d_in, **{key: count_budget})
+    rng = function.range().certifies(function)
+    lower, upper = float(rng.lower), float(rng.upper)
+
+    def means(pair: Any) -> list[float]:
+        sums, counts = pair
+        return [float(np.clip(s / max(c, 1.0), lower, upper)) for s, c in zip(sums, counts, strict=True)]
+
+    parts = (accounting_of(total), accounting_of(count))
+    record = Accounting(dp_accounting.ComposedDpEvent([p.dp_event() for p in parts]), relation_of(metric), d_in,
+                        "composition", parts=parts)
+    composed = dp.c.make_composition([total, count])
+    # post-processing the composed release never increases its loss: the composed record holds for the means
+    return with_accounting(composed >> dp.new_function(means, TO="Vec<f64>"), record)
+
+
+then_private_grouped_sum = to_then(make_private_grouped_sum)
+then_private_grouped_count = to_then(make_private_grouped_count)
+then_private_grouped_mean = to_then(make_private_grouped_mean)
