@@ -18,6 +18,7 @@ import opendp.prelude as dp
 import pandas as pd
 
 import opendp_hybridad as hd
+from opendp_hybridad.accounting import accounting_of
 from opendp_hybridad.frame import make_frame_domain, make_private_sum, make_sum_of
 
 dp.enable_features("contrib", "honest-but-curious")
@@ -63,7 +64,7 @@ def main() -> None:
             fn()
             timings[name].append(time.perf_counter() - t)
     base = min(timings["hand-written numpy (clamped sum, no privacy)"])
-    print(f"rows: {args.rows}, best of {args.repeats}, noise scale {query.scale:.1f}, backend {bmi.compile().backend}")
+    print(f"rows: {args.rows}, best of {args.repeats}, noise scale {accounting_of(query).scale:.1f}, backend {bmi.compile().backend}")
     for name, ts in timings.items():
         print(f"  {name:<46s} {min(ts) * 1000:8.1f} ms   ratio {min(ts) / base:.3f}")
 

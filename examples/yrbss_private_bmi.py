@@ -24,8 +24,10 @@ import opendp.prelude as dp
 import pandas as pd
 
 import opendp_hybridad as hd
+from opendp_hybridad.accounting import accounting_of
 from opendp_hybridad.frame import make_private_mean
 
+# OpenDP's noise and combinators (contrib) and the user-defined frame domain (honest-but-curious)
 dp.enable_features("contrib", "honest-but-curious")
 
 EPSILON = 1.0
@@ -59,12 +61,14 @@ def releases(frame: pd.DataFrame, runs: int) -> dict[str, object]:
     n = len(complete)
     true_mean = float(bmi.compile().value(complete).mean())
     public_n = make_private_mean(schema, bmi, dp.change_one_distance(), size=n, epsilon=EPSILON)
-    private_n, parts = make_private_mean(schema, bmi, epsilon=EPSILON)
+    private_n = make_private_mean(schema, bmi, epsilon=EPSILON)
+    parts = accounting_of(private_n).parts  # the sum's and the count's records
     # the frame with dropped records has exactly n kept records: the public-size domain
+    hd.check_member(public_n, frame)  # once, with this library's error naming the column; then release many times
     public_errors = np.array([public_n(frame) - true_mean for _ in range(runs)])
     private_errors = np.array([private_n(frame) - true_mean for _ in range(runs)])
     return {
-        "n": n, "rows": len(frame), "true_mean": true_mean, "public_scale": public_n.scale,
+        "n": n, "rows": len(frame), "true_mean": true_mean, "public_scale": accounting_of(public_n).scale,
         "public_errors": public_errors, "private_errors": private_errors,
         "sum_scale": parts[0].scale, "count_scale": parts[1].scale,
     }

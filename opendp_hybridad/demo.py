@@ -79,20 +79,26 @@ def _private_release(bmi, data, out) -> dict[str, float]:
     """Section 5: a private mean and count with OpenDP noise, and what the same noise guarantees per relation."""
     import opendp.prelude as dp
 
-    from opendp_hybridad.accounting import compose_epsilon
+    from opendp_hybridad.accounting import accounting_of, compose_epsilon
     from opendp_hybridad.frame import feature_distance, make_frame_domain, make_private_mean, make_sum_of
+    from opendp_hybridad.release import release
 
+    # the demo is a user-level script: like any OpenDP user it enables the features it uses itself
+    # (the library only asserts them); contrib for OpenDP's noise, honest-but-curious for the frame domain
     dp.enable_features("contrib", "honest-but-curious")
     epsilon = 1.0
     out(f"\n== 5. Private release with OpenDP (budget epsilon = {epsilon}, add/remove one person)")
-    measurement, (total, count) = make_private_mean(bmi.schema, bmi, epsilon=epsilon)
-    out(f"   sum of B: Laplace scale {total.scale:.2f} (sensitivity {total.sensitivity:.2f}, epsilon {total.privacy_loss():.3f})")
-    out(f"   count:    Laplace scale {count.scale:.2f} (sensitivity {count.sensitivity:.0f}, epsilon {count.privacy_loss():.3f})")
-    private_mean = measurement(data)
+    measurement = make_private_mean(bmi.schema, bmi, epsilon=epsilon)
+    total, count = accounting_of(measurement).parts
+    out(f"   sum of B: Laplace scale {total.scale:.2f} (sensitivity {total.sensitivity:.2f}, "
+        f"epsilon {total.sensitivity / total.scale:.3f})")
+    out(f"   count:    Laplace scale {count.scale:.2f} (sensitivity {count.sensitivity:.0f}, "
+        f"epsilon {count.sensitivity / count.scale:.3f})")
+    private_mean = release(measurement, data)
     true_mean = float(bmi.compile().value(data).mean())
     out(f"   private mean of B = {private_mean:.2f}   (true mean {true_mean:.2f}; released once, by OpenDP's samplers)")
     out(f"   total privacy loss reported by OpenDP: epsilon = {measurement.map(1):.4f}")
-    report = compose_epsilon([total, count], delta=1e-6)
+    report = compose_epsilon([measurement], delta=1e-6)
     out(f"   same two events in dp-accounting at delta=1e-6: RDP epsilon {report['epsilon_rdp']:.4f}, "
         f"PLD epsilon {report['epsilon_pld']:.4f}")
 

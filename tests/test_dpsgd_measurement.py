@@ -20,10 +20,11 @@ import opendp.prelude as dp
 import pytest
 from helpers.totality import assert_total_on_neighbours
 
+import opendp_hybridad as hd
 from opendp_hybridad.accounting import dp_sgd_epsilon
 from opendp_hybridad.dpsgd import DPSGD, make_dp_sgd
 from opendp_hybridad.dpsgd import selection as selection_module
-from opendp_hybridad.errors import DeclarationError
+from opendp_hybridad.errors import DataError, DeclarationError
 from opendp_hybridad.nn import MLP, Dense, Identity, MeanSquaredError, SoftmaxCrossEntropy, Tanh
 from opendp_hybridad.relations import ADD_REMOVE, REPLACE_ONE
 
@@ -96,8 +97,10 @@ def test_shuffling_is_replace_one_over_datasets_of_exactly_n():
     assert m.map(2)[0] >= 2 * eps
     with pytest.raises(DeclarationError, match="exactly n"):
         make_dp_sgd(trainer, N, max_size=N + 1)
-    with pytest.raises(Exception, match=r"DeclarationError: .*exactly n"):  # OpenDP wraps the library's error
+    with pytest.raises(Exception, match=r"DataError: .*exactly n"):  # OpenDP wraps the library's error
         m((np.zeros((N + 1, D)), np.zeros(N + 1, dtype=int)))
+    with pytest.raises(DataError, match="exactly n"):  # checked first: the library's error itself
+        hd.release(m, (np.zeros((N + 1, D)), np.zeros(N + 1, dtype=int)))
 
 
 def test_the_renyi_form_refuses_group_privacy():
@@ -195,7 +198,10 @@ def test_non_members_are_refused_before_training_naming_no_value(data, monkeypat
         m(data)
     # OpenDP wraps the error of the user function: its text names the library's error and no value
     assert "987654" not in str(info.value)
-    assert isinstance(info.value, DeclarationError) or "DeclarationError" in str(info.value)
+    assert "DataError" in str(info.value)
+    with pytest.raises(DataError) as checked:  # checked first by release, the library's own error
+        hd.release(m, data)
+    assert "987654" not in str(checked.value)
 
 
 def test_public_sizes_are_validated_before_any_data():

@@ -181,7 +181,7 @@ def constructors():
         ("private vector", make_private_sum_vector(dom, [f, g], epsilon=1.0), "add_remove"),
         ("private count", make_private_count(dom, epsilon=1.0), "add_remove"),
         ("private mean public size", make_private_mean(SCHEMA, f, one, size=KEPT, size_limit=LIMIT, epsilon=1.0), "sized"),
-        ("private mean private count", make_private_mean(dom, f, epsilon=1.0)[0], "add_remove"),
+        ("private mean private count", make_private_mean(dom, f, epsilon=1.0), "add_remove"),
     ]
     for q in (1, 2, math.inf):
         out.append((f"sum feature l{q}", make_sum_of(dom, feature_distance(q), f), q))
@@ -195,8 +195,7 @@ def releases():
 
 
 def _domain_of(release):
-    measurement = getattr(release, "measurement", release)  # an AccountedMeasurement or an OpenDP object
-    return measurement.input_domain
+    return release.input_domain  # every constructor returns a plain OpenDP object
 
 
 def test_every_constructor_is_total_on_neighbouring_members(releases):
@@ -252,12 +251,12 @@ def test_public_size_mean_with_a_drop_field_is_total_on_its_domain():
     m = make_private_mean(SCHEMA, f, dp.change_one_distance(), size=KEPT, epsilon=1.0)
     base = frame([(1.0, 0.5, 1.5), (2.0, 0.5, 1.5), (3.0, 0.5, 1.5)])
     dropped = frame([(1.0, 0.5, 1.5), (2.0, 0.5, 1.5), (math.nan, 0.5, 1.5)])
-    member = m.measurement.input_domain.member
+    member = m.input_domain.member
     assert member(base) and not member(dropped)
     checked = assert_total_on_neighbours(m, [(base, dropped), *sized_pairs(99)], is_member=member)
     assert checked >= 15
     with pytest.raises(SchemaMismatchError, match=f"exactly {KEPT} records"):
-        m(dropped)
+        hd.release(m, dropped)
 
 
 def _symmetric_distance(left, right):
@@ -322,12 +321,20 @@ def test_non_members_are_refused_with_a_library_error_before_any_value_is_comput
     assert computed == []
 
 
-def test_accounted_measurements_raise_the_library_error_itself(releases):
+def test_release_raises_the_library_error_itself_before_any_value_is_computed(releases, monkeypatch):
+    from opendp_hybridad.analysis import float_error
+    from opendp_hybridad.compile.kernel import Kernel
+
+    computed = []
+    monkeypatch.setattr(Kernel, "value_clamped", lambda *a, **k: computed.append(1))
+    monkeypatch.setattr(float_error, "clamped_point_values", lambda *a, **k: computed.append(1))
     for label, release, _ in releases:
-        if hasattr(release, "measurement"):
-            with pytest.raises(SchemaMismatchError, match="column 'c' is missing"):
-                release(frame([(1.0, 0.5, 1.5)]).drop(columns="c"))
-            assert label
+        for fragment, data in non_members():
+            with pytest.raises(SchemaMismatchError) as err:  # not OpenDP's wrapper: checked before the call
+                hd.release(release, data)
+            assert fragment in str(err.value) and str(SECRET) not in str(err.value), (label, fragment)
+            assert not release.input_domain.member(data), label  # OpenDP's member answers, never raises
+    assert computed == []
 
 
 def test_exact_size_counts_kept_records_and_is_in_the_identifier():
