@@ -58,6 +58,7 @@ from opendp_hybridad.analysis.rounding import (
     sqrt_up,
     sum_up,
 )
+from opendp_hybridad.errors import DeclarationError
 
 try:  # OpenSSL's DRBG, as in OpenDP; the operating system's generator where Python lacks ssl
     from ssl import RAND_bytes as _random_bytes
@@ -78,9 +79,9 @@ class DiscreteGaussianSampler:
 
     def __init__(self, std: float, resolution: int = 2**13, k: int | None = None, backend: str = "auto"):
         if backend not in ("auto", "numba", "numpy"):
-            raise ValueError("backend must be 'auto', 'numba' or 'numpy'")
+            raise DeclarationError("backend must be 'auto', 'numba' or 'numpy'")
         if not (std > 0 and math.isfinite(std)):
-            raise ValueError("std must be a positive finite number")
+            raise DeclarationError("std must be a positive finite number")
         self.k = math.floor(math.log2(std / resolution)) if k is None else int(k)
         self.grid = 2.0**self.k
         self.scale = std / self.grid  # s, in grid units
@@ -210,7 +211,7 @@ class _Table:
 def _table(scale: float) -> _Table:
     zmax = math.ceil(_TAILS * scale)
     if zmax.bit_length() > _MAX_COLUMN_BITS:
-        raise ValueError("the scale is too large for a table: use a coarser grid (smaller resolution)")
+        raise DeclarationError("the scale is too large for a table: use a coarser grid (smaller resolution)")
     # the pmf in long double where the platform has it (x86: 64-bit significand), so the
     # table's distance from the ideal is about 2^11 times smaller than in float64
     z = np.arange(-zmax, zmax + 1).astype(np.longdouble)
@@ -247,7 +248,7 @@ def _table(scale: float) -> _Table:
     tail = div_up(mul_up(mul_up(2.0, libm_up(math.exp(-_TAILS * _TAILS / 2.0))), add_up(div_up(s, _TAILS), 1.0)), normaliser)
     distance = sum_up([float_part, floors, round_up(Fraction(abs(deficit), 2**128)), tail])
     if distance > STATISTICAL_DISTANCE_BOUND:
-        raise ValueError("this table is further from the discrete Gaussian than the bound every run reports")
+        raise DeclarationError("this table is further from the discrete Gaussian than the bound every run reports")
     return _Table(zmax, masses, magnitudes, r, packed, threshold_low, distance)
 
 
@@ -258,7 +259,7 @@ def _floor_times_2_128(p: np.ndarray) -> list[int]:
     fraction, also exact, times ``2^64`` gives the low word.
     """
     if np.any(p >= 1.0):
-        raise ValueError("a single point holds all the mass: the scale is too small for the grid")
+        raise DeclarationError("a single point holds all the mass: the scale is too small for the grid")
     scaled = p * p.dtype.type(2.0**64)
     whole = np.floor(scaled)
     high = whole.astype(np.uint64).tolist()
@@ -279,7 +280,7 @@ def _alias_table(masses: list[int], total_bits: int) -> tuple[int, np.ndarray, n
     capacity = 1 << (total_bits - r)
     top_bits = total_bits - r - 64  # the bits of u in the draw's own word
     if top_bits < 1:
-        raise ValueError("too many columns for the bits of one word")
+        raise DeclarationError("too many columns for the bits of one word")
     mass = list(masses) + [0] * (columns - len(masses))
     threshold, alias = [capacity] * columns, list(range(columns))
     small = [j for j in range(columns) if mass[j] < capacity]
@@ -311,7 +312,7 @@ def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: i
     values per octave so that (cached) tables are reused across steps.
     """
     if not (noise_multiplier > 0 and sensitivity > 0 and math.isfinite(noise_multiplier * sensitivity)):
-        raise ValueError("the noise multiplier and the sensitivity must be positive and finite")
+        raise DeclarationError("the noise multiplier and the sensitivity must be positive and finite")
     base = noise_multiplier * sensitivity
     k = math.floor(math.log2(base / resolution))
     grid = 2.0**k

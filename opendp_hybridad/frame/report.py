@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from opendp_hybridad.errors import SchemaMismatchError
 from opendp_hybridad.frame.domain import as_frame_domain
 
 
@@ -40,7 +41,7 @@ def curator_report(frame: Any, domain: Any) -> dict[str, Any]:
     """
     spec = as_frame_domain(domain)
     if not isinstance(frame, pd.DataFrame):
-        raise TypeError("curator_report needs a pandas DataFrame")
+        raise SchemaMismatchError("curator_report needs a pandas DataFrame")
     rows = len(frame)
     kept = np.ones(rows, dtype=bool)
     columns: dict[str, dict[str, Any]] = {}

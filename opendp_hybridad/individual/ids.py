@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from opendp_hybridad.errors import DataError
+
 ENCODING = "typed-v2"
 
 #: nanoseconds per numpy time unit (months and years have no fixed length)
@@ -58,7 +60,7 @@ _NS_PER_UNIT = {"W": 7 * 86400 * 10**9, "D": 86400 * 10**9, "h": 3600 * 10**9, "
 def _time_keys(values: np.ndarray) -> np.ndarray:
     """``t:``/``d:`` keys of a datetime64 or timedelta64 array (exact nanoseconds, whatever the unit)."""
     if np.isnat(values).any():
-        raise ValueError("a missing id (NaT) names nobody; drop such rows before encoding")
+        raise DataError("a missing id (NaT) names nobody; drop such rows before encoding")
     tag = "t:" if values.dtype.kind == "M" else "d:"
     unit, count = np.datetime_data(values.dtype)
     if unit in ("Y", "M"):
@@ -98,7 +100,7 @@ def id_keys(ids: pd.Series) -> pd.Series:
         return pd.Series(_time_keys(values), dtype=object)
     if kind == "f":
         if np.isnan(values).any():
-            raise ValueError("a missing id (NaN) names nobody; drop such rows before encoding")
+            raise DataError("a missing id (NaN) names nobody; drop such rows before encoding")
         out = np.char.add("n:", values.astype(str)).astype(object)
         integral = np.isfinite(values) & (np.floor(values) == values)
         small = integral & (np.abs(values) < 2.0**63)
@@ -143,7 +145,7 @@ def id_key(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
         v = float(value)
         if math.isnan(v):
-            raise ValueError("a missing id (NaN) names nobody; drop such rows before encoding")
+            raise DataError("a missing id (NaN) names nobody; drop such rows before encoding")
         if math.isfinite(v) and v.is_integer():
             return "n:" + str(int(v))
         return "n:" + repr(v)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from opendp_hybridad.analysis.rounding import up
+from opendp_hybridad.errors import DeclarationError
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def renyi_epsilon(alpha: float, rdp: float, delta: float) -> float:
 def guarantee(kind: str, budget: float, alpha: float | None, delta: float) -> dict[str, float]:
     """Each individual's guarantee: ``(alpha, B)``-RDP or ``mu``-GDP, and ``(epsilon, delta)``."""
     if not (0 < delta < 1):
-        raise ValueError("delta must be in (0, 1)")
+        raise DeclarationError("delta must be in (0, 1)")
     if kind == "renyi":
         return {"alpha": alpha, "rdp": budget, "epsilon": renyi_epsilon(alpha, budget, delta), "delta": delta}
     return {"mu": budget, "epsilon": gdp_epsilon(budget, delta), "delta": delta}

@@ -44,6 +44,7 @@ from opendp_hybridad.analysis.rounding import (
     sub_up,
     up,
 )
+from opendp_hybridad.errors import DeclarationError
 
 _gamma_cached = functools.lru_cache(maxsize=None)(gamma)
 
@@ -165,7 +166,7 @@ class TemperedSigmoid(Activation):
 
     def __init__(self, scale: float = 2.0, inverse_temperature: float = 2.0, offset: float = 1.0):
         if not all(math.isfinite(v) for v in (scale, inverse_temperature, offset)):
-            raise ValueError("the tempered sigmoid's parameters must be finite")
+            raise DeclarationError("the tempered sigmoid's parameters must be finite")
         super().__init__(f"tempered_sigmoid(s={scale:g}, T={inverse_temperature:g}, o={offset:g})")
         object.__setattr__(self, "scale", float(scale))
         object.__setattr__(self, "inverse_temperature", float(inverse_temperature))
@@ -270,11 +271,11 @@ class Dense:
 
     def __post_init__(self) -> None:
         if self.in_features < 1 or self.out_features < 1:
-            raise ValueError("a dense layer needs at least one input and one output")
+            raise DeclarationError("a dense layer needs at least one input and one output")
         for name in ("weight_bound", "bias_bound"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite non-negative number")
+                raise DeclarationError(f"{name} must be a finite non-negative number")
 
     @property
     def operator_bound(self) -> float:

@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from opendp_hybridad.analysis.rounding import TINY, UNIT_ROUNDOFF, add_down, add_up, gamma, norm2_up, sqrt_up, up
+from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.layers import Activation, Dense, Identity, Loss
 
 #: Higham's gamma_n for the widths of the layers, cached (the per-step bound reads a few of them)
@@ -142,18 +143,18 @@ class MLP:
     def __init__(self, layers: list[Dense], activations: list[Activation], loss: Loss, *,
                  input_bound: float | np.ndarray = 1.0, label_bound: float = 1.0):
         if len(layers) != len(activations):
-            raise ValueError("one activation per layer (use Identity for the output layer)")
+            raise DeclarationError("one activation per layer (use Identity for the output layer)")
         for prev, nxt in itertools.pairwise(layers):
             if prev.out_features != nxt.in_features:
-                raise ValueError("consecutive layers must agree on their widths")
+                raise DeclarationError("consecutive layers must agree on their widths")
         self.layers, self.activations, self.loss = layers, activations, loss
         bound = np.broadcast_to(np.asarray(input_bound, dtype=float), (layers[0].in_features,))
         if not np.all(np.isfinite(bound) & (bound >= 0)):
-            raise ValueError("input_bound must be finite and non-negative")
+            raise DeclarationError("input_bound must be finite and non-negative")
         if not (math.isfinite(label_bound) and label_bound >= 0):
-            raise ValueError("label_bound must be finite and non-negative")
+            raise DeclarationError("label_bound must be finite and non-negative")
         if loss.name == "logistic" and layers[-1].out_features != 1:
-            raise ValueError("the logistic loss takes one output (one logit)")
+            raise DeclarationError("the logistic loss takes one output (one logit)")
         self.input_bound = bound.copy()
         self.label_bound = float(label_bound)
         self._norm_bounds_cache: dict[tuple, ModelBound] = {}
@@ -521,7 +522,7 @@ def scalar_expansion(model: MLP, label: float | int = 0):
                 fields[f"W{li}_{o}_{i}"] = Field(-layer.weight_bound, layer.weight_bound)
             fields[f"b{li}_{o}"] = Field(-layer.bias_bound, layer.bias_bound)
     if model.num_parameters > 2000:
-        raise ValueError("scalar expansion is for small models (it grows with the parameters)")
+        raise DeclarationError("scalar expansion is for small models (it grows with the parameters)")
     schema = Schema(fields)
     sym = schema.symbol_map
     a = [sym[f"x{j}"] for j in range(model.layers[0].in_features)]
@@ -536,7 +537,7 @@ def scalar_expansion(model: MLP, label: float | int = 0):
         elif name == "identity":
             a = z
         else:
-            raise ValueError(f"scalar expansion supports tanh, sigmoid and identity, not {name}")
+            raise DeclarationError(f"scalar expansion supports tanh, sigmoid and identity, not {name}")
     if model.loss.name == "softmax cross-entropy":
         expr = sympy.log(sum(sympy.exp(v) for v in a)) - a[int(label)]
     elif model.loss.name == "logistic":
