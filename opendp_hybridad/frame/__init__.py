@@ -10,6 +10,19 @@ from opendp_hybridad.frame.domain import (
     make_frame_domain,
     prepare_frame,
 )
+from opendp_hybridad.frame.groupby import (
+    GroupKeys,
+    make_grouped_count_of,
+    make_grouped_sum_of,
+    make_private_grouped_count,
+    make_private_grouped_mean,
+    make_private_grouped_sum,
+    then_grouped_count_of,
+    then_grouped_sum_of,
+    then_private_grouped_count,
+    then_private_grouped_mean,
+    then_private_grouped_sum,
+)
 from opendp_hybridad.frame.measurements import (
     make_count_of,
     make_mean_of,
@@ -24,6 +37,7 @@ from opendp_hybridad.frame.measurements import (
     then_private_sum,
     then_private_sum_vector,
 )
+from opendp_hybridad.frame.polars_bridge import CertifiedColumn, with_certified_column
 from opendp_hybridad.frame.report import curator_report
 from opendp_hybridad.frame.rowmap import make_row_map, then_row_map
 from opendp_hybridad.relations import feature_distance
@@ -35,5 +49,9 @@ __all__ = [
     "make_count_of", "then_count_of", "make_mean_of", "then_mean_of",
     "make_private_sum", "make_private_sum_vector", "make_private_count", "make_private_mean",
     "then_private_sum", "then_private_sum_vector", "then_private_count", "then_private_mean",
+    "GroupKeys", "make_grouped_sum_of", "then_grouped_sum_of", "make_grouped_count_of", "then_grouped_count_of",
+    "make_private_grouped_sum", "make_private_grouped_count", "make_private_grouped_mean",
+    "then_private_grouped_sum", "then_private_grouped_count", "then_private_grouped_mean",
+    "CertifiedColumn", "with_certified_column",
     "curator_report",
 ]
