@@ -1,8 +1,13 @@
 """A fixed workload for the ledger tests: real data (bdims), BMI-like queries, a Renyi filter."""
 
+import opendp.prelude as dp
+
 import opendp_hybridad as hd
 from opendp_hybridad.datasets import load_bdims
 from opendp_hybridad.individual import IndividualFilter
+
+# the ledger workers run in fresh interpreters: they enable what the filter asserts (OpenDP's Gaussian), as a user would
+dp.enable_features("contrib")
 
 ALPHA, BUDGET, QUERIES_SCALE = 8.0, 2.0, 3000.0
 SCHEMA = hd.Schema(age=hd.Field(18, 90, missing="impute", impute=30), weight=hd.Field(40, 200, missing="impute", impute=70),
