@@ -47,7 +47,9 @@ def _gf2_dependent_subset(vectors: dict[int, int]) -> list[int]:
 def test_splicing_old_bucket_rows_without_the_key_is_refused_or_shows_released_spend(tmp_path):
     P = LedgerParameters("gdp", 1.0)
     path = str(tmp_path / "l.sqlite")
-    hashes = np.unique(np.random.default_rng(0).integers(1, 2**63, 2000, dtype=np.uint64))
+    # enough people for over 256 buckets in use (about 128 people a bucket; hashes below 2**63 use half the
+    # buckets), so that the changed bucket MACs, 256-bit vectors, have a GF(2)-dependent subset to splice
+    hashes = np.unique(np.random.default_rng(0).integers(1, 2**63, 80_000, dtype=np.uint64))
     ledger = PrivacyLedger.create(path, P)
     assert ledger.charge(hashes, np.full(hashes.size, 0.25)).all()
     ledger._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -204,3 +204,142 @@ def test_duplicate_ids_in_one_charge_are_refused():
     with pytest.raises(LedgerError):
         ledger.charge(np.array([alice, alice]), np.array([0.5, 0.5]))
     assert ledger.spent(np.array([alice]))[0] == 0 and ledger.summary()["queries"] == 0
+
+
+# -- the Merkle tree over bucket MACs (merkle.py) ---------------------------------------------------
+def _leaves(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 32), dtype=np.uint8)
+
+
+def test_merkle_root_matches_its_closed_form():
+    import hashlib
+
+    from opendp_hybridad.individual import merkle
+    for count in (1, 2, 64):  # one level: the root hashes every leaf in order
+        leaves = _leaves(count, count)
+        assert merkle.root(merkle.build(leaves)) == hashlib.sha256(b"N\x01" + leaves.tobytes()).digest()
+    leaves = _leaves(128, 0)  # two levels: two nodes of 64 leaves, then the root over both
+    halves = [hashlib.sha256(b"N\x01" + leaves[i:i + 64].tobytes()).digest() for i in (0, 64)]
+    assert merkle.root(merkle.build(leaves)) == hashlib.sha256(b"N\x02" + b"".join(halves)).digest()
+
+
+@pytest.mark.parametrize("bits", [0, 1, 6, 7, 12, 13])
+def test_merkle_update_equals_a_rebuild(bits):
+    from opendp_hybridad.individual import merkle
+    rng = np.random.default_rng(bits)
+    leaves = _leaves(1 << bits, bits)
+    tree = merkle.build(leaves)
+    for k in (1, 3, 1 << bits):
+        changed = np.sort(rng.choice(1 << bits, min(k, 1 << bits), replace=False))
+        values = _leaves(changed.size, 100 + k)
+        changes = merkle.update(tree, changed, values)
+        leaves[changed] = values
+        expected = merkle.build(leaves)
+        assert merkle.new_root(tree, changes) == merkle.root(expected)
+        merkle.apply(tree, changes)
+        assert all(np.array_equal(a, b) for a, b in zip(tree, expected, strict=True))
+    assert merkle.new_root(tree, merkle.update(tree, np.zeros(0, np.int64), np.zeros((0, 32), np.uint8))) == merkle.root(tree)
+
+
+# -- the ledger against an independent model, two handles on one file ---------------------------------
+def _model_charge(model: dict, hashes: np.ndarray, charges: np.ndarray, budget: float) -> np.ndarray:
+    """The ledger's rule, person by person in plain Python: raise to next-up(spent + charge) if it fits."""
+    import math
+    admitted = []
+    for h, c in zip(hashes.tolist(), charges.tolist(), strict=True):
+        spent, retired = model.get(h, (0.0, False))
+        recorded = math.nextafter(spent + c, math.inf) if c > 0 else spent
+        ok = not retired and recorded <= budget
+        model[h] = (recorded, False) if ok else (spent, True)
+        admitted.append(ok)
+    return np.array(admitted)
+
+
+def test_two_handles_on_one_file_agree_with_a_plain_model_through_relayouts(tmp_path):
+    path = str(tmp_path / "l.sqlite")
+    params = LedgerParameters("gdp", 1.0)
+    a, b = PrivacyLedger.create(path, params), None
+    rng = np.random.default_rng(5)
+    pool = np.unique(rng.integers(0, 2**64 - 1, 3000, dtype=np.uint64, endpoint=True))
+    rng.shuffle(pool)
+    model: dict = {}
+    layouts = set()
+    known = 0
+    for step in range(40):
+        if step == 1:
+            b = PrivacyLedger.open(path, params)
+        handle = a if step % 3 else (b or a)
+        known = min(pool.size, known + int(rng.choice([0, 5, 200, 600])))
+        size = int(rng.choice([1, 7, 80, max(known, 1)]))
+        people = rng.choice(pool[:max(known, 1)], min(size, max(known, 1)), replace=False)
+        charges = np.where(rng.random(people.size) < 0.2, 0.0, rng.uniform(0, 0.3, people.size))
+        np.testing.assert_array_equal(handle.charge(people, charges), _model_charge(model, people, charges, 1.0))
+        layouts.add(handle._state.bits)
+        for h in (a, b):
+            if h is not None:  # the other handle reads only what changed, or everything after a relayout
+                np.testing.assert_array_equal(h.spent(pool), [model.get(x, (0.0, False))[0] for x in pool.tolist()])
+                np.testing.assert_array_equal(h.retired(pool), [model.get(x, (0.0, False))[1] for x in pool.tolist()])
+    assert len(layouts) >= 3  # the bucket layout grew (every bucket rewritten) at least twice
+    assert any(r for _, r in model.values()) and not all(r for _, r in model.values())
+    a.close()
+    b.close()
+    fresh = PrivacyLedger.open(path, params)  # verifies every bucket, the Merkle root and the query chain
+    np.testing.assert_array_equal(fresh.spent(pool), [model.get(x, (0.0, False))[0] for x in pool.tolist()])
+    assert fresh.summary()["individuals"] == len(model) and fresh.summary()["queries"] == 40
+
+
+def test_the_head_binds_the_merkle_root_of_every_stored_bucket_mac(tmp_path):
+    import hashlib
+    import hmac as hmac_
+
+    path = str(tmp_path / "l.sqlite")
+    ledger = PrivacyLedger.create(path, P)
+    people = np.unique(np.random.default_rng(1).integers(0, 2**64 - 1, 20_000, dtype=np.uint64, endpoint=True))
+    ledger.charge(people, np.full(people.size, 0.01))
+    ledger.charge(people[::97], np.full(people[::97].size, 0.01))
+    with sqlite3.connect(path) as db:
+        bits, root = db.execute("SELECT bits, root FROM head").fetchone()
+        rows = dict(db.execute("SELECT b, mac FROM buckets").fetchall())
+    assert bits == 8  # 20,000 people, at most 128 a bucket on average
+    # independently: level 1 hashes runs of 64 leaves (zeros for an empty bucket), level 2 the 4 results
+    leaves = [bytes(rows.get(i, bytes(32))) for i in range(1 << bits)]
+    level1 = [hashlib.sha256(b"N\x01" + b"".join(leaves[i:i + 64])).digest() for i in range(0, 256, 64)]
+    assert bytes(root) == hashlib.sha256(b"N\x02" + b"".join(level1)).digest()
+    # and each bucket's MAC is HMAC-SHA256 over (bits, b, count, hashes, spent, retired) with the ledger's key
+    with sqlite3.connect(path) as db:
+        b, hb, sb, rb, mac = db.execute("SELECT b, hashes, spent, retired, mac FROM buckets LIMIT 1").fetchone()
+    import struct
+    message = b"B" + struct.pack("<IIQ", bits, b, len(hb) // 8) + hb + sb + rb
+    assert bytes(mac) == hmac_.digest(ledger._mac_key, message, "sha256")
+
+
+def test_an_old_version_of_one_bucket_row_is_refused(tmp_path):
+    path = str(tmp_path / "l.sqlite")
+    ledger = PrivacyLedger.create(path, P)
+    people = np.unique(np.random.default_rng(2).integers(0, 2**64 - 1, 5000, dtype=np.uint64, endpoint=True))
+    ledger.charge(people, np.full(people.size, 0.25))
+    with sqlite3.connect(path) as db:
+        old = db.execute("SELECT b, ver, hashes, spent, retired, mac FROM buckets ORDER BY b LIMIT 1").fetchone()
+    ledger.charge(people, np.full(people.size, 0.25))  # every record raised: every bucket rewritten
+    ledger.close()
+    with sqlite3.connect(path) as db:  # its MAC is genuine, only stale
+        db.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?, ?, ?)", old)
+    with pytest.raises(LedgerError, match="integrity"):
+        PrivacyLedger.open(path, P)
+
+
+def test_a_small_charge_at_scale_writes_about_one_page_per_person_it_changes(tmp_path):
+    path = str(tmp_path / "l.sqlite")
+    ledger = PrivacyLedger(path, P)
+    many = np.unique(np.random.default_rng(3).integers(0, 2**64 - 1, 300_000, dtype=np.uint64, endpoint=True))
+    ledger.charge(many, np.full(many.size, 0.001))
+    ledger._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    rng = np.random.default_rng(4)
+    charges = np.zeros(many.size)
+    charges[rng.choice(many.size, 50, replace=False)] = 0.01
+    ledger.charge(many, charges)
+    with sqlite3.connect(path) as db:
+        (counter,) = db.execute("SELECT counter FROM head").fetchone()
+        assert db.execute("SELECT COUNT(*) FROM buckets WHERE ver = ?", (counter,)).fetchone()[0] <= 50
+    # 50 bucket rows of about 2 KB, their B-tree pages and the head: a few hundred KB, not the ~5 MB state
+    assert os.path.getsize(path + "-wal") < 400_000

@@ -23,16 +23,22 @@ Guarantees (tested in ``tests/test_ledger.py``, ``tests/test_ledger_corruption.p
   constructor when neither the data file nor its key file exists. Opening an existing file
   never creates anything.
 * **Integrity.** The ledger's secret lives in a key file apart from the data (``<path>.key``,
-  mode 0600). Individuals are stored in 2^14 buckets (by the top 14 bits of their hash), each
-  with an HMAC-SHA256 over its content; a head row holds an HMAC over the parameters, a
-  commit counter, the member and query counts, the SHA-256 of all bucket MACs concatenated in
-  bucket order (zeros for an empty bucket) and a SHA-256 chain over the query-row MACs. (Not
-  their XOR: an XOR is linear, so old bucket rows whose MAC changes cancel out could be
-  spliced back without the key.)
-  A charge rewrites only the buckets it changes and the head. The key file also records the
-  counter (updated after each commit), so an older copy of the data (a copy without its WAL,
-  a rolled-back file) is refused. Opening checks every MAC; anything altered, truncated,
-  replaced or rolled back raises :class:`LedgerError`; spent budget is never silently reset.
+  mode 0600). Individuals are stored in ``2**bits`` buckets (by the top ``bits`` bits of their
+  hash; ``bits`` grows with the number of people, about 128 a bucket), each with an HMAC-SHA256
+  over its layout, number and content. A head row holds an HMAC over the parameters, a commit
+  counter, the member and query counts, ``bits``, the root of a fixed-shape SHA-256 Merkle tree
+  over all bucket MACs in bucket order (zeros for an empty bucket; :mod:`merkle`) and a SHA-256
+  chain over the query-row MACs. The root binds every bucket MAC at its position as a SHA-256
+  over all of them concatenated would (not their XOR: an XOR is linear, so old bucket rows whose
+  MAC changes cancel out could be spliced back without the key); a charge rehashes only the
+  tree's nodes above the buckets it changes. The key file also records the counter (updated
+  after each commit), so an older copy of the data (a copy without its WAL, a rolled-back file)
+  is refused. Opening checks every MAC and the root; anything altered, truncated, replaced or
+  rolled back raises :class:`LedgerError`; spent budget is never silently reset.
+* **Cost.** A charge writes the rows of the buckets it changes (about a page each), the query
+  row and the head; its other work is vectorised passes over the charges it is given. When the
+  people outgrow the layout (twice the target per bucket), one charge rewrites every bucket in
+  a layout with more bits. Another process's changes are read as the buckets written since.
 """
 
 from __future__ import annotations
@@ -58,11 +64,13 @@ import pandas as pd
 from opendp_hybridad.analysis.rounding import up_array
 from opendp_hybridad.errors import HybridADError
 from opendp_hybridad.individual import ids as _ids
+from opendp_hybridad.individual import merkle
 
-FORMAT = "opendp-hybridad-ledger-v3"
-BUCKET_BITS = 14
-BUCKETS = 1 << BUCKET_BITS
-_SHIFT = np.uint64(64 - BUCKET_BITS)
+FORMAT = "opendp-hybridad-ledger-v4"
+#: people per bucket the layout aims at: a bucket row (17 bytes a person) stays near one 4 KiB page,
+#: so a charge that changes k people writes about k pages, however many people the ledger holds
+TARGET = 128
+MAX_BITS = 24  # at most 2**24 buckets (a Merkle tree of 1 GiB would follow; 2**24 * 128 people is plenty)
 _KEY_HEADER = b"opendp-hybridad-ledger-key-v2\n"
 _COUNTER_OFFSET = len(_KEY_HEADER) + 65  # header, 64 hex digits of secret and a newline
 _COUNTER_WIDTH = 20
@@ -84,18 +92,47 @@ class LedgerParameters:
 @dataclass
 class _State:
     counter: int
+    bits: int            # 2**bits buckets, by the top ``bits`` bits of a hash
     hashes: np.ndarray   # sorted unique uint64 (bucket order = sorted order)
     spent: np.ndarray    # float64, recorded loss per individual
     retired: np.ndarray  # bool
-    macs: np.ndarray     # (BUCKETS, 4) uint64: each bucket's MAC (zeros: empty bucket)
+    tree: merkle.Levels  # Merkle tree over the bucket MACs (leaf b: bucket b's MAC, zeros if empty)
     queries: int
     qchain: bytes        # SHA-256 chain over the query-row MACs, in order
 
 
-def _starts(hashes: np.ndarray) -> np.ndarray:
-    """Index of each bucket's first member in the sorted hash array (BUCKETS + 1 entries)."""
-    bounds = np.arange(BUCKETS, dtype=np.uint64) << _SHIFT
-    return np.append(np.searchsorted(hashes, bounds), hashes.size)
+def _layout_bits(members: int) -> int:
+    """The fewest bucket bits that hold ``members`` people with at most TARGET a bucket on average."""
+    bits = 0
+    while bits < MAX_BITS and members > TARGET << bits:
+        bits += 1
+    return bits
+
+
+def _bucket_of(hashes: np.ndarray, bits: int) -> np.ndarray:
+    if bits == 0:
+        return np.zeros(hashes.shape, dtype=np.int64)
+    return (hashes >> np.uint64(64 - bits)).astype(np.int64)
+
+
+def _bounds(hashes: np.ndarray, buckets: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end of each of ``buckets`` in the sorted hash array."""
+    if bits == 0:
+        return np.zeros(buckets.shape, dtype=np.intp), np.full(buckets.shape, hashes.size, dtype=np.intp)
+    shift = np.uint64(64 - bits)
+    b = buckets.astype(np.uint64)
+    nxt = b + np.uint64(1)
+    last = nxt == np.uint64(1 << bits)  # its end is the array's end (nxt << shift would wrap to 0)
+    starts = np.searchsorted(hashes, b << shift)
+    ends = np.where(last, hashes.size, np.searchsorted(hashes, np.where(last, np.uint64(0), nxt) << shift))
+    return starts, ends
+
+
+def _runs(values: np.ndarray) -> np.ndarray:
+    """The distinct values of a sorted array (not np.unique: see :func:`_distinct`)."""
+    if values.size < 2:
+        return values
+    return values[np.concatenate(([True], values[1:] != values[:-1]))]
 
 
 def _distinct(hashes: np.ndarray) -> bool:
@@ -242,21 +279,17 @@ class PrivacyLedger:
             fcntl.flock(self._key_fd, fcntl.LOCK_UN)
 
     # -- MACs -------------------------------------------------------------------------
-    def _bucket_mac(self, b: int, hashes: bytes, spent: bytes, retired: bytes) -> bytes:
-        return hmac.digest(self._mac_key, b"B" + struct.pack("<IQ", b, len(hashes) // 8) + hashes + spent + retired,
-                           "sha256")
+    def _bucket_mac(self, bits: int, b: int, hashes: bytes, spent: bytes, retired: bytes) -> bytes:
+        # the layout (bits) is bound too: a row from an older layout never verifies in the current one
+        return hmac.digest(self._mac_key, b"B" + struct.pack("<IIQ", bits, b, len(hashes) // 8) + hashes + spent
+                           + retired, "sha256")
 
     def _query_mac(self, row: tuple) -> bytes:
         return hmac.digest(self._mac_key, b"Q" + repr(tuple(row)).encode(), "sha256")
 
-    def _head_mac(self, counter: int, members: int, queries: int, bdigest: bytes, qchain: bytes) -> bytes:
-        return hmac.digest(self._mac_key, b"H" + self._meta_blob + struct.pack("<QQQ", counter, members, queries)
-                           + bdigest + qchain, "sha256")
-
-    @staticmethod
-    def _bucket_digest(macs: np.ndarray) -> bytes:
-        """SHA-256 of every bucket's MAC in bucket order: binds each bucket non-linearly."""
-        return hashlib.sha256(np.ascontiguousarray(macs).tobytes()).digest()
+    def _head_mac(self, counter: int, members: int, queries: int, bits: int, root: bytes, qchain: bytes) -> bytes:
+        return hmac.digest(self._mac_key, b"H" + self._meta_blob + struct.pack("<QQQI", counter, members, queries, bits)
+                           + root + qchain, "sha256")
 
     @staticmethod
     def _chain(qchain: bytes, qmac: bytes) -> bytes:
@@ -276,12 +309,12 @@ class PrivacyLedger:
                              "spent BLOB NOT NULL, retired BLOB NOT NULL, mac BLOB NOT NULL)")
             self._db.execute("CREATE INDEX buckets_ver ON buckets (ver)")
             self._db.execute("CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 0), counter INTEGER NOT NULL, "
-                             "members INTEGER NOT NULL, queries INTEGER NOT NULL, bdigest BLOB NOT NULL, "
-                             "qchain BLOB NOT NULL, mac BLOB NOT NULL)")
+                             "members INTEGER NOT NULL, queries INTEGER NOT NULL, bits INTEGER NOT NULL, "
+                             "root BLOB NOT NULL, qchain BLOB NOT NULL, mac BLOB NOT NULL)")
             zero = bytes(32)
-            bdigest = self._bucket_digest(np.zeros((BUCKETS, 4), dtype=np.uint64))
-            self._db.execute("INSERT INTO head VALUES (0, 0, 0, 0, ?, ?, ?)",
-                             (bdigest, zero, self._head_mac(0, 0, 0, bdigest, zero)))
+            root = merkle.root(merkle.build(np.zeros((1, 32), dtype=np.uint8)))
+            self._db.execute("INSERT INTO head VALUES (0, 0, 0, 0, 0, ?, ?, ?)",
+                             (root, zero, self._head_mac(0, 0, 0, 0, root, zero)))
             self._db.execute("CREATE TABLE queries (seq INTEGER PRIMARY KEY, created REAL NOT NULL, "
                              "label TEXT, noise_scale REAL, admitted INTEGER, retired_now INTEGER, "
                              "worst_case_charge REAL, max_charge REAL, mac BLOB NOT NULL)")
@@ -334,58 +367,112 @@ class PrivacyLedger:
                            "rolled back; refused (spent budget is never reset)")
 
     def _sync(self) -> _State:
-        """The verified state as committed now; reads only what changed since the cached state."""
-        row = self._db.execute("SELECT counter, members, queries, bdigest, qchain, mac FROM head WHERE id = 0").fetchone()
+        """The verified state as committed now; reads only the buckets written since the cached state.
+
+        Nothing cached changes until every check has passed.
+        """
+        row = self._db.execute("SELECT counter, members, queries, bits, root, qchain, mac FROM head WHERE id = 0").fetchone()
         if row is None:
             raise self._corrupt("no head row")
-        counter, members, queries, bdigest, qchain, mac = row
-        if not hmac.compare_digest(bytes(mac), self._head_mac(counter, members, queries, bytes(bdigest), bytes(qchain))):
+        counter, members, queries, bits, root, qchain, mac = row
+        root, qchain = bytes(root), bytes(qchain)
+        if not hmac.compare_digest(bytes(mac), self._head_mac(counter, members, queries, bits, root, qchain)):
             raise self._corrupt("head MAC")
         if counter < self._key_counter():
             raise self._corrupt(f"commit {counter} is older than the key file's {self._key_counter()}")
         state = self._state
         if state is not None and state.counter == counter:
             return state
-        since = -1 if state is None else state.counter
-        macs = np.zeros((BUCKETS, 4), dtype=np.uint64) if state is None else state.macs.copy()
-        changed: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        if not 0 <= bits <= MAX_BITS:
+            raise self._corrupt("layout")
+        full = state is None or state.bits != bits  # a new layout rewrote every bucket
+        rows = self._read_buckets(bits, -1 if full else state.counter, counter)
+        buckets = np.array([r[0] for r in rows], dtype=np.int64)
+        macs = np.frombuffer(b"".join(r[4] for r in rows), dtype=np.uint8).reshape(-1, 32)
+        if full:
+            leaves = np.zeros((1 << bits, 32), dtype=np.uint8)
+            leaves[buckets] = macs
+            tree, changes = merkle.build(leaves), None
+            got = merkle.root(tree)
+        else:
+            tree = state.tree
+            changes = merkle.update(tree, buckets, macs)
+            got = merkle.new_root(tree, changes)
+        if not hmac.compare_digest(got, root):
+            raise self._corrupt("bucket set")
+        hashes, spent, retired, writes = self._merged(None if full else state, rows, buckets, bits)
+        if hashes.size != members:
+            raise self._corrupt("member count")
+        q = bytes(32) if full else state.qchain
+        n_queries = 0 if full else state.queries
+        for qrow in self._db.execute("SELECT seq, created, label, noise_scale, admitted, retired_now, worst_case_charge, "
+                                     "max_charge, mac FROM queries WHERE seq > ? ORDER BY seq", (n_queries,)):
+            if qrow[0] != n_queries + 1 or not hmac.compare_digest(bytes(qrow[-1]), self._query_mac(qrow[:-1])):
+                raise self._corrupt(f"query {qrow[0]}")
+            n_queries += 1
+            q = self._chain(q, bytes(qrow[-1]))
+        if n_queries != queries or not hmac.compare_digest(q, qchain):
+            raise self._corrupt("query log")
+        # every check passed: now update what is cached
+        if changes is not None:
+            merkle.apply(tree, changes)
+        for start, end, s, r in writes:
+            spent[start:end], retired[start:end] = s, r
+        self._state = _State(counter, bits, hashes, spent, retired, tree, queries, q)
+        return self._state
+
+    def _read_buckets(self, bits: int, since: int, counter: int) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray, bytes]]:
+        """The bucket rows written after commit ``since``, each verified, in bucket order."""
+        budget = self.parameters.budget
+        rows = []
         for b, ver, hb, sb, rb, m in self._db.execute(
                 "SELECT b, ver, hashes, spent, retired, mac FROM buckets WHERE ver > ?", (since,)):
             hb, sb, rb, m = bytes(hb), bytes(sb), bytes(rb), bytes(m)
-            if not (0 <= b < BUCKETS and ver <= counter and hmac.compare_digest(m, self._bucket_mac(b, hb, sb, rb))):
+            if not (isinstance(b, int) and 0 <= b < 1 << bits and isinstance(ver, int) and ver <= counter
+                    and hmac.compare_digest(m, self._bucket_mac(bits, b, hb, sb, rb))):
                 raise self._corrupt(f"bucket {b}")
             h = np.frombuffer(hb, dtype=np.uint64)
             s, r = np.frombuffer(sb, dtype=np.float64), np.frombuffer(rb, dtype=np.bool_)
             if not (h.size == s.size == r.size):
                 raise self._corrupt(f"bucket {b} lengths")
-            changed[b] = (h, s, r)
-            macs[b] = np.frombuffer(m, dtype=np.uint64)
-        if not hmac.compare_digest(self._bucket_digest(macs), bytes(bdigest)):
-            raise self._corrupt("bucket set")
+            rows.append((b, h, s, r, m))
+        rows.sort(key=lambda row: row[0])
+        if rows:  # what every reader relies on: sorted hashes in their own buckets, records within the budget
+            h = np.concatenate([row[1] for row in rows])
+            s = np.concatenate([row[2] for row in rows])
+            owner = np.repeat([row[0] for row in rows], [row[1].size for row in rows])
+            if not (bool(np.all(h[1:] > h[:-1])) and np.array_equal(_bucket_of(h, bits), owner)
+                    and bool(np.all((s >= 0) & (s <= budget)))):
+                raise self._corrupt("bucket contents")
+        return rows
+
+    @staticmethod
+    def _merged(state: _State | None, rows: list, buckets: np.ndarray, bits: int) -> tuple:
+        """Arrays with the rows' buckets replaced, and writes to make in place (when no bucket changed members).
+
+        Builds new arrays when members changed (or from the rows alone, with no state); never
+        changes ``state``'s arrays itself.
+        """
         if state is None:
-            pieces = [changed.get(b) for b in sorted(changed)]
-        else:
-            starts = _starts(state.hashes)
-            pieces = [changed[b] if b in changed else
-                      (state.hashes[starts[b]:starts[b + 1]], state.spent[starts[b]:starts[b + 1]],
-                       state.retired[starts[b]:starts[b + 1]]) for b in range(BUCKETS)]
-        hashes = np.concatenate([p[0] for p in pieces] or [np.zeros(0, np.uint64)])
-        spent = np.concatenate([p[1] for p in pieces] or [np.zeros(0)])
-        retired = np.concatenate([p[2] for p in pieces] or [np.zeros(0, bool)])
-        if hashes.size != members:
-            raise self._corrupt("member count")
-        q = bytes(32) if state is None else state.qchain
-        n_queries = 0 if state is None else state.queries
-        for row in self._db.execute("SELECT seq, created, label, noise_scale, admitted, retired_now, worst_case_charge, "
-                                    "max_charge, mac FROM queries WHERE seq > ? ORDER BY seq", (n_queries,)):
-            if row[0] != n_queries + 1 or not hmac.compare_digest(bytes(row[-1]), self._query_mac(row[:-1])):
-                raise self._corrupt(f"query {row[0]}")
-            n_queries += 1
-            q = self._chain(q, bytes(row[-1]))
-        if n_queries != queries or not hmac.compare_digest(q, bytes(qchain)):
-            raise self._corrupt("query log")
-        self._state = _State(counter, hashes, spent, retired, macs, queries, bytes(q))
-        return self._state
+            if not rows:
+                return np.zeros(0, np.uint64), np.zeros(0), np.zeros(0, bool), []
+            return (np.concatenate([r[1] for r in rows]), np.concatenate([r[2] for r in rows]),
+                    np.concatenate([r[3] for r in rows]), [])
+        starts, ends = _bounds(state.hashes, buckets, bits)
+        same = all(e - s == r[1].size and np.array_equal(state.hashes[s:e], r[1])
+                   for s, e, r in zip(starts.tolist(), ends.tolist(), rows, strict=True))
+        if same:  # only records changed: write them where they are
+            return state.hashes, state.spent, state.retired, [
+                (s, e, r[2], r[3]) for s, e, r in zip(starts.tolist(), ends.tolist(), rows, strict=True)]
+        pieces: tuple[list, list, list] = ([], [], [])
+        prev = 0
+        for s, e, r in zip(starts.tolist(), ends.tolist(), rows, strict=True):
+            for out, old, new in zip(pieces, (state.hashes, state.spent, state.retired), r[1:4], strict=True):
+                out += [old[prev:s], new]
+            prev = e
+        for out, old in zip(pieces, (state.hashes, state.spent, state.retired), strict=True):
+            out.append(old[prev:])
+        return np.concatenate(pieces[0]), np.concatenate(pieces[1]), np.concatenate(pieces[2]), []
 
     def hash_keys(self, keys: pd.Series) -> np.ndarray:
         """Keyed 64-bit hashes of canonical id keys (:func:`ids.id_keys` output)."""
@@ -431,69 +518,109 @@ class PrivacyLedger:
     def _charge(self, hashes, charges, budget, label, noise_scale, worst_case_charge) -> int:
         with self._transaction():
             state = self._sync()
-            known, spent, retired = state.hashes, state.spent.copy(), state.retired.copy()
+            known, spent, retired = state.hashes, state.spent, state.retired
             idx, found = self._positions(known, hashes)
-            new = ~found
-            if new.any():  # individuals new to the ledger start with nothing spent
-                merged = np.concatenate([known, hashes[new]])
-                order = np.argsort(merged, kind="stable")
-                known = merged[order]
-                spent = np.concatenate([spent, np.zeros(int(new.sum()))])[order]
-                retired = np.concatenate([retired, np.zeros(int(new.sum()), dtype=bool)])[order]
-                idx, found = self._positions(known, hashes)
-            recorded = spent[idx] + charges
-            recorded = np.where(charges > 0, up_array(recorded), recorded)  # never under-record
-            admitted = ~retired[idx] & (recorded <= budget)
-            newly_retired = ~retired[idx] & ~admitted
-            spent[idx[admitted]] = recorded[admitted]
-            retired[idx[newly_retired]] = True
-            touched = (admitted & (charges > 0)) | newly_retired | new
-            buckets = np.unique(hashes[touched] >> _SHIFT).astype(np.int64)
-            counter = state.counter + 1
-            macs = state.macs.copy()
-            starts = _starts(known) if buckets.size else None
-            rows = []
-            for b in buckets.tolist():
-                s, e = int(starts[b]), int(starts[b + 1])
-                hb, sb, rb = known[s:e].tobytes(), spent[s:e].tobytes(), retired[s:e].tobytes()
-                m = self._bucket_mac(b, hb, sb, rb)
-                macs[b] = np.frombuffer(m, dtype=np.uint64)
-                rows.append((b, counter, hb, sb, rb, m))
+            added = np.zeros(0, dtype=np.intp)
+            if not found.all():  # people new to the ledger start with nothing spent
+                add = np.sort(hashes[~found])
+                at = np.searchsorted(known, add)
+                known = np.insert(known, at, add)
+                spent = np.insert(spent, at, 0.0)
+                retired = np.insert(retired, at, False)
+                added = at + np.arange(add.size)  # where they are now
+                idx, _ = self._positions(known, hashes)
+            # a zero charge leaves a record as it is, and every record is within the budget (checked on
+            # reading), so only people with a positive charge can change or be turned away
+            admitted = ~retired[idx]
+            act = np.flatnonzero(admitted & (charges > 0))
+            where = idx[act]
+            recorded = up_array(spent[where] + charges[act])  # never under-record
+            fits = recorded <= budget
+            admitted[act[~fits]] = False
+            raise_at, raise_to, retire_at = where[fits], recorded[fits], where[~fits]
+
+            counter, bits = state.counter + 1, state.bits
+            relayout = known.size > (2 * TARGET << bits) and bits < MAX_BITS
+            if relayout:  # more people than the layout was made for: every bucket is rewritten
+                bits = _layout_bits(known.size)
+                buckets = _runs(_bucket_of(known, bits))
+            else:  # only the buckets of the people whose record changes, or who are new
+                buckets = _runs(_bucket_of(known[np.sort(np.concatenate([where, added]))], bits))
+            rows, macs = self._bucket_rows(known, spent, retired, buckets, bits, counter, raise_at, raise_to, retire_at)
+            if relayout:
+                leaves = np.zeros((1 << bits, 32), dtype=np.uint8)
+                leaves[buckets] = macs
+                tree, changes = merkle.build(leaves), None
+                root = merkle.root(tree)
+                self._db.execute("DELETE FROM buckets")
+            else:
+                tree, changes = state.tree, merkle.update(state.tree, buckets, macs)
+                root = merkle.new_root(tree, changes)
             self._db.executemany("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?, ?, ?)", rows)
             seq = state.queries + 1
-            qrow = (seq, time.time(), label, float(noise_scale), int(admitted.sum()), int(newly_retired.sum()),
+            qrow = (seq, time.time(), label, float(noise_scale), int(admitted.sum()), int(retire_at.size),
                     float(worst_case_charge), float(charges.max(initial=0.0)))
             # store what SQLite returns (NaN is stored as NULL), so the MAC is over the stored row
             qrow = tuple(None if isinstance(v, float) and math.isnan(v) else v for v in qrow)
             qmac = self._query_mac(qrow)
             self._db.execute("INSERT INTO queries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*qrow, qmac))
             qchain = self._chain(state.qchain, qmac)
-            bdigest = self._bucket_digest(macs)
-            self._db.execute("UPDATE head SET counter = ?, members = ?, queries = ?, bdigest = ?, qchain = ?, mac = ? "
-                             "WHERE id = 0", (counter, int(known.size), seq, bdigest, qchain,
-                                              self._head_mac(counter, int(known.size), seq, bdigest, qchain)))
-        self._state = _State(counter, known, spent, retired, macs, seq, qchain)
+            members = int(known.size)
+            self._db.execute("UPDATE head SET counter = ?, members = ?, queries = ?, bits = ?, root = ?, qchain = ?, "
+                             "mac = ? WHERE id = 0", (counter, members, seq, bits, root, qchain,
+                                                      self._head_mac(counter, members, seq, bits, root, qchain)))
+        # committed: now update what is cached (arrays shared with the old state only when nobody was added)
+        spent[raise_at] = raise_to
+        retired[retire_at] = True
+        if changes is not None:
+            merkle.apply(tree, changes)
+        self._state = _State(counter, bits, known, spent, retired, tree, seq, qchain)
         self._admitted = admitted
         return counter
+
+    def _bucket_rows(self, known: np.ndarray, spent: np.ndarray, retired: np.ndarray, buckets: np.ndarray, bits: int,
+                     counter: int, raise_at: np.ndarray, raise_to: np.ndarray, retire_at: np.ndarray
+                     ) -> tuple[list[tuple], np.ndarray]:
+        """The rows (and their MACs) of ``buckets`` with this charge applied; reads the arrays, changes none."""
+        starts, ends = _bounds(known, buckets, bits)
+        lengths = ends - starts
+        first = np.cumsum(lengths) - lengths  # where each bucket starts in the rows' arrays
+        span = np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))  # their positions in the state
+
+        local = np.empty(known.size, dtype=np.intp)  # state position -> row-array position (touched only at span)
+        local[span] = np.arange(span.size)
+        s, r = spent[span], retired[span]  # copies
+        s[local[raise_at]] = raise_to  # every changed position is in span
+        r[local[retire_at]] = True
+        hb, sb, rb = known[span].tobytes(), s.tobytes(), r.tobytes()
+        offsets = np.append(first, lengths.sum()).tolist()
+        rows, macs = [], []
+        for j, b in enumerate(buckets.tolist()):
+            o, e = offsets[j], offsets[j + 1]
+            h8, s8, r1 = hb[8 * o:8 * e], sb[8 * o:8 * e], rb[o:e]
+            m = self._bucket_mac(bits, b, h8, s8, r1)
+            rows.append((b, counter, h8, s8, r1, m))
+            macs.append(m)
+        return rows, np.frombuffer(b"".join(macs), dtype=np.uint8).reshape(-1, 32)
 
     def _positions(self, known: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Index of each hash in the sorted member array, and whether it is a member.
 
         Cached per (member array, content of ``hashes``): a filter asks with the same hashes
-        every query. The key is a digest of the hashes' bytes, not the array's identity, so a
-        caller that reuses a buffer with other hashes in it never gets stale positions.
+        every query. The cache keeps its own copy of the hashes and compares content, not the
+        array's identity, so a caller that reuses a buffer with other hashes in it never gets
+        stale positions. (A comparison reads the array once; a digest of it cost 20 times more.)
         """
         hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
-        key = (hashes.size, hashlib.blake2b(hashes.tobytes(), digest_size=32).digest())
         cache = self._positions_cache
-        if cache is not None and cache[0] is known and cache[1] == key:
+        if cache is not None and cache[0] is known and np.array_equal(cache[1], hashes):
             return cache[2], cache[3]
         if known.size == 0:
             idx, found = np.zeros(hashes.shape, dtype=np.intp), np.zeros(hashes.shape, dtype=bool)
         else:
             idx = np.clip(np.searchsorted(known, hashes), 0, known.size - 1)
             found = known[idx] == hashes
-        self._positions_cache = (known, key, idx, found)
+        self._positions_cache = (known, hashes.copy(), idx, found)
         return idx, found
 
     # -- reading ----------------------------------------------------------------------------
@@ -505,28 +632,27 @@ class PrivacyLedger:
             except _READ_ERRORS as exc:
                 raise LedgerError(f"{self.path} cannot be read: {type(exc).__name__}: {exc}") from None
 
-    def _lookup(self, hashes: np.ndarray) -> tuple[_State, np.ndarray, np.ndarray]:
-        state = self._current()
-        with self._lock:
-            idx, found = self._positions(state.hashes, np.asarray(hashes, dtype=np.uint64))
-        return state, idx, found
-
     def spent(self, hashes: np.ndarray | None = None) -> np.ndarray:
         """Recorded loss of the given individuals (0 for unknown ones), or of all (in hash order)."""
-        if hashes is None:
-            return self._current().spent.copy()
-        state, idx, known = self._lookup(hashes)
-        return np.where(known, state.spent[idx] if state.spent.size else 0.0, 0.0)
+        with self._lock:  # a charge updates the cached arrays in place
+            state = self._current()
+            if hashes is None:
+                return state.spent.copy()
+            idx, known = self._positions(state.hashes, np.asarray(hashes, dtype=np.uint64))
+            return np.where(known, state.spent[idx] if state.spent.size else 0.0, 0.0)
 
     def retired(self, hashes: np.ndarray) -> np.ndarray:
-        state, idx, known = self._lookup(hashes)
-        return known & (state.retired[idx] if state.retired.size else False)
+        with self._lock:
+            state = self._current()
+            idx, known = self._positions(state.hashes, np.asarray(hashes, dtype=np.uint64))
+            return known & (state.retired[idx] if state.retired.size else False)
 
     def summary(self) -> dict[str, Any]:
-        state = self._current()
-        return {"individuals": int(state.hashes.size), "retired": int(state.retired.sum()),
-                "active": int((~state.retired).sum()), "queries": int(state.queries),
-                "max_spent": float(state.spent.max(initial=0.0)), "budget": self.parameters.budget}
+        with self._lock:
+            state = self._current()
+            return {"individuals": int(state.hashes.size), "retired": int(state.retired.sum()),
+                    "active": int((~state.retired).sum()), "queries": int(state.queries),
+                    "max_spent": float(state.spent.max(initial=0.0)), "budget": self.parameters.budget}
 
     def queries(self) -> pd.DataFrame:
         with self._lock:
