@@ -261,3 +261,23 @@ def test_polars_membership_does_not_depend_on_where_a_null_sits():
             column = pl.Series(values, dtype=dtype, strict=False)
             decisions.append(make_frame_domain(s).member(pl.DataFrame({"x": column})))
         assert decisions == [False, False]
+
+
+def test_labels_are_part_of_membership_and_of_the_identifier():
+    pl = _polars()
+    dp.enable_features("contrib", "honest-but-curious")
+    pandas = frame(sex=["f", None, "m"])
+    polars = pl.from_pandas(pandas)
+    dropping = make_frame_domain(schema(), labels=["sex"])
+    raising = make_frame_domain(schema(), labels={"sex": "raise"})
+    assert str(dropping) != str(raising) != str(make_frame_domain(schema()))
+    for data in (pandas, polars, polars.lazy()):
+        assert dropping.member(data) and not raising.member(data)
+        with pytest.raises(SchemaMismatchError, match="key column 'sex' has missing keys"):
+            check_frame(data, raising.descriptor)
+    for data in (pandas.drop(columns="sex"), polars.drop("sex"), polars.lazy().drop("sex")):
+        with pytest.raises(SchemaMismatchError, match="key column 'sex' is missing"):
+            check_frame(data, dropping.descriptor)
+    # a NaN key is missing too; labels never drop records from the kept count
+    assert not raising.member(frame(sex=[1.0, np.nan, 2.0]))
+    assert make_frame_domain(schema(), size=3, labels=["sex"]).member(pandas)

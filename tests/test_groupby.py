@@ -14,7 +14,7 @@ import pytest
 import opendp_hybridad as hd
 from opendp_hybridad.accounting import accounting_of
 from opendp_hybridad.errors import DeclarationError, SchemaMismatchError
-from opendp_hybridad.frame import feature_distance, make_frame_domain, make_sum_of
+from opendp_hybridad.frame import check_frame, feature_distance, make_frame_domain, make_sum_of
 from opendp_hybridad.frame.aggregate import sum_relaxation
 from opendp_hybridad.frame.groupby import (
     GroupKeys,
@@ -25,7 +25,9 @@ from opendp_hybridad.frame.groupby import (
     make_private_grouped_sum,
     then_grouped_count_of,
     then_grouped_sum_of,
+    then_private_grouped_mean,
 )
+from opendp_hybridad.release import release
 
 KEYS = ["a", "b", "c"]
 SIZE_LIMIT = 400
@@ -69,7 +71,7 @@ def brute_force(frame: pd.DataFrame, keys: list) -> tuple[list[float], list[int]
 def test_group_sums_and_counts_match_a_brute_force_pandas_groupby():
     rng = np.random.default_rng(7)
     frame = random_frame(rng, 300)
-    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT)
+    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT, labels=["g"])
     f = bmi(schema())
     keys = ["b", "zz", "a", "c"]  # output order is the given order; "zz" is absent from the data
     sums = make_grouped_sum_of(domain, dp.symmetric_distance(), f, "g", keys)(frame)
@@ -84,27 +86,25 @@ def test_group_sums_and_counts_match_a_brute_force_pandas_groupby():
 
 
 def test_records_outside_the_key_set_or_with_a_missing_key_are_dropped_or_refused_by_policy():
-    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT)
+    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT, labels={"g": "drop"})
     frame = pd.DataFrame({"w": [60.0, 70.0, 80.0, 90.0], "h": [1.7] * 4, "g": ["a", None, "d", np.nan]})
     assert make_grouped_count_of(domain, dp.symmetric_distance(), "g", KEYS)(frame) == [1.0, 0.0, 0.0]
-    strict = make_grouped_count_of(domain, dp.symmetric_distance(), GroupKeys("g", KEYS, missing="raise"))
-    with pytest.raises(Exception, match="key column 'g' has missing keys"):
-        strict(frame)
+    # under "raise" a missing key makes the frame a non-member: refused before any private computation
+    strict = make_frame_domain(schema(), size_limit=SIZE_LIMIT, labels={"g": "raise"})
+    assert not strict.member(frame) and strict.member(frame.iloc[[0, 2]])
     with pytest.raises(SchemaMismatchError, match="key column 'g' has missing keys"):
-        GroupKeys("g", KEYS, missing="raise").codes(frame)
-    with pytest.raises(SchemaMismatchError, match="key column 'sex' is missing"):
-        GroupKeys("sex", KEYS).codes(frame)
-    # unhashable values are refused wherever they sit, naming the column and no value
+        release(make_private_grouped_count(strict, by="g", keys=KEYS, epsilon=1.0), frame)
+    with pytest.raises(SchemaMismatchError, match="key column 'g' is missing"):
+        release(make_private_grouped_count(domain, by="g", keys=KEYS, epsilon=1.0), frame.drop(columns="g"))
+    # a value that cannot be compared with the keys is not a key, wherever it sits: no member makes it fail
     for position in (0, 3):
         odd = frame.assign(g=pd.Series(["a", "b", "c", "a"], dtype=object))
         odd.at[position, "g"] = ["SECRET"]
-        with pytest.raises(SchemaMismatchError, match="key column 'g' holds values") as err:
-            GroupKeys("g", KEYS).codes(odd)
-        assert "SECRET" not in str(err.value)
+        assert make_grouped_count_of(domain, dp.symmetric_distance(), "g", KEYS)(odd) == [1.0, 1.0, 1.0]
 
 
 def test_declarations_are_checked():
-    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT)
+    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT, labels=["g"])
     with pytest.raises(DeclarationError, match="distinct"):
         GroupKeys("g", ["a", "a"])
     with pytest.raises(DeclarationError, match="cannot be missing"):
@@ -115,6 +115,18 @@ def test_declarations_are_checked():
         GroupKeys("g", "ab")
     with pytest.raises(DeclarationError, match="field of the schema"):
         make_grouped_sum_of(domain, dp.symmetric_distance(), bmi(schema()), "w", [1.0])
+    with pytest.raises(DeclarationError, match="field of the schema"):
+        make_frame_domain(schema(), labels=["w"])
+    with pytest.raises(DeclarationError, match="not declared in the frame domain"):
+        make_grouped_sum_of(make_frame_domain(schema()), dp.symmetric_distance(), bmi(schema()), "g", KEYS)
+    with pytest.raises(DeclarationError, match="missing-key policy"):
+        make_frame_domain(schema(), labels={"g": "impute"})
+    with pytest.raises(DeclarationError, match="the domain's"):
+        make_private_grouped_sum(domain, bmi(schema()), by="g", keys=KEYS, missing_key="raise", epsilon=1.0)
+    # from a Schema the domain is built with the key column and its policy
+    built = make_private_grouped_sum(schema(), bmi(schema()), by="g", keys=KEYS, missing_key="raise", epsilon=1.0,
+                                     size_limit=SIZE_LIMIT)
+    assert built.input_domain.descriptor.label_policy("g") == "raise"
     with pytest.raises(DeclarationError, match="feature-level"):
         make_grouped_count_of(domain, feature_distance(2), "g", KEYS)
     with pytest.raises(DeclarationError, match="l1"):
@@ -150,7 +162,7 @@ def _check_pairs(transformations: dict, pairs: list[tuple[pd.DataFrame, pd.DataF
 
 
 def _transformations(metric, f, count: bool = True) -> dict:
-    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT)
+    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT, labels=["g"])
     out = {"sum l1": make_grouped_sum_of(domain, metric, f, "g", KEYS, 1),
            "sum l2": make_grouped_sum_of(domain, metric, f, "g", KEYS, 2)}
     if count:
@@ -196,7 +208,7 @@ def test_replace_one_l2_covers_a_sign_changing_function_whose_width_exceeds_sqrt
     s = schema()
     w, _ = s.symbols()
     f = s.function(w - 100)
-    domain = make_frame_domain(s, size_limit=SIZE_LIMIT)
+    domain = make_frame_domain(s, size_limit=SIZE_LIMIT, labels=["g"])
     t = make_grouped_sum_of(domain, dp.change_one_distance(), f, "g", KEYS, 2)
     x = pd.DataFrame({"w": [40.0, 70.0], "h": [1.7, 1.7], "g": ["a", "b"]})
     y = x.assign(w=[200.0, 70.0])
@@ -210,7 +222,7 @@ def test_feature_level_stability_holds_when_one_records_fields_move():
     rng = np.random.default_rng(13)
     s = schema()
     f = bmi(s)
-    domain = make_frame_domain(s, size_limit=SIZE_LIMIT)
+    domain = make_frame_domain(s, size_limit=SIZE_LIMIT, labels=["g"])
     r = 0.5
     transformations = {"sum l1": make_grouped_sum_of(domain, feature_distance(2), f, "g", KEYS, 1),
                        "sum l2": make_grouped_sum_of(domain, feature_distance(2), f, "g", KEYS, 2)}
@@ -235,7 +247,7 @@ def test_feature_level_stability_holds_when_one_records_fields_move():
 # -- private releases --------------------------------------------------------------------------------
 
 def test_private_grouped_releases_are_measurements_that_compose():
-    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT)
+    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT, labels=["g"])
     f = bmi(schema())
     frame = random_frame(np.random.default_rng(5), 50)
     total = make_private_grouped_sum(domain, f, by="g", keys=KEYS, epsilon=0.5)
@@ -257,7 +269,7 @@ def test_private_grouped_releases_are_measurements_that_compose():
 
 
 def test_private_grouped_mean_lands_within_its_tail_bound_of_the_true_means():
-    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT)
+    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT, labels=["g"])
     f = bmi(schema())
     frame = random_frame(np.random.default_rng(3), 300)
     epsilon = 1e4  # small noise, so the tail bound is a sharp check of the post-processing
@@ -275,7 +287,7 @@ def test_private_grouped_mean_lands_within_its_tail_bound_of_the_true_means():
 
 
 def test_then_forms_chain_from_the_domain_and_metric():
-    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT)
+    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT, labels=["g"])
     f = bmi(schema())
     frame = random_frame(np.random.default_rng(2), 40)
     chained = (domain, dp.symmetric_distance()) >> then_grouped_sum_of(f, "g", KEYS)
@@ -284,6 +296,8 @@ def test_then_forms_chain_from_the_domain_and_metric():
     assert math.sqrt(2) <= counted.map(1) <= math.sqrt(2) * (1 + 1e-15)  # sqrt(2) rounded up
     noisy = chained >> dp.m.then_laplace(1000.0)
     assert len(noisy(frame)) == len(KEYS)
+    private = (domain, dp.symmetric_distance()) >> then_private_grouped_mean(f, by="g", keys=KEYS, epsilon=1.0)
+    assert isinstance(private, dp.Measurement) and private.map(1) <= 1.0 and len(private(frame)) == len(KEYS)
 
 
 # -- polars --------------------------------------------------------------------------------------------
@@ -292,7 +306,7 @@ def test_polars_frames_group_exactly_as_their_pandas_copy():
     pl = pytest.importorskip("polars")
     rng = np.random.default_rng(21)
     frame = random_frame(rng, 200)
-    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT)
+    domain = make_frame_domain(schema(), size_limit=SIZE_LIMIT, labels=["g"])
     f = bmi(schema())
     # nulls in the fields and the key, NaN in a field: the same records dropped and imputed
     polars = pl.DataFrame({"w": pl.Series(frame["w"].tolist(), dtype=pl.Float64, nan_to_null=True),
@@ -304,5 +318,8 @@ def test_polars_frames_group_exactly_as_their_pandas_copy():
         expected = total(frame), count(frame)
         for data in (polars, polars.lazy(), polars.with_columns(pl.col("g").cast(pl.Categorical))):
             assert (total(data), count(data)) == expected
-    with pytest.raises(SchemaMismatchError, match="key column 'sex' is missing"):
-        GroupKeys("sex", KEYS).codes(polars)
+    with pytest.raises(SchemaMismatchError, match="key column 'g' is missing"):
+        check_frame(polars.drop("g"), domain)
+    strict = make_frame_domain(schema(), size_limit=SIZE_LIMIT, labels={"g": "raise"})
+    assert not strict.member(polars) and not strict.member(polars.lazy())
+    assert strict.member(polars.filter(pl.col("g").is_not_null()))

@@ -34,6 +34,7 @@ frame that has one is not a member and is refused.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +73,16 @@ class PreparedFrame:
 @dataclass(frozen=True)
 class FrameDomain:
     """What a member frame must satisfy: the schema's columns, at most ``size_limit`` rows,
-    and (when ``size`` is set) exactly ``size`` records kept by the missing-value policies.
+    (when ``size`` is set) exactly ``size`` records kept by the missing-value policies, and
+    the declared ``labels``.
+
+    ``labels``: key columns outside the schema (for group-by), each with a missing-key
+    policy: ``{"sex": "drop"}`` (a record with a missing key belongs to no group) or
+    ``{"sex": "raise"}`` (a frame with a missing key is not a member); a list of names
+    means ``"drop"`` for each. A label column may hold any dtype; it must be present,
+    and free of missing values (None, NaN, pandas NA, polars null) under ``"raise"``.
+    Labels never drop records from the frame, so ``size`` still counts the records
+    kept by the fields' policies.
 
     The descriptor of the OpenDP ``UserDomain`` that :func:`make_frame_domain` returns.
     """
@@ -80,10 +90,12 @@ class FrameDomain:
     schema: Schema
     size_limit: int = DEFAULT_SIZE_LIMIT
     size: int | None = None
+    labels: Any = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.schema, Schema):
             raise DeclarationError("a frame domain needs a Schema")
+        object.__setattr__(self, "labels", _labels(self.labels, self.schema))
         if not _is_count(self.size_limit) or self.size_limit < 1:
             raise DeclarationError("size_limit must be a positive whole number of records")
         object.__setattr__(self, "size_limit", int(self.size_limit))
@@ -93,6 +105,14 @@ class FrameDomain:
             if self.size > self.size_limit:
                 raise DeclarationError("size is larger than size_limit: no frame would be a member")
             object.__setattr__(self, "size", int(self.size))
+
+    def label_policy(self, name: str) -> str:
+        """The missing-key policy of the label column ``name``; a DeclarationError if it is not declared."""
+        for label, policy in self.labels:
+            if label == name:
+                return policy
+        raise DeclarationError(f"key column {name!r} is not declared in the frame domain: "
+                               f"make_frame_domain(schema, labels={{{name!r}: 'drop'}})")
 
     @property
     def drops_records(self) -> bool:
@@ -112,6 +132,7 @@ class FrameDomain:
         parts.append(f"size_limit={self.size_limit}")
         if self.size is not None:
             parts.append(f"kept_size={self.size}")
+        parts.extend(f"label:{name!r}missing={policy}" for name, policy in self.labels)
         return "FrameDomain(" + ", ".join(parts) + ")"
 
     def check(self, frame: Any) -> None:
@@ -125,6 +146,33 @@ class FrameDomain:
         except Exception:  # anything check_frame cannot judge is outside the domain
             return False
         return True
+
+
+#: what a label column may do with a missing key
+LABEL_POLICIES = ("drop", "raise")
+
+
+def _labels(labels: Any, schema: Schema) -> tuple[tuple[str, str], ...]:
+    """``labels`` as ``((name, policy), ...)``, checked: names outside the schema, known policies."""
+    if isinstance(labels, str):
+        labels = [labels]
+    pairs = list(labels.items()) if isinstance(labels, Mapping) else [
+        item if isinstance(item, tuple) else (item, "drop") for item in labels]
+    names = set()
+    for pair in pairs:
+        if len(pair) != 2:
+            raise DeclarationError("labels: give column names, or a mapping of column names to a missing-key policy")
+        name, policy = pair
+        if not isinstance(name, str) or not name:
+            raise DeclarationError("a label (key column) is named by a non-empty string")
+        if name in schema.fields:
+            raise DeclarationError(f"key column {name!r} is a field of the schema; a label is a column outside it")
+        if policy not in LABEL_POLICIES:
+            raise DeclarationError(f"key column {name!r}: missing-key policy must be one of {LABEL_POLICIES}")
+        if name in names:
+            raise DeclarationError(f"key column {name!r} is declared twice")
+        names.add(name)
+    return tuple((name, policy) for name, policy in pairs)
 
 
 def _is_count(value: Any) -> bool:
@@ -143,9 +191,10 @@ def as_frame_domain(domain: Any) -> FrameDomain:
     raise DeclarationError("the input domain must be a frame domain from make_frame_domain(schema)")
 
 
-def frame_domain_identifier(schema: Schema, size_limit: int = DEFAULT_SIZE_LIMIT, size: int | None = None) -> str:
+def frame_domain_identifier(schema: Schema, size_limit: int = DEFAULT_SIZE_LIMIT, size: int | None = None,
+                            labels: Any = ()) -> str:
     """A string that identifies the domain uniquely (OpenDP chains user domains by identifier)."""
-    return FrameDomain(schema, size_limit, size).identifier
+    return FrameDomain(schema, size_limit, size, labels).identifier
 
 
 def check_frame(frame: Any, domain: Schema | FrameDomain) -> None:
@@ -157,7 +206,8 @@ def check_frame(frame: Any, domain: Schema | FrameDomain) -> None:
     boolean or all-null; never strings, categoricals or dates), no missing value
     in a column whose policy is ``"raise"``, at most ``size_limit`` rows and, when
     the domain fixes a ``size``, exactly that many records kept by the
-    missing-value policies. Extra columns are allowed and ignored. ``domain`` may
+    missing-value policies, and every declared label (key) column, without a
+    missing key where its policy is ``"raise"``. Extra columns are allowed and ignored. ``domain`` may
     be a bare Schema (the default size limit, no fixed size). Nothing is computed
     from the values beyond these checks; errors name the column, never a value.
     """
@@ -174,9 +224,11 @@ def _member_columns(frame: Any, spec: FrameDomain) -> tuple[dict[str, np.ndarray
     schema = spec.schema
     if isinstance(frame, pd.DataFrame):
         columns = {name: _pandas_column(frame, name, field.dtype) for name, field in schema.fields.items()}
+        for name, policy in spec.labels:
+            _check_label(_pandas_label(frame, name), name, policy)
         rows = len(frame)
     elif _is_polars(frame):
-        columns, rows = _polars_columns(frame, schema)
+        columns, rows = _polars_columns(frame, spec)
     else:
         raise SchemaMismatchError(f"expected a pandas DataFrame or a polars DataFrame/LazyFrame, got {type(frame).__name__}")
     for name, field in schema.fields.items():
@@ -210,6 +262,38 @@ def _pandas_column(frame: pd.DataFrame, name: str, dtype: str) -> np.ndarray:
     if kind not in _NUMERIC_KINDS:
         raise SchemaMismatchError(f"column {name!r} has dtype {column.dtype}, which is not compatible with {dtype}")
     return _float_column(column)
+
+
+def _pandas_label(frame: pd.DataFrame, name: str) -> pd.Series:
+    if name not in frame.columns:
+        raise SchemaMismatchError(f"key column {name!r} is missing from the dataframe")
+    column = frame[name]
+    if isinstance(column, pd.DataFrame):
+        raise SchemaMismatchError(f"key column {name!r} appears more than once")
+    return column
+
+
+def label_column(frame: Any, name: str) -> pd.Series:
+    """A label (key) column as a pandas Series, so pandas and polars keys follow pandas' rules.
+
+    A polars column becomes an object Series of its Python values (null as None), which
+    pandas compares and tests for missing values as it does an object column. ``frame``
+    is a pandas or polars ``DataFrame`` (a ``LazyFrame`` is collected by :func:`materialise`
+    first); a frame without the column is refused naming it.
+    """
+    if isinstance(frame, pd.DataFrame):
+        return _pandas_label(frame, name)
+    if _is_polars(frame):
+        frame = materialise(frame, [name])
+        if name not in frame.columns:
+            raise SchemaMismatchError(f"key column {name!r} is missing from the dataframe")
+        return pd.Series(frame.get_column(name).to_list(), dtype=object)
+    raise SchemaMismatchError(f"expected a pandas DataFrame or a polars DataFrame/LazyFrame, got {type(frame).__name__}")
+
+
+def _check_label(column: pd.Series, name: str, policy: str) -> None:
+    if policy == "raise" and bool(column.isna().any()):
+        raise SchemaMismatchError(f"key column {name!r} has missing keys and its policy is 'raise'")
 
 
 def _is_polars(frame: Any) -> bool:
@@ -246,16 +330,20 @@ def materialise(frame: Any, columns: list[str] | None = None) -> Any:
         raise SchemaMismatchError("the LazyFrame's plan failed when collected") from None
 
 
-def _polars_columns(frame: Any, schema: Schema) -> tuple[dict[str, np.ndarray], int]:
+def _polars_columns(frame: Any, spec: FrameDomain) -> tuple[dict[str, np.ndarray], int]:
     import polars as pl
 
+    schema = spec.schema
     types = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
     for name, field in schema.fields.items():
         if name not in types:
             raise SchemaMismatchError(f"column {name!r} is missing from the dataframe")
         if not _polars_numeric(types[name]):
             raise SchemaMismatchError(f"column {name!r} has dtype {types[name]}, which is not compatible with {field.dtype}")
-    frame = materialise(frame, schema.names)  # a LazyFrame: once, and only the declared columns
+    # a LazyFrame: collected once, only the declared columns and labels
+    frame = materialise(frame, [*schema.names, *(name for name, _ in spec.labels)])
+    for name, policy in spec.labels:
+        _check_label(label_column(frame, name), name, policy)
     # a cast to Float64 turns null into NaN in to_numpy; NaN stays NaN: both are missing, as in pandas
     columns = {name: frame.get_column(name).cast(pl.Float64).to_numpy() for name in schema.names}
     return columns, frame.height
@@ -320,12 +408,14 @@ def _float_column(column: pd.Series) -> np.ndarray:
     return column.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def make_frame_domain(schema: Schema, *, size_limit: int = DEFAULT_SIZE_LIMIT, size: int | None = None):
+def make_frame_domain(schema: Schema, *, size_limit: int = DEFAULT_SIZE_LIMIT, size: int | None = None, labels: Any = ()):
     """An OpenDP ``UserDomain`` of the pandas and polars frames that :func:`check_frame` accepts.
 
     :param size_limit: the most rows (records, before any is dropped) a member may have.
     :param size: if given, a member has exactly this many records kept by the
         missing-value policies (a public record count, as for :func:`make_mean_of`).
+    :param labels: key columns outside the schema, for group-by (see :class:`FrameDomain`):
+        ``{"sex": "drop"}``, ``{"sex": "raise"}`` or ``["sex"]``.
 
     Requires OpenDP's ``honest-but-curious`` feature: the identifier encodes every
     field, bound, policy and size constraint, so two domains chain only when they agree.
@@ -333,5 +423,5 @@ def make_frame_domain(schema: Schema, *, size_limit: int = DEFAULT_SIZE_LIMIT, s
     """
     import opendp.prelude as dp
 
-    spec = FrameDomain(schema, size_limit, size)
+    spec = FrameDomain(schema, size_limit, size, labels)
     return dp.user_domain(spec.identifier, member=spec.member, descriptor=spec)

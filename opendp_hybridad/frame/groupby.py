@@ -2,19 +2,23 @@
 
 A group-by names a key column ``by`` and a public, ordered list of ``keys``
 (:class:`GroupKeys`). The output is a vector with one entry per key, in the
-given order; a key absent from the data gets 0 (its sum or count). The key column
-is declared outside the schema: the schema's fields are the bounded numeric
-inputs of ``f``, the key column is a label, read as it is (any dtype: strings,
-integers, categoricals), compared with the keys by equality (pandas' rules, for
-polars frames too). It must not be one of the schema's fields.
+given order; a key absent from the data gets 0 (its sum or count).
+
+The key column is declared in the frame domain, as a *label* outside the schema
+(``make_frame_domain(schema, labels={"sex": "drop"})``): the schema's fields are
+the bounded numeric inputs of ``f``, a label is read as it is (any dtype: strings,
+integers, categoricals) and compared with the keys by equality (pandas' rules, for
+polars frames too). Its presence and its missing-key policy are part of the
+domain's membership, so they are checked before any private computation, and no
+member makes a group-by fail: a value that cannot be compared with the keys
+(e.g. an unhashable object) is simply not a public key.
 
 Records dropped. A record is dropped (it counts in no group) when
 
 * its key is not one of the public keys: the key set is public, so a record
   outside it is outside the query, a data-independent rule;
-* its key is missing (None, NaN, pandas NA, polars null) and the key policy is
-  ``missing="drop"`` (the default); with ``missing="raise"`` a frame with a
-  missing key is not a member and is refused before any private computation;
+* its key is missing (None, NaN, pandas NA, polars null) and the label's policy
+  is ``"drop"``; under ``"raise"`` a frame with a missing key is not a member;
 * a field with ``missing="drop"`` is missing (the frame domain's policy).
 
 Per-partition sensitivity, with ``L, U`` the certified range of ``f`` (values are
@@ -65,28 +69,33 @@ import pandas as pd
 from opendp_hybridad.accounting import Accounting, accounting_of, with_accounting
 from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertificate
 from opendp_hybridad.analysis.rounding import add_down, add_up, mul_down, mul_up, round_up, sqrt_up
-from opendp_hybridad.errors import DeclarationError, SchemaMismatchError
+from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.frame.aggregate import _SumPlan
-from opendp_hybridad.frame.domain import FrameDomain, as_frame_domain, materialise, prepare_frame
-from opendp_hybridad.frame.measurements import _calibrate, _space
+from opendp_hybridad.frame.domain import (
+    DEFAULT_SIZE_LIMIT,
+    FrameDomain,
+    as_frame_domain,
+    label_column,
+    make_frame_domain,
+    materialise,
+    prepare_frame,
+)
+from opendp_hybridad.frame.measurements import _FEATURES, _calibrate, _space
 from opendp_hybridad.opendp_compat import to_then
 from opendp_hybridad.relations import ADD_REMOVE, REPLACE_ONE, FeatureLevel, PerRecordBound, Relation, relation_of
 from opendp_hybridad.symbolic.function import RecordFunction, normalise_norm
+from opendp_hybridad.symbolic.schema import Schema
 
 __all__ = ["GroupKeys", "make_grouped_count_of", "make_grouped_sum_of", "make_private_grouped_count",
            "make_private_grouped_mean", "make_private_grouped_sum", "then_grouped_count_of", "then_grouped_sum_of",
            "then_private_grouped_count", "then_private_grouped_mean", "then_private_grouped_sum"]
 
-_KEY_POLICIES = ("drop", "raise")
-
-
 @dataclass(frozen=True)
 class GroupKeys:
-    """The key column ``by``, the public ``keys`` (distinct, none missing, in output order) and the missing-key policy."""
+    """The key column ``by`` (a label of the frame domain) and the public ``keys``: distinct, none missing, in output order."""
 
     by: str
     keys: tuple[Any, ...]
-    missing: str = "drop"
 
     def __post_init__(self) -> None:
         if not isinstance(self.by, str) or not self.by:
@@ -105,31 +114,35 @@ class GroupKeys:
             raise DeclarationError(f"key column {self.by!r}: the keys must be hashable") from exc
         if not index.is_unique:
             raise DeclarationError(f"key column {self.by!r}: the keys must be distinct")
-        if self.missing not in _KEY_POLICIES:
-            raise DeclarationError(f"key column {self.by!r}: missing-key policy must be one of {_KEY_POLICIES}")
         object.__setattr__(self, "keys", keys)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def codes(self, frame: Any) -> np.ndarray:
-        """Per input row, the position of its key in ``keys``, or -1 (missing or not a public key).
+        """Per input row, the position of its key in ``keys``, or -1 (missing, or not a public key).
 
-        Raises :class:`SchemaMismatchError` (naming the column, never a value) when the
-        column is absent, repeated, holds a missing key under ``missing="raise"``, or holds
-        values that cannot be compared with the keys.
+        Total on every frame that has the column: a value that cannot be compared with
+        the keys (an unhashable object) is not a public key. A frame without the column
+        is refused with :class:`SchemaMismatchError` naming it (the frame domain's
+        membership check refuses it first).
         """
-        column = _key_column(frame, self.by)
+        column = label_column(frame, self.by)
         missing = column.isna().to_numpy(dtype=bool)
-        if self.missing == "raise" and missing.any():
-            raise SchemaMismatchError(f"key column {self.by!r} has missing keys and its policy is 'raise'")
         try:
-            codes = pd.Index(self.keys).get_indexer(column)
-        except (TypeError, ValueError):  # e.g. unhashable values: decided for the whole column, wherever they sit
-            raise SchemaMismatchError(f"key column {self.by!r} holds values that cannot be compared with the keys") from None
-        codes = np.asarray(codes, dtype=np.intp)
-        codes[missing] = -1  # a missing value never matches a key (NaN == NaN in pandas' indexer)
+            codes = np.asarray(pd.Index(self.keys).get_indexer(column), dtype=np.intp)
+        except (TypeError, ValueError):  # unhashable values: match value by value, the same rule for the whole column
+            positions = {key: i for i, key in enumerate(self.keys)}
+            codes = np.fromiter((_position(positions, value) for value in column), dtype=np.intp, count=len(column))
+        codes[missing] = -1  # a missing value never matches a key (pandas' indexer matches NaN with NaN)
         return codes
+
+
+def _position(positions: dict[Any, int], value: Any) -> int:
+    try:
+        return positions.get(value, -1)
+    except TypeError:  # unhashable: not a key
+        return -1
 
 
 def _is_missing(value: Any) -> bool:
@@ -139,29 +152,18 @@ def _is_missing(value: Any) -> bool:
         return False
 
 
-def _key_column(frame: Any, by: str) -> pd.Series:
-    """The key column as a pandas Series (a polars column converted, so both follow pandas' equality rules)."""
-    if isinstance(frame, pd.DataFrame):
-        if by not in frame.columns:
-            raise SchemaMismatchError(f"key column {by!r} is missing from the dataframe")
-        column = frame[by]
-        if isinstance(column, pd.DataFrame):
-            raise SchemaMismatchError(f"key column {by!r} appears more than once")
-        return column
-    if hasattr(frame, "get_column") and hasattr(frame, "columns"):  # a polars DataFrame (LazyFrames are collected first)
-        if by not in frame.columns:
-            raise SchemaMismatchError(f"key column {by!r} is missing from the dataframe")
-        return pd.Series(frame.get_column(by).to_list(), dtype=object)
-    raise SchemaMismatchError(f"expected a pandas DataFrame or a polars DataFrame/LazyFrame, got {type(frame).__name__}")
-
-
-def _group_keys(by: Any, keys: Any, missing_key: str) -> GroupKeys:
-    return by if isinstance(by, GroupKeys) else GroupKeys(by, keys, missing_key)
+def _group_keys(by: Any, keys: Any) -> GroupKeys:
+    if isinstance(by, GroupKeys):
+        if keys is not None:
+            raise DeclarationError("give the keys either in GroupKeys or as keys=, not both")
+        return by
+    return GroupKeys(by, keys)
 
 
 def _checked(spec: FrameDomain, groups: GroupKeys) -> None:
     if groups.by in spec.schema.fields:
-        raise DeclarationError(f"key column {groups.by!r} is a field of the schema; group by a column outside it")
+        raise DeclarationError(f"key column {groups.by!r} is a field of the schema; group by a label outside it")
+    spec.label_policy(groups.by)  # the key column must be declared: its presence and policy are membership
 
 
 class _Grouped:
@@ -172,7 +174,7 @@ class _Grouped:
 
     def split(self, frame: Any) -> tuple[list[np.ndarray], np.ndarray]:
         """Columns of the records in some group, ordered by group (input order within one), and each group's size."""
-        frame = materialise(frame, [*self.spec.schema.names, self.groups.by])
+        frame = materialise(frame, [*self.spec.schema.names, *(name for name, _ in self.spec.labels)])
         prepared = prepare_frame(frame, self.spec)  # membership of the fields first (size limit included)
         codes = self.groups.codes(frame)[prepared.kept]
         chosen = codes >= 0
@@ -220,15 +222,15 @@ def _norm(norm: Any) -> float:
 
 
 def make_grouped_sum_of(input_domain: Any, input_metric: Any, function: RecordFunction, by: str | GroupKeys,
-                        keys: Any = None, norm: Any = 1, *, missing_key: str = "drop",
-                        range_certificate: RangeCertificate | None = None,
+                        keys: Any = None, norm: Any = 1, *, range_certificate: RangeCertificate | None = None,
                         lipschitz_certificate: BoundCertificate | None = None, backend: str = "auto"):
     """Transformation: frame -> ``[sum of f over the records with key k for k in keys]`` (l1 or l2 distance).
 
-    :param by: the key column (outside the schema), or a :class:`GroupKeys`.
+    :param input_domain: ``make_frame_domain(schema, labels={by: "drop"})`` (or ``"raise"``):
+        the key column is declared in the domain, with its missing-key policy.
+    :param by: the key column, or a :class:`GroupKeys`.
     :param keys: the public keys, in output order (with ``by`` a column name).
     :param norm: 1 (``l1_distance``, for Laplace) or 2 (``l2_distance``, for Gaussian).
-    :param missing_key: ``"drop"`` (a record with a missing key counts in no group) or ``"raise"``.
 
     Each record is prepared as in :func:`~opendp_hybridad.frame.aggregate.make_sum_of`
     (clamped to the box, missing values by policy), ``f`` is evaluated by the compiled
@@ -246,7 +248,7 @@ def make_grouped_sum_of(input_domain: Any, input_metric: Any, function: RecordFu
     import opendp.prelude as dp
 
     spec = as_frame_domain(input_domain)
-    groups = _group_keys(by, keys, missing_key)
+    groups = _group_keys(by, keys)
     _checked(spec, groups)
     p = _norm(norm)
     plan = _SumPlan(input_domain, input_metric, function, range_certificate, lipschitz_certificate, backend)
@@ -270,8 +272,7 @@ def make_grouped_sum_of(input_domain: Any, input_metric: Any, function: RecordFu
     return dp.t.make_user_transformation(input_domain, input_metric, output_domain, output_metric, apply, stability)
 
 
-def make_grouped_count_of(input_domain: Any, input_metric: Any, by: str | GroupKeys, keys: Any = None, norm: Any = 1, *,
-                          missing_key: str = "drop"):
+def make_grouped_count_of(input_domain: Any, input_metric: Any, by: str | GroupKeys, keys: Any = None, norm: Any = 1):
     """Transformation: frame -> ``[number of kept records with key k for k in keys]`` (floats; l1 or l2 distance).
 
     Records dropped as for :func:`make_grouped_sum_of`. Stability per unit of ``d_in``:
@@ -283,7 +284,7 @@ def make_grouped_count_of(input_domain: Any, input_metric: Any, by: str | GroupK
     import opendp.prelude as dp
 
     spec = as_frame_domain(input_domain)
-    groups = _group_keys(by, keys, missing_key)
+    groups = _group_keys(by, keys)
     _checked(spec, groups)
     p = _norm(norm)
     relation = relation_of(input_metric)
@@ -304,8 +305,24 @@ then_grouped_sum_of = to_then(make_grouped_sum_of)
 then_grouped_count_of = to_then(make_grouped_count_of)
 
 
+def _grouped_space(domain_or_schema: Any, metric: Any, size_limit: int | None, groups: GroupKeys,
+                   missing_key: str | None) -> tuple[Any, Any]:
+    """The frame domain with the key column declared (built from a Schema, or checked) and the metric."""
+    import opendp.prelude as dp
+
+    dp.assert_features(*_FEATURES)
+    if isinstance(domain_or_schema, Schema):
+        domain_or_schema = make_frame_domain(
+            domain_or_schema, size_limit=DEFAULT_SIZE_LIMIT if size_limit is None else size_limit,
+            labels={groups.by: "drop" if missing_key is None else missing_key})
+    elif missing_key is not None and as_frame_domain(domain_or_schema).label_policy(groups.by) != missing_key:
+        raise DeclarationError(f"key column {groups.by!r}: its missing-key policy is the domain's; "
+                               "declare it with make_frame_domain(schema, labels={...}) or pass the schema")
+    return _space(domain_or_schema, metric, size_limit)
+
+
 def make_private_grouped_sum(domain_or_schema: Any, function: RecordFunction, metric: Any = None, *, by: str | GroupKeys,
-                             keys: Any = None, missing_key: str = "drop", epsilon: float | None = None,
+                             keys: Any = None, missing_key: str | None = None, epsilon: float | None = None,
                              rho: float | None = None, d_in: Any = 1, size_limit: int | None = None,
                              backend: str = "auto") -> Any:
     """Measurement: the group sums of :func:`make_grouped_sum_of` plus OpenDP noise on every entry.
@@ -314,24 +331,32 @@ def make_private_grouped_sum(domain_or_schema: Any, function: RecordFunction, me
     calibrated to the grouped sum's sensitivity at ``d_in`` as the package's other
     ``make_private_*`` are (``frame.measurements._calibrate``); its accounting record
     is read with :func:`~opendp_hybridad.accounting.accounting_of`.
+
+    ``domain_or_schema``: a frame domain that declares the key column
+    (``make_frame_domain(schema, labels={by: "drop"})``), or a Schema: the domain is then
+    built with ``size_limit`` and the key column's ``missing_key`` policy (default ``"drop"``).
     """
-    domain, metric = _space(domain_or_schema, metric, size_limit)
-    t = make_grouped_sum_of(domain, metric, function, by, keys, 1 if epsilon is not None else 2,
-                            missing_key=missing_key, backend=backend)
+    groups = _group_keys(by, keys)
+    domain, metric = _grouped_space(domain_or_schema, metric, size_limit, groups, missing_key)
+    t = make_grouped_sum_of(domain, metric, function, groups, None, 1 if epsilon is not None else 2, backend=backend)
     return _calibrate(t, d_in, epsilon, rho, relation_of(metric))
 
 
 def make_private_grouped_count(domain_or_schema: Any, metric: Any = None, *, by: str | GroupKeys, keys: Any = None,
-                               missing_key: str = "drop", epsilon: float | None = None, rho: float | None = None,
+                               missing_key: str | None = None, epsilon: float | None = None, rho: float | None = None,
                                d_in: Any = 1, size_limit: int | None = None) -> Any:
-    """Measurement: the group counts of :func:`make_grouped_count_of` plus OpenDP noise (Laplace l1 / Gaussian l2)."""
-    domain, metric = _space(domain_or_schema, metric, size_limit)
-    t = make_grouped_count_of(domain, metric, by, keys, 1 if epsilon is not None else 2, missing_key=missing_key)
+    """Measurement: the group counts of :func:`make_grouped_count_of` plus OpenDP noise (Laplace l1 / Gaussian l2).
+
+    ``domain_or_schema`` as for :func:`make_private_grouped_sum`.
+    """
+    groups = _group_keys(by, keys)
+    domain, metric = _grouped_space(domain_or_schema, metric, size_limit, groups, missing_key)
+    t = make_grouped_count_of(domain, metric, groups, None, 1 if epsilon is not None else 2)
     return _calibrate(t, d_in, epsilon, rho, relation_of(metric))
 
 
 def make_private_grouped_mean(domain_or_schema: Any, function: RecordFunction, metric: Any = None, *, by: str | GroupKeys,
-                              keys: Any = None, missing_key: str = "drop", epsilon: float | None = None,
+                              keys: Any = None, missing_key: str | None = None, epsilon: float | None = None,
                               rho: float | None = None, d_in: Any = 1, count_share: float = 0.5,
                               size_limit: int | None = None, backend: str = "auto") -> Any:
     """Measurement: per key, a private sum over a private count, ``sum / max(count, 1)`` clamped to f's certified range.
@@ -340,11 +365,13 @@ def make_private_grouped_mean(domain_or_schema: Any, function: RecordFunction, m
     sum and a private grouped count released together by ``dp.c.make_composition``,
     the budget split ``count_share`` to the counts (shares rounded down, so they add up
     to at most the budget). The accounting record is the composed event, with the
-    sum's and the count's records in its ``parts``.
+    sum's and the count's records in its ``parts``. ``domain_or_schema`` as for
+    :func:`make_private_grouped_sum`.
     """
     import opendp.prelude as dp
 
-    domain, metric = _space(domain_or_schema, metric, size_limit)
+    groups = _group_keys(by, keys)
+    domain, metric = _grouped_space(domain_or_schema, metric, size_limit, groups, missing_key)
     if (epsilon is None) == (rho is None):
         raise DeclarationError("give exactly one of epsilon (Laplace, pure DP) or rho (Gaussian, zCDP)")
     if not 0 < count_share < 1:
@@ -353,7 +380,6 @@ def make_private_grouped_mean(domain_or_schema: Any, function: RecordFunction, m
     count_budget = mul_down(budget, count_share)
     sum_budget = add_down(budget, -count_budget)
     key = "epsilon" if epsilon is not None else "rho"
-    groups = _group_keys(by, keys, missing_key)
     total = make_private_grouped_sum(domain, function, metric, by=groups, d_in=d_in, backend=backend, **{key: sum_budget})
     count = make_private_grouped_count(domain, metric, by=groups, d_in=d_in, **{key: count_budget})
     rng = function.range().certifies(function)
