@@ -56,7 +56,8 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        page = self.page.relative_to(ROOT) if self.page.is_relative_to(ROOT) else self.page
+        return f"{page}:{self.line}"
 
 
 @dataclass
@@ -211,3 +212,14 @@ def test_console_output_is_compared() -> None:
     assert output_matches("  RDP 2.3678   PLD ...\n", "RDP 2.3678 PLD 2.1722\n")
     assert not output_matches("RDP 2.3678 PLD 2.1722\n", "RDP 2.3679 PLD 2.1722\n")
     assert not output_matches("RDP 2.3678\n", "")
+
+
+def test_a_wrong_doctest_output_fails(tmp_path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("```python\n>>> x = 2\n>>> x + 1\n4\n```\n")
+    (block,) = read_blocks(page)
+    with pytest.raises(AssertionError, match="Expected"):
+        _run_block(block, {})
+    namespace: dict = {}
+    _run_block(Block(page, 1, "python", ">>> x = 2\n>>> x + 1\n3\n", False), namespace)
+    assert namespace["x"] == 2  # a doctest's names carry over to the blocks that continue it
