@@ -4,6 +4,7 @@ private releases that compose in OpenDP, pandas and polars read alike."""
 
 from __future__ import annotations
 
+import decimal
 import math
 
 import numpy as np
@@ -323,3 +324,33 @@ def test_polars_frames_group_exactly_as_their_pandas_copy():
     strict = make_frame_domain(schema(), size_limit=SIZE_LIMIT, labels={"g": "raise"})
     assert not strict.member(polars) and not strict.member(polars.lazy())
     assert strict.member(polars.filter(pl.col("g").is_not_null()))
+
+
+class _SignallingKey:
+    def __hash__(self) -> int:
+        return hash("a")  # collides with a public key, then its comparison raises
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("SECRET")
+
+
+_ODD_KEYS = [decimal.Decimal("sNaN"), decimal.Decimal("NaN"), _SignallingKey(), ["a"], np.array([1, 2]), pd.NA, pd.NaT,
+             float("nan"), 1 + 2j, b"a", object()]
+
+
+@pytest.mark.parametrize("value", _ODD_KEYS, ids=lambda v: type(v).__name__)
+def test_no_key_value_makes_a_member_fail_and_nothing_depends_on_its_position(value):
+    f = bmi(schema())
+    decisions, outputs = [], []
+    for position in (4, 1500):  # both replace an "a"
+        keys = ["a", "b"] * 1000
+        keys[position] = value
+        frame = pd.DataFrame({"w": 60.0, "h": 1.7, "g": pd.Series(keys, dtype=object)})
+        strict = make_frame_domain(schema(), size_limit=4000, labels={"g": "raise"})
+        decisions.append(strict.member(frame))
+        lenient = make_frame_domain(schema(), size_limit=4000, labels={"g": "drop"})
+        outputs.append((make_grouped_count_of(lenient, dp.symmetric_distance(), "g", ["a", "b"])(frame),
+                        make_grouped_sum_of(lenient, dp.symmetric_distance(), f, "g", ["a", "b"])(frame)))
+    assert decisions[0] == decisions[1]
+    assert outputs[0] == outputs[1]
+    assert outputs[0][0] == [999.0, 1000.0]  # the odd value replaced an "a" and is not a key

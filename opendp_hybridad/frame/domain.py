@@ -291,8 +291,19 @@ def label_column(frame: Any, name: str) -> pd.Series:
     raise SchemaMismatchError(f"expected a pandas DataFrame or a polars DataFrame/LazyFrame, got {type(frame).__name__}")
 
 
+def label_missing(column: pd.Series) -> np.ndarray:
+    """Which keys of a label column are missing (None, NaN, NaT, pandas NA, a NaN Decimal), never raising.
+
+    The same rule as for individual ids (``individual.ids.missing_ids``: ``Series.isna``,
+    value by value when an exotic value such as ``Decimal("sNaN")`` makes it signal).
+    """
+    from opendp_hybridad.individual.ids import missing_ids  # imported here: individual imports this module
+
+    return missing_ids(column)
+
+
 def _check_label(column: pd.Series, name: str, policy: str) -> None:
-    if policy == "raise" and bool(column.isna().any()):
+    if policy == "raise" and bool(label_missing(column).any()):
         raise SchemaMismatchError(f"key column {name!r} has missing keys and its policy is 'raise'")
 
 

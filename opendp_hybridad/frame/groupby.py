@@ -76,6 +76,7 @@ from opendp_hybridad.frame.domain import (
     FrameDomain,
     as_frame_domain,
     label_column,
+    label_missing,
     make_frame_domain,
     materialise,
     prepare_frame,
@@ -128,10 +129,10 @@ class GroupKeys:
         membership check refuses it first).
         """
         column = label_column(frame, self.by)
-        missing = column.isna().to_numpy(dtype=bool)
+        missing = label_missing(column)
         try:
             codes = np.asarray(pd.Index(self.keys).get_indexer(column), dtype=np.intp)
-        except (TypeError, ValueError):  # unhashable values: match value by value, the same rule for the whole column
+        except Exception:  # e.g. unhashable or signalling values: match value by value, one rule for the whole column
             positions = {key: i for i, key in enumerate(self.keys)}
             codes = np.fromiter((_position(positions, value) for value in column), dtype=np.intp, count=len(column))
         codes[missing] = -1  # a missing value never matches a key (pandas' indexer matches NaN with NaN)
@@ -141,7 +142,7 @@ class GroupKeys:
 def _position(positions: dict[Any, int], value: Any) -> int:
     try:
         return positions.get(value, -1)
-    except TypeError:  # unhashable: not a key
+    except Exception:  # unhashable, or a comparison that signals: not a key
         return -1
 
 
