@@ -91,6 +91,7 @@ __all__ = ["GroupKeys", "make_grouped_count_of", "make_grouped_sum_of", "make_pr
            "make_private_grouped_mean", "make_private_grouped_sum", "then_grouped_count_of", "then_grouped_sum_of",
            "then_private_grouped_count", "then_private_grouped_mean", "then_private_grouped_sum"]
 
+
 @dataclass(frozen=True)
 class GroupKeys:
     """The key column ``by`` (a label of the frame domain) and the public ``keys``: distinct, none missing, in output order."""
