@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 import dp_accounting
 from dp_accounting import pld, rdp
 
-from opendp_hybridad import validation
+from opendp_hybridad import pld_size, validation
 from opendp_hybridad.analysis.rounding import add_up, div_down, div_up, libm_up, mul_up, sqrt_up, sum_up
 from opendp_hybridad.errors import AccountingError
 from opendp_hybridad.relations import ADD_REMOVE, Relation, relation_of
@@ -346,7 +346,10 @@ def dp_sgd_epsilon(n: int, batch_size: int, noise_multiplier: float, epochs: flo
     try:
         rdp_acc = rdp.RdpAccountant(orders=list(RDP_ORDERS))
         rdp_acc.compose(event)
-        pld_acc = pld.PLDAccountant()
+        # sized before it runs: a small noise multiplier would make the PLD billions of points;
+        # a coarser interval keeps it bounded and stays an upper bound (opendp_hybridad.pld_size)
+        discretization = pld_size.pld_discretization(event)
+        pld_acc = pld.PLDAccountant(value_discretization_interval=discretization)
         pld_acc.compose(event)
         epsilon_rdp, epsilon_pld = float(rdp_acc.get_epsilon(delta)), float(pld_acc.get_epsilon(delta))
     except (ArithmeticError, ValueError, MemoryError) as exc:  # one line, no traceback
@@ -356,7 +359,8 @@ def dp_sgd_epsilon(n: int, batch_size: int, noise_multiplier: float, epochs: flo
     steps = dp_sgd_steps(n, batch_size, epochs) if sampling == "poisson" else math.ceil(epochs) * (n // batch_size)
     return {"epsilon_rdp": epsilon_rdp, "epsilon_pld": epsilon_pld,
             "delta": float(delta), "steps": steps, "sampling": sampling,
-            "noise_multiplier": float(noise_multiplier), "sampling_probability": div_up(batch_size, n)}
+            "noise_multiplier": float(noise_multiplier), "sampling_probability": div_up(batch_size, n),
+            "pld_discretization": discretization}
 
 
 def dp_sgd_noise_multiplier(target_epsilon: float, delta: float, n: int, batch_size: int, epochs: float,
@@ -421,7 +425,11 @@ def _calibrate_noise_multiplier(target_epsilon: float, delta: float, n: int, bat
         ) from exc
     if accountant == "rdp":
         return sigma_rdp
+    low = max(0.3, sigma_rdp / 2)
+    # one interval for the whole search, sized at its smallest multiplier (the largest PLD);
+    # the answer is then re-checked by dp_sgd_epsilon at the interval it picks for that multiplier
+    discretization = pld_size.pld_discretization(dp_sgd_event(n, batch_size, low, epochs, sampling))
     try:
-        return calibrate(pld.PLDAccountant, max(0.3, sigma_rdp / 2), sigma_rdp)
+        return calibrate(lambda: pld.PLDAccountant(value_discretization_interval=discretization), low, sigma_rdp)
     except (mechanism_calibration.NoBracketIntervalFoundError, ValueError):
         return sigma_rdp  # PLD could not do better inside the bracket: the RDP answer is valid
