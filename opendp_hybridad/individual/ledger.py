@@ -67,10 +67,14 @@ from opendp_hybridad.individual import ids as _ids
 from opendp_hybridad.individual import merkle
 
 FORMAT = "opendp-hybridad-ledger-v4"
-#: people per bucket the layout aims at: a bucket row (17 bytes a person) stays near one 4 KiB page,
-#: so a charge that changes k people writes about k pages, however many people the ledger holds
+#: people per bucket the layout aims at (between 64 and 256 on average as people are added): a bucket row,
+#: 17 bytes a person, is a fraction of a page, so a charge that changes k people writes at most about k pages,
+#: however many people the ledger holds
 TARGET = 128
-MAX_BITS = 24  # at most 2**24 buckets (a Merkle tree of 1 GiB would follow; 2**24 * 128 people is plenty)
+#: SQLite page size of new ledgers: three or four bucket rows fill a page, where 4 KiB pages held one each
+#: (a 30% larger file)
+PAGE_SIZE = 8192
+MAX_BITS = 24  # 2**24 buckets of about 128 people; the Merkle tree's leaves alone take 512 MiB there
 _KEY_HEADER = b"opendp-hybridad-ledger-key-v2\n"
 _COUNTER_OFFSET = len(_KEY_HEADER) + 65  # header, 64 hex digits of secret and a newline
 _COUNTER_WIDTH = 20
@@ -196,6 +200,8 @@ class PrivacyLedger:
                 raise LedgerError(f"{self.path} is empty (truncated?): not a usable ledger")
             self._db = sqlite3.connect(self.path, timeout=120.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA synchronous=FULL")
+            if create:  # only before the first table (and WAL): fixed for the file's life
+                self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             if not memory:
                 self._db.execute("PRAGMA journal_mode=WAL")
             if create:
