@@ -281,6 +281,10 @@ def test_the_gaussian_dp_individual_filter_carries_its_zcdp_event():
     by_hand.compose(dp_accounting.ComposedDpEvent([accounting_of(q).dp_event(), record.dp_event()]))
     assert report["epsilon_rdp"] == by_hand.get_epsilon(DELTA)
     assert report["epsilon_pld"] == math.inf  # dp-accounting's PLD has no zCDP event
+    from opendp_hybridad.individual.measurement import then_individual_filter
+
+    chained = (domain, dp.symmetric_distance()) >> then_individual_filter(budget=1.5, kind="gdp")
+    assert chained.map(1) == gdp.map(1) and accounting_of(chained) == record
     renyi = make_individual_filter(domain, dp.symmetric_distance(), budget=1.0, kind="renyi", alpha=8.0)
     with pytest.raises(AccountingError, match="carries no dp-accounting event"):
         compose_epsilon([q, renyi], DELTA)
