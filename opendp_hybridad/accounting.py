@@ -45,7 +45,7 @@ _ATTRIBUTE = "_hybridad_accounting"
 
 __all__ = ["RDP_ORDERS", "Accountable", "Accounting", "AccountingError", "accounted", "accounting_of", "compose_epsilon",
            "noise_accounting", "to_measure", "with_accounting", "dp_sgd_epsilon", "dp_sgd_event",
-           "dp_sgd_noise_multiplier", "dp_sgd_steps"]
+           "dp_sgd_calibration", "dp_sgd_noise_multiplier", "dp_sgd_steps"]
 
 
 @runtime_checkable
@@ -263,7 +263,9 @@ def compose_epsilon(items: Iterable[Any], delta: float, pld_discretization: floa
     mechanism) and ``epsilon`` the larger of the two finite epsilons, rounded up; so
     ``(epsilon_rdp, delta)`` and ``(epsilon_pld, delta)`` both hold. ``"accountant_delta"``
     is the ``delta`` asked for and ``"statistical_distance"`` is ``D``. An event the PLD
-    accountant does not support (a zCDP one) gives ``epsilon_pld = inf``.
+    accountant does not support (a zCDP one) gives ``epsilon_pld = inf``. The PLD runs at
+    ``pld_discretization``, coarsened where a DP-SGD run would make it too large to hold
+    (:mod:`opendp_hybridad.pld_size`; reported as ``"pld_discretization"``).
 
     For mechanisms that are not subsampled the relation enters only through each
     sensitivity (already in its noise multiplier), so both accountants run with their
@@ -272,11 +274,14 @@ def compose_epsilon(items: Iterable[Any], delta: float, pld_discretization: floa
     delta = validation.probability("delta", delta)
     pld_discretization = validation.positive_finite("pld_discretization", pld_discretization)
     event, relation, distance = _composed(items)
+    # sized before it runs, as dp_sgd_epsilon sizes a DP-SGD run alone (opendp_hybridad.pld_size): the
+    # coarsest interval any component needs; a coarser pessimistic PLD is still an upper bound
+    discretization = max([pld_discretization, *(pld_size.pld_discretization(e, pld_discretization) for e in event.events)])
     try:
         rdp_acc = rdp.RdpAccountant(orders=list(RDP_ORDERS))
         rdp_acc.compose(event)
         epsilon_rdp = float(rdp_acc.get_epsilon(delta))
-        pld_acc = pld.PLDAccountant(value_discretization_interval=pld_discretization)
+        pld_acc = pld.PLDAccountant(value_discretization_interval=discretization)
         if pld_acc.supports(event):
             pld_acc.compose(event)
             epsilon_pld = float(pld_acc.get_epsilon(delta))
@@ -299,6 +304,7 @@ def compose_epsilon(items: Iterable[Any], delta: float, pld_discretization: floa
         "accountant_delta": float(delta),
         "statistical_distance": float(distance),
         "relation": relation.name,
+        "pld_discretization": discretization,
     }
 
 
@@ -343,18 +349,8 @@ def dp_sgd_epsilon(n: int, batch_size: int, noise_multiplier: float, epochs: flo
     """(epsilon, delta) of DP-SGD by dp-accounting's RDP and PLD accountants."""
     delta = validation.probability("delta", delta)
     event = dp_sgd_event(n, batch_size, noise_multiplier, epochs, sampling)
-    try:
-        rdp_acc = rdp.RdpAccountant(orders=list(RDP_ORDERS))
-        rdp_acc.compose(event)
-        # sized before it runs: a small noise multiplier would make the PLD billions of points;
-        # a coarser interval keeps it bounded and stays an upper bound (opendp_hybridad.pld_size)
-        discretization = pld_size.pld_discretization(event)
-        pld_acc = pld.PLDAccountant(value_discretization_interval=discretization)
-        pld_acc.compose(event)
-        epsilon_rdp, epsilon_pld = float(rdp_acc.get_epsilon(delta)), float(pld_acc.get_epsilon(delta))
-    except (ArithmeticError, ValueError, MemoryError) as exc:  # one line, no traceback
-        raise AccountingError(f"the accountants could not evaluate this DP-SGD run ({type(exc).__name__}); "
-                              "use a larger noise multiplier or fewer steps") from None
+    epsilon_rdp = _dp_sgd_rdp_epsilon(event, delta)
+    epsilon_pld, discretization = _dp_sgd_pld_epsilon(event, delta)
     n, batch_size = int(n), int(batch_size)
     steps = dp_sgd_steps(n, batch_size, epochs) if sampling == "poisson" else math.ceil(epochs) * (n // batch_size)
     return {"epsilon_rdp": epsilon_rdp, "epsilon_pld": epsilon_pld,
@@ -365,71 +361,162 @@ def dp_sgd_epsilon(n: int, batch_size: int, noise_multiplier: float, epochs: flo
 
 def dp_sgd_noise_multiplier(target_epsilon: float, delta: float, n: int, batch_size: int, epochs: float,
                             sampling: str = "poisson", accountant: str = "pld") -> float:
-    """The smallest noise multiplier (to 1e-3 relative) whose DP-SGD epsilon is at most the target.
+    """The smallest allowed noise multiplier (to 1e-3 relative) whose DP-SGD epsilon is at most the target.
 
-    The answer is verified with the accountant it was calibrated by, through the same
-    :func:`dp_sgd_epsilon` that reports it (PLD at its default discretisation, or RDP), and
-    raised until that epsilon is at most the target: a reported epsilon never exceeds it.
-    Raises :class:`AccountingError` that says what would work when the target cannot be met.
+    See :func:`dp_sgd_calibration`, which also returns the report at that multiplier.
+    """
+    return dp_sgd_calibration(target_epsilon, delta, n, batch_size, epochs, sampling, accountant)["noise_multiplier"]
+
+
+def dp_sgd_calibration(target_epsilon: float, delta: float, n: int, batch_size: int, epochs: float,
+                       sampling: str = "poisson", accountant: str = "pld") -> dict[str, Any]:
+    """:func:`dp_sgd_epsilon`'s report at the smallest allowed noise multiplier (to 1e-3 relative)
+    whose epsilon by ``accountant`` is at most the target, with ``target_epsilon``, ``calibrated_by``
+    (the accountant) and ``at_smallest_allowed`` added.
+
+    The search stays within :mod:`~opendp_hybridad.validation`'s limits: when even
+    ``MIN_NOISE_MULTIPLIER`` meets the target, that limit is returned with its actual epsilon
+    (``at_smallest_allowed`` true); when even ``MAX_NOISE_MULTIPLIER`` does not,
+    :class:`AccountingError` names that limit and the epsilon it gives. The answer is verified
+    through the same :func:`dp_sgd_epsilon` that reports it, and raised until the calibrating
+    accountant's epsilon is at most the target: the reported figure never exceeds it.
     """
     target_epsilon = validation.positive_finite("target_epsilon", target_epsilon)
     delta = validation.probability("delta", delta)
     dp_sgd_steps(n, batch_size, epochs)  # validates the sizes before any search
     if accountant not in ("pld", "rdp"):
         raise AccountingError("accountant must be 'pld' or 'rdp'")
-    sigma = _calibrate_noise_multiplier(target_epsilon, delta, n, batch_size, epochs, sampling, accountant)
     key = "epsilon_pld" if accountant == "pld" else "epsilon_rdp"
+    smallest, largest = validation.MIN_NOISE_MULTIPLIER, validation.MAX_NOISE_MULTIPLIER
 
-    def holds(sigma: float) -> bool:
-        return dp_sgd_epsilon(n, batch_size, sigma, epochs, delta, sampling)[key] <= target_epsilon
+    def report(sigma: float) -> dict[str, Any]:
+        return dp_sgd_epsilon(n, batch_size, sigma, epochs, delta, sampling)
 
-    if holds(sigma):
-        return sigma
+    def done(found: dict[str, Any]) -> dict[str, Any]:
+        return {**found, "target_epsilon": target_epsilon, "calibrated_by": accountant,
+                "at_smallest_allowed": found["noise_multiplier"] <= smallest}
+
+    sigma = _calibrate_noise_multiplier(target_epsilon, delta, n, batch_size, epochs, sampling, accountant)
+    found = report(sigma)
+    if found[key] <= target_epsilon:
+        return done(found)
     # the accountant's own figure is above the target (e.g. PLD's pessimistic discretisation over
-    # many steps exceeds RDP at small epsilon): grow geometrically until it holds, then bisect to 1e-3
+    # many steps exceeds RDP at small epsilon): grow geometrically, up to the largest allowed
+    # multiplier, until it holds, then bisect to 1e-3
     low, factor = sigma, 1.01
     while True:
-        high = low * factor
-        if high > validation.MAX_NOISE_MULTIPLIER:
-            raise AccountingError(f"no noise multiplier up to {validation.MAX_NOISE_MULTIPLIER:g} gives epsilon at most "
-                                  f"{target_epsilon} at delta {delta}; use fewer epochs or a larger epsilon or delta")
-        if holds(high):
+        high = min(low * factor, largest)
+        found = report(high)
+        if found[key] <= target_epsilon:
             break
+        if high >= largest:
+            raise _unreachable(target_epsilon, delta, found["steps"], accountant, found[key], report(largest / 100)[key],
+                               rdp_meets=accountant == "pld" and found["epsilon_rdp"] <= target_epsilon)
         low, factor = high, factor * factor
     while high > low * 1.001:
         mid = math.sqrt(low * high)
-        low, high = (low, mid) if holds(mid) else (mid, high)
-    return high
+        at_mid = report(mid)
+        if at_mid[key] <= target_epsilon:
+            high, found = mid, at_mid
+        else:
+            low = mid
+    return done(found)
+
+
+def _unreachable(target_epsilon: float, delta: float, steps: int, accountant: str, at_largest: float,
+                 at_hundredth: float, rdp_meets: bool = False) -> AccountingError:
+    """The one-line refusal when the largest allowed multiplier misses the target, naming what stops it:
+    the multiplier's limit, or (when 100 times less noise gives nearly the same figure) the accountant's floor."""
+    head = (f"epsilon {target_epsilon:g} at delta {delta:g} cannot be met by the {accountant.upper()} accountant over "
+            f"{steps} steps: even the largest allowed noise multiplier ({validation.MAX_NOISE_MULTIPLIER:g}) gives {at_largest:.3g}")
+    if at_largest < 0.99 * at_hundredth:  # still falling with more noise: the multiplier's limit stops it
+        return AccountingError(f"{head}; use fewer epochs, a smaller batch, or a larger epsilon or delta")
+    # more noise no longer lowers the figure: the accountant's own floor (RDP's order grid and delta,
+    # PLD's discretisation over the steps) stops it
+    tail = ", or the RDP accountant, which meets it (accountant='rdp', --accountant rdp)" if rdp_meets else ""
+    return AccountingError(f"{head}, the accountant's floor (more noise does not lower it); "
+                           f"use a larger epsilon or delta, or fewer steps{tail}")
+
+
+def _dp_sgd_rdp_epsilon(event: dp_accounting.DpEvent, delta: float) -> float:
+    try:
+        accountant = rdp.RdpAccountant(orders=list(RDP_ORDERS))
+        accountant.compose(event)
+        return float(accountant.get_epsilon(delta))
+    except (ArithmeticError, ValueError, MemoryError) as exc:
+        raise _not_evaluated(exc) from None
+
+
+def _dp_sgd_pld_epsilon(event: dp_accounting.DpEvent, delta: float) -> tuple[float, float]:
+    """PLD epsilon of ``event`` and the discretisation interval it was computed at."""
+    try:
+        # sized before it runs: a small noise multiplier would make the PLD billions of points;
+        # a coarser interval keeps it bounded and stays an upper bound (opendp_hybridad.pld_size)
+        discretization = pld_size.pld_discretization(event)
+        accountant = pld.PLDAccountant(value_discretization_interval=discretization)
+        accountant.compose(event)
+        return float(accountant.get_epsilon(delta)), discretization
+    except (ArithmeticError, ValueError, MemoryError) as exc:
+        raise _not_evaluated(exc) from None
+
+
+def _not_evaluated(exc: BaseException) -> AccountingError:
+    # one line, no traceback
+    return AccountingError(f"the accountants could not evaluate this DP-SGD run ({type(exc).__name__}); "
+                           "use a larger noise multiplier or fewer steps")
+
+
+#: the PLD search stays above this multiplier: below it epsilon is in the hundreds and each PLD run costs
+#: seconds (opendp_hybridad.pld_size), so the RDP calibration (verified by PLD) is kept there
+_PLD_SEARCH_FLOOR = 0.3
 
 
 def _calibrate_noise_multiplier(target_epsilon: float, delta: float, n: int, batch_size: int, epochs: float,
                                 sampling: str, accountant: str) -> float:
+    """A candidate multiplier in the allowed range (the caller verifies it): the smallest allowed one
+    when it meets the target, else dp-accounting's calibration (RDP, then PLD below it)."""
     from dp_accounting import mechanism_calibration
+    from scipy import optimize
+
+    smallest, largest = validation.MIN_NOISE_MULTIPLIER, validation.MAX_NOISE_MULTIPLIER
+
+    def event(sigma: float) -> dp_accounting.DpEvent:
+        return dp_sgd_event(n, batch_size, sigma, epochs, sampling)
 
     def calibrate(make_accountant, low: float, high: float) -> float:
-        return float(mechanism_calibration.calibrate_dp_mechanism(
-            make_accountant, lambda sigma: dp_sgd_event(n, batch_size, sigma, epochs, sampling),
-            target_epsilon, delta, mechanism_calibration.ExplicitBracketInterval(low, high), tol=1e-3,
+        # searched in log sigma, so tol=1e-3 is 1e-3 relative anywhere in [1e-3, 1e6]; clamped back
+        # into [low, high] because exp(log(x)) can round below x (and below the allowed minimum)
+        log_sigma = float(mechanism_calibration.calibrate_dp_mechanism(
+            make_accountant, lambda t: event(min(max(math.exp(t), low), high)), target_epsilon, delta,
+            mechanism_calibration.ExplicitBracketInterval(math.log(low), math.log(high)), tol=1e-3,
         ))
+        return min(max(math.exp(log_sigma), low), high)
 
-    # RDP first: cheap at any noise level, and an upper bound on what PLD needs
-    # (PLD epsilon <= RDP epsilon); PLD then searches below it, where its
-    # discretised distributions stay small
-    try:
-        sigma_rdp = calibrate(lambda: rdp.RdpAccountant(orders=list(RDP_ORDERS)), 0.05, 1000.0)
-    except (mechanism_calibration.NoBracketIntervalFoundError, ValueError) as exc:
-        at_max = dp_sgd_epsilon(n, batch_size, 1000.0, epochs, delta, sampling)["epsilon_rdp"]
-        raise AccountingError(
-            f"epsilon {target_epsilon} at delta {delta} cannot be met with {dp_sgd_steps(n, batch_size, epochs)} steps: "
-            f"even noise multiplier 1000 gives {at_max:.3g}; use fewer epochs, a smaller batch, or a larger epsilon or delta"
-        ) from exc
-    if accountant == "rdp":
-        return sigma_rdp
-    low = max(0.3, sigma_rdp / 2)
-    # one interval for the whole search, sized at its smallest multiplier (the largest PLD);
-    # the answer is then re-checked by dp_sgd_epsilon at the interval it picks for that multiplier
-    discretization = pld_size.pld_discretization(dp_sgd_event(n, batch_size, low, epochs, sampling))
-    try:
-        return calibrate(lambda: pld.PLDAccountant(value_discretization_interval=discretization), low, sigma_rdp)
-    except (mechanism_calibration.NoBracketIntervalFoundError, ValueError):
-        return sigma_rdp  # PLD could not do better inside the bracket: the RDP answer is valid
+    # RDP first: cheap at any noise level, and an upper bound on what PLD needs (PLD epsilon is
+    # usually below RDP's); the limits are checked before any search
+    if _dp_sgd_rdp_epsilon(event(smallest), delta) <= target_epsilon:
+        return smallest  # met at the allowed minimum (the caller checks PLD there): no search below it
+    at_largest = _dp_sgd_rdp_epsilon(event(largest), delta)
+    if at_largest > target_epsilon:
+        if accountant == "rdp":
+            raise _unreachable(target_epsilon, delta, dp_sgd_steps(n, batch_size, epochs), accountant, at_largest,
+                               _dp_sgd_rdp_epsilon(event(largest / 100), delta))
+        # below RDP's floor, PLD may still meet it: search the whole upper range by PLD (the caller
+        # checks the answer, and names the limit if even the largest multiplier misses)
+        low, high = _PLD_SEARCH_FLOOR, largest
+    else:
+        sigma_rdp = calibrate(lambda: rdp.RdpAccountant(orders=list(RDP_ORDERS)), smallest, largest)
+        if accountant == "rdp" or sigma_rdp <= _PLD_SEARCH_FLOOR:
+            return sigma_rdp
+        low, high = max(_PLD_SEARCH_FLOOR, sigma_rdp / 2), sigma_rdp
+    # PLD as dp_sgd_epsilon runs it, so every multiplier tried gets the discretisation sized for it
+    # (one interval sized at the bracket's low end would be needlessly coarse at its high end)
+    def gap(log_sigma: float) -> float:
+        return _dp_sgd_pld_epsilon(event(min(max(math.exp(log_sigma), low), high)), delta)[0] - target_epsilon
+
+    if gap(math.log(low)) <= 0:
+        return low
+    if gap(math.log(high)) > 0:
+        return high  # the caller grows it, and names the limit if even the largest multiplier misses
+    # a root to 1e-3 in log sigma; the caller checks it and moves up if it lies just below the target's side
+    return min(max(math.exp(optimize.brentq(gap, math.log(low), math.log(high), xtol=1e-3)), low), high)
