@@ -345,3 +345,23 @@ def test_a_small_charge_at_scale_writes_about_a_page_per_person_it_changes(tmp_p
     # query row: not the ~5 MB state (WAL frames: a 24-byte header and a page; the file has a 32-byte header)
     from opendp_hybridad.individual.ledger import PAGE_SIZE
     assert os.path.getsize(path + "-wal") <= 32 + (50 + 20) * (24 + PAGE_SIZE) < many.size * 17 / 8
+
+
+def test_a_commit_by_another_handle_while_one_reads_is_not_taken_for_a_rollback(tmp_path):
+    # found by tests/test_ledger_crash.py: the key file's counter was read after the snapshot, so another
+    # process's commit in between made a sound ledger look rolled back and refused
+    path = str(tmp_path / "l.sqlite")
+    writer = _spent_ledger(path)
+    reader = PrivacyLedger.open(path, P)
+    real = reader._key_counter
+    calls = []
+
+    def commit_then_read() -> int:  # another process commits (and raises the key counter) at this moment
+        if not calls:
+            writer.charge(_h(1), np.array([0.125]))
+        calls.append(1)
+        return real()
+
+    reader._key_counter = commit_then_read
+    assert reader.spent(_h(1))[0] >= 0.625
+    assert calls

@@ -172,6 +172,7 @@ class PrivacyLedger:
         self._lock = threading.RLock()
         self._positions_cache: tuple | None = None
         self._key_fd: int | None = None
+        self._floor = 0  # the key file's counter when the current transaction began
         memory = self.path == ":memory:"
         self.key_path = None if memory else str(key_path) if key_path is not None else self.path + ".key"
         exists = not memory and (os.path.exists(self.path) or os.path.exists(self.key_path))
@@ -350,21 +351,25 @@ class PrivacyLedger:
             self._sync()
 
     class _Tx:
-        def __init__(self, db: sqlite3.Connection, begin: str):
-            self.db, self.begin = db, begin
+        def __init__(self, ledger: PrivacyLedger, begin: str):
+            self.ledger, self.begin = ledger, begin
 
         def __enter__(self) -> sqlite3.Connection:
-            self.db.execute(self.begin)
-            return self.db
+            # the key file's counter is read before the snapshot starts: it is raised only after its commit,
+            # so the snapshot holds that commit. Read after, a commit by another process in between (and
+            # its counter) would make this snapshot look rolled back.
+            self.ledger._floor = self.ledger._key_counter()
+            self.ledger._db.execute(self.begin)
+            return self.ledger._db
 
         def __exit__(self, exc_type: Any, *rest: Any) -> None:
-            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            self.ledger._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
     def _transaction(self) -> PrivacyLedger._Tx:
-        return PrivacyLedger._Tx(self._db, "BEGIN IMMEDIATE")
+        return PrivacyLedger._Tx(self, "BEGIN IMMEDIATE")
 
     def _read(self) -> PrivacyLedger._Tx:
-        return PrivacyLedger._Tx(self._db, "BEGIN")  # one snapshot for several SELECTs
+        return PrivacyLedger._Tx(self, "BEGIN")  # one snapshot for several SELECTs
 
     # -- state ----------------------------------------------------------------------------
     def _corrupt(self, what: str) -> LedgerError:
@@ -384,8 +389,8 @@ class PrivacyLedger:
         root, qchain = bytes(root), bytes(qchain)
         if not hmac.compare_digest(bytes(mac), self._head_mac(counter, members, queries, bits, root, qchain)):
             raise self._corrupt("head MAC")
-        if counter < self._key_counter():
-            raise self._corrupt(f"commit {counter} is older than the key file's {self._key_counter()}")
+        if counter < self._floor:
+            raise self._corrupt(f"commit {counter} is older than the key file's {self._floor}")
         state = self._state
         if state is not None and state.counter == counter:
             return state
