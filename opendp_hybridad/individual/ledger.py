@@ -1,7 +1,6 @@
 """A durable privacy ledger: every individual's spent privacy loss, in SQLite.
 
-Guarantees (tested in ``tests/test_ledger.py``, ``tests/test_ledger_corruption.py`` and
-``tests/test_individual.py``):
+Guarantees (tested in ``tests/test_ledger*.py`` and ``tests/test_individual.py``):
 
 * **Committed before released.** :meth:`PrivacyLedger.charge` commits the charges of a
   query (``synchronous=FULL``) and only then returns the set of admitted
@@ -22,6 +21,12 @@ Guarantees (tested in ``tests/test_ledger.py``, ``tests/test_ledger_corruption.p
 * **Never forgets.** A ledger is created only by :meth:`PrivacyLedger.create`, or by the
   constructor when neither the data file nor its key file exists. Opening an existing file
   never creates anything.
+* **Creation survives a crash.** The key file is written under a temporary name and linked
+  into place marked "creating" (and locked); the tables are committed and verified; only then
+  is it marked "ready". Only a ready ledger opens, so only a ready ledger can hold a charge.
+  ``create`` (never ``open``) redoes a creation that was cut off: the key says "creating",
+  no process holds its lock, and the data file holds no bucket or query row. Anything else
+  that exists is refused.
 * **Integrity.** The ledger's secret lives in a key file apart from the data (``<path>.key``,
   mode 0600). Individuals are stored in ``2**bits`` buckets (by the top ``bits`` bits of their
   hash; ``bits`` grows with the number of people, about 128 a bucket), each with an HMAC-SHA256
@@ -75,9 +80,13 @@ TARGET = 128
 #: (a 30% larger file)
 PAGE_SIZE = 8192
 MAX_BITS = 24  # 2**24 buckets of about 128 people; the Merkle tree's leaves alone take 512 MiB there
-_KEY_HEADER = b"opendp-hybridad-ledger-key-v2\n"
+_KEY_HEADER = b"opendp-hybridad-ledger-key-v3\n"
 _COUNTER_OFFSET = len(_KEY_HEADER) + 65  # header, 64 hex digits of secret and a newline
 _COUNTER_WIDTH = 20
+_STATE_OFFSET = _COUNTER_OFFSET + _COUNTER_WIDTH + 1
+#: a key file says "creating" until its ledger's tables are committed and verified, then "ready"; only a
+#: ready ledger opens, so one whose key says "creating" has never had a charge committed
+_CREATING, _READY = b"creating", b"ready   "
 _READ_ERRORS = (sqlite3.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, struct.error, OverflowError)
 
 
@@ -139,6 +148,20 @@ def _runs(values: np.ndarray) -> np.ndarray:
     return values[np.concatenate(([True], values[1:] != values[:-1]))]
 
 
+def _key_file_bytes(secret: bytes, counter: int, state: bytes) -> bytes:
+    return (_KEY_HEADER + secret.hex().encode() + b"\n" + str(counter).rjust(_COUNTER_WIDTH).encode() + b"\n"
+            + state + b"\n")
+
+
+def _fsync_directory(path: str) -> None:
+    """Make the directory entry of ``path`` durable (a new or linked name is not, until its directory is)."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _distinct(hashes: np.ndarray) -> bool:
     """Whether no hash repeats: O(n) when sorted (a filter's hashes are), else a sort.
 
@@ -178,20 +201,18 @@ class PrivacyLedger:
         exists = not memory and (os.path.exists(self.path) or os.path.exists(self.key_path))
         if create is None:
             create = not exists
-        if create and exists:
-            raise LedgerError(f"{self.path} (or its key file {self.key_path}) already exists; open it instead "
-                              "(a ledger is never created over an existing one)")
         if memory:
             self._secret = secrets.token_bytes(32)
-        elif create:
-            self._secret = self._create_key_file()
+        elif create:  # a new key file, or the one of a creation that was cut off and provably holds no charge
+            self._secret = self._reclaim_interrupted_creation() if exists else self._create_key_file()
         else:
             if not os.path.exists(self.path) and not os.path.exists(self.key_path):
                 raise LedgerError(f"{self.path} does not exist; create a ledger with PrivacyLedger.create")
+            self._secret = self._read_key_file()
             if not os.path.exists(self.path):
+                self._close_quietly()
                 raise LedgerError(f"{self.path} does not exist but its key file does: the ledger was deleted or "
                                   "moved without its key; it is not recreated (spent budget is never reset)")
-            self._secret = self._read_key_file()
         self._mac_key = hmac.digest(self._secret, b"opendp-hybridad ledger MAC key v2", "sha256")
         # SipHash's key for hash_pandas_object (16 characters), derived from the key file's secret: it is
         # never stored in the data file, so a data file without its key file has no linkable id hashes
@@ -208,6 +229,8 @@ class PrivacyLedger:
             if create:
                 self._create()
             self._open()
+            if create and not memory:
+                self._mark_ready()
         except _READ_ERRORS as exc:
             self._close_quietly()
             if create and not memory:
@@ -239,15 +262,50 @@ class PrivacyLedger:
 
     # -- key file ---------------------------------------------------------------------
     def _create_key_file(self) -> bytes:
+        """A new key file marked "creating", written under a temporary name and linked into place.
+
+        Linking never replaces a file and never leaves a partly written key file at ``key_path``. The
+        file stays locked (flock) until :meth:`_mark_ready`: a concurrent ``create`` sees a creation
+        under way, not an interrupted one.
+        """
         secret = secrets.token_bytes(32)
+        tmp = f"{self.key_path}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            fd = os.open(self.key_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        except FileExistsError:
-            raise LedgerError(f"the key file {self.key_path} already exists") from None
-        os.write(fd, _KEY_HEADER + secret.hex().encode() + b"\n" + b"0".rjust(_COUNTER_WIDTH) + b"\n")
-        os.fsync(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, _key_file_bytes(secret, 0, _CREATING))
+            os.fsync(fd)
+            try:
+                os.link(tmp, self.key_path)
+            except FileExistsError:
+                raise LedgerError(f"the key file {self.key_path} already exists") from None
+            _fsync_directory(self.key_path)
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         self._key_fd = fd
         return secret
+
+    def _mark_ready(self) -> None:
+        """The tables are committed and verified: from now on the ledger opens (and can hold charges)."""
+        _fsync_directory(self.path)  # the data file's name is durable before the key says it exists
+        os.pwrite(self._key_fd, _READY, _STATE_OFFSET)
+        os.fsync(self._key_fd)
+        fcntl.flock(self._key_fd, fcntl.LOCK_UN)
+
+    def _parse_key_file(self, fd: int) -> tuple[bytes, bytes]:
+        """The secret and the state ("creating" or "ready") of an open key file."""
+        try:
+            data = os.pread(fd, 4096, 0)
+            state = data[_STATE_OFFSET:_STATE_OFFSET + len(_READY)]
+            if not (data.startswith(_KEY_HEADER) and state in (_CREATING, _READY)):
+                raise ValueError("bad header or state")
+            return bytes.fromhex(data[len(_KEY_HEADER):len(_KEY_HEADER) + 64].decode("ascii")), state
+        except (ValueError, UnicodeDecodeError):
+            raise LedgerError(f"{self.key_path} is not a ledger key file") from None
 
     def _read_key_file(self) -> bytes:
         try:
@@ -257,13 +315,71 @@ class PrivacyLedger:
                               "is only usable with its key") from None
         self._key_fd = fd
         try:
-            data = os.pread(fd, 4096, 0)
-            if not data.startswith(_KEY_HEADER):
-                raise ValueError("bad header")
-            return bytes.fromhex(data[len(_KEY_HEADER):len(_KEY_HEADER) + 64].decode("ascii"))
-        except (ValueError, UnicodeDecodeError):
+            secret, state = self._parse_key_file(fd)
+            if state != _READY:
+                raise LedgerError(f"the creation of {self.path} never finished (or is under way): its key file is not "
+                                  "marked ready, so it holds no charge; finish it with PrivacyLedger.create(path, "
+                                  "parameters), which redoes it")
+            return secret
+        except LedgerError:
             self._close_quietly()
-            raise LedgerError(f"{self.key_path} is not a ledger key file") from None
+            raise
+
+    def _reclaim_interrupted_creation(self) -> bytes:
+        """The secret of a creation at this path that was cut off, its data files removed to redo it.
+
+        Only when the key file says "creating" (a ledger opens, and so can be charged, only once its key
+        says "ready"), no other process is creating it (the key file's lock is free), and the data
+        file holds no bucket and no query row: provably nothing was ever committed. Anything else
+        is refused: an existing ledger is never created over.
+        """
+        exists = LedgerError(f"{self.path} (or its key file {self.key_path}) already exists; open it instead "
+                             "(a ledger is never created over an existing one)")
+        try:
+            fd = os.open(self.key_path, os.O_RDWR)
+        except OSError:
+            raise exists from None  # a data file without its key file is never replaced
+        try:
+            secret, state = self._parse_key_file(fd)
+            if state != _CREATING:
+                raise exists
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LedgerError(f"{self.path} is being created by another process") from None
+            if self._parse_key_file(fd)[1] != _CREATING:  # finished while we waited for the lock
+                raise exists
+            self._refuse_unless_nothing_committed()
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path + suffix)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._key_fd = fd
+        return secret
+
+    def _refuse_unless_nothing_committed(self) -> None:
+        """Raise unless the data file (with its WAL) is absent, empty, or holds the tables and no row of spend."""
+        refused = (f"{self.path} was never marked ready, but {{}}; refused (a ledger that may hold spent budget is "
+                   "never created over; remove its files by hand only if you know it holds none)")
+        wal = self.path + "-wal"
+        if not os.path.exists(self.path):
+            if os.path.exists(wal) and os.path.getsize(wal) > 0:
+                raise LedgerError(refused.format("its WAL remains without its data file"))
+            return
+        try:
+            with contextlib.closing(sqlite3.connect(self.path, timeout=120.0, isolation_level=None)) as db:
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if not tables:
+                    return
+                if tables != {"meta", "buckets", "head", "queries"}:  # created in one transaction: all or none
+                    raise LedgerError(refused.format("it holds other tables"))
+                rows = sum(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("buckets", "queries"))  # noqa: S608
+        except sqlite3.Error as exc:
+            raise LedgerError(refused.format(f"it cannot be read ({type(exc).__name__})")) from None
+        if rows:
+            raise LedgerError(refused.format("it holds committed charges"))
 
     def _key_counter(self) -> int:
         if self._key_fd is None:
@@ -690,8 +806,7 @@ class PrivacyLedger:
                 target.close()
             fd = os.open(key_dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             try:
-                os.write(fd, _KEY_HEADER + self._secret.hex().encode() + b"\n"
-                         + str(counter).rjust(_COUNTER_WIDTH).encode() + b"\n")
+                os.write(fd, _key_file_bytes(self._secret, counter, _READY))
                 os.fsync(fd)
             finally:
                 os.close(fd)
