@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import decimal
 import json
 import math
 import sys
@@ -117,12 +118,31 @@ def _report_jump(fn, exc: NotLipschitzError, args: argparse.Namespace) -> int:
     return 0
 
 
+def _up(value: float, digits: int = 6) -> str:
+    """``value`` printed to ``digits`` significant digits, never below it: the printed text reads back as
+    a float at least ``value`` (an epsilon shown is still an upper bound; a multiplier copied from the
+    output and re-run gives at most the epsilon shown)."""
+    text = f"{value:.{digits}g}"
+    if not math.isfinite(value) or float(text) >= value:
+        return text
+    context = decimal.Context(prec=digits, rounding=decimal.ROUND_CEILING)
+    return format(context.plus(decimal.Decimal(value)).normalize(context), "g")
+
+
+def _exact(value: float) -> str:
+    """``value`` as short as it reads back exactly (a target as the user gave it)."""
+    text = f"{value:g}"
+    return text if float(text) == value else repr(value)
+
+
 def _privacy_dp_sgd(args: argparse.Namespace) -> int:
-    from opendp_hybridad.accounting import dp_sgd_epsilon, dp_sgd_noise_multiplier
+    from opendp_hybridad.accounting import dp_sgd_calibration, dp_sgd_epsilon
 
     sigma = args.noise_multiplier
     if sigma is not None and args.target_epsilon is not None:
         raise DeclarationError("give either --noise-multiplier or --target-epsilon, not both")
+    if args.accountant is not None and args.target_epsilon is None:
+        raise DeclarationError("--accountant chooses the accountant --target-epsilon is calibrated by; give --target-epsilon")
     if args.batch_size > args.n:
         raise DeclarationError("--batch-size must be at most --n")
     # the step count is checked before any accountant runs (memory and time grow with it)
@@ -130,14 +150,27 @@ def _privacy_dp_sgd(args: argparse.Namespace) -> int:
     if sigma is None:
         if args.target_epsilon is None:
             raise HybridADError("give --noise-multiplier, or --target-epsilon to calibrate one")
-        sigma = dp_sgd_noise_multiplier(args.target_epsilon, args.delta, args.n, args.batch_size, args.epochs, args.sampling)
-    report = dp_sgd_epsilon(args.n, args.batch_size, sigma, args.epochs, args.delta, args.sampling)
+        # the report at the calibrated multiplier, computed once by the accountant that met the target
+        report = dp_sgd_calibration(args.target_epsilon, args.delta, args.n, args.batch_size, args.epochs, args.sampling,
+                                    args.accountant or "pld")
+        sigma = report["noise_multiplier"]
+    else:
+        report = dp_sgd_epsilon(args.n, args.batch_size, sigma, args.epochs, args.delta, args.sampling)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(_json_safe(report), indent=2))
         return 0
     print(f"DP-SGD: n={args.n}, batch size {args.batch_size} ({args.sampling} sampling, q={report['sampling_probability']:.5f}), "
-          f"noise multiplier {sigma:.4g}, {args.epochs:g} epochs = {report['steps']} steps")
-    print(f"  epsilon at delta={args.delta:g}:  RDP {report['epsilon_rdp']:.4f}   PLD {report['epsilon_pld']:.4f}")
+          f"noise multiplier {_up(sigma)}, {args.epochs:g} epochs = {report['steps']} steps")
+    print(f"  epsilon at delta={args.delta:g}:  RDP {_up(report['epsilon_rdp'])}   PLD {_up(report['epsilon_pld'])}"
+          f"   (rounded up; PLD discretisation {report['pld_discretization']:.3g})")
+    if "calibrated_by" in report:
+        by = report["calibrated_by"]
+        met = f"{by.upper()} epsilon {_up(report['epsilon_' + by])} <= target {_exact(report['target_epsilon'])}"
+        if report["at_smallest_allowed"]:
+            print(f"  the target is met at the smallest allowed noise multiplier ({validation.MIN_NOISE_MULTIPLIER:g}): "
+                  f"{met}; the search goes no lower")
+        else:
+            print(f"  calibrated: {met}")
     return 0
 
 
@@ -184,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     sgd.add_argument("--delta", type=_checked(validation.probability, "--delta"), required=True,
                      help="delta, strictly between 0 and 1")
     sgd.add_argument("--sampling", choices=["poisson", "shuffle"], default="poisson")
+    sgd.add_argument("--accountant", choices=["pld", "rdp"], default=None,
+                     help="the accountant --target-epsilon is calibrated by (default pld); both are reported")
     sgd.add_argument("--json", action="store_true", help="print one JSON object")
     sgd.set_defaults(run=_privacy_dp_sgd)
 

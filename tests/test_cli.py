@@ -77,3 +77,77 @@ def test_a_jump_still_gets_its_range_and_says_why_there_is_no_lipschitz_bound(ca
     assert lo <= -1 and hi >= 2
     assert report["lipschitz"]["upper"] is None
     assert "jump" in report["lipschitz"]["error"]
+
+
+# -- privacy dp-sgd: calibration to a target epsilon --------------------------------------------
+SGD = ["privacy", "dp-sgd", "--n", "60000", "--batch-size", "256", "--delta", "1e-5", "--epochs", "1"]
+
+
+def _printed_epsilon(out: str, accountant: str) -> float:
+    import re
+
+    match = re.search(rf"{accountant} epsilon (\S+) <= target", out)
+    assert match, out
+    return float(match.group(1))
+
+
+def test_a_huge_target_says_it_is_met_at_the_smallest_allowed_multiplier(capsys):
+    """Old message: 'cannot be met ... even noise multiplier 1000 gives 0.0035' (false: every allowed multiplier meets it)."""
+    from opendp_hybridad import validation
+
+    assert main([*SGD, "--target-epsilon", "1e12", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["noise_multiplier"] == validation.MIN_NOISE_MULTIPLIER and report["at_smallest_allowed"] is True
+    assert report["calibrated_by"] == "pld" and report["epsilon_pld"] <= report["target_epsilon"] == 1e12
+    assert main([*SGD, "--target-epsilon", "1e12"]) == 0
+    out = capsys.readouterr().out
+    assert "met at the smallest allowed noise multiplier (0.001)" in out
+    assert report["epsilon_pld"] <= _printed_epsilon(out, "PLD") <= 1e12  # printed rounded up, still under the target
+
+
+def test_an_ordinary_target_is_met_by_the_accountant_that_reports_it(capsys):
+    assert main([*SGD, "--target-epsilon", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["calibrated_by"] == "pld" and not report["at_smallest_allowed"]
+    assert 0.99 <= report["epsilon_pld"] <= 1.0  # at most the target, and not far below it
+    assert main([*SGD, "--target-epsilon", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated: PLD epsilon" in out
+    assert report["epsilon_pld"] <= _printed_epsilon(out, "PLD") <= 1.0
+    # the multiplier printed (rounded up) re-runs to at most the target
+    sigma = float(out.split("noise multiplier ")[1].split(",")[0])
+    assert sigma >= report["noise_multiplier"]
+    assert main([*SGD, "--noise-multiplier", str(sigma), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["epsilon_pld"] <= 1.0
+
+
+def test_an_rdp_target_is_met_by_rdp(capsys):
+    assert main([*SGD, "--target-epsilon", "2", "--accountant", "rdp", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["calibrated_by"] == "rdp" and 1.99 <= report["epsilon_rdp"] <= 2.0
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    # PLD still falls with more noise: the multiplier's upper limit stops it
+    (["--n", "3989", "--batch-size", "32", "--epochs", "2000", "--delta", "1e-9", "--target-epsilon", "1e-3"],
+     "largest allowed noise multiplier (1e+06) gives"),
+    # RDP has reached its floor: more noise would not help
+    (["--n", "3989", "--batch-size", "32", "--epochs", "2000", "--delta", "1e-9", "--target-epsilon", "0.01",
+      "--accountant", "rdp"], "the accountant's floor"),
+    (["--n", "60000", "--batch-size", "256", "--epochs", "1", "--delta", "1e-5", "--noise-multiplier", "1",
+      "--accountant", "rdp"], "--accountant"),
+])
+def test_a_tiny_target_names_the_limit_that_stops_it(argv, fragment):
+    proc = subprocess.run([sys.executable, "-m", "opendp_hybridad.cli", "privacy", "dp-sgd", *argv],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("opendp-hybridad: error: ") and fragment in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_printed_figures_are_rounded_up():
+    from opendp_hybridad.cli import _up
+
+    for value in [0.999006324, 1 / 3, 2 / 3, 0.0099993913, 1.29236005e8, 1e-300, 100.0000001, 0.001, 5.0]:
+        assert float(_up(value)) >= value
+        assert float(_up(value)) <= value * (1 + 1e-5)

@@ -157,6 +157,8 @@ BASE = ["privacy", "dp-sgd", "--n", "60000", "--batch-size", "256", "--delta", "
     (["--noise-multiplier", "1", "--epochs", "1e9"], "steps"),
     (["--noise-multiplier", "1", "--epochs", "1", "--delta", "-1"], "--delta"),
     (["--noise-multiplier", "1", "--epochs", "1", "--delta", "0"], "--delta"),
+    (["--noise-multiplier", "1", "--epochs", "1", "--delta", "2"], "--delta"),
+    (["--noise-multiplier", "1", "--epochs", "1", "--delta", "1"], "--delta"),
     (["--noise-multiplier", "1", "--epochs", "1", "--n", "1e12", "--batch-size", "10"], "steps"),
     (["--noise-multiplier", "1", "--epochs", "1", "--n", "12.5"], "--n"),
     (["--noise-multiplier", "1", "--epochs", "1", "--batch-size", "0"], "--batch-size"),
@@ -172,12 +174,13 @@ def test_cli_arguments_are_checked_with_one_line_and_exit_2(extra, fragment):
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize("extra", [["--tolerance", "nan"], ["--tolerance", "0"], ["--time-budget", "inf"],
+@pytest.mark.parametrize("extra", [["--tolerance", "nan"], ["--tolerance", "0"], ["--tolerance", "-1"], ["--time-budget", "inf"],
                                    ["--time-budget", "-1"], ["--tolerance", "x"]])
 def test_cli_analyse_numbers_are_checked(extra):
     proc = _cli("analyse", "x", "-b", "x=0:1", *extra, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("opendp-hybridad: error: ")
-    assert proc.stderr.count("\n") == 1
+    assert proc.stderr.count("\n") == 1 and extra[0] in proc.stderr
+    assert proc.stdout == ""
 
 
 def test_cli_version():
@@ -188,8 +191,12 @@ def test_cli_version():
 
 
 def test_cli_calibration_stays_under_the_target():
-    proc = _cli(*BASE, "--target-epsilon", "0.01", "--epochs", "100", "--json")
     import json
 
+    proc = _cli(*BASE, "--target-epsilon", "0.01", "--epochs", "100", "--json")
+    assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
+    # the accountant that met the target is named, and its own figure is the one under it
+    assert report["calibrated_by"] == "pld" and report["target_epsilon"] == 0.01
     assert report["epsilon_pld"] <= 0.01
+    assert report["steps"] == math.ceil(100 * 60000 / 256)
