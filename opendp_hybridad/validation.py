@@ -22,8 +22,9 @@ MAX_STEPS = 10**8
 MAX_SIZE = 2**53
 #: the largest noise multiplier accepted (beyond it accountants overflow and the noise swamps any float)
 MAX_NOISE_MULTIPLIER = 1e6
-#: the smallest noise multiplier accepted (below it the accountants divide by zero or need
-#: unbounded memory; such a run has no meaningful privacy anyway)
+#: the smallest noise multiplier accepted (below it the accountants divide by zero; such a run has no
+#: meaningful privacy anyway). Between it and about 0.05 the PLD would need billions of points:
+#: opendp_hybridad.pld_size coarsens its discretisation first, so memory and time stay bounded
 MIN_NOISE_MULTIPLIER = 1e-3
 
 
