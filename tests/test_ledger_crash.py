@@ -97,20 +97,16 @@ def test_twenty_random_kills_of_two_concurrent_writers_lose_no_released_spend(tm
     try:
         start(0)
         start(1)
-        for _ in range(KILLS):
-            slot = int(rng.integers(2))
-            pid, log = writers.pop(slot)
+        for kill in range(KILLS + 2):  # 20 kills with restarts, then one more of each to stop them
+            slot = int(rng.integers(2)) if kill < KILLS else kill - KILLS
+            pid, log = writers[slot]
             _wait_ready(log)
             time.sleep(float(rng.uniform(0.0, 0.3)))  # a random point: in a charge, a commit, or between
             status = zygote.kill(pid)
+            del writers[slot]
             assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"writer ended by itself ({status})"
-            start(slot)
-        for slot in list(writers):
-            pid, log = writers.pop(slot)
-            _wait_ready(log)
-            time.sleep(float(rng.uniform(0.0, 0.3)))
-            status = zygote.kill(pid)
-            assert os.WIFSIGNALED(status), f"writer ended by itself ({status})"
+            if kill < KILLS:
+                start(slot)
     finally:
         for pid, _ in writers.values():  # only after a failure above
             zygote.kill(pid)

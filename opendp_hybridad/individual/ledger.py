@@ -672,7 +672,10 @@ class PrivacyLedger:
                 bits = _layout_bits(known.size)
                 buckets = _runs(_bucket_of(known, bits))
             else:  # only the buckets of the people whose record changes, or who are new
-                buckets = _runs(_bucket_of(known[np.sort(np.concatenate([where, added]))], bits))
+                touched = np.zeros(1 << bits, dtype=bool)  # a mask over buckets: no sort of the positions
+                touched[_bucket_of(known[where], bits)] = True
+                touched[_bucket_of(known[added], bits)] = True
+                buckets = np.flatnonzero(touched)
             rows, macs = self._bucket_rows(known, spent, retired, buckets, bits, counter, raise_at, raise_to, retire_at)
             if relayout:
                 leaves = np.zeros((1 << bits, 32), dtype=np.uint8)

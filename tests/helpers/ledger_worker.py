@@ -27,9 +27,9 @@ from workload import QUERIES_SCALE, make_filter, query_functions
 import opendp_hybridad as hd
 from opendp_hybridad.individual import IndividualFilter
 
-# the crash test's frame: 200 people; every tenth is heavy and retires after a few dozen queries, the others
+# the crash test's frame: 200 people; every tenth is heavy and retires within about 25 queries, the others
 # spend little, so both kinds of record change while writers are killed
-CRASH_PEOPLE, CRASH_MU, CRASH_SCALE = 200, 1.0, 10.0
+CRASH_PEOPLE, CRASH_MU, CRASH_SCALE = 200, 1.0, 5.0
 CRASH_SCHEMA = hd.Schema(x=hd.Field(0, 1))
 
 
