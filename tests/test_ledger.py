@@ -365,3 +365,38 @@ def test_a_commit_by_another_handle_while_one_reads_is_not_taken_for_a_rollback(
     reader._key_counter = commit_then_read
     assert reader.spent(_h(1))[0] >= 0.625
     assert calls
+
+
+@pytest.mark.parametrize("flaw", ["hash outside its bucket", "hashes out of order", "record above the budget"])
+def test_rows_signed_with_the_key_but_inconsistent_are_refused(tmp_path, flaw):
+    # defence in depth against a writer's bug: even a row whose MACs verify must hold sorted hashes in
+    # their own bucket and records within the budget, or every reader's positions and admissions are wrong
+    from opendp_hybridad.individual import merkle
+    path = str(tmp_path / "l.sqlite")
+    ledger = PrivacyLedger.create(path, P)
+    people = np.unique(np.random.default_rng(6).integers(0, 2**64 - 1, 1000, dtype=np.uint64, endpoint=True))
+    ledger.charge(people, np.full(people.size, 0.25))
+    ledger.close()
+    with sqlite3.connect(path) as db:
+        counter, members, queries, bits, qchain = db.execute("SELECT counter, members, queries, bits, qchain FROM head").fetchone()
+        rows = {b: [h, s, r] for b, h, s, r in db.execute("SELECT b, hashes, spent, retired FROM buckets")}
+        b = min(rows)
+        h = np.frombuffer(rows[b][0], np.uint64).copy()
+        s = np.frombuffer(rows[b][1], np.float64).copy()
+        if flaw == "hash outside its bucket":
+            h[-1] = np.uint64(2**64 - 1)  # the top bucket's range
+        elif flaw == "hashes out of order":
+            h[[0, 1]] = h[[1, 0]]
+        else:
+            s[0] = 2.5
+        rows[b][:2] = [h.tobytes(), s.tobytes()]
+        leaves = np.zeros((1 << bits, 32), np.uint8)
+        for k, (hb, sb, rb) in rows.items():
+            mac = ledger._bucket_mac(bits, k, bytes(hb), bytes(sb), bytes(rb))
+            db.execute("UPDATE buckets SET hashes = ?, spent = ?, mac = ? WHERE b = ?", (hb, sb, mac, k))
+            leaves[k] = np.frombuffer(mac, np.uint8)
+        root = merkle.root(merkle.build(leaves))
+        db.execute("UPDATE head SET root = ?, mac = ?", (root, ledger._head_mac(counter, members, queries, bits, root,
+                                                                              bytes(qchain))))
+    with pytest.raises(LedgerError, match="bucket contents"):
+        PrivacyLedger.open(path, P)

@@ -513,7 +513,7 @@ class PrivacyLedger:
         if not 0 <= bits <= MAX_BITS:
             raise self._corrupt("layout")
         full = state is None or state.bits != bits  # a new layout rewrote every bucket
-        rows = self._read_buckets(bits, -1 if full else state.counter, counter)
+        rows, joined = self._read_buckets(bits, -1 if full else state.counter, counter)
         buckets = np.array([r[0] for r in rows], dtype=np.int64)
         macs = np.frombuffer(b"".join(r[4] for r in rows), dtype=np.uint8).reshape(-1, 32)
         if full:
@@ -527,7 +527,7 @@ class PrivacyLedger:
             got = merkle.new_root(tree, changes)
         if not hmac.compare_digest(got, root):
             raise self._corrupt("bucket set")
-        hashes, spent, retired, writes = self._merged(None if full else state, rows, buckets, bits)
+        hashes, spent, retired, writes = self._merged(None if full else state, rows, joined, buckets, bits)
         if hashes.size != members:
             raise self._corrupt("member count")
         q = bytes(32) if full else state.qchain
@@ -548,9 +548,9 @@ class PrivacyLedger:
         self._state = _State(counter, bits, hashes, spent, retired, tree, queries, q)
         return self._state
 
-    def _read_buckets(self, bits: int, since: int, counter: int) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray, bytes]]:
-        """The bucket rows written after commit ``since``, each verified, in bucket order."""
-        budget = self.parameters.budget
+    def _read_buckets(self, bits: int, since: int, counter: int) -> tuple[list, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The bucket rows written after commit ``since``, each verified, in bucket order, and their
+        hashes, records and flags concatenated."""
         rows = []
         for b, ver, hb, sb, rb, m in self._db.execute(
                 "SELECT b, ver, hashes, spent, retired, mac FROM buckets WHERE ver > ?", (since,)):
@@ -564,27 +564,29 @@ class PrivacyLedger:
                 raise self._corrupt(f"bucket {b} lengths")
             rows.append((b, h, s, r, m))
         rows.sort(key=lambda row: row[0])
-        if rows:  # what every reader relies on: sorted hashes in their own buckets, records within the budget
-            h = np.concatenate([row[1] for row in rows])
-            s = np.concatenate([row[2] for row in rows])
-            owner = np.repeat([row[0] for row in rows], [row[1].size for row in rows])
-            if not (bool(np.all(h[1:] > h[:-1])) and np.array_equal(_bucket_of(h, bits), owner)
-                    and bool(np.all((s >= 0) & (s <= budget)))):
-                raise self._corrupt("bucket contents")
-        return rows
+        h, s, r = (np.concatenate([row[k] for row in rows] or [np.zeros(0, dt)])
+                   for k, dt in ((1, np.uint64), (2, np.float64), (3, np.bool_)))
+        # what every reader relies on: hashes strictly increasing, each in its own bucket (its first and last
+        # are: they are sorted), records within the budget
+        sizes = np.array([row[1].size for row in rows], dtype=np.int64)
+        held = sizes > 0
+        ends = np.cumsum(sizes)[held]
+        starts, owners = ends - sizes[held], np.array([row[0] for row in rows], dtype=np.int64)[held]
+        if not (bool(np.all(h[1:] > h[:-1])) and np.array_equal(_bucket_of(h[starts], bits), owners)
+                and np.array_equal(_bucket_of(h[ends - 1], bits), owners)
+                and bool(np.all((s >= 0) & (s <= self.parameters.budget)))):
+            raise self._corrupt("bucket contents")
+        return rows, (h, s, r)
 
     @staticmethod
-    def _merged(state: _State | None, rows: list, buckets: np.ndarray, bits: int) -> tuple:
+    def _merged(state: _State | None, rows: list, joined: tuple, buckets: np.ndarray, bits: int) -> tuple:
         """Arrays with the rows' buckets replaced, and writes to make in place (when no bucket changed members).
 
         Builds new arrays when members changed (or from the rows alone, with no state); never
         changes ``state``'s arrays itself.
         """
         if state is None:
-            if not rows:
-                return np.zeros(0, np.uint64), np.zeros(0), np.zeros(0, bool), []
-            return (np.concatenate([r[1] for r in rows]), np.concatenate([r[2] for r in rows]),
-                    np.concatenate([r[3] for r in rows]), [])
+            return (*joined, [])
         starts, ends = _bounds(state.hashes, buckets, bits)
         same = all(e - s == r[1].size and np.array_equal(state.hashes[s:e], r[1])
                    for s, e, r in zip(starts.tolist(), ends.tolist(), rows, strict=True))
@@ -715,14 +717,19 @@ class PrivacyLedger:
         starts, ends = _bounds(known, buckets, bits)
         lengths = ends - starts
         first = np.cumsum(lengths) - lengths  # where each bucket starts in the rows' arrays
-        span = np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))  # their positions in the state
-
-        local = np.empty(known.size, dtype=np.intp)  # state position -> row-array position (touched only at span)
-        local[span] = np.arange(span.size)
-        s, r = spent[span], retired[span]  # copies
-        s[local[raise_at]] = raise_to  # every changed position is in span
-        r[local[retire_at]] = True
-        hb, sb, rb = known[span].tobytes(), s.tobytes(), r.tobytes()
+        if int(lengths.sum()) == known.size:  # every bucket (a relayout, a query charging everyone)
+            h, s, r = known, spent.copy(), retired.copy()
+            s[raise_at] = raise_to
+            r[retire_at] = True
+        else:
+            span = np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))  # their positions in the state
+            local = np.empty(known.size, dtype=np.intp)  # state position -> row-array position (written at span)
+            local[span] = np.arange(span.size)
+            h, s, r = known[span], spent[span], retired[span]  # copies
+            s[local[raise_at]] = raise_to  # every changed position is in span
+            r[local[retire_at]] = True
+        # byte views, sliced per bucket without copying (SQLite and HMAC take any bytes-like object)
+        hb, sb, rb = (memoryview(np.ascontiguousarray(a)).cast("B") for a in (h, s, r))
         offsets = np.append(first, lengths.sum()).tolist()
         rows, macs = [], []
         for j, b in enumerate(buckets.tolist()):
