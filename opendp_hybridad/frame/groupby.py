@@ -7,9 +7,10 @@ given order; a key absent from the data gets 0 (its sum or count).
 The key column is declared in the frame domain, as a *label* outside the schema
 (``make_frame_domain(schema, labels={"sex": "drop"})``): the schema's fields are
 the bounded numeric inputs of ``f``, a label is read as it is (any dtype: strings,
-integers, categoricals) and compared with the keys by equality (pandas' rules, for
-polars frames too). Its presence and its missing-key policy are part of the
-domain's membership, so they are checked before any private computation, and no
+integers, categoricals) and compared with the keys value by value by Python's hash
+and ``==`` (a dict lookup, for polars frames too), never by the column's dtype, so
+a record's group never depends on the other records. Its presence and its
+missing-key policy are part of the domain's membership, so they are checked before any private computation, and no
 member makes a group-by fail: a value that cannot be compared with the keys
 (e.g. an unhashable object) is simply not a public key.
 
@@ -111,10 +112,10 @@ class GroupKeys:
         if any(_is_missing(k) for k in keys):
             raise DeclarationError(f"key column {self.by!r}: a public key cannot be missing (None or NaN)")
         try:
-            index = pd.Index(keys)
+            distinct = len(dict.fromkeys(keys))  # the rule codes() matches by: Python's hash and ==
         except TypeError as exc:
             raise DeclarationError(f"key column {self.by!r}: the keys must be hashable") from exc
-        if not index.is_unique:
+        if distinct != len(keys):  # e.g. 1 and True, or 0.0 and -0.0, are one key
             raise DeclarationError(f"key column {self.by!r}: the keys must be distinct")
         object.__setattr__(self, "keys", keys)
 
@@ -131,12 +132,19 @@ class GroupKeys:
         """
         column = label_column(frame, self.by)
         missing = label_missing(column)
+        # value by value, always: whether a value is a key depends on that value alone (Python's hash
+        # and ==), never on the column's dtype, which the other records decide. pandas' get_indexer did
+        # not: True matched the key 1 in an object column but not in a bool one, so one added record
+        # (an int key, or an unhashable value that sent the column to a fallback) moved every other.
+        positions = {key: i for i, key in enumerate(self.keys)}
+        values = column.tolist()
         try:
-            codes = np.asarray(pd.Index(self.keys).get_indexer(column), dtype=np.intp)
-        except Exception:  # e.g. unhashable or signalling values: match value by value, one rule for the whole column
-            positions = {key: i for i, key in enumerate(self.keys)}
-            codes = np.fromiter((_position(positions, value) for value in column), dtype=np.intp, count=len(column))
-        codes[missing] = -1  # a missing value never matches a key (pandas' indexer matches NaN with NaN)
+            found = positions.get
+            codes = np.array([found(value, -1) for value in values], dtype=np.intp)
+        except Exception:  # a value whose hash or == raises: the same dict rule, value by value, that one not a key
+            codes = np.array([_position(positions, value) for value in values], dtype=np.intp)
+        codes = codes.reshape(len(values))  # an empty column too
+        codes[missing] = -1  # a missing value never matches a key
         return codes
 
 
