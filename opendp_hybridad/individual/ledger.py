@@ -141,6 +141,12 @@ def _bounds(hashes: np.ndarray, buckets: np.ndarray, bits: int) -> tuple[np.ndar
     return starts, ends
 
 
+def _span(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions ``starts[j] .. starts[j] + lengths[j] - 1`` for every j, in order (no Python loop)."""
+    first = np.cumsum(lengths) - lengths
+    return np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))
+
+
 def _runs(values: np.ndarray) -> np.ndarray:
     """The distinct values of a sorted array (not np.unique: see :func:`_distinct`)."""
     if values.size < 2:
@@ -543,8 +549,9 @@ class PrivacyLedger:
         # every check passed: now update what is cached
         if changes is not None:
             merkle.apply(tree, changes)
-        for start, end, s, r in writes:
-            spent[start:end], retired[start:end] = s, r
+        if writes is not None:
+            span, s, r = writes
+            spent[span], retired[span] = s, r
         self._state = _State(counter, bits, hashes, spent, retired, tree, queries, q)
         return self._state
 
@@ -586,13 +593,13 @@ class PrivacyLedger:
         changes ``state``'s arrays itself.
         """
         if state is None:
-            return (*joined, [])
+            return (*joined, None)
         starts, ends = _bounds(state.hashes, buckets, bits)
-        same = all(e - s == r[1].size and np.array_equal(state.hashes[s:e], r[1])
-                   for s, e, r in zip(starts.tolist(), ends.tolist(), rows, strict=True))
-        if same:  # only records changed: write them where they are
-            return state.hashes, state.spent, state.retired, [
-                (s, e, r[2], r[3]) for s, e, r in zip(starts.tolist(), ends.tolist(), rows, strict=True)]
+        sizes = np.array([r[1].size for r in rows], dtype=np.int64)
+        if np.array_equal(ends - starts, sizes):
+            span = _span(starts, sizes)
+            if np.array_equal(state.hashes[span], joined[0]):  # only records changed: write them where they are
+                return state.hashes, state.spent, state.retired, (span, joined[1], joined[2])
         pieces: tuple[list, list, list] = ([], [], [])
         prev = 0
         for s, e, r in zip(starts.tolist(), ends.tolist(), rows, strict=True):
@@ -601,7 +608,7 @@ class PrivacyLedger:
             prev = e
         for out, old in zip(pieces, (state.hashes, state.spent, state.retired), strict=True):
             out.append(old[prev:])
-        return np.concatenate(pieces[0]), np.concatenate(pieces[1]), np.concatenate(pieces[2]), []
+        return np.concatenate(pieces[0]), np.concatenate(pieces[1]), np.concatenate(pieces[2]), None
 
     def hash_keys(self, keys: pd.Series) -> np.ndarray:
         """Keyed 64-bit hashes of canonical id keys (:func:`ids.id_keys` output)."""
@@ -722,7 +729,7 @@ class PrivacyLedger:
             s[raise_at] = raise_to
             r[retire_at] = True
         else:
-            span = np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))  # their positions in the state
+            span = _span(starts, lengths)  # their positions in the state
             local = np.empty(known.size, dtype=np.intp)  # state position -> row-array position (written at span)
             local[span] = np.arange(span.size)
             h, s, r = known[span], spent[span], retired[span]  # copies
