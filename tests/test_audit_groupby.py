@@ -72,7 +72,7 @@ def test_keys_equal_under_python_equality_are_refused_as_duplicates():
 
 def test_polars_bool_keys_group_as_their_pandas_copy():
     pl = pytest.importorskip("polars")
-    _, f, domain = _space()
+    _, _, domain = _space()
     frame = pd.DataFrame({"x": [0.5] * 6, "g": [True, False, True, True, False, True]})
     polars = pl.DataFrame({"x": frame["x"].tolist(), "g": frame["g"].tolist()})
     t = make_grouped_count_of(domain, dp.symmetric_distance(), "g", [1, 0])

@@ -327,25 +327,37 @@ def materialise(frame: Any, columns: list[str] | None = None) -> Any:
     The one place a LazyFrame is collected, so a constructor that reads several of its
     columns (a key column and the declared fields) runs the user's plan once. A plan
     that fails is not a member: refused with :class:`SchemaMismatchError`, without
-    polars' message (which may quote values).
+    polars' message or a Python function's exception (either may quote values).
     """
     pl = sys.modules.get("polars")
     if pl is None or not isinstance(frame, pl.LazyFrame):
         return frame
     if columns is not None:
-        present = set(frame.collect_schema().names())
+        present = set(lazy_schema(frame).names())
         frame = frame.select([name for name in dict.fromkeys(columns) if name in present])
     try:
         return frame.collect()
-    except pl.exceptions.PolarsError:
+    except (Exception, pl.exceptions.PanicException):
+        # any failure, not only polars' own: a Python function in the plan raises its own exception,
+        # whose message may quote a value (a panic in polars is a BaseException of its own)
         raise SchemaMismatchError("the LazyFrame's plan failed when collected") from None
+
+
+def lazy_schema(frame: Any) -> Any:
+    """A LazyFrame's schema; a plan whose schema cannot be resolved is not a member (no message of polars kept)."""
+    import polars as pl
+
+    try:
+        return frame.collect_schema()
+    except (Exception, pl.exceptions.PanicException):
+        raise SchemaMismatchError("the LazyFrame's plan failed when its schema was resolved") from None
 
 
 def _polars_columns(frame: Any, spec: FrameDomain) -> tuple[dict[str, np.ndarray], int]:
     import polars as pl
 
     schema = spec.schema
-    types = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
+    types = lazy_schema(frame) if isinstance(frame, pl.LazyFrame) else frame.schema
     for name, field in schema.fields.items():
         if name not in types:
             raise SchemaMismatchError(f"column {name!r} is missing from the dataframe")
