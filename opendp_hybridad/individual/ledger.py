@@ -154,6 +154,17 @@ def _runs(values: np.ndarray) -> np.ndarray:
     return values[np.concatenate(([True], values[1:] != values[:-1]))]
 
 
+def _stored_real(value: Any) -> float | None:
+    """A query row's REAL value as SQLite returns it, so the row's MAC is over what is read back.
+
+    NaN is stored as NULL, and -0.0 as the integer 0 (SQLite keeps integral REALs as integers), read
+    back as 0.0. (The label is stored as plain text for the same reason: a TEXT column turns 5 or True
+    into text, and numpy's ``str_`` or a ``StrEnum`` has another ``repr`` than its text.)
+    """
+    v = float(value)
+    return None if math.isnan(v) else v + 0.0  # -0.0 + 0.0 is 0.0
+
+
 def _key_file_bytes(secret: bytes, counter: int, state: bytes) -> bytes:
     return (_KEY_HEADER + secret.hex().encode() + b"\n" + str(counter).rjust(_COUNTER_WIDTH).encode() + b"\n"
             + state + b"\n")
@@ -238,16 +249,22 @@ class PrivacyLedger:
             if create and not memory:
                 self._mark_ready()
         except _READ_ERRORS as exc:
-            self._close_quietly()
-            if create and not memory:
-                self._remove_created()
+            self._abandon(create and not memory)
             raise LedgerError(f"{self.path} is not a usable ledger (corrupted, or not a SQLite database): "
                               f"{type(exc).__name__}: {exc}") from None
         except LedgerError:
-            self._close_quietly()
-            if create and not memory:
-                self._remove_created()
+            self._abandon(create and not memory)
             raise
+
+    def _abandon(self, created: bool) -> None:
+        """Close after a failure; a failed creation first removes its files, while it still holds the key's lock.
+
+        Removed after the lock was released (closing the key file releases it), the files could be a ledger
+        that a concurrent ``create`` made in between, redoing what looked like an interrupted creation.
+        """
+        if created:
+            self._remove_created()
+        self._close_quietly()
 
     def _remove_created(self) -> None:
         for p in (self.path, self.path + "-wal", self.path + "-shm", self.key_path):
@@ -353,6 +370,15 @@ class PrivacyLedger:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise LedgerError(f"{self.path} is being created by another process") from None
+            try:
+                linked = os.stat(self.key_path)
+            except FileNotFoundError:
+                linked = None
+            opened = os.fstat(fd)
+            if linked is None or (linked.st_dev, linked.st_ino) != (opened.st_dev, opened.st_ino):
+                # the creation we opened failed and removed its files (before releasing the lock), or another
+                # key file has been linked since: not ours to redo
+                raise LedgerError(f"{self.path} is being created or removed by another process; try again")
             if self._parse_key_file(fd)[1] != _CREATING:  # finished while we waited for the lock
                 raise exists
             self._refuse_unless_nothing_committed()
@@ -427,8 +453,9 @@ class PrivacyLedger:
     # -- schema -------------------------------------------------------------------------
     def _create(self) -> None:
         p = self.parameters
-        meta = {"format": FORMAT, "kind": p.kind, "budget": repr(p.budget),
-                "alpha": "" if p.alpha is None else repr(p.alpha), "id_encoding": p.id_encoding,
+        # repr of a Python float (a numpy float's repr is "np.float64(8.0)", which float() cannot read back)
+        meta = {"format": FORMAT, "kind": p.kind, "budget": repr(float(p.budget)),
+                "alpha": "" if p.alpha is None else repr(float(p.alpha)), "id_encoding": p.id_encoding,
                 "created": repr(time.time())}
         self._meta_blob = json.dumps(meta, sort_keys=True).encode()
         with self._transaction():
@@ -633,8 +660,8 @@ class PrivacyLedger:
         """
         hashes = np.asarray(hashes, dtype=np.uint64)
         charges = np.asarray(charges, dtype=np.float64)
-        if hashes.shape != charges.shape:
-            raise ValueError("hashes and charges must have the same shape")
+        if hashes.ndim != 1 or hashes.shape != charges.shape:
+            raise ValueError("hashes and charges must be one-dimensional arrays of the same length")
         if np.any(~(charges >= 0)):
             raise ValueError("charges must be non-negative numbers")
         if not _distinct(hashes):
@@ -697,10 +724,9 @@ class PrivacyLedger:
                 root = merkle.new_root(tree, changes)
             self._db.executemany("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?, ?, ?)", rows)
             seq = state.queries + 1
-            qrow = (seq, time.time(), label, float(noise_scale), int(admitted.sum()), int(retire_at.size),
-                    float(worst_case_charge), float(charges.max(initial=0.0)))
-            # store what SQLite returns (NaN is stored as NULL), so the MAC is over the stored row
-            qrow = tuple(None if isinstance(v, float) and math.isnan(v) else v for v in qrow)
+            qrow = (seq, time.time(), None if label is None else f"{label}", _stored_real(noise_scale),
+                    int(admitted.sum()), int(retire_at.size), _stored_real(worst_case_charge),
+                    _stored_real(charges.max(initial=0.0)))
             qmac = self._query_mac(qrow)
             self._db.execute("INSERT INTO queries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*qrow, qmac))
             qchain = self._chain(state.qchain, qmac)
