@@ -24,6 +24,8 @@ to rename them).
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -345,18 +347,28 @@ def dp_sgd_event(n: int, batch_size: int, noise_multiplier: float, epochs: float
 
 
 def dp_sgd_epsilon(n: int, batch_size: int, noise_multiplier: float, epochs: float, delta: float,
-                   sampling: str = "poisson") -> dict[str, float]:
-    """(epsilon, delta) of DP-SGD by dp-accounting's RDP and PLD accountants."""
+                   sampling: str = "poisson") -> dict[str, Any]:
+    """(epsilon, delta) of DP-SGD by dp-accounting's RDP and PLD accountants.
+
+    ``pld_discretization`` is the interval the PLD ran at (coarsened where a small noise
+    multiplier would make it too large: :mod:`opendp_hybridad.pld_size`). Where no interval keeps
+    it within limits, ``epsilon_pld`` is ``inf`` (a vacuous bound, as :func:`compose_epsilon`
+    reports an event PLD cannot account), ``pld_discretization`` None, and ``pld_note`` says why.
+    """
     delta = validation.probability("delta", delta)
     event = dp_sgd_event(n, batch_size, noise_multiplier, epochs, sampling)
     epsilon_rdp = _dp_sgd_rdp_epsilon(event, delta)
-    epsilon_pld, discretization = _dp_sgd_pld_epsilon(event, delta)
+    note = {}
+    try:
+        epsilon_pld, discretization = _dp_sgd_pld_epsilon(event, delta)
+    except pld_size.PldTooLargeError as exc:
+        epsilon_pld, discretization, note = math.inf, None, {"pld_note": str(exc)}
     n, batch_size = int(n), int(batch_size)
     steps = dp_sgd_steps(n, batch_size, epochs) if sampling == "poisson" else math.ceil(epochs) * (n // batch_size)
     return {"epsilon_rdp": epsilon_rdp, "epsilon_pld": epsilon_pld,
             "delta": float(delta), "steps": steps, "sampling": sampling,
             "noise_multiplier": float(noise_multiplier), "sampling_probability": div_up(batch_size, n),
-            "pld_discretization": discretization}
+            "pld_discretization": discretization, **note}
 
 
 def dp_sgd_noise_multiplier(target_epsilon: float, delta: float, n: int, batch_size: int, epochs: float,
@@ -372,7 +384,10 @@ def dp_sgd_calibration(target_epsilon: float, delta: float, n: int, batch_size: 
                        sampling: str = "poisson", accountant: str = "pld") -> dict[str, Any]:
     """:func:`dp_sgd_epsilon`'s report at the smallest allowed noise multiplier (to 1e-3 relative)
     whose epsilon by ``accountant`` is at most the target, with ``target_epsilon``, ``calibrated_by``
-    (the accountant) and ``at_smallest_allowed`` added.
+    (the accountant whose figure meets the target: ``accountant``, or ``"rdp"`` where the PLD cannot
+    be computed at all, see ``pld_note``) and ``at_smallest_allowed`` added. Below a multiplier of
+    0.3 the PLD is not searched: RDP's answer is kept (and verified), so PLD's figure may lie well
+    under the target there.
 
     The search stays within :mod:`~opendp_hybridad.validation`'s limits: when even
     ``MIN_NOISE_MULTIPLIER`` meets the target, that limit is returned with its actual epsilon
@@ -392,13 +407,22 @@ def dp_sgd_calibration(target_epsilon: float, delta: float, n: int, batch_size: 
     def report(sigma: float) -> dict[str, Any]:
         return dp_sgd_epsilon(n, batch_size, sigma, epochs, delta, sampling)
 
+    def meets(found: dict[str, Any]) -> str | None:
+        """The accountant whose figure is at most the target: the calibrating one, or RDP where the
+        PLD could not be computed at all (too large at any discretisation; its figure is then inf)."""
+        if found[key] <= target_epsilon:
+            return accountant
+        if "pld_note" in found and found["epsilon_rdp"] <= target_epsilon:
+            return "rdp"
+        return None
+
     def done(found: dict[str, Any]) -> dict[str, Any]:
-        return {**found, "target_epsilon": target_epsilon, "calibrated_by": accountant,
+        return {**found, "target_epsilon": target_epsilon, "calibrated_by": meets(found),
                 "at_smallest_allowed": found["noise_multiplier"] <= smallest}
 
     sigma = _calibrate_noise_multiplier(target_epsilon, delta, n, batch_size, epochs, sampling, accountant)
     found = report(sigma)
-    if found[key] <= target_epsilon:
+    if meets(found):
         return done(found)
     # the accountant's own figure is above the target (e.g. PLD's pessimistic discretisation over
     # many steps exceeds RDP at small epsilon): grow geometrically, up to the largest allowed
@@ -407,7 +431,7 @@ def dp_sgd_calibration(target_epsilon: float, delta: float, n: int, batch_size: 
     while True:
         high = min(low * factor, largest)
         found = report(high)
-        if found[key] <= target_epsilon:
+        if meets(found):
             break
         if high >= largest:
             raise _unreachable(target_epsilon, delta, found["steps"], accountant, found[key], report(largest / 100)[key],
@@ -416,7 +440,7 @@ def dp_sgd_calibration(target_epsilon: float, delta: float, n: int, batch_size: 
     while high > low * 1.001:
         mid = math.sqrt(low * high)
         at_mid = report(mid)
-        if at_mid[key] <= target_epsilon:
+        if meets(at_mid):
             high, found = mid, at_mid
         else:
             low = mid
@@ -438,13 +462,37 @@ def _unreachable(target_epsilon: float, delta: float, steps: int, accountant: st
                            f"use a larger epsilon or delta, or fewer steps{tail}")
 
 
+class _NegativeRenyi(logging.Filter):
+    """Catches dp-accounting's 'Negative Renyi divergence ... Returning an epsilon of zero' warning:
+    at extreme noise its RDP goes numerically negative at some orders and it reports epsilon 0 there,
+    which is no proven bound; the warning (one per order) is recorded instead of printed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Negative Renyi divergence" in str(record.msg):
+            self.seen = True
+            return False
+        return True
+
+
 def _dp_sgd_rdp_epsilon(event: dp_accounting.DpEvent, delta: float) -> float:
+    """RDP epsilon of ``event``; ``inf`` (the vacuous bound) where dp-accounting's divergences went
+    numerically negative, since it would report 0 for them."""
+    negative = _NegativeRenyi()
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(negative)
     try:
         accountant = rdp.RdpAccountant(orders=list(RDP_ORDERS))
         accountant.compose(event)
-        return float(accountant.get_epsilon(delta))
+        epsilon = float(accountant.get_epsilon(delta))
     except (ArithmeticError, ValueError, MemoryError) as exc:
         raise _not_evaluated(exc) from None
+    finally:
+        absl_logger.removeFilter(negative)
+    return math.inf if negative.seen else epsilon
 
 
 def _dp_sgd_pld_epsilon(event: dp_accounting.DpEvent, delta: float) -> tuple[float, float]:
@@ -456,6 +504,8 @@ def _dp_sgd_pld_epsilon(event: dp_accounting.DpEvent, delta: float) -> tuple[flo
         accountant = pld.PLDAccountant(value_discretization_interval=discretization)
         accountant.compose(event)
         return float(accountant.get_epsilon(delta)), discretization
+    except pld_size.PldTooLargeError:
+        raise  # an AccountingError (so a ValueError): the caller reports RDP alone
     except (ArithmeticError, ValueError, MemoryError) as exc:
         raise _not_evaluated(exc) from None
 
@@ -474,8 +524,7 @@ _PLD_SEARCH_FLOOR = 0.3
 def _calibrate_noise_multiplier(target_epsilon: float, delta: float, n: int, batch_size: int, epochs: float,
                                 sampling: str, accountant: str) -> float:
     """A candidate multiplier in the allowed range (the caller verifies it): the smallest allowed one
-    when it meets the target, else dp-accounting's calibration (RDP, then PLD below it)."""
-    from dp_accounting import mechanism_calibration
+    when RDP meets the target there, else a root search by RDP, then by PLD below RDP's answer."""
     from scipy import optimize
 
     smallest, largest = validation.MIN_NOISE_MULTIPLIER, validation.MAX_NOISE_MULTIPLIER
@@ -483,40 +532,57 @@ def _calibrate_noise_multiplier(target_epsilon: float, delta: float, n: int, bat
     def event(sigma: float) -> dp_accounting.DpEvent:
         return dp_sgd_event(n, batch_size, sigma, epochs, sampling)
 
-    def calibrate(make_accountant, low: float, high: float) -> float:
-        # searched in log sigma, so tol=1e-3 is 1e-3 relative anywhere in [1e-3, 1e6]; clamped back
-        # into [low, high] because exp(log(x)) can round below x (and below the allowed minimum)
-        log_sigma = float(mechanism_calibration.calibrate_dp_mechanism(
-            make_accountant, lambda t: event(min(max(math.exp(t), low), high)), target_epsilon, delta,
-            mechanism_calibration.ExplicitBracketInterval(math.log(low), math.log(high)), tol=1e-3,
-        ))
-        return min(max(math.exp(log_sigma), low), high)
+    # memoised: the searches below ask for the same multipliers more than once (bracket ends)
+    @functools.cache
+    def rdp_epsilon(sigma: float) -> float:
+        return _dp_sgd_rdp_epsilon(event(sigma), delta)
 
-    # RDP first: cheap at any noise level, and an upper bound on what PLD needs (PLD epsilon is
-    # usually below RDP's); the limits are checked before any search
-    if _dp_sgd_rdp_epsilon(event(smallest), delta) <= target_epsilon:
+    @functools.cache
+    def pld_epsilon(sigma: float) -> float:
+        return _dp_sgd_pld_epsilon(event(sigma), delta)[0]
+
+    def search(figure, low: float, high: float) -> float:
+        """The smallest sigma in [low, high] with figure(sigma) <= target, to 1e-3 relative: a root in
+        log sigma, then moved up in steps of 1e-3 while it is still above the target (never past high)."""
+        def clamp(sigma: float) -> float:
+            return min(max(sigma, low), high)  # exp(log(x)) can round below x (and below the allowed minimum)
+
+        def gap(log_sigma: float) -> float:
+            return min(figure(clamp(math.exp(log_sigma))), 1e300) - target_epsilon
+
+        sigma = clamp(math.exp(optimize.brentq(gap, math.log(low), math.log(high), xtol=1e-3)))
+        while figure(sigma) > target_epsilon and sigma < high:
+            sigma = clamp(sigma * 1.001)
+        return sigma
+
+    # RDP first: cheap at any noise level, and usually above PLD's figure
+    if rdp_epsilon(smallest) <= target_epsilon:
         return smallest  # met at the allowed minimum (the caller checks PLD there): no search below it
-    at_largest = _dp_sgd_rdp_epsilon(event(largest), delta)
-    if at_largest > target_epsilon:
+    # probe upward by factors of 10 rather than jump to the largest: extreme noise is where RDP's
+    # divergences go numerically negative (reported as inf by _dp_sgd_rdp_epsilon)
+    bottom, top = smallest, min(largest, 1e3)
+    at_top = rdp_epsilon(top)
+    while at_top > target_epsilon and top < largest:
+        bottom, top = top, min(largest, top * 10)
+        at_top = rdp_epsilon(top)
+    if at_top > target_epsilon:
         if accountant == "rdp":
-            raise _unreachable(target_epsilon, delta, dp_sgd_steps(n, batch_size, epochs), accountant, at_largest,
-                               _dp_sgd_rdp_epsilon(event(largest / 100), delta))
+            raise _unreachable(target_epsilon, delta, dp_sgd_steps(n, batch_size, epochs), accountant, at_top,
+                               rdp_epsilon(largest / 100))
         # below RDP's floor, PLD may still meet it: search the whole upper range by PLD (the caller
         # checks the answer, and names the limit if even the largest multiplier misses)
         low, high = _PLD_SEARCH_FLOOR, largest
     else:
-        sigma_rdp = calibrate(lambda: rdp.RdpAccountant(orders=list(RDP_ORDERS)), smallest, largest)
+        sigma_rdp = search(rdp_epsilon, bottom, top)
         if accountant == "rdp" or sigma_rdp <= _PLD_SEARCH_FLOOR:
             return sigma_rdp
         low, high = max(_PLD_SEARCH_FLOOR, sigma_rdp / 2), sigma_rdp
     # PLD as dp_sgd_epsilon runs it, so every multiplier tried gets the discretisation sized for it
-    # (one interval sized at the bracket's low end would be needlessly coarse at its high end)
-    def gap(log_sigma: float) -> float:
-        return _dp_sgd_pld_epsilon(event(min(max(math.exp(log_sigma), low), high)), delta)[0] - target_epsilon
-
-    if gap(math.log(low)) <= 0:
-        return low
-    if gap(math.log(high)) > 0:
-        return high  # the caller grows it, and names the limit if even the largest multiplier misses
-    # a root to 1e-3 in log sigma; the caller checks it and moves up if it lies just below the target's side
-    return min(max(math.exp(optimize.brentq(gap, math.log(low), math.log(high), xtol=1e-3)), low), high)
+    try:
+        if pld_epsilon(low) <= target_epsilon:
+            return low
+        if pld_epsilon(high) > target_epsilon:
+            return high  # the caller grows it, and names the limit if even the largest multiplier misses
+        return search(pld_epsilon, low, high)
+    except pld_size.PldTooLargeError:
+        return high  # PLD cannot run here at all: the caller checks RDP's answer

@@ -161,8 +161,11 @@ def _privacy_dp_sgd(args: argparse.Namespace) -> int:
         return 0
     print(f"DP-SGD: n={args.n}, batch size {args.batch_size} ({args.sampling} sampling, q={report['sampling_probability']:.5f}), "
           f"noise multiplier {_up(sigma)}, {args.epochs:g} epochs = {report['steps']} steps")
-    print(f"  epsilon at delta={args.delta:g}:  RDP {_up(report['epsilon_rdp'])}   PLD {_up(report['epsilon_pld'])}"
-          f"   (rounded up; PLD discretisation {report['pld_discretization']:.3g})")
+    if "pld_note" in report:  # no discretisation keeps the PLD within limits: RDP alone
+        pld_text = f"not computed ({report['pld_note']})"
+    else:
+        pld_text = f"{_up(report['epsilon_pld'])}   (rounded up; PLD discretisation {report['pld_discretization']:.3g})"
+    print(f"  epsilon at delta={args.delta:g}:  RDP {_up(report['epsilon_rdp'])}   PLD {pld_text}")
     if "calibrated_by" in report:
         by = report["calibrated_by"]
         met = f"{by.upper()} epsilon {_up(report['epsilon_' + by])} <= target {_exact(report['target_epsilon'])}"

@@ -42,6 +42,8 @@ import dp_accounting
 import numpy as np
 from dp_accounting.pld import common, privacy_loss_mechanism
 
+from opendp_hybridad.errors import AccountingError
+
 #: dp-accounting's default interval, used whenever the distributions stay small enough
 DEFAULT_DISCRETIZATION = 1e-4
 #: the most points of one subsampled step's distribution (connect-the-dots inverts the subsampled
@@ -51,6 +53,15 @@ MAX_SUBSAMPLED_STEP_POINTS = 2**18
 #: the most points of the composed distribution (its FFT holds a few complex copies,
 #: about 70 bytes a point measured: 2^22 points stay near 300 MB and a few seconds)
 MAX_COMPOSED_POINTS = 2**22
+#: the largest interval dp-accounting's connect-the-dots can use: it evaluates exp(interval), which
+#: overflows past about 709
+MAX_DISCRETIZATION = 500.0
+#: dp-accounting keeps a step of at most 1000 points sparse, and ``SparsePLDPmf.self_compose`` first
+#: computes ``size ** count`` as a Python integer, ``count * log2(size)`` bits: measured 1.2 s at 1e7
+#: bits, 2.5 s at 2e7, 18 s at 6.6e7 (1e7 steps at q = 1e-4 took 15 s in all, 1e8 never finished); above this
+#: many bits the step is made dense instead
+MAX_SPARSE_POWER_BITS = 2e7
+_SPARSE_POINTS = 1000  # dp_accounting.pld.pld_pmf._MAX_PMF_SPARSE_SIZE
 #: points of the coarse preview whose Chernoff bound predicts the composed width
 _PREVIEW_POINTS = 2**12
 #: PLDAccountant composes with dp-accounting's default tail truncation
@@ -136,12 +147,20 @@ def _connect_dots_masses(deltas: np.ndarray, gap: float) -> np.ndarray:
     return np.clip(masses, 0.0, None)
 
 
+class PldTooLargeError(AccountingError):
+    """No discretisation interval keeps dp-accounting's PLD for this event within the limits."""
+
+
 def pld_discretization(event: dp_accounting.DpEvent, requested: float = DEFAULT_DISCRETIZATION) -> float:
     """The interval to give dp-accounting's ``PLDAccountant`` for ``event``: ``requested`` when the
     estimated distributions stay within :data:`MAX_COMPOSED_POINTS` (a subsampled step within
-    :data:`MAX_SUBSAMPLED_STEP_POINTS`),
-    else the smallest interval that keeps them there (a coarser pessimistic PLD is still an upper
-    bound; see the module docstring)."""
+    :data:`MAX_SUBSAMPLED_STEP_POINTS`), else the smallest interval that keeps them there (a coarser
+    pessimistic PLD is still an upper bound; see the module docstring).
+
+    A sparse step whose ``size ** count`` would exceed :data:`MAX_SPARSE_POWER_BITS` is made dense
+    by refining the interval (which only tightens the figure). Raises :class:`PldTooLargeError` when
+    no interval satisfies all of this (then only RDP can account the run).
+    """
     terms = gaussian_terms(event)
     if terms is None:
         return requested
@@ -149,4 +168,14 @@ def pld_discretization(event: dp_accounting.DpEvent, requested: float = DEFAULT_
     needed = max(widths.step, widths.composed) / (MAX_COMPOSED_POINTS - 2)
     if terms.sampling_probability < 1.0:
         needed = max(needed, widths.step / (MAX_SUBSAMPLED_STEP_POINTS - 2))
-    return max(requested, needed)
+    interval = max(requested, needed)
+    step_points = widths.step / interval + 2
+    too_large = interval > MAX_DISCRETIZATION
+    if step_points <= _SPARSE_POINTS and terms.count * math.log2(step_points) > MAX_SPARSE_POWER_BITS:
+        interval = widths.step / (_SPARSE_POINTS + 24)  # dense: finer, so the composed size is checked again
+        too_large = too_large or widths.points(interval) > MAX_COMPOSED_POINTS
+    if too_large:
+        raise PldTooLargeError("the PLD accountant cannot hold this run within its memory and time limits at any "
+                          "discretisation; only the RDP figure is computed (a larger noise multiplier or fewer "
+                          "steps would allow PLD)")
+    return interval

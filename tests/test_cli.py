@@ -151,3 +151,14 @@ def test_printed_figures_are_rounded_up():
     for value in [0.999006324, 1 / 3, 2 / 3, 0.0099993913, 1.29236005e8, 1e-300, 100.0000001, 0.001, 5.0]:
         assert float(_up(value)) >= value
         assert float(_up(value)) <= value * (1 + 1e-5)
+
+
+def test_a_run_no_pld_can_hold_prints_rdp_and_why(capsys):
+    argv = ["privacy", "dp-sgd", "--n", "1000000", "--batch-size", "100", "--epochs", "10000", "--delta", "1e-5"]
+    assert main([*argv, "--noise-multiplier", "5"]) == 0
+    out = capsys.readouterr()
+    assert "PLD not computed" in out.out and "RDP 0." in out.out and "Renyi" not in out.err
+    assert main([*argv, "--target-epsilon", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["calibrated_by"] == "rdp" and report["epsilon_rdp"] <= 1 and report["epsilon_pld"] == "inf"
+    assert report["pld_discretization"] is None and report["pld_note"]

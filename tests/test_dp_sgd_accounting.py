@@ -261,3 +261,50 @@ def test_unreachable_targets_name_the_limit_that_stops_them():
     with pytest.raises(AccountingError, match="floor") as info:
         dp_sgd_noise_multiplier(0.01, 1e-9, 3989, 32, 2000, accountant="rdp")
     assert "RDP accountant" in str(info.value) and "larger epsilon or delta" in str(info.value)
+
+
+# -- runs no PLD discretisation can hold: RDP alone, said so, never a hang ----------------------
+def test_a_run_too_large_for_any_pld_reports_rdp_and_says_why():
+    """1e8 steps at q = 1e-4: dp-accounting keeps the tiny step sparse and computes size**1e8 as a Python
+    integer (old code: no answer within minutes); made dense it would need ~8.5e7 points. The PLD is not
+    run: its figure is inf (vacuous, as compose_epsilon reports an event PLD cannot account), with a note."""
+    report = dp_sgd_epsilon(10**6, 100, 5.0, 10000, 1e-5)
+    assert report["steps"] == 10**8
+    assert report["epsilon_pld"] == math.inf and report["pld_discretization"] is None
+    assert "PLD" in report["pld_note"] and "\n" not in report["pld_note"]
+    assert 0 < report["epsilon_rdp"] < 1  # the RDP figure stands
+    # a tiny multiplier over many shuffled epochs: the interval would have to pass exp's range
+    shuffled = dp_sgd_epsilon(100, 10, 1e-3, 1000, 1e-5, sampling="shuffle")
+    assert shuffled["epsilon_pld"] == math.inf and "pld_note" in shuffled and math.isfinite(shuffled["epsilon_rdp"])
+
+
+def test_a_long_sparse_run_is_made_dense_rather_than_left_to_the_integer_power():
+    """1e7 steps at q = 5e-4: at 1e-4 the step has ~700 points (sparse) and size**1e7 takes minutes (old code:
+    over 60 s); a finer interval makes it dense, which only tightens the figure."""
+    from opendp_hybridad import pld_size
+
+    report = dp_sgd_epsilon(100000, 50, 2.0, 5000, 1e-5)
+    assert report["steps"] == 10**7
+    assert report["pld_discretization"] < 1e-4
+    event = dp_sgd_event(100000, 50, 2.0, 5000)
+    widths = pld_size.pld_widths(pld_size.gaussian_terms(event))
+    assert widths.step / report["pld_discretization"] > 1000  # dense
+    assert report["epsilon_pld"] <= report["epsilon_rdp"]
+
+
+def test_calibration_falls_back_to_rdp_where_no_pld_can_run():
+    report = dp_sgd_calibration(1.0, 1e-5, 10**6, 100, 10000)
+    assert report["calibrated_by"] == "rdp" and report["epsilon_rdp"] <= 1.0 < report["epsilon_pld"]
+    assert "pld_note" in report
+    assert dp_sgd_epsilon(10**6, 100, report["noise_multiplier"] / 1.01, 10000, 1e-5)["epsilon_rdp"] > 1.0
+
+
+def test_numerically_negative_renyi_divergences_give_no_zero_epsilon(caplog):
+    """At sigma 1e6 over 1e8 steps dp-accounting's RDP goes negative at some orders and it would report
+    epsilon 0 there (logging one warning per order); that is no proven bound: reported as inf, quietly."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        report = dp_sgd_epsilon(10**6, 100, 1e6, 10000, 1e-5)
+    assert report["epsilon_rdp"] == math.inf
+    assert not [r for r in caplog.records if "Renyi" in r.getMessage()]
