@@ -7,7 +7,8 @@ know about it travels with it as an :class:`Accounting` record, read with
 ``GaussianDpEvent``, a composition, DP-SGD's subsampled Gaussians), the distance
 ``d_in`` the event is stated for, the neighbouring :class:`~opendp_hybridad.relations.Relation`,
 and the ``statistical_distance`` between what the implementation draws and the ideal
-mechanism the event describes (DP-SGD's table sampler; 0 for OpenDP's own noise).
+mechanism the event describes (DP-SGD's table sampler; OpenDP's Laplace and Gaussian noise,
+drawn on a lattice: :mod:`opendp_hybridad.lattice_noise`).
 
 :func:`compose_epsilon` is the one accountant entry point. It takes anything that
 carries an event (the :class:`Accountable` protocol: ``dp_event()``, ``relation``,
@@ -28,7 +29,7 @@ import functools
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import dp_accounting
@@ -37,6 +38,7 @@ from dp_accounting import pld, rdp
 from opendp_hybridad import pld_size, validation
 from opendp_hybridad.analysis.rounding import add_up, div_down, div_up, libm_up, mul_up, sqrt_up, sum_up
 from opendp_hybridad.errors import AccountingError
+from opendp_hybridad.lattice_noise import lattice_noise_distance, measurement_noise_distance
 from opendp_hybridad.relations import ADD_REMOVE, Relation, relation_of
 
 #: Renyi orders used by the RDP accountant (dp-accounting's default grid, extended)
@@ -110,14 +112,16 @@ class Accounting:
 
 
 def noise_accounting(d_in: Any, mechanism: str, scale: float, sensitivity: float, relation: Any = ADD_REMOVE,
-                     opendp_loss: float | None = None) -> Accounting:
+                     opendp_loss: float | None = None, k: int | None = None, coordinates: int = 1) -> Accounting:
     """The record of a Laplace or Gaussian mechanism of ``scale`` at ``sensitivity`` (for ``d_in``).
 
     The noise multiplier is ``scale / sensitivity`` rounded down. With ``opendp_loss``
     (OpenDP's own privacy map at ``d_in``: epsilon for Laplace, rho for Gaussian), it is
     also at most the multiplier that loss implies (``1 / epsilon``, ``1 / sqrt(2 rho)``,
     rounded down), so dp-accounting never reports less than OpenDP's map (which covers
-    OpenDP's own discretisation of the noise).
+    OpenDP's own discretisation of the noise). ``k``: the noise is OpenDP's, on the lattice
+    ``2^k`` (``coordinates`` draws): ``statistical_distance`` is then
+    :func:`~opendp_hybridad.lattice_noise.lattice_noise_distance` (None: continuous noise, 0).
     """
     if mechanism not in ("laplace", "gaussian"):
         raise AccountingError(f"no dp-accounting event for mechanism {mechanism!r}: use 'laplace' or 'gaussian'")
@@ -128,7 +132,8 @@ def noise_accounting(d_in: Any, mechanism: str, scale: float, sensitivity: float
     if opendp_loss is not None:
         multiplier = min(multiplier, _multiplier_of_loss(mechanism, float(opendp_loss)))
     event = dp_accounting.LaplaceDpEvent(multiplier) if mechanism == "laplace" else dp_accounting.GaussianDpEvent(multiplier)
-    return Accounting(event, relation, d_in, mechanism, scale, sensitivity, multiplier)
+    distance = 0.0 if k is None else lattice_noise_distance(mechanism, scale, k, coordinates)
+    return Accounting(event, relation, d_in, mechanism, scale, sensitivity, multiplier, distance)
 
 
 def _multiplier_of_loss(mechanism: str, loss: float) -> float:
@@ -176,18 +181,26 @@ def accounting_of(item: Any) -> Accountable:
         "a dp_accounting.DpEvent, or attach one with accounted(measurement) or with_accounting(measurement, record)")
 
 
-def accounted(measurement: Any, d_in: Any = 1, mechanism: str | None = None, relation: Any = ADD_REMOVE) -> Any:
+def accounted(measurement: Any, d_in: Any = 1, mechanism: str | None = None, relation: Any = ADD_REMOVE,
+              k: int | None = None, coordinates: int | None = None, scale: float | None = None) -> Any:
     """Give a plain OpenDP Laplace or Gaussian measurement its accounting record; returns the measurement.
 
     The noise multiplier is read off OpenDP's own privacy map at ``d_in``: for Laplace,
     epsilon = 1 / multiplier; for Gaussian, rho = 1 / (2 multiplier^2); the record states
-    sensitivity 1 and that multiplier, rounded down, as the scale.
+    sensitivity 1 and that multiplier, rounded down, as the scale. OpenDP draws the noise on
+    the lattice ``2^k``, which a Measurement does not expose: integer data is on the
+    integers; float data needs ``k`` (OpenDP's default is -1074 for f64); a vector domain of
+    unknown size needs ``coordinates``; a chain also needs the noise's ``scale``
+    (:func:`~opendp_hybridad.lattice_noise.measurement_noise_distance`). The record's
+    ``statistical_distance`` covers the lattice.
     """
     kind = mechanism or _guess_mechanism(measurement)
     if kind not in ("laplace", "gaussian"):
         raise AccountingError(f"unknown mechanism {kind!r}")
     multiplier = _multiplier_of_loss(kind, float(measurement.map(d_in)))
-    return with_accounting(measurement, noise_accounting(d_in, kind, multiplier, 1.0, relation))
+    distance = measurement_noise_distance(measurement, kind, d_in, multiplier, k, coordinates, scale)
+    record = replace(noise_accounting(d_in, kind, multiplier, 1.0, relation), statistical_distance=distance)
+    return with_accounting(measurement, record)
 
 
 def _guess_mechanism(measurement: Any) -> str:

@@ -69,7 +69,7 @@ import pandas as pd
 
 from opendp_hybridad.accounting import Accounting, accounting_of, with_accounting
 from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertificate
-from opendp_hybridad.analysis.rounding import add_down, add_up, mul_down, mul_up, round_up, sqrt_up
+from opendp_hybridad.analysis.rounding import add_down, add_up, mul_down, mul_up, round_up, sqrt_up, sum_up
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.frame.aggregate import _SumPlan
 from opendp_hybridad.frame.domain import (
@@ -375,8 +375,8 @@ def make_private_grouped_mean(domain_or_schema: Any, function: RecordFunction, m
     sum and a private grouped count released together by ``dp.c.make_composition``,
     the budget split ``count_share`` to the counts (shares rounded down, so they add up
     to at most the budget). The accounting record is the composed event, with the
-    sum's and the count's records in its ``parts``. ``domain_or_schema`` as for
-    :func:`make_private_grouped_sum`.
+    sum's and the count's records in its ``parts`` (their statistical distances summed).
+    ``domain_or_schema`` as for :func:`make_private_grouped_sum`.
     """
     import opendp.prelude as dp
 
@@ -401,7 +401,7 @@ def make_private_grouped_mean(domain_or_schema: Any, function: RecordFunction, m
 
     parts = (accounting_of(total), accounting_of(count))
     record = Accounting(dp_accounting.ComposedDpEvent([p.dp_event() for p in parts]), relation_of(metric), d_in,
-                        "composition", parts=parts)
+                        "composition", statistical_distance=sum_up([p.statistical_distance for p in parts]), parts=parts)
     composed = dp.c.make_composition([total, count])
     # post-processing the composed release never increases its loss: the composed record holds for the means
     return with_accounting(composed >> dp.new_function(means, TO="Vec<f64>"), record)

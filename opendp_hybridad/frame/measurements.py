@@ -48,10 +48,12 @@ from opendp_hybridad.analysis.rounding import (
     round_down,
     round_up,
     sqrt_down,
+    sum_up,
 )
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.frame.aggregate import _domain_size_limit, _SumPlan, make_sum_of, make_sum_of_vector
 from opendp_hybridad.frame.domain import DEFAULT_SIZE_LIMIT, as_frame_domain, make_frame_domain, prepare_frame
+from opendp_hybridad.lattice_noise import transformation_noise_lattice
 from opendp_hybridad.opendp_compat import to_then
 from opendp_hybridad.relations import ADD_REMOVE, REPLACE_ONE, FeatureLevel, Relation, relation_of
 from opendp_hybridad.symbolic.function import RecordFunction
@@ -166,7 +168,9 @@ def _calibrate(transformation: Any, d_in: Any, epsilon: float | None, rho: float
     """Chain OpenDP's Laplace (epsilon) or Gaussian (rho) mechanism at the smallest scale that meets the target.
 
     The measurement carries its :class:`~opendp_hybridad.accounting.Accounting`; the noise
-    multiplier there is at most both ``scale / sensitivity`` and what OpenDP's own map implies.
+    multiplier there is at most both ``scale / sensitivity`` and what OpenDP's own map implies,
+    and its ``statistical_distance`` covers OpenDP's lattice noise (one bound per coordinate:
+    :func:`~opendp_hybridad.lattice_noise.lattice_noise_distance`).
     """
     import opendp.prelude as dp
 
@@ -193,7 +197,11 @@ def _calibrate(transformation: Any, d_in: Any, epsilon: float | None, rho: float
         measurement = transformation >> then(scale)
     else:  # pragma: no cover - a handful of ulps always suffices
         raise DeclarationError("could not calibrate the noise scale to the target")
-    record = noise_accounting(d_in, mechanism, scale, sensitivity, relation, opendp_loss=measurement.map(d_in))
+    # OpenDP draws the noise on its default lattice (2^-1074 for these float outputs), one draw per coordinate:
+    # the record's statistical_distance bounds how far that is from continuous noise (opendp_hybridad.lattice_noise)
+    k, coordinates = transformation_noise_lattice(transformation)
+    record = noise_accounting(d_in, mechanism, scale, sensitivity, relation, opendp_loss=measurement.map(d_in),
+                              k=k, coordinates=coordinates)
     return with_accounting(measurement, record)
 
 
@@ -273,7 +281,7 @@ def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: A
 
     parts = (accounting_of(total), accounting_of(count))
     record = Accounting(dp_accounting.ComposedDpEvent([p.dp_event() for p in parts]), relation_of(metric), d_in,
-                        "composition", parts=parts)
+                        "composition", statistical_distance=sum_up([p.statistical_distance for p in parts]), parts=parts)
     # post-processing the composed release never increases its loss: the composed record holds for the mean
     return with_accounting(composed >> dp.new_function(mean, TO=float), record)
 
