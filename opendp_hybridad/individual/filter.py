@@ -129,7 +129,7 @@ class IndividualFilter:
             columns, kept = kernel_inputs(frame, self.domain), np.ones(len(frame), dtype=bool)
         self._id_column = id_column
         if id_column is None:
-            keys = pd.Series(np.arange(len(frame))[kept])
+            ids = pd.Series(np.arange(len(frame))[kept])
             self._max_rows = 1
         else:
             if id_column not in frame.columns:
@@ -140,15 +140,14 @@ class IndividualFilter:
             named = ~missing_ids(raw)[kept]  # a row with a missing id belongs to nobody: dropped
             if not named.all():
                 columns = [c[named] for c in columns]
-            keys = id_keys(raw[kept].reset_index(drop=True)[named].reset_index(drop=True))
+            ids = raw[kept].reset_index(drop=True)[named].reset_index(drop=True)
             self._max_rows = max_rows
-        codes, uniques = pd.factorize(keys, sort=False)
-        codes = codes.astype(np.intp)
-        uniques = pd.Series(uniques, dtype=object)  # keys (ids.py encoding), or row positions
-        hashes = self.ledger.hash_keys(uniques) if id_column is not None else self.ledger.hash_ids(uniques)
-        distinct, inverse = np.unique(hashes, return_inverse=True)
-        if distinct.size < hashes.size:  # two keys share a hash: the ledger sees one individual
-            codes, hashes = inverse.reshape(-1)[codes], distinct
+        # one keyed hash per row (ids encoded by ids.py, in chunks: a hundred million encoded
+        # keys at once would need tens of GB); rows with one hash are one individual, so equal
+        # keys, and the (unlikely) two keys that share a hash, are one person. Individuals are
+        # numbered in order of first appearance (spent() and the reports follow the data's order).
+        codes, hashes = pd.factorize(self.ledger.hash_ids(ids), sort=False)
+        codes, hashes = codes.astype(np.intp), np.asarray(hashes, dtype=np.uint64)
         if id_column is not None and codes.size:
             first = pd.Series(codes).groupby(codes).cumcount().to_numpy() < max_rows
             if not first.all():

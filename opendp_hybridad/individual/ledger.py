@@ -90,6 +90,10 @@ _CREATING, _READY = b"creating", b"ready   "
 _READ_ERRORS = (sqlite3.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, struct.error, OverflowError)
 
 
+#: ids encoded and hashed per chunk by :meth:`PrivacyLedger.hash_ids`
+ID_CHUNK = 1 << 20
+
+
 class LedgerError(HybridADError, RuntimeError):
     """The ledger file cannot be used as asked; nothing was changed."""
 
@@ -644,8 +648,14 @@ class PrivacyLedger:
 
     def hash_ids(self, ids: Any) -> np.ndarray:
         """Keyed 64-bit hashes of individual ids, through the canonical typed encoding (``ids.py``)."""
-        ids = ids if isinstance(ids, pd.Series) else pd.Series(list(ids))
-        return self.hash_keys(_ids.id_keys(ids.reset_index(drop=True)))
+        ids = (ids if isinstance(ids, pd.Series) else pd.Series(list(ids))).reset_index(drop=True)
+        # encoded a chunk at a time: each key is a Python string (about 70 bytes), so encoding a
+        # hundred million ids at once would need tens of GB; a key never depends on other rows
+        out = np.empty(len(ids), dtype=np.uint64)
+        for start in range(0, len(ids), ID_CHUNK):
+            part = ids.iloc[start:start + ID_CHUNK].reset_index(drop=True)
+            out[start:start + len(part)] = self.hash_keys(_ids.id_keys(part))
+        return out
 
     def charge(self, hashes: np.ndarray, charges: np.ndarray, *, label: str = "", noise_scale: float = math.nan,
                worst_case_charge: float = math.nan) -> np.ndarray:
