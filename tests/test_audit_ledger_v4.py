@@ -101,12 +101,11 @@ def test_charge_refuses_arrays_that_are_not_one_dimensional(shape):
     assert ledger.summary()["queries"] == 0
 
 
-# Finding 4 (open): ids.py keys numbers "by numeric value" for ints and floats, but a Decimal or Fraction by
-# its type and str(): Decimal("1"), Decimal("1.00") and 1 are three people although they are equal. An id
-# column read from a SQL NUMERIC or a parquet decimal(10, 2) column (Decimal("1.00")) in one run and as
-# int64 (a CSV) in the next gives every person a fresh budget, as int64 vs float64 did before issue 11.
-@pytest.mark.xfail(strict=True, reason="audit: Decimal/Fraction ids are keyed by type and text, not by numeric "
-                   "value (needs an encoding typed-v3)")
+# Finding 4 (fixed, encoding typed-v3): ids.py keyed numbers "by numeric value" for ints and floats, but a
+# Decimal or Fraction by its type and str(): Decimal("1"), Decimal("1.00") and 1 were three people although
+# they are equal. An id column read from a SQL NUMERIC or a parquet decimal(10, 2) column (Decimal("1.00"))
+# in one run and as int64 (a CSV) in the next gave every person a fresh budget, as int64 vs float64 did
+# before issue 11. Every number is now keyed by its exact value (tests/test_ids.py).
 @pytest.mark.parametrize("equal", [(1, Decimal("1"), Decimal("1.00"), Decimal("1E0"), Fraction(1)),
                                    (2.5, Decimal("2.5"), Decimal("2.50"), Fraction(5, 2))],
                          ids=["integral", "fractional"])
@@ -117,7 +116,6 @@ def test_equal_numbers_of_any_numeric_type_are_one_person(equal):
     assert len(set(hashes.tolist())) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="audit: Decimal ids are keyed by type and text, not by numeric value")
 def test_an_id_column_read_as_decimal_in_the_next_run_keeps_each_persons_budget(tmp_path):
     schema = hd.Schema(x=hd.Field(0, 1))
     (x,) = schema.symbols()

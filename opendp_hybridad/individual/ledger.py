@@ -492,6 +492,12 @@ class PrivacyLedger:
         self._meta_blob = json.dumps(meta, sort_keys=True).encode()
         stored = LedgerParameters(meta["kind"], float(meta["budget"]), None if meta["alpha"] == "" else float(meta["alpha"]),
                                   meta.get("id_encoding", ""))
+        if stored.id_encoding != self.parameters.id_encoding:  # its people's keys would not be found again
+            raise LedgerError(
+                f"{self.path} keys ids with encoding {str(stored.id_encoding)[:40]!r}, this version expects "
+                f"{str(self.parameters.id_encoding)[:40]!r}: refused, since a person could get a second budget "
+                "(spent budget is never reset)"
+            )
         if stored != self.parameters:
             raise LedgerError(
                 f"{self.path} was created for {stored}, not {self.parameters}; open it with its own parameters "
