@@ -168,13 +168,22 @@ def accounting_of(item: Any) -> Accountable:
     measurement built by hand or a chain built after one of ours (attach the record with
     :func:`with_accounting`).
     """
-    attached = getattr(item, _ATTRIBUTE, None)
+    # read from the instance's own dict: an object that answers every attribute (OpenDP's
+    # LazyFrameQuery builds an expression for any name, even __class__) must not pass for a record
+    try:
+        attached = object.__getattribute__(item, "__dict__").get(_ATTRIBUTE)
+    except (AttributeError, TypeError):
+        attached = None
     if attached is not None:
         return attached
-    if isinstance(item, dp_accounting.DpEvent):
-        return Accounting(item)
-    if isinstance(item, Accountable):
-        return item
+    try:
+        if isinstance(item, dp_accounting.DpEvent):
+            return Accounting(item)
+        # the protocol check only asks that the names exist; the event must really be one
+        if isinstance(item, Accountable) and isinstance(item.dp_event(), dp_accounting.DpEvent):
+            return item
+    except TypeError:  # isinstance itself failed (a __class__ that is not a class): carries no event
+        pass
     kind = type(item).__name__
     raise AccountingError(
         f"a {kind} carries no dp-accounting event: use a measurement from make_private_* or make_dp_sgd, a DP-SGD plan, "
@@ -290,14 +299,16 @@ def compose_epsilon(items: Iterable[Any], delta: float, pld_discretization: floa
     pld_discretization = validation.positive_finite("pld_discretization", pld_discretization)
     event, relation, distance = _composed(items)
     # sized before it runs, as dp_sgd_epsilon sizes a DP-SGD run alone (opendp_hybridad.pld_size): the
-    # coarsest interval any component needs; a coarser pessimistic PLD is still an upper bound
-    discretization = max([pld_discretization, *(pld_size.pld_discretization(e, pld_discretization) for e in event.events)])
+    # coarsest interval any component needs, coarser still if the composed support would not fit; a
+    # coarser pessimistic PLD is still an upper bound. No interval fits: PLD reports inf, RDP stands.
     try:
-        rdp_acc = rdp.RdpAccountant(orders=list(RDP_ORDERS))
-        rdp_acc.compose(event)
-        epsilon_rdp = float(rdp_acc.get_epsilon(delta))
-        pld_acc = pld.PLDAccountant(value_discretization_interval=discretization)
-        if pld_acc.supports(event):
+        discretization: float | None = pld_size.composition_discretization(event, pld_discretization)
+    except pld_size.PldTooLargeError:
+        discretization = None
+    try:
+        epsilon_rdp = _rdp_epsilon(event, delta)  # inf where dp-accounting's divergences go negative
+        pld_acc = None if discretization is None else pld.PLDAccountant(value_discretization_interval=discretization)
+        if pld_acc is not None and pld_acc.supports(event):
             pld_acc.compose(event)
             epsilon_pld = float(pld_acc.get_epsilon(delta))
         else:
@@ -319,7 +330,9 @@ def compose_epsilon(items: Iterable[Any], delta: float, pld_discretization: floa
         "accountant_delta": float(delta),
         "statistical_distance": float(distance),
         "relation": relation.name,
-        "pld_discretization": discretization,
+        "pld_discretization": math.nan if discretization is None else discretization,
+        **({} if discretization is not None else {"pld_note": "PLD not computed: no discretisation holds this "
+                                                  "composition within the memory and time limits"}),
     }
 
 
@@ -370,7 +383,7 @@ def dp_sgd_epsilon(n: int, batch_size: int, noise_multiplier: float, epochs: flo
     """
     delta = validation.probability("delta", delta)
     event = dp_sgd_event(n, batch_size, noise_multiplier, epochs, sampling)
-    epsilon_rdp = _dp_sgd_rdp_epsilon(event, delta)
+    epsilon_rdp = _rdp_epsilon(event, delta)
     note = {}
     try:
         epsilon_pld, discretization = _dp_sgd_pld_epsilon(event, delta)
@@ -491,7 +504,7 @@ class _NegativeRenyi(logging.Filter):
         return True
 
 
-def _dp_sgd_rdp_epsilon(event: dp_accounting.DpEvent, delta: float) -> float:
+def _rdp_epsilon(event: dp_accounting.DpEvent, delta: float) -> float:
     """RDP epsilon of ``event``; ``inf`` (the vacuous bound) where dp-accounting's divergences went
     numerically negative, since it would report 0 for them."""
     negative = _NegativeRenyi()
@@ -525,7 +538,7 @@ def _dp_sgd_pld_epsilon(event: dp_accounting.DpEvent, delta: float) -> tuple[flo
 
 def _not_evaluated(exc: BaseException) -> AccountingError:
     # one line, no traceback
-    return AccountingError(f"the accountants could not evaluate this DP-SGD run ({type(exc).__name__}); "
+    return AccountingError(f"the accountants could not evaluate this accounting ({type(exc).__name__}); "
                            "use a larger noise multiplier or fewer steps")
 
 
@@ -548,7 +561,7 @@ def _calibrate_noise_multiplier(target_epsilon: float, delta: float, n: int, bat
     # memoised: the searches below ask for the same multipliers more than once (bracket ends)
     @functools.cache
     def rdp_epsilon(sigma: float) -> float:
-        return _dp_sgd_rdp_epsilon(event(sigma), delta)
+        return _rdp_epsilon(event(sigma), delta)
 
     @functools.cache
     def pld_epsilon(sigma: float) -> float:
@@ -572,7 +585,7 @@ def _calibrate_noise_multiplier(target_epsilon: float, delta: float, n: int, bat
     if rdp_epsilon(smallest) <= target_epsilon:
         return smallest  # met at the allowed minimum (the caller checks PLD there): no search below it
     # probe upward by factors of 10 rather than jump to the largest: extreme noise is where RDP's
-    # divergences go numerically negative (reported as inf by _dp_sgd_rdp_epsilon)
+    # divergences go numerically negative (reported as inf by _rdp_epsilon)
     bottom, top = smallest, min(largest, 1e3)
     at_top = rdp_epsilon(top)
     while at_top > target_epsilon and top < largest:

@@ -179,3 +179,38 @@ def pld_discretization(event: dp_accounting.DpEvent, requested: float = DEFAULT_
                           "discretisation; only the RDP figure is computed (a larger noise multiplier or fewer "
                           "steps would allow PLD)")
     return interval
+
+
+def _components(event: dp_accounting.DpEvent) -> list[dp_accounting.DpEvent]:
+    """The events a ``ComposedDpEvent`` is made of, flattened (any other event is its own component)."""
+    if isinstance(event, dp_accounting.ComposedDpEvent):
+        return [part for inner in event.events for part in _components(inner)]
+    return [event]
+
+
+def _width(event: dp_accounting.DpEvent) -> float:
+    """Support, in nats, of the accountant's distribution for one component: a Gaussian DP-SGD-shaped
+    event as :func:`pld_widths` estimates it; a Laplace of noise multiplier ``b`` has privacy losses
+    in ``[-1/b, 1/b]``; anything else adds nothing we can estimate (0)."""
+    terms = gaussian_terms(event)
+    if terms is not None:
+        return pld_widths(terms).composed
+    if isinstance(event, dp_accounting.LaplaceDpEvent) and event.noise_multiplier > 0:
+        return 2.0 / float(event.noise_multiplier)
+    return 0.0
+
+
+def composition_discretization(event: dp_accounting.DpEvent, requested: float = DEFAULT_DISCRETIZATION) -> float:
+    """:func:`pld_discretization` for a composition of several events: the coarsest interval any
+    component needs, coarsened again until the composed distribution (whose support is the sum of
+    the components' supports) stays within :data:`MAX_COMPOSED_POINTS`. Raises
+    :class:`PldTooLargeError` when that needs an interval above :data:`MAX_DISCRETIZATION`."""
+    parts = _components(event)
+    interval = max([requested, *(pld_discretization(part, requested) for part in parts)])
+    total = sum(_width(part) for part in parts)
+    if total / interval + 2 > MAX_COMPOSED_POINTS:
+        interval = total / (MAX_COMPOSED_POINTS - 2)
+    if interval > MAX_DISCRETIZATION:
+        raise PldTooLargeError("the PLD accountant cannot hold this composition within its memory and time limits at "
+                               "any discretisation; only the RDP figure is computed")
+    return interval

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import opendp_hybridad as hd
 from opendp_hybridad.frame import SchemaMismatchError, make_frame_domain
 from opendp_hybridad.individual import IndividualFilter
-from opendp_hybridad.individual.filter import id_keys
+from opendp_hybridad.individual.ids import id_keys
 from opendp_hybridad.individual.measurement import IndividualQuery, individual_distance, make_individual_filter
 
 SCHEMA = hd.Schema(x=hd.Field(-1, 1, missing="drop"), y=hd.Field(0, 2, missing="impute", impute=1))

@@ -45,7 +45,7 @@ from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.frame.domain import FrameDomain, SchemaMismatchError, as_frame_domain, kernel_inputs, prepare_frame
 from opendp_hybridad.individual import charges as _charges
 from opendp_hybridad.individual import report as _report
-from opendp_hybridad.individual.ids import id_keys, missing_ids
+from opendp_hybridad.individual.ids import missing_ids
 from opendp_hybridad.individual.ledger import LedgerParameters, PrivacyLedger
 from opendp_hybridad.individual.report import QueryReport
 from opendp_hybridad.relations import AddRemove, relation_of
