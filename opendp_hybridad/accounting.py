@@ -38,7 +38,7 @@ from dp_accounting import pld, rdp
 from opendp_hybridad import pld_size, validation
 from opendp_hybridad.analysis.rounding import add_up, div_down, div_up, libm_up, mul_up, sqrt_up, sum_up
 from opendp_hybridad.errors import AccountingError
-from opendp_hybridad.lattice_noise import lattice_noise_distance, measurement_noise_distance
+from opendp_hybridad.lattice_noise import _check_measure, lattice_noise_distance, measurement_noise_distance
 from opendp_hybridad.relations import ADD_REMOVE, Relation, relation_of
 
 #: Renyi orders used by the RDP accountant (dp-accounting's default grid, extended)
@@ -201,11 +201,14 @@ def accounted(measurement: Any, d_in: Any = 1, mechanism: str | None = None, rel
     integers; float data needs ``k`` (OpenDP's default is -1074 for f64); a vector domain of
     unknown size needs ``coordinates``; a chain also needs the noise's ``scale``
     (:func:`~opendp_hybridad.lattice_noise.measurement_noise_distance`). The record's
-    ``statistical_distance`` covers the lattice.
+    ``statistical_distance`` covers the lattice. ``mechanism`` must agree with the map's measure
+    (Laplace: MaxDivergence, Gaussian: zCDP), and a chain's declared noise with the
+    ``make_laplace`` / ``make_gaussian`` it ends with (its lattice, its size; its own scale if smaller).
     """
     kind = mechanism or _guess_mechanism(measurement)
     if kind not in ("laplace", "gaussian"):
         raise AccountingError(f"unknown mechanism {kind!r}")
+    _check_measure(measurement, kind)  # a mechanism= that contradicts the map's measure would describe another mechanism
     multiplier = _multiplier_of_loss(kind, float(measurement.map(d_in)))
     distance = measurement_noise_distance(measurement, kind, d_in, multiplier, k, coordinates, scale)
     record = replace(noise_accounting(d_in, kind, multiplier, 1.0, relation), statistical_distance=distance)

@@ -239,6 +239,10 @@ def measurement_noise_distance(measurement: Any, mechanism: str, d_in: Any, mult
     """
     from opendp_hybridad.analysis.rounding import mul_down
 
+    _check_measure(measurement, mechanism)
+    noise = _noise_measurement(measurement)  # the make_laplace / make_gaussian inside a chain (None: unreadable)
+    if noise is not None and _CONSTRUCTORS[noise.__opendp_dict__["__function__"]] != mechanism:
+        raise AccountingError(f"this measurement's noise is {noise.__opendp_dict__['__function__']}, not {mechanism}")
     if math.isinf(multiplier):  # no loss at d_in: the noise sees identical inputs, any reference will do
         return 0.0
     domain, metric = measurement.input_domain, measurement.input_metric
@@ -251,6 +255,8 @@ def measurement_noise_distance(measurement: Any, mechanism: str, d_in: Any, mult
         if scale is None or k is None or coordinates is None:
             raise AccountingError("accounted() reads the noise's lattice off a plain make_laplace / make_gaussian; for a chain "
                                   "pass scale=, k= and coordinates= of its noise")
+        if noise is not None:  # what the chain's own noise recorded: the declaration must agree (the scale can only shrink)
+            k, coordinates, scale = _declared_noise(noise, int(k), int(coordinates), float(scale))
         return lattice_noise_distance(mechanism, float(scale), int(k), int(coordinates))
     if carrier in _INTEGERS:
         if k not in (None, 0):
@@ -274,3 +280,53 @@ def measurement_noise_distance(measurement: Any, mechanism: str, d_in: Any, mult
     if scale is not None:
         width = min(width, float(scale))
     return lattice_noise_distance(mechanism, width, int(k), noise_coordinates(domain, coordinates))
+
+
+#: OpenDP's noise constructors accounted() knows, and the measure each one's privacy map is in
+_CONSTRUCTORS = {"make_laplace": "laplace", "make_gaussian": "gaussian"}
+_MEASURES = {"laplace": "MaxDivergence", "gaussian": "ZeroConcentratedDivergence"}
+
+
+def _check_measure(measurement: Any, mechanism: str) -> None:
+    """The map must be in the mechanism's own measure: a Laplace's epsilon read as a Gaussian's rho (or the
+    reverse, or a zCDP conversion of a Laplace) would describe another mechanism, whose profile can be smaller."""
+    measure = str(measurement.output_measure).split("(")[0]
+    if measure != _MEASURES[mechanism]:
+        raise AccountingError(f"a {mechanism} record needs a measurement in {_MEASURES[mechanism]}, not {measure}")
+
+
+def _noise_measurement(measurement: Any) -> Any:
+    """The ``make_laplace`` / ``make_gaussian`` measurement ``measurement`` is, or ends a chain with
+    (transformations before it, post-processing after it), read from OpenDP's ``__opendp_dict__``; None
+    when there is no such record. Any other constructor on the way is refused: its map is not a
+    Laplace's or a Gaussian's."""
+    for _ in range(256):
+        built = getattr(measurement, "__opendp_dict__", None)
+        if not isinstance(built, dict):
+            return None
+        function, kwargs = built.get("__function__"), built.get("__kwargs__", {})
+        if function in _CONSTRUCTORS:
+            return measurement
+        if function == "make_chain_mt":
+            measurement = kwargs.get("measurement1")
+        elif function == "make_chain_pm":
+            measurement = kwargs.get("measurement0")
+        else:
+            raise AccountingError(f"accounted() takes OpenDP's make_laplace / make_gaussian (after transformations, before "
+                                  f"post-processing), not a measurement made by {function}")
+    return None  # pragma: no cover - chains are not this deep
+
+
+def _declared_noise(noise: Any, k: int, coordinates: int, scale: float) -> tuple[int, int, float]:
+    """A chain's declared ``(k, coordinates, scale)`` checked against its noise measurement's own record."""
+    carrier = _element_carrier(noise.input_domain)
+    if carrier is None:
+        raise AccountingError(f"no OpenDP noise lattice on a {_kind(noise.input_domain)}")
+    given = noise.__opendp_dict__.get("__kwargs__", {})
+    declared = opendp_default_k(carrier) if given.get("k") is None else int(given["k"])
+    if declared != k:
+        raise AccountingError(f"this chain's noise is drawn on 2^{declared} ({carrier} data), not 2^{k}")
+    coordinates = noise_coordinates(noise.input_domain, coordinates)
+    if isinstance(given.get("scale"), (int, float)):
+        scale = min(scale, float(given["scale"]))
+    return k, coordinates, scale

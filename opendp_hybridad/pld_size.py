@@ -181,36 +181,75 @@ def pld_discretization(event: dp_accounting.DpEvent, requested: float = DEFAULT_
     return interval
 
 
-def _components(event: dp_accounting.DpEvent) -> list[dp_accounting.DpEvent]:
-    """The events a ``ComposedDpEvent`` is made of, flattened (any other event is its own component)."""
+def _components(event: dp_accounting.DpEvent, count: int = 1) -> list[dp_accounting.DpEvent]:
+    """The events the PLD accountant composes for ``event``, each with its own count: a ``ComposedDpEvent`` is
+    flattened and a ``SelfComposedDpEvent``'s count is carried down to every event inside it (as
+    ``PLDAccountant._maybe_compose`` does), so ``SelfComposed(Composed([a, b]), n)`` is ``a`` and ``b``
+    each self-composed ``n`` times."""
     if isinstance(event, dp_accounting.ComposedDpEvent):
-        return [part for inner in event.events for part in _components(inner)]
-    return [event]
+        return [part for inner in event.events for part in _components(inner, count)]
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        return _components(event.event, count * int(event.count))
+    return [event if count == 1 else dp_accounting.SelfComposedDpEvent(event, count)]
+
+
+def _laplace_terms(event: dp_accounting.DpEvent) -> tuple[float, int] | None:
+    """``(noise multiplier, count)`` of a Laplace self-composed ``count`` times; None for any other event."""
+    count = 1
+    while isinstance(event, dp_accounting.SelfComposedDpEvent):
+        count *= int(event.count)
+        event = event.event
+    if isinstance(event, dp_accounting.LaplaceDpEvent) and event.noise_multiplier > 0:
+        return float(event.noise_multiplier), count
+    return None
+
+
+def _shape(event: dp_accounting.DpEvent) -> tuple[float, float, int]:
+    """``(step width, composed width, count)`` in nats of the accountant's distribution for one component: a
+    Gaussian DP-SGD-shaped event as :func:`pld_widths` estimates it; a Laplace of noise multiplier ``b`` has
+    privacy losses in ``[-1/b, 1/b]``, self-composed ``count`` times (Chernoff bound on a preview, as for
+    DP-SGD); anything else adds nothing we can estimate (0)."""
+    terms = gaussian_terms(event)
+    if terms is not None:
+        widths = pld_widths(terms)
+        return widths.step, widths.composed, terms.count
+    laplace = _laplace_terms(event)
+    if laplace is not None:
+        b, count = laplace
+        step = 2.0 / b
+        if count == 1:
+            return step, step, 1
+        loss = privacy_loss_mechanism.LaplacePrivacyLoss(b, sensitivity=1)
+        return step, min(count * step, _composed_width(loss, -1.0 / b, step, count)), count
+    return 0.0, 0.0, 1
 
 
 def _width(event: dp_accounting.DpEvent) -> float:
-    """Support, in nats, of the accountant's distribution for one component: a Gaussian DP-SGD-shaped
-    event as :func:`pld_widths` estimates it; a Laplace of noise multiplier ``b`` has privacy losses
-    in ``[-1/b, 1/b]``; anything else adds nothing we can estimate (0)."""
-    terms = gaussian_terms(event)
-    if terms is not None:
-        return pld_widths(terms).composed
-    if isinstance(event, dp_accounting.LaplaceDpEvent) and event.noise_multiplier > 0:
-        return 2.0 / float(event.noise_multiplier)
-    return 0.0
+    """Support, in nats, of the accountant's composed distribution for one component (see :func:`_shape`)."""
+    return _shape(event)[1]
 
 
 def composition_discretization(event: dp_accounting.DpEvent, requested: float = DEFAULT_DISCRETIZATION) -> float:
     """:func:`pld_discretization` for a composition of several events: the coarsest interval any
     component needs, coarsened again until the composed distribution (whose support is the sum of
-    the components' supports) stays within :data:`MAX_COMPOSED_POINTS`. Raises
-    :class:`PldTooLargeError` when that needs an interval above :data:`MAX_DISCRETIZATION`."""
+    the components' supports) stays within :data:`MAX_COMPOSED_POINTS`; then refined where a
+    component self-composed many times would be kept sparse at that interval (its ``size ** count``
+    past :data:`MAX_SPARSE_POWER_BITS`). Raises :class:`PldTooLargeError` when no interval up to
+    :data:`MAX_DISCRETIZATION` satisfies all of this."""
     parts = _components(event)
+    shapes = [_shape(part) for part in parts]
     interval = max([requested, *(pld_discretization(part, requested) for part in parts)])
-    total = sum(_width(part) for part in parts)
+    total = sum(composed for _, composed, _ in shapes)
     if total / interval + 2 > MAX_COMPOSED_POINTS:
         interval = total / (MAX_COMPOSED_POINTS - 2)
-    if interval > MAX_DISCRETIZATION:
+    too_large = interval > MAX_DISCRETIZATION
+    for step, _, count in shapes:  # at the common interval, a small step composed many times must be made dense
+        points = step / interval + 2
+        if step > 0 and points <= _SPARSE_POINTS and count * math.log2(points) > MAX_SPARSE_POWER_BITS:
+            interval = min(interval, step / (_SPARSE_POINTS + 24))
+    too_large = too_large or total / interval + 2 > MAX_COMPOSED_POINTS \
+        or any(step / interval + 2 > MAX_COMPOSED_POINTS for step, _, _ in shapes)
+    if too_large:
         raise PldTooLargeError("the PLD accountant cannot hold this composition within its memory and time limits at "
                                "any discretisation; only the RDP figure is computed")
     return interval
