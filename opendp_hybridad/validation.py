@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any
-
-import numpy as np
 
 from opendp_hybridad.errors import DeclarationError
 
@@ -28,9 +27,20 @@ MAX_NOISE_MULTIPLIER = 1e6
 MIN_NOISE_MULTIPLIER = 1e-3
 
 
+def _numpy_types(*names: str) -> tuple[type, ...]:
+    """numpy's scalar types ``names``, or none where numpy is not imported (then no value can be one).
+
+    The CLI checks its options through this module; not importing numpy here keeps
+    ``--help`` and ``--version`` from loading it.
+    """
+    np = sys.modules.get("numpy")
+    return () if np is None else tuple(getattr(np, name) for name in names)
+
+
 def real(name: str, value: Any) -> float:
     """``value`` as a float: a real number, not NaN (infinities pass)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+    if isinstance(value, (bool, *_numpy_types("bool_"))) or not isinstance(
+            value, (numbers.Real, *_numpy_types("floating", "integer"))):
         raise DeclarationError(f"{name} must be a real number")
     try:
         out = float(value)
@@ -61,11 +71,11 @@ def probability(name: str, value: Any) -> float:
 
 def count(name: str, value: Any, limit: int = MAX_SIZE, minimum: int = 1) -> int:
     """``value`` as an int in ``[minimum, limit]``; a float is accepted only if it is a whole number."""
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, *_numpy_types("bool_"))):
         raise DeclarationError(f"{name} must be a whole number")
-    if isinstance(value, (numbers.Integral, np.integer)):
+    if isinstance(value, (numbers.Integral, *_numpy_types("integer"))):
         out = int(value)
-    elif isinstance(value, (numbers.Real, np.floating)):
+    elif isinstance(value, (numbers.Real, *_numpy_types("floating"))):
         f = float(value)
         if not (math.isfinite(f) and f == math.floor(f)):
             raise DeclarationError(f"{name} must be a whole number")

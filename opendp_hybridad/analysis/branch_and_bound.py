@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from scipy import optimize
 
 from opendp_hybridad.errors import SoundnessError, UnboundedError
 
@@ -73,6 +72,8 @@ def centres(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def _polish(objective: Objective, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float]:
+    from scipy import optimize  # here, not at the top: scipy.optimize takes 0.2-0.3 s to import
+
     bounds = list(zip(lo, hi, strict=True))
 
     def neg(x: np.ndarray) -> float:
