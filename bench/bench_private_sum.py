@@ -1,17 +1,28 @@
-"""Private sum of age-adjusted BMI over 10 million rows, end to end, against hand-written numpy.
+"""Private sum and private mean of age-adjusted BMI over 10 million rows, end to end, against hand-written numpy.
 
-    python bench/bench_private_sum.py [--rows 10000000] [--repeats 5]
+    python bench/bench_private_sum.py [--rows 10000000] [--repeats 9] [--json out.json]
 
-Ours: ``make_private_sum`` on a pandas DataFrame (schema checks, clamping to the
-box, missing-value policy, compiled kernel, clamping to the certified range,
-pairwise sum, OpenDP Laplace noise). Hand-written numpy: the same clamped sum,
-computed from the same DataFrame, with no privacy at all. Best of N, interleaved.
+Ours: ``make_private_sum`` / ``make_private_mean`` (private count) on a pandas DataFrame
+(schema checks, clamping to the box, missing-value policy, compiled kernel, clamping to the
+certified range, pairwise sum, OpenDP Laplace noise). Hand-written numpy: the same clamped
+sum (and sum over count), computed from the same DataFrame, with no privacy at all.
+
+A second hand-written variant also imputes missing values as the schema declares (what the
+library must do; the plain one skips it). Every variant runs once per round and the rounds are interleaved (A, B, A, B, ...), so load
+on the machine hits them alike; reported are the min and the median of the rounds and the
+ratio of medians (and of mins) to hand-written numpy, with the machine and its load.
+``backend auto`` is what a user gets by default (the backend it picked is printed).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import opendp.prelude as dp
@@ -19,15 +30,46 @@ import pandas as pd
 
 import opendp_hybridad as hd
 from opendp_hybridad.accounting import accounting_of
-from opendp_hybridad.frame import make_frame_domain, make_private_sum, make_sum_of
+from opendp_hybridad.frame import make_frame_domain, make_private_mean, make_private_sum, make_sum_of
 
 dp.enable_features("contrib", "honest-but-curious")
 
 
-def main() -> None:
+def machine() -> dict:
+    """CPU, cores, load and library versions, recorded with every run."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
+            "opendp": getattr(dp, "__version__", "?")}
+    for name in ("numexpr", "numba"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        info[name] = module.__version__
+        if name == "numexpr":
+            info["numexpr_threads"] = module.get_num_threads()
+    return info
+
+
+def load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "?"
+
+
+def main() -> dict:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=10_000_000)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({
@@ -40,33 +82,102 @@ def main() -> None:
     a, w, h = schema.symbols()
     bmi = schema.function(a * w / h**2)
     lo, hi = bmi.range().lower, bmi.range().upper
-    query = make_private_sum(schema, bmi, epsilon=1.0)
-    exact = make_sum_of(make_frame_domain(schema), dp.symmetric_distance(), bmi)
-    # the same query with the plain numpy backend (what a machine without numexpr runs)
-    query_numpy = make_private_sum(schema, bmi, epsilon=1.0, backend="numpy")
 
-    def numpy_clamped_sum() -> float:
+    def numpy_clamped_values() -> np.ndarray:
         age = np.clip(frame["age"].to_numpy(), 18, 90)
         weight = np.clip(frame["weight"].to_numpy(), 40, 200)
         height = np.clip(frame["height"].to_numpy(), 1.4, 2.2)
+        return np.clip(age * weight / height**2, lo, hi)
+
+    def numpy_clamped_sum() -> float:
+        return float(numpy_clamped_values().sum())
+
+    def numpy_imputed_sum() -> float:
+        # the schema's missing-value policy written out too (the frame has no missing value; the passes run anyway)
+        columns = []
+        for name, lower, upper, impute in (("age", 18, 90, 30), ("weight", 40, 200, 70), ("height", 1.4, 2.2, 1.7)):
+            column = np.clip(frame[name].to_numpy(), lower, upper)
+            np.copyto(column, impute, where=np.isnan(column))
+            columns.append(column)
+        age, weight, height = columns
         return float(np.clip(age * weight / height**2, lo, hi).sum())
 
+    def numpy_clamped_mean() -> float:
+        return float(numpy_clamped_values().sum() / len(frame))
+
     reference = numpy_clamped_sum()
-    assert abs(exact(frame) - reference) <= 1e-9 * abs(reference), "the pipeline computes a different sum"
-    variants = (("hand-written numpy (clamped sum, no privacy)", numpy_clamped_sum),
-                ("opendp-hybridad private sum (numexpr backend)", lambda: query(frame)),
-                ("opendp-hybridad private sum (numpy backend)", lambda: query_numpy(frame)),
-                ("opendp-hybridad sum transformation only", lambda: exact(frame)))
-    timings: dict[str, list[float]] = {name: [] for name, _ in variants}
+    built: dict[str, float] = {}
+    sums: dict[str, Callable[[], object]] = {"hand-written numpy clamped sum (no privacy)": numpy_clamped_sum,
+                                             "hand-written numpy, imputing as the schema says": numpy_imputed_sum}
+    means: dict[str, Callable[[], object]] = {"hand-written numpy clamped mean (no privacy)": numpy_clamped_mean}
+    skipped = []
+    note = ""
+    for backend in ("auto", "numba", "numexpr", "numpy"):
+        try:
+            start = time.perf_counter()
+            exact = make_sum_of(make_frame_domain(schema), dp.symmetric_distance(), bmi, backend=backend)
+            query = make_private_sum(schema, bmi, epsilon=1.0, backend=backend)
+            built[f"sum, backend {backend}"] = time.perf_counter() - start
+        except Exception as exc:  # a backend this checkout or machine does not have
+            skipped.append(f"sum, backend {backend}: {type(exc).__name__}: {exc}")
+            continue
+        got = exact(frame)
+        assert abs(got - reference) <= 1e-9 * abs(reference), f"backend {backend}: the pipeline computes a different sum"
+        sums[f"private sum, backend {backend}"] = lambda query=query: query(frame)
+        if backend == "auto":
+            sums["sum transformation only, backend auto"] = lambda exact=exact: exact(frame)
+            note = f"noise scale {accounting_of(query).scale:.1f}, auto picked {bmi.compile().backend}"
+            try:  # why, where this checkout calibrates
+                from opendp_hybridad.compile.kernel import backend_choice
+            except ImportError:
+                pass
+            else:
+                choice = backend_choice(bmi)
+                timed = ", ".join(f"{b} {t * 1e3:.2f} ms" for b, t in choice.seconds.items())
+                note += f" ({choice.reason}{': ' + timed if timed else ''})"
+        try:
+            start = time.perf_counter()
+            mean = (make_private_mean(schema, bmi, epsilon=1.0) if backend == "auto"
+                    else make_private_mean(schema, bmi, epsilon=1.0, backend=backend))
+            built[f"mean, backend {backend}"] = time.perf_counter() - start
+        except Exception as exc:
+            skipped.append(f"mean, backend {backend}: {type(exc).__name__}: {exc}")
+            continue
+        means[f"private mean (sum and count), backend {backend}"] = lambda mean=mean: mean(frame)
+
+    variants = {**sums, **means}
+    timings: dict[str, list[float]] = {name: [] for name in variants}
+    load_before = load()
     for _ in range(args.repeats):
-        for name, fn in variants:
-            t = time.perf_counter()
+        for name, fn in variants.items():
+            start = time.perf_counter()
             fn()
-            timings[name].append(time.perf_counter() - t)
-    base = min(timings["hand-written numpy (clamped sum, no privacy)"])
-    print(f"rows: {args.rows}, best of {args.repeats}, noise scale {accounting_of(query).scale:.1f}, backend {bmi.compile().backend}")
-    for name, ts in timings.items():
-        print(f"  {name:<46s} {min(ts) * 1000:8.1f} ms   ratio {min(ts) / base:.3f}")
+            timings[name].append(time.perf_counter() - start)
+    load_after = load()
+
+    results = {"rows": args.rows, "repeats": args.repeats, "machine": machine(), "load_before": load_before,
+               "load_after": load_after, "note": note, "construction_seconds": built, "skipped": skipped, "variants": {}}
+    print(f"rows {args.rows}, {args.repeats} interleaved rounds, {note}")
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()))
+    print(f"load average (1, 5, 15 min): before {load_before}, after {load_after}")
+    for group in (sums, means):
+        base_name = next(iter(group))
+        base_min, base_med = min(timings[base_name]), statistics.median(timings[base_name])
+        print(f"  {'variant':<56s} {'min ms':>8s} {'median ms':>10s} {'ratio med':>10s} {'ratio min':>10s}")
+        for name in group:
+            ts = timings[name]
+            row = {"min_s": min(ts), "median_s": statistics.median(ts), "ratio_of_medians": statistics.median(ts) / base_med,
+                   "ratio_of_mins": min(ts) / base_min, "baseline": base_name}
+            results["variants"][name] = row
+            print(f"  {name:<56s} {row['min_s'] * 1e3:8.1f} {row['median_s'] * 1e3:10.1f} "
+                  f"{row['ratio_of_medians']:10.3f} {row['ratio_of_mins']:10.3f}")
+    for line in skipped:
+        print(f"  skipped: {line}")
+    print("construction (s): " + ", ".join(f"{k} {v:.2f}" for k, v in built.items()))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return results
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
 
 #: bump when generated code changes shape, so old artefacts are ignored
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 
 
 def default_cache_dir() -> Path:
@@ -41,7 +42,14 @@ def load(key: str, directory: Path) -> ModuleType | None:
     if spec is None or spec.loader is None:  # pragma: no cover - a file that exists always has a spec
         return None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # registered under its name, as an import would: numba's on-disk cache of a numba kernel finds
+    # the module's compiled helpers again by that name
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(spec.name, None)
+        raise
     return module
 
 

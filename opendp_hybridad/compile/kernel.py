@@ -9,8 +9,12 @@ kernel can also be used to inspect values outside the box.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -18,31 +22,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from opendp_hybridad.compile import cache as kernel_cache
-from opendp_hybridad.compile.codegen import generate_module
+from opendp_hybridad.compile.codegen import generate_module, numba_unsupported
 from opendp_hybridad.errors import DeclarationError
 
 if TYPE_CHECKING:  # pragma: no cover
     from opendp_hybridad.symbolic.function import RecordFunction
 
-BACKENDS = ("numpy", "numexpr")
+BACKENDS = ("numpy", "numexpr", "numba")
+
+#: ``OPENDP_HYBRIDAD_BACKEND=numpy|numexpr|numba`` pins what ``backend="auto"`` means (no calibration)
+BACKEND_ENV = "OPENDP_HYBRIDAD_BACKEND"
 
 
 def available_backends() -> list[str]:
-    found = ["numpy"]
-    try:
-        import numexpr  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        found.append("numexpr")
-    return found
+    """The installed backends (found without importing them: numexpr and numba load only when used)."""
+    return ["numpy"] + [name for name in ("numexpr", "numba") if importlib.util.find_spec(name) is not None]
 
 
 def resolve_backend(backend: str) -> str:
-    if backend == "auto":
-        return "numexpr" if "numexpr" in available_backends() else "numpy"
+    """A named backend, checked to be installed. ``"auto"`` is resolved per function by :func:`choose_backend`."""
     if backend not in BACKENDS:
-        raise DeclarationError(f"backend must be 'auto', 'numpy' or 'numexpr', not {backend!r}")
+        raise DeclarationError(f"backend must be 'auto', 'numpy', 'numexpr' or 'numba', not {backend!r}")
     if backend not in available_backends():
         raise DeclarationError(f"backend {backend!r} is not installed (pip install 'opendp-hybridad[fast]')")
     return backend
@@ -103,7 +103,9 @@ class Kernel:
         """``f`` on records clamped to the box (imputing where the field says so), clamped to ``[lower, upper]``.
 
         The columns must not contain missing values in fields without an impute
-        value (the frame domain guarantees it). One fused pass with numexpr.
+        value (the frame domain guarantees it). One fused pass with numexpr or numba.
+        Every backend maps a record to the same IEEE computation wherever it sits in
+        the columns, so a record's value never depends on the other records.
         """
         return self._module.value_clamped(*columns, lower, upper)
 
@@ -146,31 +148,169 @@ def _exec_source(source: str, key: str) -> ModuleType:
     return module
 
 
+def _numba_refusal(fn: RecordFunction) -> str | None:
+    """Why the numba backend is not offered for ``fn`` (None when it is). Imports numba."""
+    import numba
+
+    return numba_unsupported(fn.expr, bool(getattr(numba.config, "USING_SVML", False)))
+
+
+def _checked(chosen: str, fn: RecordFunction, build: Any) -> Any:
+    """``build()``; for numexpr and numba, a refusal, a failed import or a failed compile is a DeclarationError."""
+    if chosen == "numpy":
+        return build()
+    try:
+        why = _numba_refusal(fn) if chosen == "numba" else None
+        if why is None:
+            return build()
+    except DeclarationError:
+        raise
+    except Exception as exc:  # an import or compile error (numba's quote only the generated source)
+        raise DeclarationError(f"backend {chosen!r} cannot compile this function ({type(exc).__name__})") from None
+    raise DeclarationError(f"backend 'numba' cannot compile this function: {why}")
+
+
 def compile_function(fn: RecordFunction, backend: str = "auto", cache: bool | str | Path = False) -> Kernel:
     """Build a :class:`Kernel` just in time, or through the ahead-of-time cache.
 
-    ``cache`` False: generate and ``exec`` in this process. True: use the default
-    cache directory (``$OPENDP_HYBRIDAD_CACHE`` or ``~/.cache/opendp_hybridad``);
-    a path: use that directory.
+    ``backend``: ``"numpy"``, ``"numexpr"``, ``"numba"`` or ``"auto"`` (the backend
+    :func:`choose_backend` picks for ``fn``, before any data). ``cache`` False: generate
+    and ``exec`` in this process. True: use the default cache directory
+    (``$OPENDP_HYBRIDAD_CACHE`` or ``~/.cache/opendp_hybridad``); a path: use that
+    directory (numba's machine code is cached there too).
     """
-    chosen = resolve_backend(backend)
+    chosen = choose_backend(fn) if backend == "auto" else resolve_backend(backend)
     key = kernel_cache.artefact_key(fn.fingerprint, chosen)
     start = time.perf_counter()
     if cache is False or cache is None:
         source = _source_for(fn, chosen, key)
-        module = _exec_source(source, key)
+        module = _checked(chosen, fn, lambda: _exec_source(source, key))
         return Kernel(fn.names, module, chosen, "jit", None, source, time.perf_counter() - start)
     directory = kernel_cache.default_cache_dir() if cache is True else Path(cache)
-    module = kernel_cache.load(key, directory)
+    module = _checked(chosen, fn, lambda: kernel_cache.load(key, directory))
     if module is not None:
         return Kernel(fn.names, module, chosen, "aot-load", directory / f"kernel_{key}.py", None,
                       time.perf_counter() - start)
     source = _source_for(fn, chosen, key)
     path = kernel_cache.store(key, directory, source)
-    module = kernel_cache.load(key, directory)
+    module = _checked(chosen, fn, lambda: kernel_cache.load(key, directory))
     if module is None:  # pragma: no cover - store() just wrote it
         raise OSError(f"kernel cache {directory} did not keep {path.name}")
     return Kernel(fn.names, module, chosen, "aot-write", path, source, time.perf_counter() - start)
 
 
-__all__ = ["Kernel", "compile_function", "available_backends"]
+# -- backend="auto" -----------------------------------------------------------------------
+
+#: ties, and a loaded machine, go to the first of these: numba and numpy run in the calling
+#: thread, numexpr's worker threads wait for each other when another job holds a core
+PREFERENCE = ("numba", "numpy", "numexpr")
+#: records in the calibration sample: a few milliseconds per backend
+CALIBRATION_ROWS = 1 << 16
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How ``backend="auto"`` chose for one function: the backend, and why.
+
+    ``reason``: ``"calibrated"`` (fastest best-of-``rounds`` time on a synthetic sample),
+    ``"loaded"`` (the machine's load average reaches its core count, so timings would
+    measure the other jobs: the first single-threaded backend in :data:`PREFERENCE`),
+    ``"pinned"`` (``$OPENDP_HYBRIDAD_BACKEND``) or ``"only"`` (one candidate).
+    ``seconds``: best time per timed candidate; ``refused``: why a backend was not a candidate.
+    """
+
+    backend: str
+    reason: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+_choices: dict[str, Calibration] = {}
+_choices_lock = threading.Lock()
+
+
+def machine_loaded() -> bool:
+    """Whether the 1-minute load average reaches the number of cores this process may use."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - no load average on this platform
+        return False
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return load >= cpus
+
+
+def calibration_sample(fn: RecordFunction, rows: int = CALIBRATION_ROWS) -> list[np.ndarray]:
+    """Synthetic columns for timing: uniform over each field's range widened by a tenth on each side
+    (so the clamps work), from a fixed seed. Never the data a release reads: the choice it informs
+    is made before any data, so a record's value cannot depend on which dataset is released."""
+    rng = np.random.default_rng(0)
+    columns = []
+    for f in fn.schema.fields.values():
+        lo, hi = float(f.lower), float(f.upper)
+        pad = 0.1 * (hi - lo) if np.isfinite(hi - lo) else 1.0
+        columns.append(np.nan_to_num(rng.uniform(lo - pad, hi + pad, rows)))
+    return columns
+
+
+def calibrate(fn: RecordFunction, *, rows: int = CALIBRATION_ROWS, rounds: int = 3,
+              loaded: bool | None = None) -> Calibration:
+    """Pick the backend for ``fn``: compile every installed one that can evaluate it, then time
+    ``value_clamped`` on :func:`calibration_sample` (rounds interleaved, best of ``rounds``).
+
+    A backend that cannot compile ``fn`` is skipped (``refused``); numpy always can. On a loaded
+    machine (``loaded``, default :func:`machine_loaded`) nothing is timed: the first
+    single-threaded candidate in :data:`PREFERENCE`. Which backend wins changes no map: under
+    add/remove and replace-one a sum's stability rests only on each value lying in the certified
+    range (every backend clamps to it, NaN to its lower end), and the feature relation evaluates
+    certified enclosures, not the kernel.
+    """
+    kernels: dict[str, Kernel] = {}
+    refused: dict[str, str] = {}
+    for name in PREFERENCE:
+        if name not in available_backends():
+            refused[name] = "not installed"
+            continue
+        try:
+            kernels[name] = fn.compile(backend=name)
+        except DeclarationError as exc:
+            refused[name] = str(exc)
+    if len(kernels) == 1:
+        return Calibration(next(iter(kernels)), "only", refused=refused)
+    if machine_loaded() if loaded is None else loaded:
+        single = [name for name in kernels if name != "numexpr"]
+        return Calibration(single[0], "loaded", refused=refused)
+    columns = calibration_sample(fn, rows)
+    lower, upper = -np.inf, np.inf
+    best = dict.fromkeys(kernels, np.inf)
+    with np.errstate(all="ignore"):
+        for kernel in kernels.values():  # warm-up: numexpr starts its threads, caches fill
+            kernel.value_clamped(columns, lower, upper)
+        for _ in range(rounds):
+            for name, kernel in kernels.items():
+                start = time.perf_counter()
+                kernel.value_clamped(columns, lower, upper)
+                best[name] = min(best[name], time.perf_counter() - start)
+    fastest = min(kernels, key=lambda name: (best[name], PREFERENCE.index(name)))
+    return Calibration(fastest, "calibrated", seconds=best, refused=refused)
+
+
+def backend_choice(fn: RecordFunction) -> Calibration:
+    """What ``backend="auto"`` means for ``fn`` in this process: ``$OPENDP_HYBRIDAD_BACKEND`` when set,
+    else :func:`calibrate`, run once per function (by fingerprint) and kept for the process."""
+    pinned = os.environ.get(BACKEND_ENV, "").strip()
+    if pinned and pinned != "auto":
+        return Calibration(resolve_backend(pinned), "pinned")
+    with _choices_lock:
+        choice = _choices.get(fn.fingerprint)
+        if choice is None:
+            choice = _choices[fn.fingerprint] = calibrate(fn)
+    return choice
+
+
+def choose_backend(fn: RecordFunction) -> str:
+    """The backend ``backend="auto"`` compiles ``fn`` with (see :func:`backend_choice`)."""
+    return backend_choice(fn).backend
+
+
+__all__ = ["BACKENDS", "Calibration", "Kernel", "available_backends", "backend_choice", "calibrate",
+           "choose_backend", "compile_function", "machine_loaded"]

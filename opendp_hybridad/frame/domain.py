@@ -3,7 +3,7 @@ preparation every data-facing constructor applies before a kernel runs.
 
 Members are pandas ``DataFrame`` s and polars ``DataFrame`` s / ``LazyFrame`` s
 (polars is optional: ``pip install opendp-hybridad[polars]``). Both are read by
-one rule, :func:`_member_columns`: each declared column is accepted or refused
+one rule, :func:`read_member`: each declared column is accepted or refused
 by its dtype alone (so membership never depends on where a value sits), then
 converted to float64 in one vectorised step with every missing value as NaN:
 pandas ``NaN``/``None``/``pd.NA`` and polars ``null``/``NaN`` alike. Everything
@@ -33,6 +33,7 @@ frame that has one is not a member and is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -211,16 +212,53 @@ def check_frame(frame: Any, domain: Schema | FrameDomain) -> None:
     be a bare Schema (the default size limit, no fixed size). Nothing is computed
     from the values beyond these checks; errors name the column, never a value.
     """
-    _member_columns(frame, as_frame_domain(domain))
+    read_member(frame, domain)
 
 
-def _member_columns(frame: Any, spec: FrameDomain) -> tuple[dict[str, np.ndarray], int]:
-    """The declared columns of a member as float64 (NaN marks a missing value) and its row count.
+#: held only by :func:`read_member`: a :class:`MemberFrame` is never built from unchecked columns by mistake
+_READ = object()
+
+
+@dataclass(frozen=True, eq=False)
+class MemberFrame:
+    """A member of a frame domain, read once: its declared columns as float64 (NaN marks a missing
+    value), its number of rows, and which rows the missing-value policies keep (``kept`` is None
+    when every row is kept). Built only by :func:`read_member`, after the membership check.
+
+    Every reader here accepts one in place of the frame it was read from (for the same domain
+    only), so a release that needs the frame twice (the private mean's sum and count) checks,
+    converts and reads it once. One input record is one row of it, dropped records included.
+    """
+
+    domain: FrameDomain
+    columns: dict[str, np.ndarray]
+    rows: int
+    kept: np.ndarray | None
+    token: Any = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.token is not _READ:
+            raise DeclarationError("a MemberFrame is built by read_member(frame, domain), which checks membership")
+
+    @property
+    def kept_count(self) -> int:
+        """The number of records the missing-value policies keep."""
+        return self.rows if self.kept is None else int(self.kept.sum())
+
+
+def read_member(frame: Any, domain: Schema | FrameDomain) -> MemberFrame:
+    """The declared columns of a member as float64 (NaN marks a missing value), its rows and kept records.
 
     The one reader of frames: every check and every preparation starts here, so
     pandas and polars frames follow the same policy. Raises :class:`SchemaMismatchError`
-    for a non-member before anything is computed from its values.
+    for a non-member before anything is computed from its values. A :class:`MemberFrame`
+    read for this domain is returned as it is; one read for another domain is refused.
     """
+    spec = as_frame_domain(domain)
+    if isinstance(frame, MemberFrame):
+        if frame.domain != spec:
+            raise SchemaMismatchError("the frame was read for another frame domain")
+        return frame
     schema = spec.schema
     if isinstance(frame, pd.DataFrame):
         columns = {name: _pandas_column(frame, name, field.dtype) for name, field in schema.fields.items()}
@@ -236,9 +274,12 @@ def _member_columns(frame: Any, spec: FrameDomain) -> tuple[dict[str, np.ndarray
             raise SchemaMismatchError(f"column {name!r} has missing values and its policy is 'raise'")
     if rows > spec.size_limit:
         raise SchemaMismatchError(f"the frame has more records than the domain's size limit {spec.size_limit}")
-    if spec.size is not None and int(_kept(columns, schema, rows).sum()) != spec.size:
+    drops = any(f.missing == "drop" for f in schema.fields.values())
+    kept = _kept(columns, schema, rows) if drops else None
+    member = MemberFrame(spec, columns, rows, kept, token=_READ)
+    if spec.size is not None and member.kept_count != spec.size:
         raise SchemaMismatchError(f"the domain has exactly {spec.size} records after the missing-value policies")
-    return columns, rows
+    return member
 
 
 def _kept(columns: dict[str, np.ndarray], schema: Schema, rows: int) -> np.ndarray:
@@ -393,16 +434,15 @@ def _extension_kind(column: pd.Series) -> str:
 
 def prepare_frame(frame: Any, domain: Schema | FrameDomain) -> PreparedFrame:
     """Check membership, apply missing-value policies, clamp to the box: see the module docstring."""
-    schema = as_frame_domain(domain).schema
-    raw, rows = _member_columns(frame, as_frame_domain(domain))
-    kept = _kept(raw, schema, rows)
+    member = read_member(frame, domain)
+    kept = np.ones(member.rows, dtype=bool) if member.kept is None else member.kept
     columns = {}
-    for name, field in schema.fields.items():
-        values = raw[name]
-        if field.missing == "impute":
-            values = np.where(np.isnan(values), field.impute, values)
-        values = values if kept.all() else values[kept]
-        columns[name] = np.clip(values, field.lower, field.upper)
+    for name, fld in member.domain.schema.fields.items():
+        values = member.columns[name]
+        if fld.missing == "impute":
+            values = np.where(np.isnan(values), fld.impute, values)
+        values = values if member.kept is None else values[kept]
+        columns[name] = np.clip(values, fld.lower, fld.upper)
     return PreparedFrame(columns, kept)
 
 
@@ -414,15 +454,12 @@ def schema_of(input_domain: Any) -> Schema:
 def kernel_inputs(frame: Any, domain: Schema | FrameDomain) -> list[np.ndarray]:
     """Columns ready for :meth:`Kernel.value_clamped`, which imputes and clamps itself.
 
-    When no field drops records this is a membership check and a float64 view of
-    each column (no copy for a pandas float64 column); otherwise records are
-    dropped first by :func:`prepare_frame`.
+    A membership check and a float64 view of each column (no copy for a pandas
+    float64 column); when some field drops records, the kept records of each column.
     """
-    spec = as_frame_domain(domain)
-    if any(f.missing == "drop" for f in spec.schema.fields.values()):
-        return list(prepare_frame(frame, spec).columns.values())
-    columns, _ = _member_columns(frame, spec)
-    return [columns[name] for name in spec.schema.names]
+    member = read_member(frame, domain)
+    columns = [member.columns[name] for name in member.domain.schema.names]
+    return columns if member.kept is None else [c[member.kept] for c in columns]
 
 
 def _float_column(column: pd.Series) -> np.ndarray:
@@ -448,3 +485,20 @@ def make_frame_domain(schema: Schema, *, size_limit: int = DEFAULT_SIZE_LIMIT, s
 
     spec = FrameDomain(schema, size_limit, size, labels)
     return dp.user_domain(spec.identifier, member=spec.member, descriptor=spec)
+
+
+def make_member_domain(domain: Any):
+    """An OpenDP ``UserDomain`` of the :class:`MemberFrame` s read for ``domain`` (a frame domain).
+
+    Its descriptor is the same :class:`FrameDomain`, so every constructor that takes a frame
+    domain takes this one and reads its members without reading a frame again. Requires
+    OpenDP's ``honest-but-curious`` feature.
+    """
+    import opendp.prelude as dp
+
+    spec = as_frame_domain(domain)
+
+    def member(value: Any) -> bool:
+        return isinstance(value, MemberFrame) and value.domain == spec
+
+    return dp.user_domain("MemberFrame" + spec.identifier.removeprefix("FrameDomain"), member=member, descriptor=spec)

@@ -52,7 +52,13 @@ from opendp_hybridad.analysis.rounding import (
 )
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.frame.aggregate import _domain_size_limit, _SumPlan, make_sum_of, make_sum_of_vector
-from opendp_hybridad.frame.domain import DEFAULT_SIZE_LIMIT, as_frame_domain, make_frame_domain, prepare_frame
+from opendp_hybridad.frame.domain import (
+    DEFAULT_SIZE_LIMIT,
+    as_frame_domain,
+    make_frame_domain,
+    make_member_domain,
+    read_member,
+)
 from opendp_hybridad.lattice_noise import transformation_noise_lattice
 from opendp_hybridad.opendp_compat import to_then
 from opendp_hybridad.relations import ADD_REMOVE, REPLACE_ONE, FeatureLevel, Relation, relation_of
@@ -105,7 +111,8 @@ def make_count_of(input_domain: Any, input_metric: Any):
         return 0.0 if constant else round_up(d)
 
     def apply(frame: Any) -> float:
-        return float(prepare_frame(frame, spec).rows)
+        # membership first (size limit, 'raise' fields, a fixed size); the count needs only the kept mask
+        return float(read_member(frame, spec).kept_count)
 
     return dp.t.make_user_transformation(input_domain, input_metric, dp.atom_domain(T=float, nan=False),
                                          dp.absolute_distance(T=float), apply, stability)
@@ -237,9 +244,24 @@ def make_private_count(domain_or_schema: Any, metric: Any = None, *, epsilon: fl
     return _calibrate(make_count_of(domain, metric), d_in, epsilon, rho, relation_of(metric))
 
 
+def _read_once(domain: Any, metric: Any) -> Any:
+    """Transformation: frame -> the :class:`~opendp_hybridad.frame.domain.MemberFrame` read from it.
+
+    The membership check and the float64 conversion, done once for measurements that all read
+    the frame. Record-wise: each input record is one row of the output (a record a field drops
+    stays, marked not kept), so neighbours under a relation stay neighbours under it and the
+    stability is the identity, ``d_out = d_in``.
+    """
+    import opendp.prelude as dp
+
+    spec = as_frame_domain(domain)
+    return dp.t.make_user_transformation(domain, metric, make_member_domain(spec), metric,
+                                         lambda frame: read_member(frame, spec), lambda d_in: d_in)
+
+
 def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: Any = None, *, size: int | None = None,
                       epsilon: float | None = None, rho: float | None = None, d_in: Any = 1,
-                      count_share: float = 0.5, size_limit: int | None = None) -> Any:
+                      count_share: float = 0.5, size_limit: int | None = None, backend: str = "auto") -> Any:
     """Measurement: mean of f, with a public ``size``, or (``size=None``) a private sum over a private count.
 
     A public ``size`` is the number of records kept after the missing-value
@@ -250,14 +272,17 @@ def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: A
     are released by one ``dp.c.make_composition`` and the mean is post-processed as
     ``sum / max(count, 1)``, clamped to the certified range of f: one measurement
     (composition ``>>`` post-processing) whose accounting record is the composed event,
-    with the sum's and the count's records in its ``parts``.
+    with the sum's and the count's records in its ``parts``. The frame is read once per
+    release (membership, conversion: a record-wise transformation with stability
+    ``d_out = d_in`` before the composition), and the kernel runs once per record.
+    ``backend`` picks the kernel backend (as for :func:`make_private_sum`).
     """
     import opendp.prelude as dp
 
     fixed = size is not None or (not isinstance(domain_or_schema, Schema) and as_frame_domain(domain_or_schema).size is not None)
     if fixed:
         domain, metric = _space(domain_or_schema, metric, size_limit, size)
-        t = make_mean_of(domain, metric, function)
+        t = make_mean_of(domain, metric, function, backend=backend)
         return _calibrate(t, d_in, epsilon, rho, relation_of(metric))
     domain, metric = _space(domain_or_schema, metric, size_limit)
     if not 0 < count_share < 1:
@@ -269,10 +294,13 @@ def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: A
     count_budget = mul_down(float(budget), count_share)
     sum_budget = add_down(float(budget), -count_budget)
     key = "epsilon" if epsilon is not None else "rho"
-    total = make_private_sum(domain, function, metric, d_in=d_in, **{key: sum_budget})
-    count = make_private_count(domain, metric, d_in=d_in, **{key: count_budget})
+    # the sum and the count read the frame read once; each is the measurement it would be on the frame
+    read = _read_once(domain, metric)
+    read_domain = read.output_domain
+    total = make_private_sum(read_domain, function, metric, d_in=d_in, backend=backend, **{key: sum_budget})
+    count = make_private_count(read_domain, metric, d_in=d_in, **{key: count_budget})
     rng = function.range()
-    composed = dp.c.make_composition([total, count])
+    composed = read >> dp.c.make_composition([total, count])
     lower, upper = rng.lower, rng.upper
 
     def mean(pair: Any) -> float:

@@ -283,8 +283,14 @@ class RecordFunction:
     def compile(self, backend: str = "auto", cache: bool | str = False) -> Kernel:
         """A batched float64 kernel for value, gradient and gradient norm.
 
-        ``backend`` is ``"numpy"``, ``"numexpr"`` or ``"auto"`` (numexpr when
-        installed). ``cache=True`` writes the generated module once to the
+        ``backend`` is ``"numpy"``, ``"numexpr"``, ``"numba"`` (``value_clamped``, which sums
+        and row maps run, as one compiled loop; the rest numpy) or ``"auto"``: the fastest
+        installed backend for this function by a short calibration on synthetic data, run
+        once per function and process before any data (on a loaded machine, numba or numpy
+        untimed; ``$OPENDP_HYBRIDAD_BACKEND`` pins it), see
+        :func:`opendp_hybridad.compile.kernel.backend_choice`. With numba it costs numba's
+        start-up once per process and a compile per function (tenths of a second each).
+        ``cache=True`` writes the generated module once to the
         ahead-of-time cache (see :mod:`opendp_hybridad.compile.cache`) and loads it
         from there in every later process; a directory path picks the cache.
         """
@@ -292,6 +298,10 @@ class RecordFunction:
 
         if cache is not False:
             return compile_function(self, backend=backend, cache=cache)
+        if backend == "auto":  # the chosen backend's kernel: calibration has compiled it already
+            from opendp_hybridad.compile.kernel import choose_backend
+
+            backend = choose_backend(self)
         if backend not in self._kernels:  # a JIT kernel is reused by every query on this function
             self._kernels[backend] = compile_function(self, backend=backend, cache=False)
         return self._kernels[backend]
