@@ -517,9 +517,12 @@ def _numba_clamped_source(expr: sympy.Expr, args: list[str], box: dict[str, tupl
     loop.append("        _out[_i] = min(max(_r, _lo), _hi)")
     # inputs typed read-only (pandas hands out read-only views): one signature for every caller
     signature = "_nb.void(" + ", ".join(["_column"] * len(args) + ["_nb.float64", "_nb.float64", "_nb.float64[::1]"]) + ")"
-    wrapper = [f"def value_clamped({', '.join(args)}, _lo, _hi):",
-               f"    _out = _empty({args[0]}.shape[0], dtype=float64)",
-               "    _value_clamped_loop(" + ", ".join(f"_readonly({a})" for a in args) + ", float(_lo), float(_hi), _out)",
+    # no field name appears in the wrapper: a field named like one of its locals or globals (``_out``,
+    # ``_empty``, ``float``) would otherwise shadow it (a field named ``_out`` read uninitialised memory)
+    wrapper = ["def value_clamped(*_args):",
+               "    _cols = [_readonly(_c) for _c in _args[:-2]]",
+               "    _out = _empty(_cols[0].shape[0], dtype=float64)",
+               "    _value_clamped_loop(*_cols, float(_args[-2]), float(_args[-1]), _out)",
                "    return _out"]
     return ("\n".join(loop) + f"\n\n\n_value_clamped_loop = _nb.njit({signature}, **_NB)(_value_clamped_loop)\n\n\n"
             + "\n".join(wrapper) + "\n")

@@ -247,8 +247,11 @@ def calibration_sample(fn: RecordFunction, rows: int = CALIBRATION_ROWS) -> list
     columns = []
     for f in fn.schema.fields.values():
         lo, hi = float(f.lower), float(f.upper)
-        pad = 0.1 * (hi - lo) if np.isfinite(hi - lo) else 1.0
-        columns.append(np.nan_to_num(rng.uniform(lo - pad, hi + pad, rows)))
+        # lo + t (hi - lo) as (1 - t) lo + t hi: never hi - lo, which overflows for a box as wide as
+        # [-1e308, 1e308] (numpy's uniform refuses such a range); an infinite end becomes the largest float
+        t = rng.uniform(-0.1, 1.1, rows)
+        with np.errstate(all="ignore"):
+            columns.append(np.nan_to_num((1.0 - t) * lo + t * hi))
     return columns
 
 
