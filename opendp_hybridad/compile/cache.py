@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 #: bump when generated code changes shape, so old artefacts are ignored
-GENERATOR_VERSION = "6"
+GENERATOR_VERSION = "7"
 
 
 def default_cache_dir() -> Path:

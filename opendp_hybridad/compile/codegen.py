@@ -528,6 +528,19 @@ def _numba_clamped_source(expr: sympy.Expr, args: list[str], box: dict[str, tupl
             + "\n".join(wrapper) + "\n")
 
 
+def _generated_names(args: list[str]) -> dict[str, str]:
+    """The generated parameter name of each field: ``_x0, _x1, ...`` by position."""
+    return {name: f"_x{j}" for j, name in enumerate(args)}
+
+
+def _renamed(expr: Any, rename: dict[str, str]) -> Any:
+    """``expr`` with each field's symbol replaced by its generated name (same assumptions)."""
+    expr = sympy.sympify(expr)
+    subs = {sym: sympy.Symbol(rename[str(sym)], **sym.assumptions0)
+            for sym in expr.free_symbols if isinstance(sym, sympy.Symbol) and str(sym) in rename}
+    return expr.xreplace(subs)
+
+
 def _assumptions(expr: sympy.Expr, name: str) -> dict:
     for sym in expr.free_symbols:
         if str(sym) == name:
@@ -549,6 +562,16 @@ def generate_module(
     adds ``value_clamped`` (see :func:`_clamped_value_source`; with ``backend="numba"``
     one compiled loop, :func:`_numba_clamped_source`, and numpy for the rest).
     """
+    # no field name is ever an identifier of the generated code: a field named ``e``, ``pi``, ``exp``,
+    # ``value``, ``float64``, ``_ne``, ... would shadow the constant, function or helper of that name.
+    # Each field becomes its positional parameter ``_x<j>`` (simultaneous substitution, so a field
+    # itself named ``_x1`` is harmless); callers pass the columns by position, in the order of ``args``
+    rename = _generated_names(args)
+    params = [rename[a] for a in args]
+    functions = {name: [_renamed(e, rename) for e in exprs] for name, exprs in functions.items()}
+    if clamped is not None:
+        clamped = (_renamed(clamped[0], rename), {rename[n]: b for n, b in clamped[1].items() if n in rename})
+    args = params
     extra = {"numexpr": "import numexpr as _ne", "numba": NUMBA_HELPERS}.get(backend, "")
     parts = [HEADER.format(key=key, extra_imports=extra)]
     # numba compiles only value_clamped (the data-facing loop); value, gradient and norm are numpy's
