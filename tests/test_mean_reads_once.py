@@ -10,6 +10,7 @@ pre-noise sum and count equal the ones on the frame and a brute-force numpy/fsum
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -129,6 +130,38 @@ def test_a_member_frame_is_read_for_one_domain_and_never_built_by_hand():
     assert member.kept_count == int(frame["weight"].notna().sum())
     no_drop = hd.Schema(x=hd.Field(0, 1, missing="impute", impute=0.5))
     assert read_member(pd.DataFrame({"x": [0.5, np.nan, 2.0]}), no_drop).kept is None
+
+
+def test_a_member_frame_cannot_be_edited_after_the_membership_check():
+    # audit: columns (a dict) and kept (an array) were mutable, so 50 rows passed as a member of a
+    # domain of at most 10 once the check was done, and the mean released their values
+    frame, metric = _frame(10, seed=5), dp.symmetric_distance()
+    domain = make_frame_domain(SCHEMA, size_limit=10)
+    read = _read_once(domain, metric)
+    member = read(frame)
+    before = (make_sum_of(read.output_domain, metric, BMI)(member), make_count_of(read.output_domain, metric)(member))
+    with pytest.raises(TypeError):
+        member.columns["age"] = np.full(50, 90.0)
+    with pytest.raises(TypeError):
+        del member.columns["age"]
+    for name in SCHEMA.names:
+        with pytest.raises(ValueError, match="read-only"):
+            member.columns[name][0] = 90.0
+        with pytest.raises(ValueError):
+            member.columns[name].resize(50, refcheck=False)
+    with pytest.raises(ValueError, match="read-only"):
+        member.kept[:] = True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        member.kept = np.ones(50, dtype=bool)
+    assert (make_sum_of(read.output_domain, metric, BMI)(member), make_count_of(read.output_domain, metric)(member)) == before
+    assert before == (make_sum_of(domain, metric, BMI)(frame), make_count_of(domain, metric)(frame))
+    assert make_private_mean(domain, BMI, epsilon=1.0)(frame) is not None
+    # the frame read stays as writeable as it was: read-only views, never its own flags
+    own = np.array([20.0, 30.0])
+    plain = pd.DataFrame({"age": own, "weight": [50.0, np.nan], "height": [1.5, 1.6], "sex": [0, 1]}, copy=False)
+    read_member(plain, domain)
+    assert own.flags.writeable
+    own[0] = 25.0
 
 
 def test_non_members_are_refused_before_any_value_by_the_mean():

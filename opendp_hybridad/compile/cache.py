@@ -9,6 +9,7 @@ the same kernel both end up importing one complete file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -66,3 +67,10 @@ def store(key: str, directory: Path, source: str) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def discard_numba_cache(key: str, directory: Path) -> None:
+    """Remove numba's index and data files for the module of ``key`` (best effort; numba rebuilds them)."""
+    for path in (directory / "__pycache__").glob(f"kernel_{key}.*.nb[ic]"):
+        with contextlib.suppress(OSError):
+            path.unlink()

@@ -187,16 +187,34 @@ def compile_function(fn: RecordFunction, backend: str = "auto", cache: bool | st
         module = _checked(chosen, fn, lambda: _exec_source(source, key))
         return Kernel(fn.names, module, chosen, "jit", None, source, time.perf_counter() - start)
     directory = kernel_cache.default_cache_dir() if cache is True else Path(cache)
-    module = _checked(chosen, fn, lambda: kernel_cache.load(key, directory))
+    try:
+        module = _checked(chosen, fn, lambda: kernel_cache.load(key, directory))
+        if module is not None:
+            return Kernel(fn.names, module, chosen, "aot-load", directory / f"kernel_{key}.py", None,
+                          time.perf_counter() - start)
+        source = _source_for(fn, chosen, key)
+        path = kernel_cache.store(key, directory, source)
+        module = _checked(chosen, fn, lambda: kernel_cache.load(key, directory))
+        if module is None:  # pragma: no cover - store() just wrote it
+            raise OSError(f"kernel cache {directory} did not keep {path.name}")
+        return Kernel(fn.names, module, chosen, "aot-write", path, source, time.perf_counter() - start)
+    except DeclarationError:
+        if chosen != "numba" or _numba_refusal(fn) is not None:
+            raise
+    # numba's own cache of the module's machine code (its index and data files in __pycache__) is
+    # only a speed-up: a corrupted or unreadable one is discarded and the module loaded again, and
+    # where that fails too the kernel is compiled afresh in this process, without any cache
+    kernel_cache.discard_numba_cache(key, directory)
+    try:
+        module = kernel_cache.load(key, directory)
+    except Exception:  # still unreadable (e.g. a cache numba keeps elsewhere, or one it cannot replace)
+        module = None
     if module is not None:
         return Kernel(fn.names, module, chosen, "aot-load", directory / f"kernel_{key}.py", None,
                       time.perf_counter() - start)
     source = _source_for(fn, chosen, key)
-    path = kernel_cache.store(key, directory, source)
-    module = _checked(chosen, fn, lambda: kernel_cache.load(key, directory))
-    if module is None:  # pragma: no cover - store() just wrote it
-        raise OSError(f"kernel cache {directory} did not keep {path.name}")
-    return Kernel(fn.names, module, chosen, "aot-write", path, source, time.perf_counter() - start)
+    module = _checked(chosen, fn, lambda: _exec_source(source, key))
+    return Kernel(fn.names, module, chosen, "jit", None, source, time.perf_counter() - start)
 
 
 # -- backend="auto" -----------------------------------------------------------------------

@@ -37,6 +37,7 @@ import dataclasses
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -228,10 +229,15 @@ class MemberFrame:
     Every reader here accepts one in place of the frame it was read from (for the same domain
     only), so a release that needs the frame twice (the private mean's sum and count) checks,
     converts and reads it once. One input record is one row of it, dropped records included.
+
+    Immutable in fact, not only frozen: ``columns`` is a read-only mapping of read-only arrays
+    and ``kept`` is read-only, so what passed the membership check is what every reader sees
+    (an edit raises TypeError or ValueError). A column may be a read-only view of the frame's
+    own float64 column (no copy); the frame itself stays as writeable as it was.
     """
 
     domain: FrameDomain
-    columns: dict[str, np.ndarray]
+    columns: Mapping[str, np.ndarray]
     rows: int
     kept: np.ndarray | None
     token: Any = dataclasses.field(default=None, repr=False)
@@ -239,11 +245,21 @@ class MemberFrame:
     def __post_init__(self) -> None:
         if self.token is not _READ:
             raise DeclarationError("a MemberFrame is built by read_member(frame, domain), which checks membership")
+        object.__setattr__(self, "columns", MappingProxyType({n: _read_only(c) for n, c in self.columns.items()}))
+        if self.kept is not None:
+            object.__setattr__(self, "kept", _read_only(self.kept))
 
     @property
     def kept_count(self) -> int:
         """The number of records the missing-value policies keep."""
         return self.rows if self.kept is None else int(self.kept.sum())
+
+
+def _read_only(values: np.ndarray) -> np.ndarray:
+    # a read-only view: clearing a view's flag leaves the array it views (a user's frame) untouched
+    view = values.view()
+    view.flags.writeable = False
+    return view
 
 
 def read_member(frame: Any, domain: Schema | FrameDomain) -> MemberFrame:
