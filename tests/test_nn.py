@@ -304,10 +304,10 @@ def test_progress_reports_epsilon_and_public_validation_only(capsys):
     trainer = DPSGD(model, noise_multiplier=1.0, batch_size=50, epochs=2, learning_rate=0.5, noise="discrete-gaussian")
     _, history = trainer.fit(x[:200], y[:200], progress=True, validation=(x[200:], y[200:]), seed=1)
     last = history.steps[-1]
-    assert last["epsilon_pld"] == pytest.approx(dp_sgd_epsilon(200, 50, 1.0, 2, 1e-5)["epsilon_pld"], rel=1e-9)
+    assert last["epsilon_rdp"] == dp_sgd_epsilon(200, 50, 1.0, 2, 1e-5)["epsilon_rdp"]  # one RDP curve, read per line
     assert 0 <= last["validation_accuracy"] <= 1 and "validation_loss" in last
-    assert "epsilon" in capsys.readouterr().err
-    assert all(set(r) <= {"step", "epsilon_pld", "validation_loss", "validation_accuracy"} for r in history.steps)
+    assert "epsilon (RDP)" in capsys.readouterr().err
+    assert all(set(r) <= {"step", "epsilon_rdp", "validation_loss", "validation_accuracy"} for r in history.steps)
 
 
 # -- regressions from the third review ----------------------------------------------------------
