@@ -25,6 +25,14 @@ def _as_float_literal(e: sympy.Expr) -> str:
     return repr(float(e))
 
 
+def _fold(printer: Any, args: tuple[Any, ...], pair: Any) -> str:
+    """A left fold of printed ``args`` with ``pair(left, right) -> str`` (Min and Max of any arity)."""
+    out = printer._print(args[0])
+    for a in args[1:]:
+        out = pair(out, printer._print(a))
+    return out
+
+
 class _NumpyKernelPrinter(NumPyPrinter):
     def __init__(self) -> None:
         super().__init__({"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": False})
@@ -36,16 +44,10 @@ class _NumpyKernelPrinter(NumPyPrinter):
         return f"logaddexp(0.0, {self._print(e.args[0])})"
 
     def _print_Min(self, e: Any) -> str:
-        out = self._print(e.args[0])
-        for a in e.args[1:]:
-            out = f"minimum({out}, {self._print(a)})"
-        return out
+        return _fold(self, e.args, lambda a, b: f"minimum({a}, {b})")
 
     def _print_Max(self, e: Any) -> str:
-        out = self._print(e.args[0])
-        for a in e.args[1:]:
-            out = f"maximum({out}, {self._print(a)})"
-        return out
+        return _fold(self, e.args, lambda a, b: f"maximum({a}, {b})")
 
     def _print_Heaviside(self, e: Any) -> str:
         h0 = e.args[1] if len(e.args) > 1 else sympy.Rational(1, 2)
@@ -100,18 +102,10 @@ class _NumexprPrinter(StrPrinter):
         return f"abs({self._print(e.args[0])})"
 
     def _print_Min(self, e: Any) -> str:
-        out = self._print(e.args[0])
-        for a in e.args[1:]:
-            b = self._print(a)
-            out = f"where(({out}) < ({b}), {out}, {b})"
-        return out
+        return _fold(self, e.args, lambda a, b: f"where(({a}) < ({b}), {a}, {b})")
 
     def _print_Max(self, e: Any) -> str:
-        out = self._print(e.args[0])
-        for a in e.args[1:]:
-            b = self._print(a)
-            out = f"where(({out}) > ({b}), {out}, {b})"
-        return out
+        return _fold(self, e.args, lambda a, b: f"where(({a}) > ({b}), {a}, {b})")
 
     def _print_sign(self, e: Any) -> str:
         x = self._print(e.args[0])
@@ -292,16 +286,10 @@ class _NumbaScalarPrinter(StrPrinter):
         return f"abs({self._print(e.args[0])})"
 
     def _print_Min(self, e: Any) -> str:
-        out = self._print(e.args[0])
-        for a in e.args[1:]:
-            out = f"_nb_minimum({out}, {self._print(a)})"
-        return out
+        return _fold(self, e.args, lambda a, b: f"_nb_minimum({a}, {b})")
 
     def _print_Max(self, e: Any) -> str:
-        out = self._print(e.args[0])
-        for a in e.args[1:]:
-            out = f"_nb_maximum({out}, {self._print(a)})"
-        return out
+        return _fold(self, e.args, lambda a, b: f"_nb_maximum({a}, {b})")
 
     def _print_sign(self, e: Any) -> str:
         return f"_nb_sign({self._print(e.args[0])})"
