@@ -225,11 +225,11 @@ class Layer:
         """Initial parameters inside the declared weight set."""
         return ()
 
-    def project(self, params: Params) -> Params:
+    def project_params(self, params: Params) -> Params:
         """Back onto the declared weight set (identity inside it)."""
         return params
 
-    def apply_step(self, params: Params, step: np.ndarray, scale: float, project: bool) -> Params:
+    def update(self, params: Params, step: np.ndarray, scale: float, project: bool) -> Params:
         """``params - scale * step`` (``step``: this part's flat slice), projected onto the declared set if ``project``."""
         return params
 
