@@ -1,4 +1,8 @@
-"""Layers, activations and losses of tensor-level models, symbolic per layer (never expanded into scalars).
+"""Activations and losses of tensor-level models, symbolic per layer (never expanded into scalars).
+
+The dense layer lives in :mod:`opendp_hybridad.nn.parts.dense` and is re-exported here;
+an activation becomes a part of a Sequential model through
+:class:`opendp_hybridad.nn.parts.activation.Elementwise`.
 
 Each activation knows its value, its derivative, and a sound bound on both over an
 interval, which is all the certified per-example gradient-norm bound needs. Each
@@ -22,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy.special import expit
@@ -34,7 +39,6 @@ from opendp_hybridad.analysis.rounding import (
     add_up,
     div_down,
     div_up,
-    down,
     gamma,
     libm_down,
     libm_up,
@@ -45,10 +49,11 @@ from opendp_hybridad.analysis.rounding import (
     up,
 )
 from opendp_hybridad.errors import DeclarationError
+from opendp_hybridad.nn.parts.dense import Dense as Dense  # re-exported: Dense lives in parts/dense.py, MLP and users import it here
 
 _gamma_cached = functools.lru_cache(maxsize=None)(gamma)
 
-_USE_COMPILED_UPDATE = True  # tests switch it off to check the numpy path gives the same weights
+_USE_COMPILED_UPDATE = True  # tests switch it off to check the numpy path gives the same weights (read by parts/dense.py)
 
 #: |computed f(x) - f(x)| <= _LIBM_ABS * |f(x)| + 2 TINY for a library function f at a float x:
 #: |y - f| <= PAD |y| + TINY (the padding rule of rounding.libm_up, y the computed value) gives
@@ -254,100 +259,19 @@ class Identity(Activation):
     def slope_error(self, r): return 0.0
 
 
-@dataclass(frozen=True)
-class Dense:
-    """``z = W a + b`` with ``W`` of shape (out, in).
+class Loss:
+    """A per-example loss on the last output ``z`` (shape ``(B, m)``) and a label.
 
-    The certified set of the weights is a box ``|W_ij| <= weight_bound`` (or, with
-    ``norm_ball=True``, the Frobenius ball ``||W||_F <= weight_bound``) and
-    ``|b_j| <= bias_bound``.
+    ``label_kind`` says what a label is, so that callers validate and sample labels
+    without knowing the loss: ``"class"`` (an integer index ``0..m-1``), ``"binary"``
+    (0 or 1, with ``m = 1``) or ``"real"`` (a vector of ``m`` values in
+    ``[-label_bound, label_bound]``, clamped there). ``closed_form`` states the loss and its
+    delta ``dL/dz`` as text.
     """
 
-    in_features: int
-    out_features: int
-    weight_bound: float = 1.0
-    bias_bound: float = 1.0
-    norm_ball: bool = False
-
-    def __post_init__(self) -> None:
-        if self.in_features < 1 or self.out_features < 1:
-            raise DeclarationError("a dense layer needs at least one input and one output")
-        for name in ("weight_bound", "bias_bound"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise DeclarationError(f"{name} must be a finite non-negative number")
-
-    @property
-    def operator_bound(self) -> float:
-        """Upper bound on ``||W||_2`` over the certified set (Frobenius bounds spectral)."""
-        if self.norm_ball:
-            return self.weight_bound
-        return mul_up(self.weight_bound, sqrt_up(float(self.in_features * self.out_features)))
-
-    def row_bound(self) -> float:
-        """Upper bound on the l2 norm of one row of ``W``."""
-        return self.weight_bound if self.norm_ball else mul_up(self.weight_bound, sqrt_up(float(self.in_features)))
-
-    def apply_step(self, W: np.ndarray, b: np.ndarray, step_W: np.ndarray, step_b: np.ndarray, scale: float,
-                   project: bool) -> tuple[np.ndarray, np.ndarray]:
-        """``(W - scale step_W, b - scale step_b)``, projected back onto the certified set if ``project``.
-
-        The same weights as :meth:`project` of the plain update, in one compiled pass per
-        array where numba is installed (:mod:`.update_kernel`).
-        """
-        from opendp_hybridad.nn.update_kernel import compiled_subtract_scaled
-
-        kernel = compiled_subtract_scaled() if _USE_COMPILED_UPDATE else None
-        if kernel is None or not project:
-            new_W, new_b = W - scale * step_W.reshape(W.shape), b - scale * step_b
-            return self.project(new_W, new_b) if project else (new_W, new_b)
-        # C order for the outputs whatever the inputs' layout, so reshape(-1) is a view the kernel writes through
-        new_W, new_b = np.empty(W.shape), np.empty(b.shape)
-        squares, largest = kernel(np.ascontiguousarray(W, dtype=np.float64).reshape(-1), np.ascontiguousarray(step_W).reshape(-1),
-                                  scale, new_W.reshape(-1))
-        _, largest_b = kernel(np.ascontiguousarray(b, dtype=np.float64), np.ascontiguousarray(step_b), scale, new_b)
-        if self.norm_ball:
-            shrink = self._ball_shrink(squares, W.size)
-            if shrink < 1.0:
-                new_W *= shrink
-        elif not largest <= self.weight_bound:
-            np.clip(new_W, -self.weight_bound, self.weight_bound, out=new_W)
-        if not largest_b <= self.bias_bound:
-            np.clip(new_b, -self.bias_bound, self.bias_bound, out=new_b)
-        return new_W, new_b
-
-    def _ball_shrink(self, squares: float, size: int) -> float:
-        """The factor that brings ``W`` inside the Frobenius ball, from its float sum of squares (1.0: already inside).
-
-        An upper bound on ``||W||``: a float sum of ``n`` squares (each rounded) in any order
-        is within ``gamma_n`` of the exact one (Higham 2002, 3.1); the factor and the square
-        root are rounded up. The shrink factor is rounded down and then shrunk by
-        ``2^-50 = 8 u``, which covers the rounding of each product ``W_ij * shrink`` (at most
-        ``u`` relative: ``(1 - 8 u)(1 + u) < 1``).
-        """
-        # every step runs this: up / down of a correctly rounded result (one float outward) instead
-        # of the exactness checks of mul_up and friends; the same bounds, a little looser
-        norm_up = up(math.sqrt(up(squares * add_up(1.0, _gamma_cached(size + 2)))))
-        if not norm_up > self.weight_bound:
-            return 1.0
-        return down(down(self.weight_bound / norm_up) * (1.0 - 8.0 * UNIT_ROUNDOFF))
-
-    def project(self, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Back onto the certified set (used by the ``bound`` mode after each step)."""
-        if self.norm_ball:
-            flat = W.ravel()
-            shrink = self._ball_shrink(float(np.dot(flat, flat)), flat.size)
-            if shrink < 1.0:
-                W = W * shrink
-        elif np.abs(W).max(initial=0.0) > self.weight_bound:
-            W = np.clip(W, -self.weight_bound, self.weight_bound)
-        if np.abs(b).max(initial=0.0) > self.bias_bound:
-            b = np.clip(b, -self.bias_bound, self.bias_bound)
-        return W, b
-
-
-class Loss:
     name = "loss"
+    label_kind: ClassVar[str] = "real"
+    closed_form: ClassVar[str] = "L(z, y)"
 
     def value(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -372,6 +296,8 @@ class SoftmaxCrossEntropy(Loss):
     """``-log softmax(z)_y`` with integer labels ``y``; ``dL/dz = softmax(z) - onehot(y)``."""
 
     name = "softmax cross-entropy"
+    label_kind = "class"
+    closed_form = "L = log sum_j exp(z_j) - z_y;  dL/dz = softmax(z) - onehot(y)"
 
     def value(self, z, y):
         zmax = z.max(axis=1, keepdims=True)
@@ -425,6 +351,8 @@ class MeanSquaredError(Loss):
     """``0.5 ||z - y||^2``; ``dL/dz = z - y``."""
 
     name = "mean squared error"
+    label_kind = "real"
+    closed_form = "L = 0.5 ||z - y||^2;  dL/dz = z - y"
 
     def value(self, z, y):
         return 0.5 * ((z - y.reshape(z.shape)) ** 2).sum(axis=1)
@@ -447,6 +375,8 @@ class Logistic(Loss):
     """Binary cross-entropy on one logit with labels in {0, 1}; ``dL/dz = sigmoid(z) - y``."""
 
     name = "logistic"
+    label_kind = "binary"
+    closed_form = "L = log(1 + exp(z_1)) - y z_1;  dL/dz = sigmoid(z_1) - y"
 
     def value(self, z, y):
         z = z[:, 0]

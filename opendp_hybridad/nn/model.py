@@ -58,76 +58,21 @@ rests on ``e``; no assumption on how BLAS orders its sums remains.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from opendp_hybridad.analysis.rounding import TINY, UNIT_ROUNDOFF, add_down, add_up, gamma, norm2_up, sqrt_up, up
+from opendp_hybridad.analysis.rounding import norm2_up
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.nn.layers import Activation, Dense, Identity, Loss
-
-#: Higham's gamma_n for the widths of the layers, cached (the per-step bound reads a few of them)
-_gamma = functools.lru_cache(maxsize=None)(gamma)
+from opendp_hybridad.nn.layers import Activation, Dense, Loss
+from opendp_hybridad.nn.parts.activation import Elementwise
+from opendp_hybridad.nn.protocol import ActivationBound
+from opendp_hybridad.nn.protocol import ModelBound as ModelBound  # re-exported: DP-SGD and users import it from here
+from opendp_hybridad.nn.sequential import _round_up_to_power_of_two, chain_bound, check_loss
 
 #: the matrix product the kernels use; tests put another summation order in its place (as another BLAS would)
 _matmul = np.matmul
-
-
-def _finite_or_inf(value: float) -> float:
-    """A bound: NaN (an undefined product of bounds) becomes inf, an unknown bound is no bound."""
-    return value if value == value else math.inf
-
-
-@dataclass
-class ModelBound:
-    """Certified ``K >= ||per-example gradient||_2`` over the declared boxes, with the per-layer parts.
-
-    ``rounding``: the forward error ``e`` of a computed unclipped per-example gradient
-    (module docstring); ``norm_relative_error`` and ``norm_absolute_error``: how far the
-    computed squared norm of a computed gradient can be from its exact squared norm
-    (relative, and an absolute allowance for underflow), which clipping reads.
-    """
-
-    upper: float
-    per_layer: list[float]
-    witness_value: float = float("nan")
-    witness: dict[str, object] = field(default_factory=dict)
-    rounding: float = math.inf
-    norm_relative_error: float = math.inf
-    norm_absolute_error: float = math.inf
-
-    @property
-    def ratio(self) -> float:
-        return self.upper / self.witness_value if self.witness_value > 0 else math.inf
-
-    def row_error(self, clip: float | None = None) -> float:
-        """``e`` for the rows the kernels add up: unclipped (``clip`` None) or clipped at ``clip``.
-
-        Exact clipping ``c = g min(1, C / ||g||)`` is the projection onto the ball of
-        radius ``C``, which is non-expansive: ``||proj(g^) - proj(g)|| <= ||g^ - g|| <= e``.
-        The kernel computes ``n^``, the norm of ``g^``, from the layers' squared norms
-        (relative error at most ``rho`` plus an absolute ``t`` for underflow, so
-        ``|n^ / ||g^|| - 1| <= k_n = rho + 2 t / C^2 + 2 u`` wherever clipping can act, i.e.
-        ``||g^||`` or ``n^`` near ``C`` or above), then ``f^ = min(1, fl(C / max(n^, 1e-300)))``: its
-        ratio to ``f = min(1, C / ||g^||)`` is within ``1 + k`` with ``k = (u + k_n) / (1 - k_n)``
-        (``min(1, .)`` keeps ratios), so ``||f^ g^ - f g^|| <= k C``; and the rows are
-        multiplied by ``f^``, one rounding (``u (1 + k) C``). Total:
-        ``e + k C + u (1 + k) C``. Needs ``C >= 2^-300`` (so the ``1e-300`` floor never clips).
-        """
-        e = self.rounding
-        if clip is None:
-            return e
-        if not (clip >= 2.0**-300 and math.isfinite(clip)):
-            return math.inf
-        u = UNIT_ROUNDOFF
-        kn = add_up(add_up(self.norm_relative_error, up(2.0 * self.norm_absolute_error / up(clip * clip))), 2.0 * u)
-        if not kn < 0.5:
-            return math.inf
-        k = up(add_up(u, kn) / add_down(1.0, -kn))
-        return _finite_or_inf(add_up(add_up(e, up(k * clip)), up(u * up(add_up(1.0, k) * clip))))
 
 
 _BLOCK_BYTES = 256 * 1024  # per activation array: fits the L2 cache of current CPUs with room to spare
@@ -153,15 +98,35 @@ class MLP:
             raise DeclarationError("input_bound must be finite and non-negative")
         if not (math.isfinite(label_bound) and label_bound >= 0):
             raise DeclarationError("label_bound must be finite and non-negative")
-        if loss.name == "logistic" and layers[-1].out_features != 1:
-            raise DeclarationError("the logistic loss takes one output (one logit)")
+        check_loss(loss, (layers[-1].out_features,))
         self.input_bound = bound.copy()
         self.label_bound = float(label_bound)
         self._norm_bounds_cache: dict[tuple, ModelBound] = {}
         self._input_norm = norm2_up(self.input_bound.tolist())  # ||x|| over the box, exact then rounded up
-        self._root_out = [sqrt_up(float(layer.out_features)) for layer in layers]
+        # the bound's recursion runs over the parts dense, activation, dense, ... (nn.sequential.chain_bound)
+        self._parts = [part for layer, act in zip(layers, activations, strict=True) for part in (layer, Elementwise(act))]
+        self._input_record = ActivationBound((layers[0].in_features,), self._input_norm, float(self.input_bound.max(initial=0.0)))
 
     # -- parameters -----------------------------------------------------------------------
+    @property
+    def input_features(self) -> int:
+        return self.layers[0].in_features
+
+    @property
+    def output_features(self) -> int:
+        return self.layers[-1].out_features
+
+    @property
+    def parts(self) -> list:
+        """The model as Sequential parts: dense, activation, dense, activation, ..."""
+        return list(self._parts)
+
+    def to_sequential(self):
+        """The same model as a :class:`~opendp_hybridad.nn.sequential.Sequential` (parameters: ``(W, b), (), (W, b), ()...``)."""
+        from opendp_hybridad.nn.sequential import Sequential
+
+        return Sequential(self.parts, self.loss, input_bound=self.input_bound, label_bound=self.label_bound)
+
     @property
     def num_parameters(self) -> int:
         return sum(layer.in_features * layer.out_features + layer.out_features for layer in self.layers)
@@ -300,26 +265,10 @@ class MLP:
 
     # -- certified bound and forward error -----------------------------------------------------
     def _weight_norms(self, params=None, rows: bool = True) -> tuple[tuple[float, float, float, float], ...]:
-        """Per layer ``(R, b_max, F, B)``: bounds on the largest row norm of ``W``, ``max |b_j|``, ``||W||_F`` (>= ``||W||_2``), ``||b||``.
-
-        ``params`` None: over the declared weight set. Otherwise of these (public) weights:
-        float norms raised by ``gamma_(n+2)`` (``n`` squares summed in any order, each square
-        and the square root rounded), so they bound the exact norms. ``rows=False`` takes
-        ``R = F`` (one dot product per array instead of a pass per row).
-        """
-        out = []
-        for idx, layer in enumerate(self.layers):
-            if params is None:
-                bias_norm = up(sqrt_up(float(layer.out_features)) * layer.bias_bound)
-                out.append((layer.row_bound(), layer.bias_bound, layer.operator_bound, bias_norm))
-                continue
-            W, b = params[idx]
-            flat = W.reshape(-1)
-            F = up(float(np.sqrt(np.dot(flat, flat))) * add_up(1.0, _gamma(W.size + 2)))
-            B = up(float(np.sqrt(np.dot(b, b))) * add_up(1.0, _gamma(b.size + 2)))
-            R = up(float(np.sqrt(np.einsum("ij,ij->i", W, W)).max()) * add_up(1.0, _gamma(W.shape[1] + 2))) if rows else F
-            out.append((_finite_or_inf(R), float(np.abs(b).max(initial=0.0)), _finite_or_inf(F), _finite_or_inf(B)))
-        return tuple(out)
+        """Per layer ``(R, b_max, F, B)`` (:meth:`opendp_hybridad.nn.parts.dense.Dense.weight_norms`)."""
+        if params is None:
+            return tuple(layer.weight_norms(None, rows) for layer in self.layers)
+        return tuple(layer.weight_norms(tuple(p), rows) for layer, p in zip(self.layers, params, strict=True))
 
     def certified_bound(self, params=None) -> ModelBound:
         """Certified ``K`` on the per-example gradient norm, and the forward error ``e`` of the computed gradient.
@@ -346,110 +295,15 @@ class MLP:
         return cached
 
     def _bound_from_norms(self, norms) -> ModelBound:
-        """``K`` and the forward error ``e`` (module docstring) from per-layer weight norms; every step rounded up.
-
-        Products of non-negative bounds are ``up(x * y)``: a correctly rounded product moved
-        one float up is not below the exact product (rounding.py).
-        """
-        L = len(self.layers)
-        a_norms = [self._input_norm]
-        z_bounds, op_norms = [], []
-        for layer, act, (row, bias, op, bias_norm), root_out in zip(self.layers, self.activations, norms, self._root_out,
-                                                                      strict=True):
-            # the computed z = fl(a W^T) + b: a dot product of n terms and one addition, within
-            # gamma_(n+1) (|W| |a| + |b|) of the exact one, whose norms the same bounds cover
-            rounding = add_up(1.0, _gamma(layer.in_features + 1))
-            r = up(add_up(up(row * a_norms[-1]), bias) * rounding)
-            z_bounds.append(r)
-            op_norms.append(op)
-            # ||phi(z)|| two ways: per unit (|phi(z_j)| <= max_abs(r)), and through ||z|| <= op ||a|| + ||b||
-            # with |phi(z_j)| <= |phi(0)| + L |z_j| (tight when weights are small and phi is tanh-like)
-            per_unit = up(root_out * act.max_abs(r))
-            z_norm = up(add_up(up(op * a_norms[-1]), bias_norm) * rounding)
-            through_norm = add_up(up(root_out * act.abs_at_zero()), up(act.max_derivative(r) * z_norm))
-            a_norms.append(_finite_or_inf(min(per_unit, through_norm)))
-        last = self.layers[-1]
-        out_act = self.activations[-1]
-        loss_delta = self.loss.delta_norm_bound(last.out_features, out_act.max_abs(z_bounds[-1]), self.label_bound)
-        delta = loss_delta
-        if not isinstance(out_act, Identity):
-            delta = up(delta * out_act.max_derivative(z_bounds[-1]))
-        delta_norms = [delta]
-        for i in range(L - 1, 0, -1):
-            # fl(delta W) * slope: a dot product over the layer's outputs, then one rounded product
-            rounding = add_up(1.0, _gamma(self.layers[i].out_features + 1))
-            delta = up(up(up(op_norms[i] * delta) * self.activations[i - 1].max_derivative(z_bounds[i - 1])) * rounding)
-            delta_norms.append(delta)
-        delta_norms.reverse()
-        parts = [up(up(d * d) * add_up(up(a * a), 1.0)) for d, a in zip(delta_norms, a_norms[:-1], strict=True)]
-        total = 0.0
-        for p in parts:
-            total = add_up(total, p)
-        bound = ModelBound(_finite_or_inf(sqrt_up(total) if total == total else math.inf),
-                           [_finite_or_inf(sqrt_up(p)) if p == p else math.inf for p in parts])
-        self._forward_error(bound, norms, a_norms, z_bounds, delta_norms, loss_delta)
+        """``K`` and the forward error ``e`` (module docstring) from per-layer weight norms: the recursion of
+        :func:`opendp_hybridad.nn.sequential.chain_bound` over the parts dense, activation, dense, ...
+        (so a :class:`~opendp_hybridad.nn.sequential.Sequential` of the same parts gives the same numbers);
+        ``per_layer`` keeps the dense layers' terms."""
+        interleaved = [n for pair in zip(norms, [()] * len(norms), strict=True) for n in pair]
+        bound = chain_bound(self._parts, self._input_record, interleaved, self.loss, self.label_bound,
+                            [True, False] * len(self.layers))
+        bound.per_layer = bound.per_layer[::2]
         return bound
-
-    def _forward_error(self, bound: ModelBound, norms, a_norms, z_bounds, delta_norms, loss_delta) -> None:
-        """Fill in ``bound.rounding`` (``e``) and the clipping norm's errors; the recursion is the module docstring's."""
-        L = len(self.layers)
-        e_a, e_as, e_zs, r_hats = 0.0, [0.0], [], []
-        for layer, act, (_row, _bias, F, B), a_prev, r, root_out in zip(self.layers, self.activations, norms, a_norms[:-1],
-                                                                       z_bounds, self._root_out, strict=True):
-            a_hat = add_up(a_prev, e_a)
-            e_z = add_up(up(F * e_a), up(_gamma(layer.in_features + 1) * add_up(up(F * a_hat), B)))
-            r_hat = add_up(r, e_z)
-            e_a = add_up(up(act.max_derivative(r_hat) * e_z), up(root_out * act.value_error(r_hat)))
-            e_zs.append(e_z)
-            r_hats.append(r_hat)
-            e_as.append(_finite_or_inf(e_a))
-        last, out_act = self.layers[-1], self.activations[-1]
-        # the loss's delta at the computed outputs (each within max_abs + value_error)
-        m_hat = add_up(out_act.max_abs(r_hats[-1]), out_act.value_error(r_hats[-1]))
-        e_loss = add_up(up(self.loss.delta_lipschitz() * e_as[-1]),
-                        self.loss.delta_error(last.out_features, m_hat, self.label_bound))
-        e_d = self._times_slope(out_act, e_loss, loss_delta, r_hats[-1], e_zs[-1])
-        e_ds = [e_d]
-        for i in range(L - 1, 0, -1):
-            # v = fl(delta_{i+1} W_{i+1}): m terms per entry; then times the slope of layer i
-            F = norms[i][2]
-            d_next = delta_norms[i]
-            e_v = add_up(up(F * e_d), up(_gamma(self.layers[i].out_features) * up(F * add_up(d_next, e_d))))
-            e_d = self._times_slope(self.activations[i - 1], e_v, up(F * d_next), r_hats[i - 1], e_zs[i - 1])
-            e_ds.append(e_d)
-        e_ds.reverse()
-        total = 0.0
-        for e_dl, d_l, a_prev, e_prev in zip(e_ds, delta_norms, a_norms[:-1], e_as[:-1], strict=True):
-            # ||d^ a^^T - d a^T|| <= e_d ||a^|| + ||d|| e_a, and the bias part e_d
-            total = add_up(total, add_up(up(e_dl * add_up(add_up(a_prev, e_prev), 1.0)), up(d_l * e_prev)))
-        bound.rounding = _finite_or_inf(total)
-        # clipping computes sum_l fl(||d||^2) (fl(||a||^2) + 1): relative error gamma_(2w + L + 2)
-        # (nonnegative terms); underflow of squares adds at most a few TINY per operation, times
-        # the other factor
-        widest = max(max(layer.in_features, layer.out_features) for layer in self.layers)
-        bound.norm_relative_error = _gamma(2 * widest + L + 2)
-        absolute = 0.0
-        for layer, a_prev, e_prev, d_l, e_dl in zip(self.layers, a_norms[:-1], e_as[:-1], delta_norms, e_ds, strict=True):
-            a_hat, d_hat = add_up(a_prev, e_prev), add_up(d_l, e_dl)
-            ops = float(layer.in_features + layer.out_features + 3)
-            absolute = add_up(absolute, up(up(4.0 * ops * TINY) * add_up(add_up(up(a_hat * a_hat), up(d_hat * d_hat)), 2.0)))
-        bound.norm_absolute_error = _finite_or_inf(absolute)
-
-    @staticmethod
-    def _times_slope(act: Activation, e_in: float, in_norm: float, r_hat: float, e_z: float) -> float:
-        """Error of ``fl(v^ * s^)`` against ``v * phi'(z)``: ``S^ e_v + ||v|| (L2 e_z + sigma) + u S^ (||v|| + e_v)``.
-
-        ``in_norm`` bounds ``||v||`` (exact); the computed slope is within ``L2 e_z + sigma`` of
-        ``phi'(z)`` (``|z^_j - z_j| <= e_z``) and at most ``S^ = max|phi'| + sigma``. An identity
-        has no slope product (exact), which the formula over-covers by ``u``.
-        """
-        if isinstance(act, Identity):
-            return e_in
-        sigma = act.slope_error(r_hat)
-        s_hat = add_up(act.max_derivative(r_hat), sigma)
-        slope_move = add_up(up(act.derivative_lipschitz(r_hat) * e_z), sigma)
-        return _finite_or_inf(add_up(add_up(up(s_hat * e_in), up(in_norm * slope_move)),
-                                     up(UNIT_ROUNDOFF * up(s_hat * add_up(in_norm, e_in)))))
 
     def witness(self, bound: ModelBound, params=None, samples: int = 2048, seed: int = 0, labels=None) -> ModelBound:
         """Largest per-example gradient norm found by sampling the boxes (corners of the input box included)."""
@@ -465,9 +319,9 @@ class MLP:
                 x = x * rng.random(x.shape)
             if labels is not None:
                 y = rng.choice(labels, samples)
-            elif self.loss.name == "softmax cross-entropy":
+            elif self.loss.label_kind == "class":
                 y = rng.integers(0, self.layers[-1].out_features, samples)
-            elif self.loss.name == "logistic":
+            elif self.loss.label_kind == "binary":
                 y = rng.integers(0, 2, samples).astype(float)
             else:
                 y = self.label_bound * np.where(rng.random((samples, self.layers[-1].out_features)) < 0.5, -1.0, 1.0)
@@ -490,16 +344,6 @@ def _round_up_16_per_octave(value: float) -> float:
         return value
     octave = math.floor(math.log2(value))
     return math.ceil(value / 2.0**octave * 16) / 16 * 2.0**octave
-
-
-def _round_up_to_power_of_two(value: float, floor: float = 2.0**-30) -> float:
-    """The smallest power of two not below ``max(value, floor)`` (``inf`` and NaN stay ``inf``)."""
-    if not value <= 2.0**1023:
-        return math.inf
-    if value <= floor:
-        return floor
-    mantissa, exponent = math.frexp(value)  # value = mantissa 2^exponent, mantissa in [1/2, 1)
-    return value if mantissa == 0.5 else math.ldexp(1.0, exponent)
 
 
 def scalar_expansion(model: MLP, label: float | int = 0):

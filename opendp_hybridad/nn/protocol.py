@@ -82,12 +82,12 @@ the defaults below are those of a part without parameters.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-from opendp_hybridad.analysis.rounding import add_up
+from opendp_hybridad.analysis.rounding import UNIT_ROUNDOFF, add_down, add_up, up
 from opendp_hybridad.errors import DeclarationError
 
 Shape = tuple[int, ...]
@@ -284,3 +284,57 @@ class Layer:
     def _refuse(self, message: str) -> DeclarationError:
         """A one-line ``DeclarationError`` naming this part (never a private value)."""
         return DeclarationError(f"{self.describe()}: {message}")
+
+
+@dataclass
+class ModelBound:
+    """Certified ``K >= ||per-example gradient||_2`` over the declared boxes, with the per-layer parts.
+
+    The record a whole model's recursion gives (:class:`~opendp_hybridad.nn.model.MLP`,
+    :class:`~opendp_hybridad.nn.sequential.Sequential`); ``per_layer``: ``sqrt`` of each
+    part's :attr:`GradientBound.squared` (MLP: one per dense layer; Sequential: one per part,
+    0 for parameter-free parts).
+
+    ``rounding``: the forward error ``e`` of a computed unclipped per-example gradient
+    (module docstring); ``norm_relative_error`` and ``norm_absolute_error``: how far the
+    computed squared norm of a computed gradient can be from its exact squared norm
+    (relative, and an absolute allowance for underflow), which clipping reads.
+    """
+
+    upper: float
+    per_layer: list[float]
+    witness_value: float = float("nan")
+    witness: dict[str, object] = field(default_factory=dict)
+    rounding: float = math.inf
+    norm_relative_error: float = math.inf
+    norm_absolute_error: float = math.inf
+
+    @property
+    def ratio(self) -> float:
+        return self.upper / self.witness_value if self.witness_value > 0 else math.inf
+
+    def row_error(self, clip: float | None = None) -> float:
+        """``e`` for the rows the kernels add up: unclipped (``clip`` None) or clipped at ``clip``.
+
+        Exact clipping ``c = g min(1, C / ||g||)`` is the projection onto the ball of
+        radius ``C``, which is non-expansive: ``||proj(g^) - proj(g)|| <= ||g^ - g|| <= e``.
+        The kernel computes ``n^``, the norm of ``g^``, from the layers' squared norms
+        (relative error at most ``rho`` plus an absolute ``t`` for underflow, so
+        ``|n^ / ||g^|| - 1| <= k_n = rho + 2 t / C^2 + 2 u`` wherever clipping can act, i.e.
+        ``||g^||`` or ``n^`` near ``C`` or above), then ``f^ = min(1, fl(C / max(n^, 1e-300)))``: its
+        ratio to ``f = min(1, C / ||g^||)`` is within ``1 + k`` with ``k = (u + k_n) / (1 - k_n)``
+        (``min(1, .)`` keeps ratios), so ``||f^ g^ - f g^|| <= k C``; and the rows are
+        multiplied by ``f^``, one rounding (``u (1 + k) C``). Total:
+        ``e + k C + u (1 + k) C``. Needs ``C >= 2^-300`` (so the ``1e-300`` floor never clips).
+        """
+        e = self.rounding
+        if clip is None:
+            return e
+        if not (clip >= 2.0**-300 and math.isfinite(clip)):
+            return math.inf
+        u = UNIT_ROUNDOFF
+        kn = add_up(add_up(self.norm_relative_error, up(2.0 * self.norm_absolute_error / up(clip * clip))), 2.0 * u)
+        if not kn < 0.5:
+            return math.inf
+        k = up(add_up(u, kn) / add_down(1.0, -kn))
+        return _bound(add_up(add_up(e, up(k * clip)), up(u * up(add_up(1.0, k) * clip))))

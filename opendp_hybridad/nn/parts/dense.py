@@ -1,0 +1,267 @@
+"""A dense (fully connected) layer ``z = W a + b`` with a certified weight set, as a registered part.
+
+Per example, with ``delta = dLoss/dz``: ``dLoss/dW = delta a^T``, ``dLoss/db = delta``,
+``dLoss/da = W^T delta``, and ``||g||^2 = ||delta||^2 (||a||^2 + 1)`` (the Frobenius norm
+of a rank-one matrix), so norms never materialise the per-example gradients and a
+(clipped) batch sum is one matrix product ``Delta^T A``: each coordinate a float sum
+over the batch of one product of computed factors per example, the contract of
+:mod:`opendp_hybridad.nn.protocol`.
+
+**Certified bounds** (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed.
+2002: a dot product of ``n`` terms in any order is within ``gamma_n |x|^T |y|``, section 3.1
+and Lemma 3.1; ``|| |W| |a| ||_2 <= ||W||_F ||a||_2`` by Cauchy-Schwarz per row). With
+weight norms ``(R, b_max, F, B)`` (largest row norm, largest bias, Frobenius norm which
+bounds the spectral norm, bias norm) and input bounds ``A >= ||a||``, ``e_a >= ||a^ - a||``:
+
+* exact: ``|z_j| <= R A + b_max``, ``||z|| <= F A + B``; ``||W^T delta|| <= F ||delta||``;
+* computed (the product over ``n`` inputs and the bias addition):
+  ``e_z <= F e_a + gamma_(n+1) (F (A + e_a) + B)``; backward, a product over the ``m``
+  outputs: ``e_v <= F e_d + gamma_m F (D + e_d)``;
+* the gradient block: ``||delta^ a^^T - delta a^T||_F <= e_d ||a^|| + ||delta|| e_a`` and
+  ``e_d`` for the bias; its computed squared norm ``fl(||d||^2) (fl(||a||^2) + 1)`` has
+  relative error ``gamma_(n + m + 2)`` (non-negative terms) and an underflow allowance of a
+  few ``TINY`` per operation times the other factor.
+
+These are the per-layer steps of :class:`opendp_hybridad.nn.model.MLP`'s recursion.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from opendp_hybridad.analysis.rounding import (
+    TINY,
+    UNIT_ROUNDOFF,
+    add_up,
+    down,
+    gamma,
+    mul_up,
+    sqrt_up,
+    up,
+)
+from opendp_hybridad.errors import DeclarationError
+from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, GradientBound, Layer, Params, Shape
+from opendp_hybridad.nn.registry import register_layer
+
+_gamma_cached = functools.lru_cache(maxsize=None)(gamma)
+
+#: the matrix product of the kernels; tests put another summation order in its place (as another BLAS would)
+_matmul = np.matmul
+
+
+def _bound(value: float) -> float:
+    return value if value == value else math.inf
+
+
+def _use_compiled_update() -> bool:
+    # the switch lives in nn.layers (tests turn it off there to compare the numpy path)
+    from opendp_hybridad.nn import layers
+
+    return layers._USE_COMPILED_UPDATE
+
+
+@register_layer("dense")
+@dataclass(frozen=True)
+class Dense(Layer):
+    """``z = W a + b`` with ``W`` of shape (out, in).
+
+    The certified set of the weights is a box ``|W_ij| <= weight_bound`` (or, with
+    ``norm_ball=True``, the Frobenius ball ``||W||_F <= weight_bound``) and
+    ``|b_j| <= bias_bound``.
+    """
+
+    in_features: int
+    out_features: int
+    weight_bound: float = 1.0
+    bias_bound: float = 1.0
+    norm_ball: bool = False
+
+    def __post_init__(self) -> None:
+        if self.in_features < 1 or self.out_features < 1:
+            raise DeclarationError("a dense layer needs at least one input and one output")
+        for name in ("weight_bound", "bias_bound"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise DeclarationError(f"{name} must be a finite non-negative number")
+
+    @property
+    def operator_bound(self) -> float:
+        """Upper bound on ``||W||_2`` over the certified set (Frobenius bounds spectral)."""
+        if self.norm_ball:
+            return self.weight_bound
+        return mul_up(self.weight_bound, sqrt_up(float(self.in_features * self.out_features)))
+
+    def row_bound(self) -> float:
+        """Upper bound on the l2 norm of one row of ``W``."""
+        return self.weight_bound if self.norm_ball else mul_up(self.weight_bound, sqrt_up(float(self.in_features)))
+
+    # -- the weight set (MLP's interface, arrays W and b) ------------------------------------------
+    def apply_step(self, W: np.ndarray, b: np.ndarray, step_W: np.ndarray, step_b: np.ndarray, scale: float,
+                   project: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``(W - scale step_W, b - scale step_b)``, projected back onto the certified set if ``project``.
+
+        The same weights as :meth:`project` of the plain update, in one compiled pass per
+        array where numba is installed (:mod:`opendp_hybridad.nn.update_kernel`).
+        """
+        from opendp_hybridad.nn.update_kernel import compiled_subtract_scaled
+
+        kernel = compiled_subtract_scaled() if _use_compiled_update() else None
+        if kernel is None or not project:
+            new_W, new_b = W - scale * step_W.reshape(W.shape), b - scale * step_b
+            return self.project(new_W, new_b) if project else (new_W, new_b)
+        # C order for the outputs whatever the inputs' layout, so reshape(-1) is a view the kernel writes through
+        new_W, new_b = np.empty(W.shape), np.empty(b.shape)
+        squares, largest = kernel(np.ascontiguousarray(W, dtype=np.float64).reshape(-1), np.ascontiguousarray(step_W).reshape(-1),
+                                  scale, new_W.reshape(-1))
+        _, largest_b = kernel(np.ascontiguousarray(b, dtype=np.float64), np.ascontiguousarray(step_b), scale, new_b)
+        if self.norm_ball:
+            shrink = self._ball_shrink(squares, W.size)
+            if shrink < 1.0:
+                new_W *= shrink
+        elif not largest <= self.weight_bound:
+            np.clip(new_W, -self.weight_bound, self.weight_bound, out=new_W)
+        if not largest_b <= self.bias_bound:
+            np.clip(new_b, -self.bias_bound, self.bias_bound, out=new_b)
+        return new_W, new_b
+
+    def _ball_shrink(self, squares: float, size: int) -> float:
+        """The factor that brings ``W`` inside the Frobenius ball, from its float sum of squares (1.0: already inside).
+
+        An upper bound on ``||W||``: a float sum of ``n`` squares (each rounded) in any order
+        is within ``gamma_n`` of the exact one (Higham 2002, 3.1); the factor and the square
+        root are rounded up. The shrink factor is rounded down and then shrunk by
+        ``2^-50 = 8 u``, which covers the rounding of each product ``W_ij * shrink`` (at most
+        ``u`` relative: ``(1 - 8 u)(1 + u) < 1``).
+        """
+        # every step runs this: up / down of a correctly rounded result (one float outward) instead
+        # of the exactness checks of mul_up and friends; the same bounds, a little looser
+        norm_up = up(math.sqrt(up(squares * add_up(1.0, _gamma_cached(size + 2)))))
+        if not norm_up > self.weight_bound:
+            return 1.0
+        return down(down(self.weight_bound / norm_up) * (1.0 - 8.0 * UNIT_ROUNDOFF))
+
+    def project(self, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Back onto the certified set (used by the ``bound`` mode after each step)."""
+        if self.norm_ball:
+            flat = W.ravel()
+            shrink = self._ball_shrink(float(np.dot(flat, flat)), flat.size)
+            if shrink < 1.0:
+                W = W * shrink
+        elif np.abs(W).max(initial=0.0) > self.weight_bound:
+            W = np.clip(W, -self.weight_bound, self.weight_bound)
+        if np.abs(b).max(initial=0.0) > self.bias_bound:
+            b = np.clip(b, -self.bias_bound, self.bias_bound)
+        return W, b
+
+    # -- the Layer protocol: shapes and parameters --------------------------------------------------
+    def describe(self) -> str:
+        return f"dense({self.in_features}->{self.out_features})"
+
+    def closed_form(self, index: int) -> str:
+        return f"a_{index} = W_{index} a_{index - 1} + b_{index}   (W_{index}: {self.out_features}x{self.in_features})"
+
+    def expected_input_shape(self) -> Shape:
+        return (self.in_features,)
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        if tuple(input_shape) != (self.in_features,):
+            raise self._refuse(f"takes inputs of shape ({self.in_features},), not {tuple(input_shape)} (flatten first)")
+        return (self.out_features,)
+
+    def param_shapes(self, input_shape: Shape) -> tuple[Shape, ...]:
+        return ((self.out_features, self.in_features), (self.out_features,))
+
+    def init(self, rng: np.random.Generator, input_shape: Shape | None = None) -> Params:
+        scale = min(self.weight_bound, 1.0 / math.sqrt(self.in_features))
+        W = rng.uniform(-scale, scale, (self.out_features, self.in_features))
+        return self.project(W, np.zeros(self.out_features))
+
+    def project_params(self, params: Params) -> Params:
+        return self.project(*params)
+
+    def update(self, params: Params, step: np.ndarray, scale: float, project: bool) -> Params:
+        W, b = params
+        return self.apply_step(W, b, step[:W.size], step[W.size:W.size + b.size], scale, project)
+
+    def witness_params(self, rng: np.random.Generator, input_shape: Shape | None = None) -> Params:
+        if self.norm_ball:
+            W = rng.standard_normal((self.out_features, self.in_features))
+            W = W * (self.weight_bound / np.sqrt((W * W).sum()))
+        else:
+            W = self.weight_bound * np.sign(rng.standard_normal((self.out_features, self.in_features)))
+        return W, self.bias_bound * np.sign(rng.standard_normal(self.out_features))
+
+    def weight_norms(self, params: Params | None, rows: bool = True) -> tuple[float, float, float, float]:
+        """``(R, b_max, F, B)``: bounds on the largest row norm of ``W``, ``max |b_j|``, ``||W||_F`` (>= ``||W||_2``), ``||b||``.
+
+        ``params`` None: over the declared weight set. Otherwise of these (public) weights:
+        float norms raised by ``gamma_(n+2)`` (``n`` squares summed in any order, each square
+        and the square root rounded), so they bound the exact norms. ``rows=False`` takes
+        ``R = F`` (one dot product per array instead of a pass per row).
+        """
+        if params is None:
+            bias_norm = up(sqrt_up(float(self.out_features)) * self.bias_bound)
+            return (self.row_bound(), self.bias_bound, self.operator_bound, bias_norm)
+        W, b = params
+        flat = W.reshape(-1)
+        F = up(float(np.sqrt(np.dot(flat, flat))) * add_up(1.0, _gamma_cached(W.size + 2)))
+        B = up(float(np.sqrt(np.dot(b, b))) * add_up(1.0, _gamma_cached(b.size + 2)))
+        R = up(float(np.sqrt(np.einsum("ij,ij->i", W, W)).max()) * add_up(1.0, _gamma_cached(W.shape[1] + 2))) if rows else F
+        return (_bound(R), float(np.abs(b).max(initial=0.0)), _bound(F), _bound(B))
+
+    # -- kernels ------------------------------------------------------------------------------------
+    def forward(self, params: Params, x: np.ndarray) -> tuple[np.ndarray, None]:
+        W, b = params
+        z = _matmul(x, W.T)
+        z += b
+        return z, None
+
+    def backward(self, params: Params, x: np.ndarray, cache: None, delta: np.ndarray) -> np.ndarray:
+        return _matmul(delta, params[0])
+
+    def per_example_gradients(self, params: Params, x: np.ndarray, cache: None, delta: np.ndarray) -> tuple[np.ndarray, ...]:
+        return np.einsum("bo,bi->boi", delta, x), delta.copy()
+
+    def per_example_squared_norms(self, params: Params, x: np.ndarray, cache: None, delta: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", delta, delta) * (np.einsum("ij,ij->i", x, x) + 1.0)
+
+    def accumulate(self, params: Params, x: np.ndarray, cache: None, delta: np.ndarray, out: tuple[np.ndarray, ...],
+                   first: bool) -> None:
+        gW, gb = out
+        if first:
+            gW[...] = _matmul(delta.T, x)
+            np.sum(delta, axis=0, out=gb)
+        else:
+            gW += _matmul(delta.T, x)
+            gb += delta.sum(axis=0)
+
+    # -- certified bounds (module docstring) ---------------------------------------------------------
+    # products of non-negative bounds are up(x * y): a correctly rounded product moved one float up is
+    # not below the exact one (rounding.py); the per-step bound runs these every step
+    def forward_bound(self, inp: ActivationBound, norms: tuple[float, ...]) -> ActivationBound:
+        R, b_max, F, B = norms
+        unit = add_up(up(R * inp.norm), b_max)
+        norm = add_up(up(F * inp.norm), B)
+        e_a = inp.error
+        e_z = add_up(up(F * e_a), up(_gamma_cached(self.in_features + 1) * add_up(up(F * add_up(inp.norm, e_a)), B)))
+        return ActivationBound((self.out_features,), norm, unit, e_z, add_up(unit, e_z))
+
+    def backward_bound(self, inp: ActivationBound, out: DeltaBound, norms: tuple[float, ...]) -> DeltaBound:
+        F = norms[2]
+        d, e_d = out.norm, out.error
+        e_v = add_up(up(F * e_d), up(_gamma_cached(self.out_features) * up(F * add_up(d, e_d))))
+        return DeltaBound((self.in_features,), up(F * d), e_v)
+
+    def gradient_bound(self, inp: ActivationBound, out: DeltaBound, norms: tuple[float, ...]) -> GradientBound:
+        a, e_a, d, e_d = inp.norm, inp.error, out.norm, out.error
+        squared = up(up(d * d) * add_up(up(a * a), 1.0))
+        # ||d^ a^^T - d a^T|| <= e_d ||a^|| + ||d|| e_a, and the bias part e_d
+        error = add_up(up(e_d * add_up(add_up(a, e_a), 1.0)), up(d * e_a))
+        a_hat, d_hat = add_up(a, e_a), add_up(d, e_d)
+        ops = float(self.in_features + self.out_features + 3)
+        absolute = up(up(4.0 * ops * TINY) * add_up(add_up(up(a_hat * a_hat), up(d_hat * d_hat)), 2.0))
+        return GradientBound(squared, error, _gamma_cached(self.in_features + self.out_features + 2), absolute)

@@ -1,0 +1,389 @@
+"""A DP-SGD model as a chain of registered parts (:mod:`opendp_hybridad.nn.protocol`) and a loss.
+
+``Sequential(parts, loss, input_bound=..., label_bound=...)`` has the interface and the
+semantics of :class:`opendp_hybridad.nn.model.MLP` (which is the special case of dense
+layers each followed by an activation): batched per-example gradients, their norms
+without materialising them where the parts allow, clipped sums written layer by layer
+into one flat float64 vector over blocks of rows, and the certified per-example
+gradient-norm bound ``K`` with the proven float64 forward error ``e`` of each computed
+row, on which DP-SGD's float-sum argument (:func:`opendp_hybridad.dpsgd.sgd.computed_sum_sensitivity`)
+rests.
+
+**The recursion** (:func:`chain_bound`): from the declared input box, each part maps
+bounds on its input (exact l2 norm, per-entry magnitude, l2 error of the computed
+tensor) to bounds on its output; the loss gives the delta at the last output (its
+norm bound at the exact outputs, ``Lip(delta) e_out + delta_error`` at the computed
+ones); each part maps the delta at its output to the delta at its input and states its
+own block of the gradient. Then, every operation rounded up:
+
+* ``K = sqrt(sum_parts squared)`` (the blocks of the flat gradient are orthogonal);
+* ``e = sum_parts error`` (triangle inequality over the blocks);
+* the computed squared norm is a float sum of the parts' computed squared norms, ``P``
+  non-negative terms in a fixed order (``P - 1`` roundings, Higham 2002 Lemma 3.1 and 3.3):
+  ``rel <= max rel_p + gamma_(P-1) (1 + max rel_p)``, ``abs <= (1 + gamma_(P-1)) sum abs_p``.
+
+For a dense layer followed by an activation these are exactly the per-layer steps of
+the MLP recursion (``MLP`` runs this same function), so both give the same ``K`` and ``e``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from opendp_hybridad.analysis.rounding import add_up, gamma, norm2_up, sqrt_up, up
+from opendp_hybridad.errors import DeclarationError
+from opendp_hybridad.nn.layers import Activation, Loss
+from opendp_hybridad.nn.parts.activation import Elementwise
+from opendp_hybridad.nn.protocol import NO_GRADIENT, ActivationBound, DeltaBound, GradientBound, Layer, ModelBound, Shape
+from opendp_hybridad.nn.registry import layer_kind
+
+_BLOCK_BYTES = 256 * 1024  # per activation array: fits the L2 cache of current CPUs with room to spare
+
+#: the kinds of label a loss may declare (nn.layers.Loss.label_kind)
+LABEL_KINDS = ("class", "binary", "real")
+
+
+def _bound(value: float) -> float:
+    return value if value == value else math.inf
+
+
+def _round_up_to_power_of_two(value: float, floor: float = 2.0**-30) -> float:
+    """The smallest power of two not below ``max(value, floor)`` (``inf`` and NaN stay ``inf``)."""
+    if not value <= 2.0**1023:
+        return math.inf
+    if value <= floor:
+        return floor
+    mantissa, exponent = math.frexp(value)  # value = mantissa 2^exponent, mantissa in [1/2, 1)
+    return value if mantissa == 0.5 else math.ldexp(1.0, exponent)
+
+
+def check_loss(loss: Loss, output_shape: Shape) -> None:
+    """Refuse a loss whose label kind is unknown or does not fit the output (one-line messages)."""
+    if not isinstance(loss, Loss):
+        raise DeclarationError("the loss must be an nn.layers.Loss (SoftmaxCrossEntropy(), MeanSquaredError(), Logistic(), ...)")
+    if loss.label_kind not in LABEL_KINDS:
+        raise DeclarationError(f"loss {loss.name}: label_kind must be one of {', '.join(LABEL_KINDS)}")
+    if len(output_shape) != 1:
+        raise DeclarationError("the last part must output a vector per example (add a flatten part)")
+    if loss.label_kind == "binary" and output_shape[0] != 1:
+        raise DeclarationError(f"the {loss.name} loss takes one output (one logit)")
+
+
+def chain_bound(parts: Sequence[Layer], inp: ActivationBound, norms: Sequence[tuple[float, ...]], loss: Loss,
+                label_bound: float, has_params: Sequence[bool]) -> ModelBound:
+    """``K``, its per-part terms, the forward error ``e`` and the clipping norm's errors (module docstring).
+
+    ``has_params[i]``: whether part ``i`` has parameters (only those contribute, and the
+    backward recursion stops at the first of them). ``per_layer`` has one entry per part
+    (0 for parameter-free parts).
+    """
+    records = [inp]
+    for part, n in zip(parts, norms, strict=True):
+        records.append(part.forward_bound(records[-1], n))
+    out = records[-1]
+    m = out.size
+    # the loss's delta: its bound at the exact outputs; at the computed ones (within computed_unit) its
+    # evaluation error, and its Lipschitz constant times the outputs' error
+    loss_delta = loss.delta_norm_bound(m, out.unit, label_bound)
+    e_loss = add_up(up(loss.delta_lipschitz() * out.error), loss.delta_error(m, out.computed_unit, label_bound))
+    delta = DeltaBound(out.shape, loss_delta, e_loss)
+    first = list(has_params).index(True) if any(has_params) else len(parts)
+    grads: list[GradientBound] = [NO_GRADIENT] * len(parts)
+    for i in range(len(parts) - 1, first - 1, -1):
+        grads[i] = parts[i].gradient_bound(records[i], delta, norms[i])
+        if i > first:
+            delta = parts[i].backward_bound(records[i], delta, norms[i])
+    total = error = absolute = 0.0
+    relative = 0.0
+    counted = 0
+    for g, p in zip(grads, has_params, strict=True):
+        if not p:
+            continue
+        counted += 1
+        total = add_up(total, g.squared)
+        error = add_up(error, g.error)
+        relative = max(relative, g.norm_relative_error)
+        absolute = add_up(absolute, g.norm_absolute_error)
+    if counted > 1:
+        # the parts' squared norms summed in a fixed order: counted - 1 roundings of non-negative terms
+        g_sum = gamma(counted - 1)
+        relative = add_up(relative, up(g_sum * add_up(1.0, relative)))
+        absolute = up(absolute * add_up(1.0, g_sum))
+    bound = ModelBound(_bound(sqrt_up(total) if total == total else math.inf),
+                       [_bound(sqrt_up(g.squared)) if g.squared == g.squared else math.inf for g in grads])
+    bound.rounding = _bound(error)
+    bound.norm_relative_error = _bound(relative)
+    bound.norm_absolute_error = _bound(absolute)
+    return bound
+
+
+class Sequential:
+    """Registered parts applied in order, then a loss; parameters are one tuple of arrays per part (``()`` if none).
+
+    :param parts: :class:`~opendp_hybridad.nn.protocol.Layer` instances of registered kinds;
+        a bare :class:`~opendp_hybridad.nn.layers.Activation` (``Tanh()``) is wrapped in
+        :class:`~opendp_hybridad.nn.parts.activation.Elementwise`.
+    :param loss: on the last part's output, which must be a vector per example.
+    :param input_bound: the input box, ``|x_j| <= input_bound`` (a float, or an array broadcast to ``input_shape``).
+    :param label_bound: ``|y| <= label_bound`` for regression losses.
+    :param input_shape: the per-example input shape; by default the first part's own (a dense layer's ``(in,)``).
+    """
+
+    def __init__(self, parts: Sequence[Layer | Activation], loss: Loss, *, input_bound: float | np.ndarray = 1.0,
+                 label_bound: float = 1.0, input_shape: Sequence[int] | None = None):
+        wrapped = [Elementwise(p) if isinstance(p, Activation) else p for p in parts]
+        if not wrapped:
+            raise DeclarationError("a Sequential model needs at least one part")
+        for p in wrapped:
+            if not isinstance(p, Layer):
+                raise DeclarationError(f"{type(p).__name__} is not a layer (subclass nn.protocol.Layer and register it)")
+            layer_kind(p)  # a registered kind, so a converter and the closed form can name it
+        shape = tuple(input_shape) if input_shape is not None else wrapped[0].expected_input_shape()
+        if shape is None:
+            raise DeclarationError(f"{wrapped[0].describe()}: declare input_shape= (the per-example input shape)")
+        if not all(isinstance(s, (int, np.integer)) and s >= 1 for s in shape):
+            raise DeclarationError("input_shape must be positive integers")
+        shapes = [tuple(int(s) for s in shape)]
+        for p in wrapped:
+            shapes.append(tuple(p.output_shape(shapes[-1])))
+        check_loss(loss, shapes[-1])
+        bound = np.broadcast_to(np.asarray(input_bound, dtype=float), shapes[0]) if _broadcasts(input_bound, shapes[0]) else None
+        if bound is None:
+            raise DeclarationError("input_bound must be a number or an array of the input's shape")
+        if not np.all(np.isfinite(bound) & (bound >= 0)):
+            raise DeclarationError("input_bound must be finite and non-negative")
+        if not (isinstance(label_bound, (int, float)) and math.isfinite(label_bound) and label_bound >= 0):
+            raise DeclarationError("label_bound must be finite and non-negative")
+        self.parts: list[Layer] = wrapped
+        self.loss = loss
+        self.input_bound = bound.copy()
+        self.label_bound = float(label_bound)
+        self._shapes = shapes
+        self._param_shapes = [p.param_shapes(s) for p, s in zip(wrapped, shapes[:-1], strict=True)]
+        self._sizes = [sum(math.prod(s) for s in ps) for ps in self._param_shapes]
+        if not any(self._sizes):
+            raise DeclarationError("a Sequential model needs at least one part with parameters")
+        self._first = next(i for i, size in enumerate(self._sizes) if size)
+        self._norm_bounds_cache: dict[tuple, ModelBound] = {}
+        flat_bound = self.input_bound.reshape(-1)
+        self._input_record = ActivationBound(shapes[0], norm2_up(flat_bound.tolist()), float(flat_bound.max(initial=0.0)), 0.0)
+
+    # -- shapes and parameters ---------------------------------------------------------------
+    @property
+    def layers(self) -> list[Layer]:
+        """The parts (the name MLP uses for its dense layers)."""
+        return self.parts
+
+    @property
+    def activations(self) -> list[Activation]:
+        """The activations of the elementwise parts, in order."""
+        return [p.activation for p in self.parts if isinstance(p, Elementwise)]
+
+    @property
+    def input_shape(self) -> Shape:
+        return self._shapes[0]
+
+    @property
+    def output_shape(self) -> Shape:
+        return self._shapes[-1]
+
+    @property
+    def input_features(self) -> int:
+        """Entries of one example's input (the product of ``input_shape``)."""
+        return math.prod(self._shapes[0])
+
+    @property
+    def output_features(self) -> int:
+        return self._shapes[-1][0]
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(self._sizes)
+
+    def init(self, rng: np.random.Generator) -> list[tuple[np.ndarray, ...]]:
+        return [tuple(p.init(rng, s)) for p, s in zip(self.parts, self._shapes[:-1], strict=True)]
+
+    def project(self, params):
+        return [tuple(p.project_params(tuple(ps))) for p, ps in zip(self.parts, params, strict=True)]
+
+    def apply_step(self, params, step: np.ndarray, scale: float, project: bool = True):
+        """``params - scale * step`` (``step`` flat, part by part as :meth:`gradient_sum` writes it), projected if ``project``."""
+        out, offset = [], 0
+        for p, ps, size in zip(self.parts, params, self._sizes, strict=True):
+            out.append(tuple(p.update(tuple(ps), step[offset:offset + size], scale, project)) if size else tuple(ps))
+            offset += size
+        return out
+
+    def closed_form(self) -> str:
+        n = len(self.parts)
+        lines = [f"a_0 = x   (shape {self.input_shape}, |x_j| <= {self.input_bound.max():g})"]
+        lines += [p.closed_form(i) for i, p in enumerate(self.parts, start=1)]
+        lines.append(f"loss ({self.loss.name}, labels: {self.loss.label_kind}): {self.loss.closed_form}")
+        lines.append(f"delta_{n} = dLoss/da_{n};  delta_(i-1) = (da_i/da_(i-1))^T delta_i")
+        lines.append("||g||^2 = sum over parts with parameters of ||dLoss/dtheta_i||^2")
+        return "\n".join(lines)
+
+    # -- per-example kernels ------------------------------------------------------------------
+    def forward(self, params, x):
+        """Outputs ``a_0..a_n`` of the parts (``a_0 = x``) and the parts' caches."""
+        acts, caches = [x], []
+        for p, ps in zip(self.parts, params, strict=True):
+            a, cache = p.forward(tuple(ps), acts[-1])
+            acts.append(a)
+            caches.append(cache)
+        return acts, caches
+
+    def _pass(self, params, x, y) -> tuple[list[np.ndarray], list[Any], list[np.ndarray | None]]:
+        """Outputs, caches, and the delta at each part's output (None before the first part with parameters)."""
+        acts, caches = self.forward(params, x)
+        n = len(self.parts)
+        deltas: list[np.ndarray | None] = [None] * n
+        delta = self.loss.delta(acts[-1], y)
+        deltas[n - 1] = delta
+        for i in range(n - 1, self._first, -1):
+            delta = self.parts[i].backward(tuple(params[i]), acts[i], caches[i], delta)
+            deltas[i - 1] = delta
+        return acts, caches, deltas
+
+    def deltas(self, params, x, y):
+        """Outputs ``a_0..a_n`` and the deltas ``dLoss/da_1..dLoss/da_n`` (None before the first part with parameters)."""
+        acts, _, deltas = self._pass(params, x, y)
+        return acts, deltas
+
+    def loss_value(self, params, x, y) -> np.ndarray:
+        acts, _ = self.forward(params, x)
+        return self.loss.value(acts[-1], y)
+
+    def per_example_gradients(self, params, x, y) -> list[tuple[np.ndarray, ...]]:
+        """Materialised per-example gradients (tests, small models): per part, ``(B, *shape)`` per parameter array."""
+        acts, caches, deltas = self._pass(params, x, y)
+        return [tuple(p.per_example_gradients(tuple(ps), acts[i], caches[i], deltas[i])) if self._sizes[i] else ()
+                for i, (p, ps) in enumerate(zip(self.parts, params, strict=True))]
+
+    def _squared_norms(self, params, acts, caches, deltas) -> np.ndarray:
+        """The parts' squared norms summed in part order (the order the bound's ``gamma_(P-1)`` counts)."""
+        sq = np.zeros(acts[0].shape[0])
+        for i, (p, ps) in enumerate(zip(self.parts, params, strict=True)):
+            if self._sizes[i]:
+                sq += p.per_example_squared_norms(tuple(ps), acts[i], caches[i], deltas[i])
+        return sq
+
+    def per_example_norms(self, params, x, y) -> np.ndarray:
+        """``||g_i||_2``, without materialising the per-example gradients where the parts can avoid it."""
+        acts, caches, deltas = self._pass(params, x, y)
+        return np.sqrt(self._squared_norms(params, acts, caches, deltas))
+
+    def _block_deltas(self, params, x, y, clip: float | None):
+        """Outputs, caches and deltas of a block, the deltas scaled by ``min(1, clip / ||g_i||)`` when clipping.
+
+        A parameter gradient is linear in the delta at its part's output, so scaling those
+        deltas scales each example's whole row.
+        """
+        acts, caches, deltas = self._pass(params, x, y)
+        if clip is not None:
+            factor = np.minimum(1.0, clip / np.maximum(np.sqrt(self._squared_norms(params, acts, caches, deltas)), 1e-300))
+            for i, d in enumerate(deltas):
+                if d is not None and self._sizes[i]:
+                    deltas[i] = d * factor.reshape((-1,) + (1,) * (d.ndim - 1))
+        return acts, caches, deltas
+
+    def gradient_sum(self, params, x, y, clip: float | None = None, out: np.ndarray | None = None):
+        """``sum_i c_i g_i`` with ``c_i = min(1, clip / ||g_i||)`` (no clipping if ``clip`` is None), part by part.
+
+        As :meth:`opendp_hybridad.nn.model.MLP.gradient_sum`: blocks of rows sized so a
+        block's activations stay in cache; ``out`` a flat float64 array of
+        ``num_parameters`` to write into (part by part, each array row-major); the returned
+        per-part tuples of views are views of it.
+        """
+        if out is None:
+            out = np.empty(self.num_parameters)
+        views, offset = [], 0
+        for shapes in self._param_shapes:
+            vs = []
+            for s in shapes:
+                size = math.prod(s)
+                vs.append(out[offset:offset + size].reshape(s))
+                offset += size
+            views.append(tuple(vs))
+        if x.shape[0] == 0:
+            out[:] = 0.0
+            return views
+        widest = max(math.prod(s) for s in self._shapes)
+        rows = max(16, _BLOCK_BYTES // (8 * widest))
+        y = np.asarray(y)
+        for start in range(0, x.shape[0], rows):
+            acts, caches, deltas = self._block_deltas(params, x[start:start + rows], y[start:start + rows], clip)
+            for i, (p, ps) in enumerate(zip(self.parts, params, strict=True)):
+                if self._sizes[i]:
+                    p.accumulate(tuple(ps), acts[i], caches[i], deltas[i], views[i], start == 0)
+        return views
+
+    # -- certified bound and forward error -------------------------------------------------------
+    def _weight_norms(self, params=None, rows: bool = True) -> tuple[tuple[float, ...], ...]:
+        if params is None:
+            return tuple(tuple(p.weight_norms(None, rows)) for p in self.parts)
+        return tuple(tuple(p.weight_norms(tuple(ps), rows)) for p, ps in zip(self.parts, params, strict=True))
+
+    def _bound_from_norms(self, norms) -> ModelBound:
+        return chain_bound(self.parts, self._input_record, norms, self.loss, self.label_bound, [size > 0 for size in self._sizes])
+
+    def certified_bound(self, params=None) -> ModelBound:
+        """Certified ``K`` on the per-example gradient norm, and the forward error ``e`` of the computed gradient.
+
+        ``params`` None: over the whole declared weight set (fixed for a run).
+        ``params`` given: with these (public) weights, over the input and label boxes only.
+        """
+        return self._bound_from_norms(self._weight_norms(params))
+
+    def rounding_bound(self, params) -> ModelBound:
+        """A cheaper bound with these (public) weights, cached: norms with ``rows=False``, each rounded up to a power of two.
+
+        Every bound of the recursion is nondecreasing in each norm (the protocol's rule),
+        so larger norms give a valid, larger bound (as :meth:`MLP.rounding_bound`).
+        """
+        norms = tuple(tuple(_round_up_to_power_of_two(v) for v in part) for part in self._weight_norms(params, rows=False))
+        cached = self._norm_bounds_cache.get(norms)
+        if cached is None:
+            if len(self._norm_bounds_cache) > 256:
+                self._norm_bounds_cache.clear()
+            cached = self._norm_bounds_cache[norms] = self._bound_from_norms(norms)
+        return cached
+
+    def sample_labels(self, rng: np.random.Generator, samples: int) -> np.ndarray:
+        """Labels of the loss's kind: class indices, 0/1, or corners of the label box."""
+        kind, m = self.loss.label_kind, self.output_features
+        if kind == "class":
+            return rng.integers(0, m, samples)
+        if kind == "binary":
+            return rng.integers(0, 2, samples).astype(float)
+        return self.label_bound * np.where(rng.random((samples, m)) < 0.5, -1.0, 1.0)
+
+    def witness(self, bound: ModelBound, params=None, samples: int = 2048, seed: int = 0, labels=None) -> ModelBound:
+        """Largest per-example gradient norm found by sampling the boxes (corners of the input box included)."""
+        rng = np.random.default_rng(seed)
+        best, where = 0.0, {}
+        for trial in range(4):
+            ps = params if params is not None else [tuple(p.witness_params(rng, s)) for p, s in zip(self.parts, self._shapes[:-1],
+                                                                                                 strict=True)]
+            x = self.input_bound * np.where(rng.random((samples, *self.input_shape)) < 0.5, -1.0, 1.0)
+            if trial % 2:
+                x = x * rng.random(x.shape)
+            y = rng.choice(labels, samples) if labels is not None else self.sample_labels(rng, samples)
+            norms = self.per_example_norms(ps, x, y)
+            i = int(np.argmax(norms))
+            if norms[i] > best:
+                best, where = float(norms[i]), {"trial": trial, "x": x[i].tolist(), "y": np.asarray(y[i]).tolist()}
+        bound.witness_value, bound.witness = best, where
+        return bound
+
+
+def _broadcasts(value: Any, shape: Shape) -> bool:
+    try:
+        np.broadcast_to(np.asarray(value, dtype=float), shape)
+    except (ValueError, TypeError):
+        return False
+    return True
