@@ -1,6 +1,8 @@
 """Tensor-level models for DP-SGD: layers, per-example gradient kernels, certified gradient-norm bounds.
 
-Names are imported on first use (:mod:`opendp_hybridad._lazy`).
+A model is :class:`MLP` (dense layers and activations) or :class:`Sequential` (registered
+parts, :mod:`opendp_hybridad.nn.protocol`; one file per layer type under
+:mod:`opendp_hybridad.nn.parts`). Names are imported on first use (:mod:`opendp_hybridad._lazy`).
 """
 
 from typing import TYPE_CHECKING
@@ -20,9 +22,14 @@ if TYPE_CHECKING:
         TemperedSigmoid,
     )
     from opendp_hybridad.nn.model import MLP, ModelBound
+    from opendp_hybridad.nn.parts.activation import Elementwise
+    from opendp_hybridad.nn.parts.flatten import Flatten
+    from opendp_hybridad.nn.protocol import Layer
+    from opendp_hybridad.nn.registry import register_layer
+    from opendp_hybridad.nn.sequential import Sequential
 
 __all__ = ["Dense", "Identity", "Logistic", "MeanSquaredError", "ReLU", "Sigmoid", "SoftmaxCrossEntropy", "Tanh",
-           "TemperedSigmoid", "MLP", "ModelBound"]
+           "TemperedSigmoid", "MLP", "ModelBound", "Sequential", "Layer", "Elementwise", "Flatten", "register_layer"]
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
@@ -30,6 +37,11 @@ __getattr__, __dir__ = lazy_exports(
         ".layers": ("Dense", "Identity", "Logistic", "MeanSquaredError", "ReLU", "Sigmoid", "SoftmaxCrossEntropy", "Tanh",
                     "TemperedSigmoid"),
         ".model": ("MLP", "ModelBound"),
+        ".sequential": ("Sequential",),
+        ".protocol": ("Layer",),
+        ".registry": ("register_layer",),
+        ".parts.activation": ("Elementwise",),
+        ".parts.flatten": ("Flatten",),
     },
-    submodules=("layers", "model"),
+    submodules=("layers", "model", "sequential", "protocol", "registry", "parts"),
 )

@@ -291,6 +291,10 @@ class Loss:
         """Bound on ``||computed delta(z, y) - delta(z, y)||_2`` at a float ``z`` with ``|z_j| <= output_abs_bound``."""
         return math.inf
 
+    def sympy_expression(self, outputs: list, label: float | int):
+        """The loss as a sympy expression of the outputs (symbols or expressions) at a fixed label (scalar expansion)."""
+        raise DeclarationError(f"loss {self.name}: no scalar expansion")
+
 
 class SoftmaxCrossEntropy(Loss):
     """``-log softmax(z)_y`` with integer labels ``y``; ``dL/dz = softmax(z) - onehot(y)``."""
@@ -317,6 +321,11 @@ class SoftmaxCrossEntropy(Loss):
     def delta_lipschitz(self):
         # softmax is 1-Lipschitz in l2 (Gao and Pavel 2017, Proposition 4); the one-hot does not move
         return 1.0
+
+    def sympy_expression(self, outputs, label):
+        import sympy
+
+        return sympy.log(sum(sympy.exp(v) for v in outputs)) - outputs[int(label)]
 
     def delta_error(self, out_features, output_abs_bound, label_abs_bound):
         """The computed ``p - e_y`` against the real one at the same float logits.
@@ -366,6 +375,9 @@ class MeanSquaredError(Loss):
     def delta_lipschitz(self):
         return 1.0
 
+    def sympy_expression(self, outputs, label):
+        return sum((v - float(label)) ** 2 for v in outputs) / 2
+
     def delta_error(self, out_features, output_abs_bound, label_abs_bound):
         # z - y rounds once per entry: at most u ||z - y||
         return mul_up(UNIT_ROUNDOFF, self.delta_norm_bound(out_features, output_abs_bound, label_abs_bound))
@@ -390,6 +402,11 @@ class Logistic(Loss):
 
     def delta_lipschitz(self):
         return 0.25  # sup sigmoid'
+
+    def sympy_expression(self, outputs, label):
+        from opendp_hybridad.symbolic.functions import softplus
+
+        return softplus(outputs[0]) - float(label) * outputs[0]
 
     def delta_error(self, out_features, output_abs_bound, label_abs_bound):
         # the library sigmoid (value at most 1), then one rounding of the difference (at most 1 + its error)

@@ -15,9 +15,11 @@ is one matrix product per layer: ``sum_i c_i delta_li a_{l-1,i}^T = (c * Delta_l
 declared boxes (inputs, labels, weights), rounding every step up:
 ``||a_0|| <= ||x||_box``; ``|z_l,j| <= ||W_l,j.|| ||a_{l-1}|| + B_b``;
 ``||a_l|| <= sqrt(n_l) max|phi_l|``; ``||delta_L|| <=`` the loss's bound;
-``||delta_l|| <= ||W_{l+1}||_2 ||delta_{l+1}|| max|phi_l'|``. Each matrix product's
-rounding (Higham's ``gamma_(n+1)``) is part of the recursion, so ``K`` also covers the
-computed magnitudes.
+``||delta_l|| <= ||W_{l+1}||_2 ||delta_{l+1}|| max|phi_l'|``. ``K`` bounds the exact
+gradients; how far a computed one can be is ``e`` below (so no rounding factor enters
+``K``). The recursion is :func:`opendp_hybridad.nn.sequential.chain_bound` over the parts
+dense, activation, dense, ... (:mod:`opendp_hybridad.nn.parts`), which a
+:class:`~opendp_hybridad.nn.sequential.Sequential` of the same parts runs too.
 
 **The forward error** ``e`` (:attr:`ModelBound.rounding`): however the matrix products
 are computed (any BLAS, blocking, thread count or summation order, with or without fused
@@ -382,12 +384,5 @@ def scalar_expansion(model: MLP, label: float | int = 0):
             a = z
         else:
             raise DeclarationError(f"scalar expansion supports tanh, sigmoid and identity, not {name}")
-    if model.loss.name == "softmax cross-entropy":
-        expr = sympy.log(sum(sympy.exp(v) for v in a)) - a[int(label)]
-    elif model.loss.name == "logistic":
-        from opendp_hybridad.symbolic.functions import softplus
-
-        expr = softplus(a[0]) - float(label) * a[0]
-    else:
-        expr = sum((v - float(label)) ** 2 for v in a) / 2
+    expr = model.loss.sympy_expression(a, label)
     return schema.function(expr, name="per-example loss")
