@@ -13,6 +13,7 @@ from fractions import Fraction
 import mpmath
 import numpy as np
 import pytest
+from helpers.layer_checks import box_inputs, check_kernels, extreme_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -417,3 +418,58 @@ def test_gradient_sum_clipped_is_the_explicit_sum():
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-14)
     unclipped = np.concatenate([v.ravel() for part in model.gradient_sum(params, x, y) for v in part])
     np.testing.assert_allclose(unclipped, rows.sum(axis=0), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("two_d", [False, True])
+def test_shared_kernel_checks(two_d):
+    """The shared checks (tests/helpers/layer_checks.py): finite differences of the loss over every parameter, the
+    accumulate path one example at a time, norms, clipped and unclipped sums."""
+    model = small_cnn(two_d)
+    rng = np.random.default_rng(11)
+    params = extreme_params(model, rng, shrink=0.7)
+    x = box_inputs(model, rng, 9)
+    check_kernels(model, params, x, rng.integers(0, 3, 9))
+
+
+@pytest.mark.parametrize("order", ["numpy", "reverse", "pairwise"])
+def test_clipped_rows_within_row_error(order):
+    """A clipped computed row (scaled deltas, then the sum over positions) within row_error(C) of the exact projection."""
+    model = small_cnn(False, weight_bound=40.0)
+    rng = np.random.default_rng(12)
+    params = [tuple(model.parts[0].witness_params(rng)), (), (), (), tuple(model.parts[4].witness_params(rng))]
+    params[0] = (params[0][0] * np.array([1.0, -0.999999, 0.5]), params[0][1])
+    bound = model.certified_bound(params)
+    for i in range(3):
+        x = rng.uniform(-1, 1, (1, 1, 6))
+        y = rng.integers(0, 3, 1)
+        exact = _exact_cnn_gradient(model, params, x[0], int(y[0]))
+        norm = mpmath.sqrt(mpmath.fsum(v * v for v in exact))
+        clip = float(norm) * (0.5 if i < 2 else 2.0)  # clipped twice, then not
+        scale = min(mpmath.mpf(1), mpmath.mpf(clip) / norm)
+        with summation_order(order):
+            row = model.gradient_sum(params, x, y, clip=clip)
+        flat_row = np.concatenate([v.ravel() for part in row for v in part])
+        gap = math.sqrt(sum((mpmath.mpf(float(c)) - scale * v) ** 2 for c, v in zip(flat_row, exact, strict=True)))
+        assert gap <= bound.row_error(clip)
+
+
+@pytest.mark.parametrize("order", ["numpy", "reverse", "pairwise"])
+@pytest.mark.parametrize(("layer", "shape"), CASES)
+def test_squared_norm_error_covers_rationals(order, layer, shape):
+    """The computed squared norm against the exact squared norm of the computed row, with cancelling inputs."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, *shape)) * np.where(rng.random((3, *shape)) < 0.5, 1e4, 1e-4)
+    W, b = _params(layer, rng)
+    norms = layer.weight_norms((W, b))
+    with summation_order(order):
+        z, cache = layer.forward((W, b), x)
+        delta = rng.standard_normal(z.shape) * np.where(rng.random(z.shape) < 0.5, 1e3, 1.0)
+        gW, gb = layer.per_example_gradients((W, b), x, cache, delta)
+        sq = layer.per_example_squared_norms((W, b), x, cache, delta)
+    inp = ActivationBound(shape, float(np.sqrt((x.reshape(3, -1) ** 2).sum(axis=1)).max()) * 1.0001, float(np.abs(x).max()), 0.0)
+    dnorm = float(np.sqrt((delta.reshape(3, -1) ** 2).sum(axis=1)).max()) * 1.0001
+    grad = layer.gradient_bound(inp, DeltaBound(z.shape[1:], dnorm, 0.0), norms)
+    for i in range(3):
+        row_sq = sum(Fraction(float(v)) ** 2 for v in np.concatenate([gW[i].ravel(), gb[i]]))
+        limit = Fraction(grad.norm_relative_error) * row_sq + Fraction(grad.norm_absolute_error)
+        assert abs(Fraction(float(sq[i])) - row_sq) <= limit
