@@ -119,6 +119,15 @@ class MLP:
         return self.layers[-1].out_features
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The per-example input shape, ``(in_features,)`` (as :attr:`Sequential.input_shape`)."""
+        return (self.layers[0].in_features,)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return (self.layers[-1].out_features,)
+
+    @property
     def parts(self) -> list:
         """The model as Sequential parts: dense, activation, dense, activation, ..."""
         return list(self._parts)

@@ -66,6 +66,7 @@ def test_a_sequential_of_dense_and_activations_is_the_mlp(act, loss, out, ball):
     np.testing.assert_array_equal(mlp.loss_value(mp, x, y), seq.loss_value(sp, x, y))
     assert seq.num_parameters == mlp.num_parameters
     assert (seq.input_features, seq.output_features) == (mlp.input_features, mlp.output_features) == (4, out)
+    assert (seq.input_shape, seq.output_shape) == (mlp.input_shape, mlp.output_shape) == ((4,), (out,))
     # and MLP's own conversion gives the same model
     assert _numbers(mlp.to_sequential().certified_bound(sp)) == _numbers(seq.certified_bound(sp))
 
