@@ -28,6 +28,7 @@ the MLP recursion (``MLP`` runs this same function), so both give the same ``K``
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +41,9 @@ from opendp_hybridad.nn.layers import Activation, Loss
 from opendp_hybridad.nn.parts.activation import Elementwise
 from opendp_hybridad.nn.protocol import NO_GRADIENT, ActivationBound, DeltaBound, GradientBound, Layer, ModelBound, Shape
 from opendp_hybridad.nn.registry import layer_kind
+
+#: Higham's gamma_n, cached (the per-step bound reads it every step)
+_gamma = functools.lru_cache(maxsize=None)(gamma)
 
 _BLOCK_BYTES = 256 * 1024  # per activation array: fits the L2 cache of current CPUs with room to spare
 
@@ -110,11 +114,12 @@ def chain_bound(parts: Sequence[Layer], inp: ActivationBound, norms: Sequence[tu
         absolute = add_up(absolute, g.norm_absolute_error)
     if counted > 1:
         # the parts' squared norms summed in a fixed order: counted - 1 roundings of non-negative terms
-        g_sum = gamma(counted - 1)
+        g_sum = _gamma(counted - 1)
         relative = add_up(relative, up(g_sum * add_up(1.0, relative)))
         absolute = up(absolute * add_up(1.0, g_sum))
     bound = ModelBound(_bound(sqrt_up(total) if total == total else math.inf),
-                       [_bound(sqrt_up(g.squared)) if g.squared == g.squared else math.inf for g in grads])
+                       [(_bound(sqrt_up(g.squared)) if g.squared == g.squared else math.inf) if p else 0.0
+                        for g, p in zip(grads, has_params, strict=True)])
     bound.rounding = _bound(error)
     bound.norm_relative_error = _bound(relative)
     bound.norm_absolute_error = _bound(absolute)
