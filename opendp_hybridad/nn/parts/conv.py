@@ -32,7 +32,7 @@ ones; both are exact in real arithmetic.
   at most ``D^2 (A_col^2 + P)``.
 
 **The float-sum argument** (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd
-ed. 2002, section 3.1, Lemma 3.1 and eq. 3.5: a sum of ``m`` products evaluated in any
+ed. 2002, section 3.1 and Lemma 3.1, section 3.5 for matrix products: a sum of ``m`` products evaluated in any
 order and any grouping is within ``gamma_m |x|^T |y|`` of the exact one; with gradual
 underflow each product adds at most ``TINY / 2`` more, section 2.1, so ``m TINY`` bounds
 that part generously). No assumption on how BLAS orders, blocks or threads its sums:
