@@ -9,6 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from helpers.layer_checks import check_kernels, extreme_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -166,3 +167,14 @@ def test_projection_onto_the_declared_set():
     ball = Embedding(5, 3, weight_bound=0.5, norm_ball=True)
     (E,) = ball.project_params((rng.standard_normal((5, 3)) * 10,))
     assert sum(Fraction(float(v)) ** 2 for v in E.flat) <= Fraction(1, 4)
+
+
+def test_shared_kernel_checks():
+    """The shared checks (tests/helpers/layer_checks.py) on the embedding model: finite differences over every
+    parameter (table rows included), the accumulate path one example at a time, norms, clipped and unclipped sums."""
+    model = embedding_model(False)
+    rng = np.random.default_rng(5)
+    params = extreme_params(model, rng, shrink=0.6)
+    x = rng.integers(0, 7, (8, 4)).astype(float)
+    x[0] = 2.0  # one example with every position on the same row
+    check_kernels(model, params, x, rng.integers(0, 3, 8))

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers.layer_checks import check_kernels, extreme_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -118,3 +119,12 @@ def test_declarations_refused():
         GroupSort(4).output_shape((6,))
     with pytest.raises(DeclarationError, match="maxmin"):
         MaxMin(group_size=3)
+
+
+def test_shared_kernel_checks():
+    """The shared checks (tests/helpers/layer_checks.py) on the Lipschitz model, at random points (no ties)."""
+    model = lipschitz_model()
+    rng = np.random.default_rng(2)
+    params = extreme_params(model, rng, shrink=0.8)
+    x = rng.uniform(-1, 1, (8, 4))
+    check_kernels(model, params, x, rng.integers(0, 3, 8))
