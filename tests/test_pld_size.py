@@ -1,74 +1,28 @@
-"""DP-SGD accounting: dp-accounting's figures, calibration, shuffling, and the CLI."""
+"""The PLD's size is bounded before it runs (opendp_hybridad.pld_size), through compose_epsilon.
+
+The events are the continuous-Gaussian shapes of DP-SGD runs (``reference_event``), the largest
+dp-accounting events users compose; DP-SGD's own guarantee is its proven RDP (tests/dpsgd/).
+"""
 
 from __future__ import annotations
 
-import json
 import math
 
 import dp_accounting
 import pytest
-from dp_accounting import pld, rdp
+from dp_accounting import rdp
 
-from opendp_hybridad.accounting import (
-    RDP_ORDERS,
-    AccountingError,
-    dp_sgd_calibration,
-    dp_sgd_epsilon,
-    dp_sgd_event,
-    dp_sgd_noise_multiplier,
-)
-from opendp_hybridad.cli import main
+from opendp_hybridad.accounting import RDP_ORDERS, compose_epsilon
+from opendp_hybridad.dpsgd.accounting import reference_event
 
 
-def test_matches_dp_accounting_by_hand_for_the_tutorial_settings():
-    got = dp_sgd_epsilon(3989, 32, 1.1, 20, 1e-6)
-    steps = math.ceil(20 * 3989 / 32)
-    event = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(32 / 3989, dp_accounting.GaussianDpEvent(1.1)), steps)
-    r = rdp.RdpAccountant()
-    r.compose(event)
-    p = pld.PLDAccountant()
-    p.compose(event)
-    assert got["steps"] == steps == 2494
-    assert got["epsilon_rdp"] == pytest.approx(r.get_epsilon(1e-6), rel=1e-3)
-    assert got["epsilon_pld"] == pytest.approx(p.get_epsilon(1e-6), rel=1e-9)
-    assert got["epsilon_rdp"] == pytest.approx(2.37, abs=0.01)
-    assert got["epsilon_pld"] == pytest.approx(2.17, abs=0.01)
-
-
-@pytest.mark.parametrize("target", [0.5, 1.0, 3.0])
-def test_calibrated_noise_meets_the_target_and_is_not_wasteful(target):
-    sigma = dp_sgd_noise_multiplier(target, 1e-5, 3989, 32, 5)
-    assert dp_sgd_epsilon(3989, 32, sigma, 5, 1e-5)["epsilon_pld"] <= target * (1 + 1e-3)
-    assert dp_sgd_epsilon(3989, 32, sigma * 0.98, 5, 1e-5)["epsilon_pld"] > target
-
-
-def test_impossible_targets_say_what_would_work():
-    with pytest.raises(AccountingError, match="fewer epochs"):
-        dp_sgd_noise_multiplier(1e-3, 1e-9, 3989, 32, 2000)
-    with pytest.raises(AccountingError, match="larger than the data"):
-        dp_sgd_epsilon(30, 32, 1.0, 1, 1e-6)
-
-
-def test_shuffling_is_accounted_without_amplification():
-    shuffled = dp_sgd_epsilon(3989, 32, 1.1, 20, 1e-6, sampling="shuffle")
-    poisson = dp_sgd_epsilon(3989, 32, 1.1, 20, 1e-6)
-    # 20 epochs, each one Gaussian with multiplier 1.1 / 2 (replace-one doubles the sensitivity)
-    p = pld.PLDAccountant()
-    p.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(0.55), 20))
-    assert shuffled["epsilon_pld"] == pytest.approx(p.get_epsilon(1e-6), rel=1e-9)
-    assert shuffled["epsilon_pld"] > poisson["epsilon_pld"]
-
-
-def test_cli_reports_both_accountants(capsys):
-    argv = ["privacy", "dp-sgd", "--n", "3989", "--batch-size", "32", "--noise-multiplier", "1.1",
-            "--epochs", "20", "--delta", "1e-6", "--json"]
-    assert main(argv) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["epsilon_rdp"] == pytest.approx(2.37, abs=0.01)
-    assert report["epsilon_pld"] == pytest.approx(2.17, abs=0.01)
-    assert main(argv[:-1]) == 0
-    assert "RDP" in capsys.readouterr().out
+def _report(n: int, batch: int, sigma: float, epochs: float, delta: float, sampling: str = "poisson") -> dict:
+    event = reference_event(n, batch, sigma, epochs, sampling)
+    report = compose_epsilon([event], delta)
+    steps = event.count if sampling == "poisson" else None
+    discretization = report["pld_discretization"]
+    return {**report, "steps": steps, "pld_discretization": None if discretization != discretization else discretization,
+            "sampling_probability": getattr(event.event, "sampling_probability", None)}
 
 
 def test_dp_sgd_accounting_memory_does_not_grow_with_steps():
@@ -77,16 +31,14 @@ def test_dp_sgd_accounting_memory_does_not_grow_with_steps():
     import time
     import tracemalloc
 
-    from opendp_hybridad.accounting import dp_sgd_event
-
-    event = dp_sgd_event(100000, 100, 2.0, 10000)
+    event = reference_event(100000, 100, 2.0, 10000)
     assert isinstance(event, dp_accounting.SelfComposedDpEvent) and event.count == 10**7
     assert isinstance(event.event, dp_accounting.PoissonSampledDpEvent)
     logging.disable(logging.WARNING)
     try:
         tracemalloc.start()
         start = time.perf_counter()
-        report = dp_sgd_epsilon(100000, 100, 2.0, 10000, 1e-5)
+        report = _report(100000, 100, 2.0, 10000, 1e-5)
         elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -95,13 +47,6 @@ def test_dp_sgd_accounting_memory_does_not_grow_with_steps():
     assert report["steps"] == 10**7 and math.isfinite(report["epsilon_pld"])
     assert peak < 64 * 2**20  # measured: about 12 MiB (1e5 steps: about 1 MiB)
     assert elapsed < 60
-
-
-def test_more_than_1e8_steps_are_refused_before_accounting():
-    from opendp_hybridad.errors import DeclarationError
-
-    with pytest.raises(DeclarationError, match="steps"):
-        dp_sgd_epsilon(10**12, 10, 1.0, 1, 1e-5)
 
 
 # -- the PLD's size is bounded before it runs (opendp_hybridad.pld_size) ------------------------
@@ -128,7 +73,7 @@ def _gaussian_epsilon(mu, delta) -> float:
 def test_full_batch_pld_is_an_upper_bound_on_the_exact_gaussian_epsilon(sigma, steps):
     """q = 1 (batch = n): T Gaussian steps are one Gaussian with mu = sqrt(T) / sigma, whose privacy profile is
     known in closed form. The coarsened PLD (small sigma) and the default one (sigma 1) are both above it."""
-    report = dp_sgd_epsilon(100, 100, sigma, steps, 1e-5)
+    report = _report(100, 100, sigma, steps, 1e-5)
     assert report["sampling_probability"] == 1.0 and report["steps"] == steps
     exact = _gaussian_epsilon(math.sqrt(steps) / sigma, 1e-5)
     if sigma < 0.1:
@@ -143,7 +88,7 @@ def test_full_batch_pld_is_an_upper_bound_on_the_exact_gaussian_epsilon(sigma, s
 
 def test_shuffled_pld_is_an_upper_bound_on_the_exact_gaussian_epsilon():
     # shuffling: one Gaussian of multiplier sigma / 2 per epoch, so mu = 2 sqrt(epochs) / sigma
-    report = dp_sgd_epsilon(100, 10, 2e-3, 3, 1e-6, sampling="shuffle")
+    report = _report(100, 10, 2e-3, 3, 1e-6, sampling="shuffle")
     assert report["pld_discretization"] > 1e-4
     exact = _gaussian_epsilon(2 * math.sqrt(3) / 2e-3, 1e-6)
     assert exact <= report["epsilon_pld"] <= exact * 1.001 + 2
@@ -162,7 +107,7 @@ def test_a_tiny_noise_multiplier_is_accounted_in_bounded_memory():
     assert widths.points(1e-4) > 10**9  # what the default interval would have held
     tracemalloc.start()
     try:
-        report = dp_sgd_epsilon(10000, 100, 0.01, 10, 1e-5)
+        report = _report(10000, 100, 0.01, 10, 1e-5)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -184,7 +129,7 @@ def test_a_coarsened_subsampled_pld_stays_above_the_optimistic_estimate(monkeypa
 
     monkeypatch.setattr(pld_size, "MAX_COMPOSED_POINTS", 2**12)  # forces coarsening at an ordinary sigma
     monkeypatch.setattr(pld_size, "MAX_SUBSAMPLED_STEP_POINTS", 2**10)
-    report = dp_sgd_epsilon(1000, 10, 0.8, 2, 1e-5)
+    report = _report(1000, 10, 0.8, 2, 1e-5)
     assert report["steps"] == 200 and report["pld_discretization"] > 1e-3
     optimistic = privacy_loss_distribution.from_gaussian_mechanism(
         0.8, sampling_prob=0.01, pessimistic_estimate=False, value_discretization_interval=1e-4).self_compose(200)
@@ -214,53 +159,7 @@ def test_ordinary_runs_keep_the_default_interval():
     from opendp_hybridad import pld_size
 
     for n, batch, sigma, epochs in [(3989, 32, 1.1, 20), (60000, 256, 0.8, 10), (100000, 100, 2.0, 10000)]:
-        assert pld_size.pld_discretization(dp_sgd_event(n, batch, sigma, epochs)) == 1e-4
-
-
-# -- calibration within the allowed multipliers -------------------------------------------------
-def test_a_target_met_at_the_smallest_allowed_multiplier_returns_it():
-    """Old code: 'cannot be met ... even noise multiplier 1000 gives 0.0035' for a target that every
-    allowed multiplier meets."""
-    from opendp_hybridad import validation
-
-    report = dp_sgd_calibration(1e12, 1e-5, 60000, 256, 1)
-    assert report["noise_multiplier"] == validation.MIN_NOISE_MULTIPLIER and report["at_smallest_allowed"]
-    assert report["calibrated_by"] == "pld" and report["target_epsilon"] == 1e12
-    assert report["epsilon_pld"] <= 1e12
-    assert report == {**dp_sgd_epsilon(60000, 256, validation.MIN_NOISE_MULTIPLIER, 1, 1e-5),
-                      "target_epsilon": 1e12, "calibrated_by": "pld", "at_smallest_allowed": True}
-
-
-def test_a_large_target_below_the_old_bracket_is_calibrated():
-    # RDP meets 1e6 only below the old bracket's lower end (0.05): old code refused it
-    report = dp_sgd_calibration(1e6, 1e-5, 60000, 256, 1, accountant="rdp")
-    sigma = report["noise_multiplier"]
-    assert 1e-3 < sigma < 0.05 and not report["at_smallest_allowed"]
-    assert report["epsilon_rdp"] <= 1e6
-    assert dp_sgd_epsilon(60000, 256, sigma / 1.01, 1, 1e-5)["epsilon_rdp"] > 1e6  # the smallest, to 1e-3 relative
-    # by PLD (the default) the multiplier is RDP's answer, kept below 0.3 and verified by PLD
-    by_pld = dp_sgd_calibration(1e6, 1e-5, 60000, 256, 1)
-    assert by_pld["noise_multiplier"] <= sigma * 1.001 and by_pld["epsilon_pld"] <= 1e6
-
-
-def test_a_target_below_rdps_floor_is_calibrated_by_pld():
-    """delta 1e-9 over 249313 steps: RDP cannot go below about 0.0125 at any allowed multiplier (its order grid),
-    PLD can; old code searched RDP only (up to 1000) and refused."""
-    report = dp_sgd_calibration(0.01, 1e-9, 3989, 32, 2000)
-    sigma = report["noise_multiplier"]
-    assert report["epsilon_pld"] <= 0.01 < report["epsilon_rdp"]
-    assert dp_sgd_epsilon(3989, 32, sigma / 1.01, 2000, 1e-9)["epsilon_pld"] > 0.01
-
-
-def test_unreachable_targets_name_the_limit_that_stops_them():
-    # PLD's figure still falls with more noise: the largest allowed multiplier stops it
-    with pytest.raises(AccountingError, match=r"largest allowed noise multiplier \(1e\+06\) gives") as info:
-        dp_sgd_noise_multiplier(1e-3, 1e-9, 3989, 32, 2000)
-    assert "fewer epochs" in str(info.value) and "\n" not in str(info.value)
-    # RDP's figure has reached its floor: more noise would not help, and the message says so
-    with pytest.raises(AccountingError, match="floor") as info:
-        dp_sgd_noise_multiplier(0.01, 1e-9, 3989, 32, 2000, accountant="rdp")
-    assert "RDP accountant" in str(info.value) and "larger epsilon or delta" in str(info.value)
+        assert pld_size.pld_discretization(reference_event(n, batch, sigma, epochs)) == 1e-4
 
 
 # -- runs no PLD discretisation can hold: RDP alone, said so, never a hang ----------------------
@@ -268,13 +167,13 @@ def test_a_run_too_large_for_any_pld_reports_rdp_and_says_why():
     """1e8 steps at q = 1e-4: dp-accounting keeps the tiny step sparse and computes size**1e8 as a Python
     integer (old code: no answer within minutes); made dense it would need ~8.5e7 points. The PLD is not
     run: its figure is inf (vacuous, as compose_epsilon reports an event PLD cannot account), with a note."""
-    report = dp_sgd_epsilon(10**6, 100, 5.0, 10000, 1e-5)
+    report = _report(10**6, 100, 5.0, 10000, 1e-5)
     assert report["steps"] == 10**8
     assert report["epsilon_pld"] == math.inf and report["pld_discretization"] is None
     assert "PLD" in report["pld_note"] and "\n" not in report["pld_note"]
     assert 0 < report["epsilon_rdp"] < 1  # the RDP figure stands
     # a tiny multiplier over many shuffled epochs: the interval would have to pass exp's range
-    shuffled = dp_sgd_epsilon(100, 10, 1e-3, 1000, 1e-5, sampling="shuffle")
+    shuffled = _report(100, 10, 1e-3, 1000, 1e-5, sampling="shuffle")
     assert shuffled["epsilon_pld"] == math.inf and "pld_note" in shuffled and math.isfinite(shuffled["epsilon_rdp"])
 
 
@@ -283,20 +182,13 @@ def test_a_long_sparse_run_is_made_dense_rather_than_left_to_the_integer_power()
     over 60 s); a finer interval makes it dense, which only tightens the figure."""
     from opendp_hybridad import pld_size
 
-    report = dp_sgd_epsilon(100000, 50, 2.0, 5000, 1e-5)
+    report = _report(100000, 50, 2.0, 5000, 1e-5)
     assert report["steps"] == 10**7
     assert report["pld_discretization"] < 1e-4
-    event = dp_sgd_event(100000, 50, 2.0, 5000)
+    event = reference_event(100000, 50, 2.0, 5000)
     widths = pld_size.pld_widths(pld_size.gaussian_terms(event))
     assert widths.step / report["pld_discretization"] > 1000  # dense
     assert report["epsilon_pld"] <= report["epsilon_rdp"]
-
-
-def test_calibration_falls_back_to_rdp_where_no_pld_can_run():
-    report = dp_sgd_calibration(1.0, 1e-5, 10**6, 100, 10000)
-    assert report["calibrated_by"] == "rdp" and report["epsilon_rdp"] <= 1.0 < report["epsilon_pld"]
-    assert "pld_note" in report
-    assert dp_sgd_epsilon(10**6, 100, report["noise_multiplier"] / 1.01, 10000, 1e-5)["epsilon_rdp"] > 1.0
 
 
 def test_numerically_negative_renyi_divergences_give_no_zero_epsilon(caplog):
@@ -305,6 +197,6 @@ def test_numerically_negative_renyi_divergences_give_no_zero_epsilon(caplog):
     import logging
 
     with caplog.at_level(logging.WARNING):
-        report = dp_sgd_epsilon(10**6, 100, 1e6, 10000, 1e-5)
+        report = _report(10**6, 100, 1e6, 10000, 1e-5)
     assert report["epsilon_rdp"] == math.inf
     assert not [r for r in caplog.records if "Renyi" in r.getMessage()]
