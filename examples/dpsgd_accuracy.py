@@ -8,8 +8,9 @@ Three tasks: the 8x8 digits shipped with scikit-learn (1,797 images, 10 classes)
 is attained, so ``bound`` mode is competitive), and the bundled body measurements (507 adults: classify
 sex from age, weight and height, a 3-8-2 tanh network). Inputs are scaled into a
 declared box; the weight sets are Frobenius balls. Noise multipliers are
-calibrated with dp-accounting's PLD for each epsilon. Accuracy on a held-out
-quarter of the data (a fixed split), mean and spread over seeds. Writes the raw runs,
+calibrated for each epsilon by the proven RDP bound of the lattice noise
+(opendp_hybridad.dpsgd.accounting). Accuracy on a held-out quarter of the data (a fixed split),
+mean and spread over seeds. Writes the raw runs,
 a markdown table and a plot (dpsgd_accuracy.json, .md, .png) in --out-dir.
 """
 
@@ -23,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from opendp_hybridad.accounting import dp_sgd_noise_multiplier
 from opendp_hybridad.dpsgd import DPSGD
+from opendp_hybridad.dpsgd.accounting import dp_sgd_noise_multiplier
 from opendp_hybridad.nn import MLP, Dense, Identity, SoftmaxCrossEntropy, Tanh
 
 EPSILONS, DELTA = (1.0, 3.0, 8.0), 1e-5

@@ -25,7 +25,6 @@ to rename them).
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Iterable
@@ -37,7 +36,7 @@ import numpy as np
 from dp_accounting import pld, rdp
 
 from opendp_hybridad import pld_size, validation
-from opendp_hybridad.analysis.rounding import add_up, div_down, div_up, libm_up, mul_up, sqrt_up, sum_up
+from opendp_hybridad.analysis.rounding import add_up, div_down, libm_up, mul_up, sqrt_up, sum_up, up_array
 from opendp_hybridad.errors import AccountingError
 from opendp_hybridad.lattice_noise import _check_measure, lattice_noise_distance, measurement_noise_distance
 from opendp_hybridad.relations import ADD_REMOVE, Relation, relation_of
@@ -49,8 +48,20 @@ RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) +
 _ATTRIBUTE = "_hybridad_accounting"
 
 __all__ = ["RDP_ORDERS", "Accountable", "Accounting", "AccountingError", "accounted", "accounting_of", "compose_epsilon",
-           "noise_accounting", "to_measure", "with_accounting", "dp_sgd_epsilon", "dp_sgd_event",
-           "dp_sgd_calibration", "dp_sgd_noise_multiplier", "dp_sgd_steps", "DpSgdRdpCurve"]
+           "noise_accounting", "to_measure", "with_accounting"]
+
+#: DP-SGD's accounting lives next to the mechanism (opendp_hybridad.dpsgd.accounting); these names
+#: are still importable from here
+_MOVED_TO_DPSGD = frozenset({"dp_sgd_epsilon", "dp_sgd_calibration", "dp_sgd_noise_multiplier", "dp_sgd_steps",
+                             "DpSgdRdpCurve"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_DPSGD:
+        from opendp_hybridad.dpsgd import accounting as dpsgd_accounting
+
+        return getattr(dpsgd_accounting, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @runtime_checkable
@@ -93,6 +104,10 @@ class Accounting:
     statistical_distance: float = 0.0
     #: the records of the measurements a composition was made from, in order
     parts: tuple[Accounting, ...] = ()
+    #: a proven RDP upper bound at :data:`RDP_ORDERS` that *replaces* dp-accounting's reading of
+    #: ``event`` (DP-SGD's lattice noise: :mod:`opendp_hybridad.dpsgd.accounting`); such a record has
+    #: no PLD, and its event only describes the mechanism's shape
+    rdp_curve: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.event, dp_accounting.DpEvent):
@@ -103,6 +118,11 @@ class Accounting:
         if not 0.0 <= distance <= 1.0:
             raise AccountingError("statistical_distance is a total variation distance, in [0, 1]")
         object.__setattr__(self, "statistical_distance", distance)
+        if self.rdp_curve is not None:
+            curve = tuple(float(v) for v in self.rdp_curve)
+            if len(curve) != len(RDP_ORDERS) or not all(v >= 0 for v in curve):
+                raise AccountingError("rdp_curve holds one non-negative divergence per order of RDP_ORDERS")
+            object.__setattr__(self, "rdp_curve", curve)
 
     def dp_event(self) -> dp_accounting.DpEvent:
         return self.event
@@ -265,8 +285,9 @@ def to_measure(measurement: Any, measure: str, delta: float | None = None) -> An
     return converted if record is None else with_accounting(converted, record)
 
 
-def _composed(items: Iterable[Any]) -> tuple[dp_accounting.DpEvent, Relation, float]:
-    """The composed event, the common relation and the summed statistical distance (rounded up)."""
+def _composed(items: Iterable[Any]) -> tuple[dp_accounting.DpEvent, Relation, float, np.ndarray | None]:
+    """The composed event of the records dp-accounting reads, the common relation, the summed
+    statistical distance (rounded up) and the sum of the proven RDP curves (None if no record has one)."""
     records = [accounting_of(item) for item in items]
     if not records:
         raise AccountingError("nothing to compose")
@@ -276,7 +297,15 @@ def _composed(items: Iterable[Any]) -> tuple[dp_accounting.DpEvent, Relation, fl
         names = sorted({relation.name, *(r.name for r in others)})
         raise AccountingError(f"measurements under different neighbouring relations cannot be composed: {names}")
     distance = sum_up([float(getattr(r, "statistical_distance", 0.0)) for r in records])
-    return dp_accounting.ComposedDpEvent([r.dp_event() for r in records]), relation, distance
+    curves = [getattr(r, "rdp_curve", None) for r in records]
+    events = [r.dp_event() for r, c in zip(records, curves, strict=True) if c is None]
+    curve_sum = None
+    if any(c is not None for c in curves):
+        curve_sum = np.zeros(len(RDP_ORDERS))
+        for c in curves:
+            if c is not None:
+                curve_sum = up_array(curve_sum + np.asarray(c, dtype=float))  # one rounding per addition
+    return dp_accounting.ComposedDpEvent(events), relation, distance, curve_sum
 
 
 def compose_epsilon(items: Iterable[Any], delta: float, pld_discretization: float = 1e-4) -> dict[str, Any]:
@@ -301,7 +330,9 @@ def compose_epsilon(items: Iterable[Any], delta: float, pld_discretization: floa
     """
     delta = validation.probability("delta", delta)
     pld_discretization = validation.positive_finite("pld_discretization", pld_discretization)
-    event, relation, distance = _composed(items)
+    event, relation, distance, curve = _composed(items)
+    if curve is not None:
+        return _compose_with_curves(event, curve, delta, relation, distance)
     # sized before it runs, as dp_sgd_epsilon sizes a DP-SGD run alone (opendp_hybridad.pld_size): the
     # coarsest interval any component needs, coarser still if the composed support would not fit; a
     # coarser pessimistic PLD is still an upper bound. No interval fits: PLD reports inf, RDP stands.
@@ -340,156 +371,40 @@ def compose_epsilon(items: Iterable[Any], delta: float, pld_discretization: floa
     }
 
 
-# -- DP-SGD ------------------------------------------------------------------------------------
-def dp_sgd_steps(n: int, batch_size: int, epochs: float) -> int:
-    """Number of noisy steps of ``epochs`` passes over ``n`` examples with expected batch ``batch_size``."""
-    n = validation.count("n", n)
-    batch_size = validation.count("batch_size", batch_size)
-    epochs = validation.positive_finite("epochs", epochs)
-    if batch_size > n:
-        raise AccountingError(f"the batch size ({batch_size}) is larger than the data ({n} examples)")
-    return validation.steps(n, batch_size, epochs)
+def _compose_with_curves(event: dp_accounting.DpEvent, curve: np.ndarray, delta: float, relation: Relation,
+                         distance: float) -> dict[str, Any]:
+    """:func:`compose_epsilon` when some records carry a proven RDP curve (DP-SGD's lattice noise).
 
-
-def dp_sgd_event(n: int, batch_size: int, noise_multiplier: float, epochs: float, sampling: str = "poisson") -> dp_accounting.DpEvent:
-    """The dp-accounting event of DP-SGD.
-
-    ``"poisson"``: every example joins each step's batch independently with
-    probability ``batch_size / n`` (add/remove-one; amplification by Poisson
-    sampling). ``"shuffle"``: each epoch splits a shuffled copy of the data into
-    disjoint fixed-size batches, so each example is in exactly one step per epoch;
-    no amplification is claimed: under replace-one the sum's sensitivity is twice the
-    clip norm, so each epoch is one Gaussian with noise multiplier ``sigma / 2``,
-    composed over the epochs.
+    RDP composes by adding at every order (Mironov 2017, Proposition 1): dp-accounting's RDP of
+    the other records' events plus the proven curves, converted by
+    :func:`opendp_hybridad.dpsgd.accounting.rdp_to_epsilon` (outward-rounded). No PLD: the curves
+    have none (``epsilon_pld`` is inf and ``pld_note`` says why).
     """
-    noise_multiplier = validation.noise_multiplier("noise_multiplier", noise_multiplier)
-    steps = dp_sgd_steps(n, batch_size, epochs)
-    n, batch_size = int(n), int(batch_size)
-    if sampling == "poisson":
-        # the selection includes each example with probability at most the exact batch_size / n:
-        # account for that ratio rounded up
-        step = dp_accounting.PoissonSampledDpEvent(div_up(batch_size, n), dp_accounting.GaussianDpEvent(noise_multiplier))
-        return dp_accounting.SelfComposedDpEvent(step, steps)
-    if sampling == "shuffle":
-        epochs_run = math.ceil(epochs)
-        return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(noise_multiplier / 2.0), epochs_run)
-    raise AccountingError("sampling must be 'poisson' or 'shuffle'")
+    from opendp_hybridad.dpsgd.accounting import rdp_to_epsilon
 
-
-def dp_sgd_epsilon(n: int, batch_size: int, noise_multiplier: float, epochs: float, delta: float,
-                   sampling: str = "poisson") -> dict[str, Any]:
-    """(epsilon, delta) of DP-SGD by dp-accounting's RDP and PLD accountants.
-
-    ``pld_discretization`` is the interval the PLD ran at (coarsened where a small noise
-    multiplier would make it too large: :mod:`opendp_hybridad.pld_size`). Where no interval keeps
-    it within limits, ``epsilon_pld`` is ``inf`` (a vacuous bound, as :func:`compose_epsilon`
-    reports an event PLD cannot account), ``pld_discretization`` None, and ``pld_note`` says why.
-    """
-    delta = validation.probability("delta", delta)
-    event = dp_sgd_event(n, batch_size, noise_multiplier, epochs, sampling)
-    epsilon_rdp = _rdp_epsilon(event, delta)
-    note = {}
+    negative = _NegativeRenyi()
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(negative)
     try:
-        epsilon_pld, discretization = _dp_sgd_pld_epsilon(event, delta)
-    except pld_size.PldTooLargeError as exc:
-        epsilon_pld, discretization, note = math.inf, None, {"pld_note": str(exc)}
-    n, batch_size = int(n), int(batch_size)
-    steps = dp_sgd_steps(n, batch_size, epochs) if sampling == "poisson" else math.ceil(epochs) * (n // batch_size)
-    return {"epsilon_rdp": epsilon_rdp, "epsilon_pld": epsilon_pld,
-            "delta": float(delta), "steps": steps, "sampling": sampling,
-            "noise_multiplier": float(noise_multiplier), "sampling_probability": div_up(batch_size, n),
-            "pld_discretization": discretization, **note}
-
-
-def dp_sgd_noise_multiplier(target_epsilon: float, delta: float, n: int, batch_size: int, epochs: float,
-                            sampling: str = "poisson", accountant: str = "pld") -> float:
-    """The smallest allowed noise multiplier (to 1e-3 relative) whose DP-SGD epsilon is at most the target.
-
-    See :func:`dp_sgd_calibration`, which also returns the report at that multiplier.
-    """
-    return dp_sgd_calibration(target_epsilon, delta, n, batch_size, epochs, sampling, accountant)["noise_multiplier"]
-
-
-def dp_sgd_calibration(target_epsilon: float, delta: float, n: int, batch_size: int, epochs: float,
-                       sampling: str = "poisson", accountant: str = "pld") -> dict[str, Any]:
-    """:func:`dp_sgd_epsilon`'s report at the smallest allowed noise multiplier (to 1e-3 relative)
-    whose epsilon by ``accountant`` is at most the target, with ``target_epsilon``, ``calibrated_by``
-    (the accountant whose figure meets the target: ``accountant``, or ``"rdp"`` where the PLD cannot
-    be computed at all, see ``pld_note``) and ``at_smallest_allowed`` added. Below a multiplier of
-    0.3 the PLD is not searched: RDP's answer is kept (and verified), so PLD's figure may lie well
-    under the target there.
-
-    The search stays within :mod:`~opendp_hybridad.validation`'s limits: when even
-    ``MIN_NOISE_MULTIPLIER`` meets the target, that limit is returned with its actual epsilon
-    (``at_smallest_allowed`` true); when even ``MAX_NOISE_MULTIPLIER`` does not,
-    :class:`AccountingError` names that limit and the epsilon it gives. The answer is verified
-    through the same :func:`dp_sgd_epsilon` that reports it, and raised until the calibrating
-    accountant's epsilon is at most the target: the reported figure never exceeds it.
-    """
-    target_epsilon = validation.positive_finite("target_epsilon", target_epsilon)
-    delta = validation.probability("delta", delta)
-    dp_sgd_steps(n, batch_size, epochs)  # validates the sizes before any search
-    if accountant not in ("pld", "rdp"):
-        raise AccountingError("accountant must be 'pld' or 'rdp'")
-    key = "epsilon_pld" if accountant == "pld" else "epsilon_rdp"
-    smallest, largest = validation.MIN_NOISE_MULTIPLIER, validation.MAX_NOISE_MULTIPLIER
-
-    def report(sigma: float) -> dict[str, Any]:
-        return dp_sgd_epsilon(n, batch_size, sigma, epochs, delta, sampling)
-
-    def meets(found: dict[str, Any]) -> str | None:
-        """The accountant whose figure is at most the target: the calibrating one, or RDP where the
-        PLD could not be computed at all (too large at any discretisation; its figure is then inf)."""
-        if found[key] <= target_epsilon:
-            return accountant
-        if "pld_note" in found and found["epsilon_rdp"] <= target_epsilon:
-            return "rdp"
-        return None
-
-    def done(found: dict[str, Any]) -> dict[str, Any]:
-        return {**found, "target_epsilon": target_epsilon, "calibrated_by": meets(found),
-                "at_smallest_allowed": found["noise_multiplier"] <= smallest}
-
-    sigma = _calibrate_noise_multiplier(target_epsilon, delta, n, batch_size, epochs, sampling, accountant)
-    found = report(sigma)
-    if meets(found):
-        return done(found)
-    # the accountant's own figure is above the target (e.g. PLD's pessimistic discretisation over
-    # many steps exceeds RDP at small epsilon): grow geometrically, up to the largest allowed
-    # multiplier, until it holds, then bisect to 1e-3
-    low, factor = sigma, 1.01
-    while True:
-        high = min(low * factor, largest)
-        found = report(high)
-        if meets(found):
-            break
-        if high >= largest:
-            raise _unreachable(target_epsilon, delta, found["steps"], accountant, found[key], report(largest / 100)[key],
-                               rdp_meets=accountant == "pld" and found["epsilon_rdp"] <= target_epsilon)
-        low, factor = high, factor * factor
-    while high > low * 1.001:
-        mid = math.sqrt(low * high)
-        at_mid = report(mid)
-        if meets(at_mid):
-            high, found = mid, at_mid
-        else:
-            low = mid
-    return done(found)
-
-
-def _unreachable(target_epsilon: float, delta: float, steps: int, accountant: str, at_largest: float,
-                 at_hundredth: float, rdp_meets: bool = False) -> AccountingError:
-    """The one-line refusal when the largest allowed multiplier misses the target, naming what stops it:
-    the multiplier's limit, or (when 100 times less noise gives nearly the same figure) the accountant's floor."""
-    head = (f"epsilon {target_epsilon:g} at delta {delta:g} cannot be met by the {accountant.upper()} accountant over "
-            f"{steps} steps: even the largest allowed noise multiplier ({validation.MAX_NOISE_MULTIPLIER:g}) gives {at_largest:.3g}")
-    if at_largest < 0.99 * at_hundredth:  # still falling with more noise: the multiplier's limit stops it
-        return AccountingError(f"{head}; use fewer epochs, a smaller batch, or a larger epsilon or delta")
-    # more noise no longer lowers the figure: the accountant's own floor (RDP's order grid and delta,
-    # PLD's discretisation over the steps) stops it
-    tail = ", or the RDP accountant, which meets it (accountant='rdp', --accountant rdp)" if rdp_meets else ""
-    return AccountingError(f"{head}, the accountant's floor (more noise does not lower it); "
-                           f"use a larger epsilon or delta, or fewer steps{tail}")
+        accountant = rdp.RdpAccountant(orders=list(RDP_ORDERS))
+        accountant.compose(event)
+        others = accountant.rdp
+    except dp_accounting.UnsupportedEventError as exc:
+        raise AccountingError(f"dp-accounting cannot account this event: {type(exc).__name__}") from None
+    except (ArithmeticError, ValueError, MemoryError) as exc:
+        raise _not_evaluated(exc) from None
+    finally:
+        absl_logger.removeFilter(negative)
+    # a numerically negative divergence is no bound
+    negative_seen = negative.seen or not np.all(others >= 0)
+    epsilon_rdp = math.inf if negative_seen else rdp_to_epsilon(RDP_ORDERS, up_array(others + curve), delta)
+    total = delta
+    if distance > 0:
+        growth = add_up(1.0, libm_up(math.exp(epsilon_rdp))) if epsilon_rdp < 700 else math.inf
+        total = min(1.0, add_up(delta, mul_up(growth, distance)))
+    return {"epsilon_rdp": epsilon_rdp, "epsilon_pld": math.inf, "delta": float(total), "accountant_delta": float(delta),
+            "statistical_distance": float(distance), "relation": relation.name, "pld_discretization": math.nan,
+            "pld_note": "no PLD: DP-SGD's lattice noise is accounted by its proven RDP curve only"}
 
 
 class _NegativeRenyi(logging.Filter):
@@ -525,152 +440,7 @@ def _rdp_epsilon(event: dp_accounting.DpEvent, delta: float) -> float:
     return math.inf if negative.seen else epsilon
 
 
-class DpSgdRdpCurve:
-    """RDP epsilon of DP-SGD after any number of steps, from one unit's RDP curve computed once.
-
-    The unit is one Poisson-sampled step (``"poisson"``) or one epoch's Gaussian with noise
-    multiplier ``sigma / 2`` (``"shuffle"``), the events :func:`dp_sgd_event` self-composes.
-    RDP composes by adding at every order, and dp-accounting's own accountant composes a
-    self-composed event as ``count * rdp_of_one_unit``: :meth:`epsilon` forms the same
-    product and converts it with dp-accounting's ``compute_epsilon``, so it equals (bit for
-    bit) the ``epsilon_rdp`` :func:`dp_sgd_epsilon` reports for that many steps, at the cost of
-    a conversion (microseconds) instead of a fresh accounting (a PLD run: seconds). After
-    ``t`` steps of a shuffled run, the units are the epochs begun, ``ceil(t / (n // batch))``.
-    """
-
-    def __init__(self, n: int, batch_size: int, noise_multiplier: float, sampling: str = "poisson") -> None:
-        noise_multiplier = validation.noise_multiplier("noise_multiplier", noise_multiplier)
-        n, batch_size = validation.count("n", n), validation.count("batch_size", batch_size)
-        if batch_size > n:
-            raise AccountingError(f"the batch size ({batch_size}) is larger than the data ({n} examples)")
-        if sampling == "poisson":
-            unit: dp_accounting.DpEvent = dp_accounting.PoissonSampledDpEvent(
-                div_up(batch_size, n), dp_accounting.GaussianDpEvent(noise_multiplier))
-            self._per_unit = 1
-        elif sampling == "shuffle":
-            unit = dp_accounting.GaussianDpEvent(noise_multiplier / 2.0)
-            self._per_unit = n // batch_size
-        else:
-            raise AccountingError("sampling must be 'poisson' or 'shuffle'")
-        try:
-            accountant = rdp.RdpAccountant(orders=list(RDP_ORDERS))
-            accountant.compose(unit)
-        except (ArithmeticError, ValueError, MemoryError) as exc:
-            raise _not_evaluated(exc) from None
-        self.orders = np.array(RDP_ORDERS)  # as the accountant holds them
-        self.unit_rdp = accountant.rdp
-
-    def units(self, steps: int) -> int:
-        """The units composed after ``steps`` steps (every epoch begun counts whole)."""
-        return -(-int(steps) // self._per_unit)
-
-    def rdp(self, steps: int) -> np.ndarray:
-        """The RDP curve (one value per order of :data:`RDP_ORDERS`) after ``steps`` steps."""
-        return self.units(steps) * self.unit_rdp
-
-    def epsilon(self, steps: int, delta: float) -> float:
-        """RDP epsilon at ``delta`` after ``steps`` steps; ``inf`` where a divergence went negative, as :func:`_rdp_epsilon`."""
-        delta = validation.probability("delta", delta)
-        negative = _NegativeRenyi()
-        absl_logger = logging.getLogger("absl")
-        absl_logger.addFilter(negative)
-        try:
-            epsilon = float(rdp.rdp_privacy_accountant.compute_epsilon(self.orders, self.rdp(steps), delta)[0])
-        except (ArithmeticError, ValueError, MemoryError) as exc:
-            raise _not_evaluated(exc) from None
-        finally:
-            absl_logger.removeFilter(negative)
-        return math.inf if negative.seen else epsilon
-
-
-def _dp_sgd_pld_epsilon(event: dp_accounting.DpEvent, delta: float) -> tuple[float, float]:
-    """PLD epsilon of ``event`` and the discretisation interval it was computed at."""
-    try:
-        # sized before it runs: a small noise multiplier would make the PLD billions of points;
-        # a coarser interval keeps it bounded and stays an upper bound (opendp_hybridad.pld_size)
-        discretization = pld_size.pld_discretization(event)
-        accountant = pld.PLDAccountant(value_discretization_interval=discretization)
-        accountant.compose(event)
-        return float(accountant.get_epsilon(delta)), discretization
-    except pld_size.PldTooLargeError:
-        raise  # an AccountingError (so a ValueError): the caller reports RDP alone
-    except (ArithmeticError, ValueError, MemoryError) as exc:
-        raise _not_evaluated(exc) from None
-
-
 def _not_evaluated(exc: BaseException) -> AccountingError:
     # one line, no traceback
     return AccountingError(f"the accountants could not evaluate this accounting ({type(exc).__name__}); "
                            "use a larger noise multiplier or fewer steps")
-
-
-#: the PLD search stays above this multiplier: below it epsilon is in the hundreds and each PLD run costs
-#: seconds (opendp_hybridad.pld_size), so the RDP calibration (verified by PLD) is kept there
-_PLD_SEARCH_FLOOR = 0.3
-
-
-def _calibrate_noise_multiplier(target_epsilon: float, delta: float, n: int, batch_size: int, epochs: float,
-                                sampling: str, accountant: str) -> float:
-    """A candidate multiplier in the allowed range (the caller verifies it): the smallest allowed one
-    when RDP meets the target there, else a root search by RDP, then by PLD below RDP's answer."""
-    from scipy import optimize
-
-    smallest, largest = validation.MIN_NOISE_MULTIPLIER, validation.MAX_NOISE_MULTIPLIER
-
-    def event(sigma: float) -> dp_accounting.DpEvent:
-        return dp_sgd_event(n, batch_size, sigma, epochs, sampling)
-
-    # memoised: the searches below ask for the same multipliers more than once (bracket ends)
-    @functools.cache
-    def rdp_epsilon(sigma: float) -> float:
-        return _rdp_epsilon(event(sigma), delta)
-
-    @functools.cache
-    def pld_epsilon(sigma: float) -> float:
-        return _dp_sgd_pld_epsilon(event(sigma), delta)[0]
-
-    def search(figure, low: float, high: float) -> float:
-        """The smallest sigma in [low, high] with figure(sigma) <= target, to 1e-3 relative: a root in
-        log sigma, then moved up in steps of 1e-3 while it is still above the target (never past high)."""
-        def clamp(sigma: float) -> float:
-            return min(max(sigma, low), high)  # exp(log(x)) can round below x (and below the allowed minimum)
-
-        def gap(log_sigma: float) -> float:
-            return min(figure(clamp(math.exp(log_sigma))), 1e300) - target_epsilon
-
-        sigma = clamp(math.exp(optimize.brentq(gap, math.log(low), math.log(high), xtol=1e-3)))
-        while figure(sigma) > target_epsilon and sigma < high:
-            sigma = clamp(sigma * 1.001)
-        return sigma
-
-    # RDP first: cheap at any noise level, and usually above PLD's figure
-    if rdp_epsilon(smallest) <= target_epsilon:
-        return smallest  # met at the allowed minimum (the caller checks PLD there): no search below it
-    # probe upward by factors of 10 rather than jump to the largest: extreme noise is where RDP's
-    # divergences go numerically negative (reported as inf by _rdp_epsilon)
-    bottom, top = smallest, min(largest, 1e3)
-    at_top = rdp_epsilon(top)
-    while at_top > target_epsilon and top < largest:
-        bottom, top = top, min(largest, top * 10)
-        at_top = rdp_epsilon(top)
-    if at_top > target_epsilon:
-        if accountant == "rdp":
-            raise _unreachable(target_epsilon, delta, dp_sgd_steps(n, batch_size, epochs), accountant, at_top,
-                               rdp_epsilon(largest / 100))
-        # below RDP's floor, PLD may still meet it: search the whole upper range by PLD (the caller
-        # checks the answer, and names the limit if even the largest multiplier misses)
-        low, high = _PLD_SEARCH_FLOOR, largest
-    else:
-        sigma_rdp = search(rdp_epsilon, bottom, top)
-        if accountant == "rdp" or sigma_rdp <= _PLD_SEARCH_FLOOR:
-            return sigma_rdp
-        low, high = max(_PLD_SEARCH_FLOOR, sigma_rdp / 2), sigma_rdp
-    # PLD as dp_sgd_epsilon runs it, so every multiplier tried gets the discretisation sized for it
-    try:
-        if pld_epsilon(low) <= target_epsilon:
-            return low
-        if pld_epsilon(high) > target_epsilon:
-            return high  # the caller grows it, and names the limit if even the largest multiplier misses
-        return search(pld_epsilon, low, high)
-    except pld_size.PldTooLargeError:
-        return high  # PLD cannot run here at all: the caller checks RDP's answer

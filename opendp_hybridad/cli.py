@@ -136,13 +136,14 @@ def _exact(value: float) -> str:
 
 
 def _privacy_dp_sgd(args: argparse.Namespace) -> int:
-    from opendp_hybridad.accounting import dp_sgd_calibration, dp_sgd_epsilon
+    from opendp_hybridad.dpsgd.accounting import dp_sgd_calibration, dp_sgd_epsilon
 
     sigma = args.noise_multiplier
     if sigma is not None and args.target_epsilon is not None:
         raise DeclarationError("give either --noise-multiplier or --target-epsilon, not both")
-    if args.accountant is not None and args.target_epsilon is None:
-        raise DeclarationError("--accountant chooses the accountant --target-epsilon is calibrated by; give --target-epsilon")
+    if args.accountant == "pld":
+        raise DeclarationError("DP-SGD's noise is a lattice Gaussian, whose proven accounting is RDP only (no PLD is "
+                               "proven for it); use --accountant rdp or leave it out")
     if args.batch_size > args.n:
         raise DeclarationError("--batch-size must be at most --n")
     # the step count is checked before any accountant runs (memory and time grow with it)
@@ -151,8 +152,7 @@ def _privacy_dp_sgd(args: argparse.Namespace) -> int:
         if args.target_epsilon is None:
             raise HybridADError("give --noise-multiplier, or --target-epsilon to calibrate one")
         # the report at the calibrated multiplier, computed once by the accountant that met the target
-        report = dp_sgd_calibration(args.target_epsilon, args.delta, args.n, args.batch_size, args.epochs, args.sampling,
-                                    args.accountant or "pld")
+        report = dp_sgd_calibration(args.target_epsilon, args.delta, args.n, args.batch_size, args.epochs, args.sampling)
         sigma = report["noise_multiplier"]
     else:
         report = dp_sgd_epsilon(args.n, args.batch_size, sigma, args.epochs, args.delta, args.sampling)
@@ -161,14 +161,10 @@ def _privacy_dp_sgd(args: argparse.Namespace) -> int:
         return 0
     print(f"DP-SGD: n={args.n}, batch size {args.batch_size} ({args.sampling} sampling, q={report['sampling_probability']:.5f}), "
           f"noise multiplier {_up(sigma)}, {args.epochs:g} epochs = {report['steps']} steps")
-    if "pld_note" in report:  # no discretisation keeps the PLD within limits: RDP alone
-        pld_text = f"not computed ({report['pld_note']})"
-    else:
-        pld_text = f"{_up(report['epsilon_pld'])}   (rounded up; PLD discretisation {report['pld_discretization']:.3g})"
-    print(f"  epsilon at delta={args.delta:g}:  RDP {_up(report['epsilon_rdp'])}   PLD {pld_text}")
-    if "calibrated_by" in report:
-        by = report["calibrated_by"]
-        met = f"{by.upper()} epsilon {_up(report['epsilon_' + by])} <= target {_exact(report['target_epsilon'])}"
+    print(f"  epsilon at delta={args.delta:g}:  {_up(report['epsilon'])}   (rounded up; proven RDP of the lattice "
+          "Gaussian DP-SGD adds, converted)")
+    if "target_epsilon" in report:
+        met = f"epsilon {_up(report['epsilon'])} <= target {_exact(report['target_epsilon'])}"
         if report["at_smallest_allowed"]:
             print(f"  the target is met at the smallest allowed noise multiplier ({validation.MIN_NOISE_MULTIPLIER:g}): "
                   f"{met}; the search goes no lower")
@@ -205,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     privacy = sub.add_parser("privacy", help="privacy accounting")
     privacy_sub = privacy.add_subparsers(dest="privacy_command", required=True, parser_class=_Parser)
-    sgd = privacy_sub.add_parser("dp-sgd", help="epsilon of DP-SGD by dp-accounting's RDP and PLD accountants")
+    sgd = privacy_sub.add_parser("dp-sgd", help="proven epsilon of DP-SGD (RDP of its lattice Gaussian noise)")
     sgd.add_argument("--n", type=_checked(validation.count, "--n", validation.MAX_SIZE), required=True,
                      help="number of training examples (a whole number, 1 to 2^53)")
     sgd.add_argument("--batch-size", type=_checked(validation.count, "--batch-size", validation.MAX_SIZE), required=True,
@@ -221,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="delta, strictly between 0 and 1")
     sgd.add_argument("--sampling", choices=["poisson", "shuffle"], default="poisson")
     sgd.add_argument("--accountant", choices=["pld", "rdp"], default=None,
-                     help="the accountant --target-epsilon is calibrated by (default pld); both are reported")
+                     help="rdp (the default and the only proven one for DP-SGD's lattice noise); pld is refused")
     sgd.add_argument("--json", action="store_true", help="print one JSON object")
     sgd.set_defaults(run=_privacy_dp_sgd)
 

@@ -1,5 +1,6 @@
-"""fit(progress=True) reads epsilon from one RDP curve computed once (issue 14): the same figure
-dp-accounting's RdpAccountant gives for the steps done so far, never below it."""
+"""fit(progress=True) reads epsilon from one proven RDP curve computed once (issue 14): the same figure
+dp_sgd_epsilon reports for the steps done so far, and never below the continuous Gaussian's RDP
+(dp-accounting's RdpAccountant), which the lattice noise's add direction equals at integer orders."""
 from __future__ import annotations
 
 import itertools
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 from dp_accounting import GaussianDpEvent, PoissonSampledDpEvent, SelfComposedDpEvent, rdp
 
-from opendp_hybridad.accounting import RDP_ORDERS, DpSgdRdpCurve, _rdp_epsilon, dp_sgd_event
+from opendp_hybridad.accounting import RDP_ORDERS
 from opendp_hybridad.analysis.rounding import div_up
+from opendp_hybridad.dpsgd.accounting import DpSgdRdpCurve, dp_sgd_epsilon
 
 
 def _fresh(n: int, batch: int, sigma: float, units: int, delta: float, sampling: str, one_by_one: bool = False) -> float:
@@ -33,11 +35,12 @@ def _fresh(n: int, batch: int, sigma: float, units: int, delta: float, sampling:
 def test_cached_poisson_curve_matches_a_fresh_accountant(n, batch, sigma, delta, steps):
     curve = DpSgdRdpCurve(n, batch, sigma, "poisson")
     cached = curve.epsilon(steps, delta)
-    assert cached == _fresh(n, batch, sigma, steps, delta, "poisson")  # bit for bit: never below
+    # never below the continuous Gaussian's figure (integer orders: the add direction is it exactly)
+    assert cached >= _fresh(n, batch, sigma, steps, delta, "poisson") * (1 - 1e-12)
     if steps <= 7:  # each compose recomputes the subsampled Gaussian's curve (tens of ms)
-        assert cached == pytest.approx(_fresh(n, batch, sigma, steps, delta, "poisson", one_by_one=True), rel=1e-12, abs=0)
-    # and the epsilon_rdp that the full accounting reports for that many steps
-    assert cached == _rdp_epsilon(dp_sgd_event(n, batch, sigma, steps * batch / n), delta)
+        assert cached >= _fresh(n, batch, sigma, steps, delta, "poisson", one_by_one=True) * (1 - 1e-12)
+    # and exactly the epsilon the full accounting reports for that many steps
+    assert cached == dp_sgd_epsilon(n, batch, sigma, steps * batch / n, delta)["epsilon"]
 
 
 @pytest.mark.parametrize("steps", [1, 3, 4, 9, 10, 25])
@@ -47,8 +50,9 @@ def test_cached_shuffle_curve_counts_every_epoch_begun(steps):
     epochs_begun = (steps - 1) // (n // batch) + 1
     assert curve.units(steps) == epochs_begun
     cached = curve.epsilon(steps, delta)
-    assert cached == _fresh(n, batch, sigma, epochs_begun, delta, "shuffle")
-    assert cached == pytest.approx(_fresh(n, batch, sigma, epochs_begun, delta, "shuffle", one_by_one=True), rel=1e-12, abs=0)
+    # a shuffled epoch is exactly a Gaussian of multiplier sigma / 2: equal up to our outward rounding
+    assert cached == pytest.approx(_fresh(n, batch, sigma, epochs_begun, delta, "shuffle"), rel=1e-12, abs=0)
+    assert cached >= _fresh(n, batch, sigma, epochs_begun, delta, "shuffle", one_by_one=True) * (1 - 1e-12)
 
 
 def test_cached_curve_is_nondecreasing_in_steps():
@@ -75,5 +79,5 @@ def test_progress_lines_are_nondecreasing_and_end_at_the_reports_rdp_figure(caps
     assert all(a <= b for a, b in itertools.pairwise(recorded))
     assert all(a <= b for a, b in itertools.pairwise(printed))
     report = trainer.epsilon(240)
-    assert recorded[-1] == report["epsilon_rdp"]
-    assert printed[-1] == float(f"{report['epsilon_rdp']:.3f}")
+    assert recorded[-1] == report["epsilon"]
+    assert printed[-1] == float(f"{report['epsilon']:.3f}")

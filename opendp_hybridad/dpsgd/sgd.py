@@ -41,16 +41,9 @@ from typing import Any
 import numpy as np
 
 from opendp_hybridad import validation
-from opendp_hybridad.accounting import (
-    Accounting,
-    AccountingError,
-    DpSgdRdpCurve,
-    dp_sgd_epsilon,
-    dp_sgd_event,
-    dp_sgd_steps,
-    with_accounting,
-)
+from opendp_hybridad.accounting import Accounting, AccountingError, with_accounting
 from opendp_hybridad.analysis.rounding import add_up, gamma, libm_up, mul_up, sqrt_up, up
+from opendp_hybridad.dpsgd.accounting import DpSgdRdpCurve, dp_sgd_epsilon, dp_sgd_steps, reference_event, unit_rdp
 from opendp_hybridad.dpsgd.selection import BatchSelector
 from opendp_hybridad.errors import DataError, DeclarationError
 from opendp_hybridad.nn.model import MLP, ModelBound, _round_up_16_per_octave
@@ -72,14 +65,19 @@ class DPSGDPlan:
     public_size: int
     max_size: int
     missing_values: str
-    #: total variation distance of the run's noise from the ideal Gaussians of ``event`` (the table sampler's)
+    #: total variation distance of the run's noise from the ideal lattice Gaussians (the table sampler's)
     statistical_distance: float = 0.0
+    #: the run's proven RDP at :data:`~opendp_hybridad.accounting.RDP_ORDERS` (lattice noise:
+    #: :mod:`opendp_hybridad.dpsgd.accounting`); :func:`~opendp_hybridad.accounting.compose_epsilon` reads
+    #: it instead of ``event``, which only shows the continuous Gaussian the run resembles
+    rdp_curve: tuple[float, ...] | None = None
 
     def __str__(self) -> str:
         return "\n".join(f"{k:>22s}: {v}" for k, v in self.__dict__.items())
 
     def dp_event(self) -> Any:
-        """The run's dp-accounting event."""
+        """The continuous-Gaussian dp-accounting event the run resembles (its shape, not its guarantee:
+        the guarantee is :attr:`rdp_curve`, which :func:`~opendp_hybridad.accounting.compose_epsilon` uses)."""
         return self.event
 
     @property
@@ -234,8 +232,13 @@ class DPSGD:
         missing += "; features clamped to the declared box"
         return DPSGDPlan(selection, summed, self.sensitivity, float_sum,
                          f"{sampler}; std = {self.noise_multiplier:g} x ({total!r} + grid rounding)",
-                         dp_sgd_event(n, self.batch_size, self.noise_multiplier, self.epochs, self.sampling),
-                         self.relation, n, max_size, missing, self.statistical_distance(n))
+                         reference_event(n, self.batch_size, self.noise_multiplier, self.epochs, self.sampling),
+                         self.relation, n, max_size, missing, self.statistical_distance(n), self.rdp_curve(n))
+
+    def rdp_curve(self, n: int) -> tuple[float, ...]:
+        """The run's proven RDP at :data:`~opendp_hybridad.accounting.RDP_ORDERS` (:class:`DpSgdRdpCurve`)."""
+        curve = DpSgdRdpCurve(n, self.batch_size, self.noise_multiplier, self.sampling)
+        return tuple(float(v) for v in curve.rdp(self._steps(n)))
 
     def statistical_distance(self, n: int) -> float:
         """How far (total variation) the run's noise can be from the ideal discrete Gaussians its event describes.
@@ -289,7 +292,7 @@ class DPSGD:
             from opendp_hybridad.dpsgd.noise import STATISTICAL_DISTANCE_BOUND
 
             coordinates = self._steps(n) * self.model.num_parameters
-            eps = max(report["epsilon_pld"], report["epsilon_rdp"])
+            eps = report["epsilon"]
             # every table is checked against the bound at construction, so this holds for
             # whatever tables the run draws from (per-step sensitivities use several)
             eta = STATISTICAL_DISTANCE_BOUND
@@ -451,8 +454,8 @@ class DPSGD:
         hold (default ``n``); the noise covers the float sum of that many rows.
         ``progress``: a line on standard error at every tenth of the run with the epsilon
         spent so far by RDP (``epsilon_rdp`` in the step's record: an upper bound converted from
-        one step's RDP curve, computed once, so the lines cost microseconds; the last line's
-        figure is the ``epsilon_rdp`` of :meth:`epsilon`, whose PLD figure is usually smaller)
+        one step's proven RDP curve, computed once, so the lines cost microseconds; the last line's
+        figure is the ``epsilon`` of :meth:`epsilon`)
         and, if ``validation`` (public data) is given, its loss and accuracy. The training loss
         itself is never shown: it would not be private.
         """
@@ -611,8 +614,9 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
     the run's event at ``d_in = 1`` and the table sampler's statistical distance), so
     :func:`~opendp_hybridad.accounting.compose_epsilon` accepts it.
 
-    **Maps.** ``measure="approx"``: (epsilon, delta) at the trainer's delta (dp-accounting
-    PLD; delta includes the table sampler's distance). ``d_in = 0``: (0, 0); ``d_in = k > 1``:
+    **Maps.** ``measure="approx"``: (epsilon, delta) at the trainer's delta (the proven RDP
+    of the lattice noise, :mod:`opendp_hybridad.dpsgd.accounting`; delta includes the table
+    sampler's distance). ``d_in = 0``: (0, 0); ``d_in = k > 1``:
     group privacy, ``(k eps, delta sum_{j<k} e^(j eps))``: by induction over a path of ``k``
     neighbours, ``P[M(D_0) in S] <= e^eps P[M(D_1) in S] + delta <= ... <= e^(k eps) P[M(D_k) in S]
     + delta (1 + e^eps + ... + e^((k-1) eps))`` (Dwork and Roth 2014, Theorem 2.2, for
@@ -621,7 +625,6 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
     ``d_in > 1`` with :class:`DeclarationError`; use ``measure="approx"``).
     """
     import opendp.prelude as dp
-    from dp_accounting import rdp
 
     # user_domain and make_user_measurement need both (OpenDP's Gaussian, with noise="opendp", needs contrib)
     dp.assert_features("contrib", "honest-but-curious")
@@ -636,10 +639,10 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
         f"DPSGDExamples(d={d}, {size}, n={n}, loss={trainer.model.loss.name}, outputs={trainer.model.layers[-1].out_features}, "
         f"label_bound={trainer.model.label_bound!r}, box=[{box}], missing={missing})",
         member=lambda data: trainer.is_member(data, n, max_size), descriptor=_Examples(trainer, n, max_size))
-    event = dp_sgd_event(n, trainer.batch_size, trainer.noise_multiplier, trainer.epochs, trainer.sampling)
-    # accounted at d_in = 1 (dp-accounting has no group privacy), with the table sampler's distance
+    event = reference_event(n, trainer.batch_size, trainer.noise_multiplier, trainer.epochs, trainer.sampling)
+    # accounted at d_in = 1 (no group privacy in RDP here), by the proven curve, with the table sampler's distance
     record = Accounting(event, relation, 1, "dp-sgd", noise_multiplier=trainer.noise_multiplier,
-                        statistical_distance=trainer.statistical_distance(n))
+                        statistical_distance=trainer.statistical_distance(n), rdp_curve=trainer.rdp_curve(n))
 
     def run(data: Any) -> Any:
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
@@ -655,7 +658,7 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
 
     if measure == "approx":
         report = trainer.epsilon(n)  # delta includes the table sampler's distance when it is used
-        eps, delta = up(report["epsilon_pld"]), report["delta"]
+        eps, delta = report["epsilon"], report["delta"]  # proven and rounded up (dpsgd.accounting)
 
         def privacy_map(d_in: Any) -> Any:
             k = distance(d_in)
@@ -673,6 +676,9 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
     if trainer.noise != "opendp":
         raise DeclarationError("the Renyi-curve form is for OpenDP's noise; the table sampler's guarantee is (epsilon, delta)")
 
+    curve_of_units = DpSgdRdpCurve(n, trainer.batch_size, trainer.noise_multiplier, trainer.sampling, orders=(2.0,))
+    units = float(curve_of_units.units(trainer._steps(n)))
+
     def curve_map(d_in: Any) -> Any:
         k = distance(d_in)
         if k > 1:
@@ -681,9 +687,9 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
         def curve(order: float) -> float:
             if k == 0:
                 return 0.0
-            acc = rdp.RdpAccountant(orders=[float(order)])
-            acc.compose(event)
-            return float(acc._rdp[0])
+            # the proven bound of one unit at this order, times the units composed (dpsgd.accounting)
+            return mul_up(units, unit_rdp(float(order), trainer.noise_multiplier, trainer.sampling,
+                                          curve_of_units.sampling_probability))
 
         return curve
 
