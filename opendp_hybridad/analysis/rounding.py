@@ -255,6 +255,45 @@ def gamma(n: int) -> float:
     return round_up(nu / (1 - nu))
 
 
+def underflow_allowance(entries: int, terms: int) -> float:
+    """``sqrt(entries) terms TINY``: the l2 norm of what gradual underflow can add to ``entries`` sums of ``terms`` products.
+
+    Beside the relative error ``gamma_n`` covers, a product whose result is subnormal rounds
+    with an absolute error of at most ``TINY / 2`` (Higham 2002, section 2.1, model (2.8));
+    carried through at most ``terms - 1`` additions (a factor ``1 + gamma < 2``), each sum gains
+    at most ``terms TINY``, and ``entries`` such sums at most ``sqrt(entries)`` times that in l2.
+    """
+    if entries <= 0 or terms <= 0:
+        return 0.0
+    return mul_up(mul_up(sqrt_up(float(entries)), float(terms)), TINY)
+
+
+def float_norm2_up(x: np.ndarray) -> float:
+    """An upper bound on ``||x||_2`` from one float64 dot product (fast; for public weights each step).
+
+    The computed sum of the ``n`` squares is within ``gamma_n`` (relative; any order, Higham
+    2002 section 3.1) plus ``n TINY / 2`` (squares that underflow, section 2.1) of the exact
+    one, and the square root rounds once, so
+    ``||x|| <= sqrt(fl(x . x)) (1 + gamma_(n+2)) + sqrt(2 n TINY)``. A sum that overflows
+    gives ``inf``, a bound still.
+    """
+    flat = np.asarray(x, dtype=np.float64).reshape(-1)
+    if flat.size == 0:
+        return 0.0
+    root = float(np.sqrt(np.dot(flat, flat)))
+    return add_up(mul_up(root, add_up(1.0, gamma(flat.size + 2))), sqrt_up(mul_up(2.0 * flat.size, TINY)))
+
+
+def float_max_row_norm2_up(rows: np.ndarray) -> float:
+    """An upper bound on the largest l2 norm of the rows of a 2-d array (:func:`float_norm2_up` per row)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.size == 0:
+        return 0.0
+    n = rows.shape[1]
+    root = float(np.sqrt(np.einsum("ij,ij->i", rows, rows)).max())
+    return add_up(mul_up(root, add_up(1.0, gamma(n + 2))), sqrt_up(mul_up(2.0 * n, TINY)))
+
+
 # -- vectorised (numpy) forms: the interval evaluator and per-record charges ---------------
 def up_array(x: np.ndarray) -> np.ndarray:
     """Elementwise next float above (a bound above correctly rounded results)."""

@@ -173,3 +173,41 @@ def test_update_and_projection_keep_the_declared_set():
     raw = layer.update(params, step, 1.0, project=False)
     np.testing.assert_array_equal(raw[0], params[0] - step[:15].reshape(3, 5))
     np.testing.assert_array_equal(layer.project_params(raw)[1], np.clip(raw[1], -0.1, 0.1))
+
+
+# -- gradual underflow (a product or square below the normal range rounds with an absolute error) ---------
+def test_public_weight_norms_cover_weights_whose_squares_underflow():
+    """Weights of 2^-600: every square underflows to 0 in float64, so the float norm is 0. The old bound
+    (sqrt(fl(W . W)) (1 + gamma)) was 0 against an exact norm of 2^-600 sqrt(n)."""
+    layer = Dense(8, 4, 1.0, 1.0)
+    W = np.full((4, 8), 2.0**-600)
+    b = np.full(4, -(2.0**-600))
+    R, _, F, B = layer.weight_norms((W, b))
+    exact_f = Fraction(2) ** -1200 * 32  # ||W||_F^2
+    assert Fraction(F) ** 2 >= exact_f and Fraction(B) ** 2 >= Fraction(2) ** -1200 * 4
+    assert Fraction(R) ** 2 >= Fraction(2) ** -1200 * 8
+    assert F < 1e-150  # still tiny: sqrt(2 n TINY) is about 2^-530
+
+
+def test_forward_and_backward_errors_cover_subnormal_products():
+    """Products near TINY round with an absolute error up to TINY / 2 each, which gamma_n's relative bound
+    alone misses: z = x W^T with every product 3/4 TINY (rounded to TINY or 0) against exact rationals."""
+    n_in, n_out = 64, 3
+    layer = Dense(n_in, n_out, 1.0, 1.0)
+    x = np.full((1, n_in), 2.0**-537)
+    W = np.full((n_out, n_in), 0.75 * 2.0**-537)  # each product 0.75 * 2^-1074: not representable
+    b = np.zeros(n_out)
+    z, _ = layer.forward((W, b), x)
+    exact = Fraction(n_in) * Fraction(0.75) * Fraction(2) ** -1074
+    worst_forward = max(abs(Fraction(float(v)) - exact) for v in z[0])
+    norms = layer.weight_norms((W, b))
+    inp = ActivationBound((n_in,), add_up(float(np.linalg.norm(x)) * (1 + 1e-12), 1e-300), 2.0**-537)
+    out = layer.forward_bound(inp, norms)
+    assert Fraction(out.error) >= worst_forward * math.sqrt(n_out)  # every entry off by the same amount
+    # backward: W^T d with the same subnormal products
+    d = np.full((1, n_out), 2.0**-537)
+    v = layer.backward((W, b), x, None, d)
+    exact_v = Fraction(n_out) * Fraction(0.75) * Fraction(2) ** -1074
+    worst_backward = max(abs(Fraction(float(e)) - exact_v) for e in v[0])
+    back = layer.backward_bound(inp, DeltaBound((n_out,), float(np.linalg.norm(d)) * (1 + 1e-12)), norms)
+    assert Fraction(back.error) >= worst_backward * math.sqrt(n_in)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from opendp_hybridad.analysis.rounding import UNIT_ROUNDOFF, add_up, sqrt_up, up
+from opendp_hybridad.analysis.rounding import UNIT_ROUNDOFF, add_up, sqrt_up, underflow_allowance, up
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.layers import Activation, Identity
 from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, Layer, Params, Shape
@@ -100,4 +100,7 @@ class Elementwise(Layer):
     def backward_bound(self, inp: ActivationBound, out: DeltaBound, norms: tuple[float, ...]) -> DeltaBound:
         act = self.activation
         norm = out.norm if isinstance(act, Identity) else up(out.norm * act.max_derivative(inp.unit))
-        return DeltaBound(inp.shape, norm, times_slope(act, out.error, out.norm, inp.computed_unit, inp.error))
+        error = times_slope(act, out.error, out.norm, inp.computed_unit, inp.error)
+        if not isinstance(act, Identity):  # the slope product of each entry: TINY / 2 under gradual underflow
+            error = add_up(error, underflow_allowance(inp.size, 1))
+        return DeltaBound(inp.shape, norm, error)

@@ -77,7 +77,17 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from opendp_hybridad.analysis.rounding import TINY, UNIT_ROUNDOFF, add_up, gamma, sqrt_up, up
+from opendp_hybridad.analysis.rounding import (
+    TINY,
+    UNIT_ROUNDOFF,
+    add_up,
+    float_max_row_norm2_up,
+    float_norm2_up,
+    gamma,
+    sqrt_up,
+    underflow_allowance,
+    up,
+)
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.parts.dense import Dense
 from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, GradientBound, Layer, Params, Shape
@@ -112,16 +122,6 @@ def _sum_up(*values: float) -> float:
     for v in values:
         total = add_up(total, v)
     return total
-
-
-def underflow_allowance(entries: int, terms: int) -> float:
-    """``sqrt(entries) terms TINY``: the l2 of what gradual underflow can add to ``entries`` sums of ``terms`` products each.
-
-    Each product rounds with an absolute error of at most ``TINY / 2`` on top of the relative
-    one (Higham 2002, section 2.1), carried through at most ``terms - 1`` additions
-    (factor ``1 + gamma < 2``).
-    """
-    return _prod_up(_root(max(entries, 0)), float(max(terms, 0)), TINY)
 
 
 def squared_norm_error(M: float, eta: float, gamma_s: float) -> float:
@@ -313,9 +313,9 @@ class _ConvNd(Layer):
         W, b = params
         Wm = np.asarray(W, dtype=np.float64).reshape(self.out_channels, n)
         flat = Wm.reshape(-1)
-        F = up(float(np.sqrt(np.dot(flat, flat))) * add_up(1.0, _gamma(flat.size + 2)))
-        B = up(float(np.sqrt(np.dot(b, b))) * add_up(1.0, _gamma(b.size + 2)))
-        R = up(float(np.sqrt(np.einsum("ij,ij->i", Wm, Wm)).max()) * add_up(1.0, _gamma(n + 2))) if rows else F
+        F = float_norm2_up(flat)  # gamma and the underflow of squares (rounding.float_norm2_up)
+        B = float_norm2_up(b)
+        R = float_max_row_norm2_up(Wm) if rows else F
         return (_bound(R), float(np.abs(b).max(initial=0.0)), _bound(F), _bound(B))
 
     # -- kernels ------------------------------------------------------------------------------------

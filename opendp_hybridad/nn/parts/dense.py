@@ -38,9 +38,12 @@ from opendp_hybridad.analysis.rounding import (
     UNIT_ROUNDOFF,
     add_up,
     down,
+    float_max_row_norm2_up,
+    float_norm2_up,
     gamma,
     mul_up,
     sqrt_up,
+    underflow_allowance,
     up,
 )
 from opendp_hybridad.errors import DeclarationError
@@ -199,8 +202,8 @@ class Dense(Layer):
         """``(R, b_max, F, B)``: bounds on the largest row norm of ``W``, ``max |b_j|``, ``||W||_F`` (>= ``||W||_2``), ``||b||``.
 
         ``params`` None: over the declared weight set. Otherwise of these (public) weights:
-        float norms raised by ``gamma_(n+2)`` (``n`` squares summed in any order, each square
-        and the square root rounded), so they bound the exact norms. ``rows=False`` takes
+        float norms raised by ``gamma_(n+2)`` and by ``sqrt(2 n TINY)`` for squares that underflow
+        (:func:`~opendp_hybridad.analysis.rounding.float_norm2_up`), so they bound the exact norms. ``rows=False`` takes
         ``R = F`` (one dot product per array instead of a pass per row).
         """
         if params is None:
@@ -208,9 +211,10 @@ class Dense(Layer):
             return (self.row_bound(), self.bias_bound, self.operator_bound, bias_norm)
         W, b = params
         flat = W.reshape(-1)
-        F = up(float(np.sqrt(np.dot(flat, flat))) * add_up(1.0, _gamma_cached(W.size + 2)))
-        B = up(float(np.sqrt(np.dot(b, b))) * add_up(1.0, _gamma_cached(b.size + 2)))
-        R = up(float(np.sqrt(np.einsum("ij,ij->i", W, W)).max()) * add_up(1.0, _gamma_cached(W.shape[1] + 2))) if rows else F
+        # one float dot product each, raised by gamma and by what underflowing squares can hide
+        F = float_norm2_up(flat)
+        B = float_norm2_up(b)
+        R = float_max_row_norm2_up(W) if rows else F
         return (_bound(R), float(np.abs(b).max(initial=0.0)), _bound(F), _bound(B))
 
     # -- kernels ------------------------------------------------------------------------------------
@@ -248,12 +252,15 @@ class Dense(Layer):
         norm = add_up(up(F * inp.norm), B)
         e_a = inp.error
         e_z = add_up(up(F * e_a), up(_gamma_cached(self.in_features + 1) * add_up(up(F * add_up(inp.norm, e_a)), B)))
+        # and what gradual underflow adds to each of the out_features sums of in_features + 1 terms
+        e_z = add_up(e_z, underflow_allowance(self.out_features, self.in_features + 1))
         return ActivationBound((self.out_features,), norm, unit, e_z, add_up(unit, e_z))
 
     def backward_bound(self, inp: ActivationBound, out: DeltaBound, norms: tuple[float, ...]) -> DeltaBound:
         F = norms[2]
         d, e_d = out.norm, out.error
         e_v = add_up(up(F * e_d), up(_gamma_cached(self.out_features) * up(F * add_up(d, e_d))))
+        e_v = add_up(e_v, underflow_allowance(self.in_features, self.out_features))  # gradual underflow, as forward
         return DeltaBound((self.in_features,), up(F * d), e_v)
 
     def gradient_bound(self, inp: ActivationBound, out: DeltaBound, norms: tuple[float, ...]) -> GradientBound:

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from opendp_hybridad.analysis.rounding import TINY, UNIT_ROUNDOFF, add_up, gamma, sqrt_up, up
+from opendp_hybridad.analysis.rounding import TINY, UNIT_ROUNDOFF, add_up, float_max_row_norm2_up, gamma, sqrt_up
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.parts.conv import _prod_up, _sum_up, squared_norm_error
 from opendp_hybridad.nn.parts.dense import Dense
@@ -124,10 +124,8 @@ class Embedding(Layer):
             return (R, self.weight_bound)
         E = np.asarray(params[0], dtype=np.float64)
         U = float(np.abs(E).max(initial=0.0))
-        if rows:
-            R = up(float(np.sqrt(np.einsum("ij,ij->i", E, E)).max(initial=0.0)) * add_up(1.0, _gamma(self.dim + 2)))
-        else:
-            R = _prod_up(U, sqrt_up(float(self.dim)))  # a row of dim entries each at most U
+        # rows: gamma and the underflow of squares (rounding.float_norm2_up); else a row of dim entries each at most U
+        R = float_max_row_norm2_up(E) if rows else _prod_up(U, sqrt_up(float(self.dim)))
         return (_bound(R), U)
 
     # -- kernels ------------------------------------------------------------------------------------

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from opendp_hybridad.analysis.rounding import UNIT_ROUNDOFF, add_up, div_up, gamma, sqrt_down
+from opendp_hybridad.analysis.rounding import UNIT_ROUNDOFF, add_up, div_up, gamma, sqrt_down, underflow_allowance
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.nn.parts.conv import _prod_up, _sum_up, underflow_allowance
+from opendp_hybridad.nn.parts.conv import _prod_up, _sum_up
 from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, Layer, Params, Shape
 from opendp_hybridad.nn.registry import register_layer
 
