@@ -35,7 +35,19 @@ from typing import Any
 
 import numpy as np
 
-from opendp_hybridad.analysis.rounding import add_up, gamma, norm2_up, sqrt_up, up
+from opendp_hybridad.analysis.rounding import (
+    TINY,
+    UNIT_ROUNDOFF,
+    add_down,
+    add_up,
+    down_array,
+    gamma,
+    mul_down,
+    norm2_up,
+    sqrt_up,
+    up,
+    up_array,
+)
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.layers import Activation, Loss
 from opendp_hybridad.nn.parts.activation import Elementwise
@@ -53,6 +65,12 @@ LABEL_KINDS = ("class", "binary", "real")
 
 def _bound(value: float) -> float:
     return value if value == value else math.inf
+
+
+@functools.cache
+def _root_d(d: int) -> float:
+    """``sqrt(d)`` rounded up, cached."""
+    return sqrt_up(float(d))
 
 
 def _round_up_to_power_of_two(value: float, floor: float = 2.0**-30) -> float:
@@ -133,13 +151,19 @@ class Sequential:
         a bare :class:`~opendp_hybridad.nn.layers.Activation` (``Tanh()``) is wrapped in
         :class:`~opendp_hybridad.nn.parts.activation.Elementwise`.
     :param loss: on the last part's output, which must be a vector per example.
-    :param input_bound: the input box, ``|x_j| <= input_bound`` (a float, or an array broadcast to ``input_shape``).
+    :param input_bound: the input box, ``|x_j| <= input_bound`` (a float, or an array broadcast to ``input_shape``);
+        default 1, or ``input_norm_bound`` when that is given (the ball lies in that box).
+    :param input_norm_bound: an l2 ball, ``||x||_2 <= input_norm_bound`` (the whole example, every
+        entry of ``input_shape``), on top of the box: the certified recursion starts from
+        ``min(||box||, R)`` instead of the box's diagonal. :meth:`clamp_inputs` maps any input into
+        the box and then the ball (the data-independent rule DP-SGD must apply).
     :param label_bound: ``|y| <= label_bound`` for regression losses.
     :param input_shape: the per-example input shape; by default the first part's own (a dense layer's ``(in,)``).
     """
 
-    def __init__(self, parts: Sequence[Layer | Activation], loss: Loss, *, input_bound: float | np.ndarray = 1.0,
-                 label_bound: float = 1.0, input_shape: Sequence[int] | None = None):
+    def __init__(self, parts: Sequence[Layer | Activation], loss: Loss, *, input_bound: float | np.ndarray | None = None,
+                 label_bound: float = 1.0, input_shape: Sequence[int] | None = None,
+                 input_norm_bound: float | None = None):
         wrapped = [Elementwise(p) if isinstance(p, Activation) else p for p in parts]
         if not wrapped:
             raise DeclarationError("a Sequential model needs at least one part")
@@ -156,6 +180,13 @@ class Sequential:
         for p in wrapped:
             shapes.append(tuple(p.output_shape(shapes[-1])))
         check_loss(loss, shapes[-1])
+        if input_norm_bound is not None:
+            if not (isinstance(input_norm_bound, (int, float)) and math.isfinite(input_norm_bound) and input_norm_bound >= 0):
+                raise DeclarationError("input_norm_bound must be a finite non-negative number")
+            input_norm_bound = float(input_norm_bound)
+        if input_bound is None:
+            # every entry of the ball is at most its radius, so the box [-R, R] adds nothing to it
+            input_bound = 1.0 if input_norm_bound is None else input_norm_bound
         bound = np.broadcast_to(np.asarray(input_bound, dtype=float), shapes[0]) if _broadcasts(input_bound, shapes[0]) else None
         if bound is None:
             raise DeclarationError("input_bound must be a number or an array of the input's shape")
@@ -174,8 +205,13 @@ class Sequential:
             raise DeclarationError("a Sequential model needs at least one part with parameters")
         self._first = next(i for i, size in enumerate(self._sizes) if size)
         self._norm_bounds_cache: dict[tuple, ModelBound] = {}
+        self.input_norm_bound: float | None = input_norm_bound
         flat_bound = self.input_bound.reshape(-1)
-        self._input_record = ActivationBound(shapes[0], norm2_up(flat_bound.tolist()), float(flat_bound.max(initial=0.0)), 0.0)
+        norm, unit = norm2_up(flat_bound.tolist()), float(flat_bound.max(initial=0.0))
+        if input_norm_bound is not None:
+            # the clamped input lies in the box and in the ball: ||x|| <= R, and |x_j| <= ||x|| <= R
+            norm, unit = min(norm, input_norm_bound), min(unit, input_norm_bound)
+        self._input_record = ActivationBound(shapes[0], norm, unit, 0.0)
 
     # -- shapes and parameters ---------------------------------------------------------------
     @property
@@ -223,9 +259,42 @@ class Sequential:
             offset += size
         return out
 
+    def clamp_inputs(self, x: np.ndarray) -> np.ndarray:
+        """Each example moved into the declared input set: clipped to the box, then (with a ball) scaled into the ball.
+
+        A fixed map of each example alone (no other example and no parameter is read), so
+        DP-SGD may apply it to every record before training; the certified bound holds for
+        its outputs. ``x``: ``(B, *input_shape)``; returns a new array.
+
+        The ball step is proven, not the exact projection: ``N >= ||x||`` from the float sum
+        of ``d`` squares (``gamma_(d+2)`` with the root, Higham 2002 section 3.1, plus ``d TINY``
+        for underflowed squares), each operation rounded up; rows with ``N > R`` are
+        multiplied by ``c = down(R' / N)``, ``R' = R (1 - 2u) - sqrt(d) TINY``; each product
+        rounds by at most ``u`` relative (``TINY / 2`` in underflow), so
+        ``||fl(c x)|| <= (1 + u) c ||x|| + sqrt(d) TINY / 2 < R``. Rows already inside
+        (``N <= R``) are returned unchanged.
+        """
+        x = np.clip(np.asarray(x, dtype=np.float64), -self.input_bound, self.input_bound)
+        R = self.input_norm_bound
+        if R is None or x.shape[0] == 0:
+            return x
+        rows = x.reshape(x.shape[0], -1)
+        d = rows.shape[1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            squares = up_array(np.einsum("ij,ij->i", rows, rows) * add_up(1.0, _gamma(d + 2)))
+            norms = up_array(np.sqrt(up_array(squares + up(float(d) * TINY))))
+        outside = norms > R
+        if not outside.any():
+            return x
+        target = add_down(mul_down(R, add_down(1.0, -2.0 * UNIT_ROUNDOFF)), -up(_root_d(d) * TINY))
+        shrink = np.where(outside, down_array(max(target, 0.0) / np.where(outside, norms, 1.0)), 1.0)
+        rows = rows * shrink[:, None]
+        return rows.reshape(x.shape)
+
     def closed_form(self) -> str:
         n = len(self.parts)
-        lines = [f"a_0 = x   (shape {self.input_shape}, |x_j| <= {self.input_bound.max():g})"]
+        ball = "" if self.input_norm_bound is None else f", ||x||_2 <= {self.input_norm_bound:g}"
+        lines = [f"a_0 = x   (shape {self.input_shape}, |x_j| <= {self.input_bound.max():g}{ball})"]
         lines += [p.closed_form(i) for i, p in enumerate(self.parts, start=1)]
         lines.append(f"loss ({self.loss.name}, labels: {self.loss.label_kind}): {self.loss.closed_form}")
         lines.append(f"delta_{n} = dLoss/da_{n};  delta_(i-1) = (da_i/da_(i-1))^T delta_i")
@@ -377,6 +446,7 @@ class Sequential:
             x = self.input_bound * np.where(rng.random((samples, *self.input_shape)) < 0.5, -1.0, 1.0)
             if trial % 2:
                 x = x * rng.random(x.shape)
+            x = self.clamp_inputs(x)  # with a ball: its points (corners of the box scaled onto the sphere)
             y = rng.choice(labels, samples) if labels is not None else self.sample_labels(rng, samples)
             norms = self.per_example_norms(ps, x, y)
             i = int(np.argmax(norms))
