@@ -36,7 +36,10 @@ modules (torch has none) -> ``GroupSort``, ``TemperedSigmoid``. A nested
 without a bias (``bias=False``) becomes a part whose bias set is ``{0}`` (``bias_bound=0``):
 the function is the same, its bias gradient is counted in ``K`` and clipping (a
 conservative norm) and projected away after each step; ``to_torch`` gives back a module
-without a bias. Every parameter is trained (``requires_grad`` is not read).
+without a bias. Every parameter is trained (``requires_grad`` is not read). An embedding's indices outside the table
+are clamped (the part's rule for bad input) where torch raises. ``ReLU`` and ``GroupSort``
+convert, but their derivatives jump, so the computed gradient has no finite forward error
+``e`` (:mod:`opendp_hybridad.nn.protocol`) and DP-SGD's float-sum argument does not apply to them.
 
 The mappings are registries (a dict keyed by torch class name, filled by
 :func:`register_torch_module`; and one keyed by part kind, filled by
@@ -112,6 +115,16 @@ class WeightSet:
     weight_bound: float
     bias_bound: float | None = None
     norm_ball: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("weight_bound", "bias_bound"):
+            value = getattr(self, name)
+            if value is None and name == "bias_bound":
+                continue
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+                raise DeclarationError(f"WeightSet: {name} must be a finite non-negative number")
+        if not isinstance(self.norm_ball, bool):
+            raise DeclarationError("WeightSet: norm_ball must be True or False")
 
     @property
     def bias(self) -> float:
@@ -292,7 +305,7 @@ def _linear(module: Any, ctx: _Context) -> tuple[Layer, Params]:
     W = _array(module.weight, ctx)
     b, own = _bias(module, module.out_features, ctx)
     ws = ctx.weight_set(W, own)
-    return Dense(int(module.in_features), int(module.out_features), float(ws.weight_bound), float(ws.bias), bool(ws.norm_ball)), (W, b)
+    return Dense(int(module.in_features), int(module.out_features), float(ws.weight_bound), float(ws.bias), ws.norm_ball), (W, b)
 
 
 def _conv(part_cls: type, nd: int) -> Converter:
@@ -316,7 +329,7 @@ def _conv(part_cls: type, nd: int) -> Converter:
         b, own = _bias(module, module.out_channels, ctx)
         ws = ctx.weight_set(W, own)
         part = part_cls(int(module.in_channels), int(module.out_channels), kernel, _ints(module.stride, nd), padding,
-                        float(ws.weight_bound), float(ws.bias), bool(ws.norm_ball))
+                        float(ws.weight_bound), float(ws.bias), ws.norm_ball)
         return part, (W, b)
 
     return convert
@@ -365,7 +378,7 @@ def _embedding(module: Any, ctx: _Context) -> tuple[Layer, Params]:
         raise ctx.refuse("scale_grad_by_freq")
     E = _array(module.weight, ctx)
     ws = ctx.weight_set(E, None)
-    return EmbeddingPart(int(module.num_embeddings), int(module.embedding_dim), float(ws.weight_bound), bool(ws.norm_ball)), (E,)
+    return EmbeddingPart(int(module.num_embeddings), int(module.embedding_dim), float(ws.weight_bound), ws.norm_ball), (E,)
 
 
 def _activation(act: Callable[[], Activation]) -> Converter:
@@ -692,6 +705,9 @@ def load_into_torch(module: torch.nn.Sequential, model: Sequential | Any, params
         if _architecture(mine) != _architecture(part):
             raise DeclarationError(f"{ctx.label} does not match part {i} ({part.describe()}) of the model")
         if ps:
-            _write(child, part, ps)
+            try:
+                _write(child, part, ps)
+            except DeclarationError as refused:
+                raise DeclarationError(f"{ctx.label}: {refused}") from None
         shape = part.output_shape(shape)
     return module

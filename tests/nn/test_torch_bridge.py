@@ -318,8 +318,10 @@ def test_weight_sets_are_declared_checked_or_defaulted():
         from_torch(net, input_bound=1.0, weight_sets=WeightSet(0.5, 1.0))
     with pytest.raises(DeclarationError, match="names no module"):
         from_torch(net, input_bound=1.0, weight_sets={5: WeightSet(1.0)})
-    with pytest.raises(DeclarationError, match=r"^torch module 0 \(Linear\): weight_bound must be"):
+    with pytest.raises(DeclarationError, match=r"^WeightSet: weight_bound must be"):
         from_torch(net, input_bound=1.0, weight_sets=WeightSet(-1.0))
+    with pytest.raises(DeclarationError, match="norm_ball must be True or False"):
+        WeightSet(1.0, norm_ball="yes")
 
 
 def test_a_module_without_bias_keeps_none():
@@ -332,6 +334,10 @@ def test_a_module_without_bias_keeps_none():
     x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (4, 1, 6)))
     assert _rel(back(x).detach().numpy(), net(x).detach().numpy()) <= 1e-12
     assert _rel(model.forward(params, x.numpy())[0][-1], net(x).detach().numpy()) <= 1e-12
+    load_into_torch(net, model, params)  # a zero bias loads into a module without one
+    biased = [(params[0][0], np.ones(2)), *params[1:]]
+    with pytest.raises(DeclarationError, match=r"^torch module 0 \(Conv1d\): conv1d\(1->2, k=3\): the torch module has no bias"):
+        load_into_torch(net, model, biased)
 
 
 def test_losses_from_torch():
