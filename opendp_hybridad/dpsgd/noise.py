@@ -302,9 +302,8 @@ def _alias_table(masses: list[int], total_bits: int) -> tuple[int, np.ndarray, n
     return r, packed, low
 
 
-def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: int,
-                       resolution: int = 2**13, backend: str = "auto") -> DiscreteGaussianSampler:
-    """A sampler whose noise covers ``sensitivity`` in l2 with the given noise multiplier.
+def gaussian_std_for(sensitivity: float, noise_multiplier: float, dimension: int, resolution: int = 2**13) -> tuple[float, int]:
+    """``(std, k)`` of the sampler :func:`gaussian_noise_for` builds, without building its table.
 
     The grid ``g = 2^k`` is chosen from ``noise_multiplier * sensitivity``; rounding to it
     moves the input by at most ``sqrt(dimension) g / 2`` in l2, so the std is
@@ -321,5 +320,11 @@ def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: i
     octave = math.floor(math.log2(std))
     # round the std up to 64 steps per octave: scaling by powers of two and ceil are exact
     step = math.ceil((std / 2.0**octave) * 64) / 64
-    std = step * 2.0**octave
+    return step * 2.0**octave, k
+
+
+def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: int,
+                       resolution: int = 2**13, backend: str = "auto") -> DiscreteGaussianSampler:
+    """A sampler whose noise covers ``sensitivity`` in l2 with the given noise multiplier (std: :func:`gaussian_std_for`)."""
+    std, k = gaussian_std_for(sensitivity, noise_multiplier, dimension, resolution)
     return DiscreteGaussianSampler(std, k=k, backend=backend)  # cheap: the table behind it is cached by scale
