@@ -12,30 +12,43 @@ accounting, in Rényi DP, rests on two facts:
   in both directions (Canonne, Kamath and Steinke 2020, "The Discrete Gaussian for
   Differential Privacy", Proposition 5 in one dimension; the coordinates are independent,
   so the divergences add): exactly the continuous Gaussian's ``alpha / (2 sigma^2)``.
-* **Poisson subsampling.** dp-accounting's subsampled-Gaussian RDP (Mironov, Talwar and
-  Zhang 2019) is exact for the *continuous* Gaussian; its proof that the remove direction is
-  the smaller one uses the Gaussian itself, so it is not claimed here. Instead: Zhu and Wang
-  2019 ("Poisson Subsampled Rényi Differential Privacy", ICML, Theorem 6, the general upper
-  bound) hold for *any* mechanism with RDP ``eps(l)`` at the integer orders, under add/remove,
-  in both directions: for an integer ``alpha >= 2`` and sampling probability ``q``,
-  ``eps'(alpha) <= log(T) / (alpha - 1)``,
+* **Poisson subsampling.** With ``L = Q / P`` (``Q`` the shifted noise) and ``M = (1-q) P + q Q``,
+  for an integer order ``alpha``: the add direction ``D_alpha(M || P)`` is computed exactly by
+  the binomial expansion, because ``E_P[L^k] = e^((k^2 - k) / (2 sigma^2))`` holds exactly for
+  the lattice at every integer ``k`` (``k v`` is an integer vector and the lattice Gaussian's
+  normalising sum is unchanged by integer shifts) and grows with ``||v||``; this is the
+  continuous Gaussian's value (Mironov, Talwar and Zhang 2019). Their proof that the remove
+  direction is the smaller one uses the continuous Gaussian, so it is not claimed here: the
+  remove direction ``D_alpha(P || M)`` is bounded by Taylor's theorem (:func:`_remove_direction`).
+  Both are capped by Zhu and Wang 2019 ("Poisson Subsampled Rényi Differential Privacy", ICML,
+  Theorem 6, the general upper bound for any mechanism with RDP ``eps(l)`` at the integer
+  orders, both directions): ``eps'(alpha) <= log(T) / (alpha - 1)``,
   ``T = (1-q)^(alpha-1) (alpha q - q + 1) + C(alpha,2) q^2 (1-q)^(alpha-2) e^(eps(2))
-  + 3 sum_{l=3}^{alpha} C(alpha,l) q^l (1-q)^(alpha-l) e^((l-1) eps(l))``. Also, by the joint
+  + 3 sum_{l=3}^{alpha} C(alpha,l) q^l (1-q)^(alpha-l) e^((l-1) eps(l))``, and by the joint
   convexity of ``E_Q[(P/Q)^alpha]`` (an f-divergence, ``alpha > 1``; van Erven and Harremoës
-  2014), ``eps'(alpha) <= log(1 - q + q e^((alpha-1) eps(alpha))) / (alpha - 1)`` in both
-  directions. The smaller of the two is used. (In the add direction the exact value equals
-  the continuous Gaussian's, because ``E[e^(t Z)] = e^(t^2 s^2 / 2)`` exactly when ``t s^2``
-  is an integer; the remove direction is what needs the general bound.)
+  2014): ``eps'(alpha) <= log(1 - q + q e^((alpha-1) eps(alpha))) / (alpha - 1)``. The bound is
+  ``min(Zhu-Wang, convexity, base, max(add, remove))``.
 
-Rényi divergence is non-decreasing in its order (van Erven and Harremoës 2014, Theorem 3),
-so a fractional order ``a`` of :data:`~opendp_hybridad.accounting.RDP_ORDERS` takes the
-bound at ``ceil(a)`` (at 2 for ``a < 2``). A shuffled epoch (replace-one; each example in one
-batch) is one discrete Gaussian with ``||v|| <= 2 s / sigma``: ``2 alpha / sigma^2``, exact.
+Between integer orders ``a < alpha < b``, ``(alpha - 1) D_alpha`` is convex in ``alpha`` for each
+direction (van Erven and Harremoës 2014), so the integer bounds are interpolated; below 2 the
+bound at 2 is used (Rényi divergence is non-decreasing in its order, ibid. Theorem 3). A
+shuffled epoch (replace-one; each example in one batch) is one discrete Gaussian with
+``||v|| <= 2 s / sigma``: ``2 alpha / sigma^2``, exact.
 Steps compose by adding RDP (Mironov 2017, Proposition 1, adaptive); the conversion to
 ``(epsilon, delta)`` is Canonne, Kamath and Steinke 2020, Proposition 12 (the one
 dp-accounting uses), evaluated here with every operation rounded outward
 (:mod:`opendp_hybridad.analysis.rounding`). The sums above run in mpmath at 50 digits with a
 relative margin, then are rounded up to float.
+
+**An assumption that needs a property of the platform.** Amplification by subsampling compares
+mixtures whose components for batches *without* the example must be the same distribution in
+both neighbouring worlds: the computed (rounded) gradient sum of a batch must depend only on
+that batch's rows and their order, not on the rest of the dataset (for instance through
+memory alignment, or a thread count chosen by load). numpy's matrix products go to BLAS, which
+gives that for identical calls on OpenBLAS, and on MKL in its reproducible (CNR) mode; the
+float-sum *sensitivity* argument needs nothing from BLAS, but this one does. An audit found
+bit-identical sums at 7 alignments here; replacing it with an argument that needs nothing (our
+own fixed-order kernels) is open (``docs/soundness.md``).
 
 No PLD is reported for DP-SGD: dp-accounting's PLDs describe the continuous Gaussian (or a
 one-dimensional discrete one), and neither is proven to dominate a many-coordinate lattice
@@ -61,6 +74,8 @@ __all__ = ["reference_event", "dp_sgd_steps", "dp_sgd_epsilon", "dp_sgd_calibrat
 _DIGITS = 50
 #: relative margin added to every mpmath result before it is rounded to float (50 digits leave ~1e-45)
 _MARGIN = "1e-30"
+#: orders above this get only the closed-form bounds (a public order like 1e9 would otherwise take 1e9 terms)
+_LARGEST_SUMMED_ORDER = 4096
 
 
 def _orders() -> tuple[float, ...]:
@@ -120,6 +135,9 @@ def lattice_gaussian_rdp(alpha: int, noise_multiplier: float, sampling_probabili
         base = alpha / s2  # eps(alpha) of the un-subsampled mechanism
         if q == 1.0:
             value = base
+        elif alpha > _LARGEST_SUMMED_ORDER:
+            # the sums below take alpha terms: past this order only the closed-form bounds (convexity, base)
+            value = min(mpmath.log1p(mpmath.mpf(q) * mpmath.expm1((alpha - 1) * base)) / (alpha - 1), base)
         else:
             mq = mpmath.mpf(q)
             # convexity: log(1 + q (e^((alpha-1) eps(alpha)) - 1)) / (alpha - 1)

@@ -41,12 +41,13 @@ class BatchSelector:
         add/remove the actual number of examples is private, so the rate must not depend on it.
         """
         n = count if n is None else int(n)
-        if self._rng is not None:
-            return np.flatnonzero(self._rng.random(count) < batch_size / n)
         threshold = (batch_size << 64) // n  # exact integer floor of q 2^64
         if threshold >= 1 << 64:
             return np.arange(count)
-        words = np.frombuffer(_random_bytes(8 * count), dtype=np.uint64)
+        # seeded or not, the same rule on 64-bit words (a seeded float draw below fl(q) could include an
+        # example with probability a little above q: audit, attack_lattice_accounting.py)
+        raw = self._rng.bytes(8 * count) if self._rng is not None else _random_bytes(8 * count)
+        words = np.frombuffer(raw, dtype=np.uint64)
         return np.flatnonzero(words < np.uint64(threshold))
 
     def permutation(self, n: int) -> np.ndarray:

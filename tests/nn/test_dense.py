@@ -211,3 +211,16 @@ def test_forward_and_backward_errors_cover_subnormal_products():
     worst_backward = max(abs(Fraction(float(e)) - exact_v) for e in v[0])
     back = layer.backward_bound(inp, DeltaBound((n_out,), float(np.linalg.norm(d)) * (1 + 1e-12)), norms)
     assert Fraction(back.error) >= worst_backward * math.sqrt(n_in)
+
+
+@pytest.mark.parametrize(("radius", "entry", "size"), [(3e-162, 1.5e-162, 100), (1e-300, 1e100, 4), (1e-30, 1e300, 4)])
+def test_ball_projection_lands_inside_when_squares_underflow_or_overflow(radius, entry, size):
+    """Audit (attack_nn_bounds.py): entries of 1.5e-162 square below TINY / 2, so the float norm was 0 and
+    the weights stayed 5x outside a ball of 3e-162; a shrink factor that underflowed came out negative
+    (-2 TINY) and flipped the weights, 3.4e77 radii out. Checked with exact rationals."""
+    layer = Dense(size, 1, radius, 1.0, norm_ball=True)
+    W = np.full((1, size), entry)
+    for projected in (layer.project(W, np.zeros(1))[0],
+                      layer.apply_step(W, np.zeros(1), np.zeros(size), np.zeros(1), 1.0, True)[0]):
+        squares = sum(Fraction(float(v)) ** 2 for v in projected.ravel())
+        assert squares <= Fraction(radius) ** 2

@@ -36,6 +36,7 @@ import numpy as np
 from opendp_hybridad.analysis.rounding import (
     TINY,
     UNIT_ROUNDOFF,
+    add_down,
     add_up,
     down,
     float_max_row_norm2_up,
@@ -135,17 +136,24 @@ class Dense(Layer):
         """The factor that brings ``W`` inside the Frobenius ball, from its float sum of squares (1.0: already inside).
 
         An upper bound on ``||W||``: a float sum of ``n`` squares (each rounded) in any order
-        is within ``gamma_n`` of the exact one (Higham 2002, 3.1); the factor and the square
-        root are rounded up. The shrink factor is rounded down and then shrunk by
-        ``2^-50 = 8 u``, which covers the rounding of each product ``W_ij * shrink`` (at most
-        ``u`` relative: ``(1 - 8 u)(1 + u) < 1``).
+        is within ``gamma_n`` of the exact one (Higham 2002, 3.1), and squares that underflow
+        hide at most ``n TINY / 2`` more (2.1); the factor and the square root are rounded up.
+        The shrink factor aims at the radius less ``sqrt(n) TINY`` (what products that underflow
+        can add back, :func:`~opendp_hybridad.analysis.rounding.underflow_allowance`), is rounded
+        down and then shrunk by ``2^-50 = 8 u``, which covers the rounding of each product
+        ``W_ij * shrink`` (at most ``u`` relative: ``(1 - 8 u)(1 + u) < 1``). Where that leaves
+        no positive factor (a radius below what rounding can resolve, or squares that overflow),
+        the factor is 0: zero weights are inside every ball.
         """
         # every step runs this: up / down of a correctly rounded result (one float outward) instead
         # of the exactness checks of mul_up and friends; the same bounds, a little looser
-        norm_up = up(math.sqrt(up(squares * add_up(1.0, _gamma_cached(size + 2)))))
+        hidden = float(size) * TINY  # >= n TINY / 2, with room for the rounding of the sum
+        norm_up = up(math.sqrt(up(up(squares + hidden) * add_up(1.0, _gamma_cached(size + 2)))))
         if not norm_up > self.weight_bound:
             return 1.0
-        return down(down(self.weight_bound / norm_up) * (1.0 - 8.0 * UNIT_ROUNDOFF))
+        target = add_down(self.weight_bound, -underflow_allowance(size, 1))
+        shrink = down(down(target / norm_up) * (1.0 - 8.0 * UNIT_ROUNDOFF)) if target > 0 else 0.0
+        return shrink if shrink > 0 else 0.0
 
     def project(self, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Back onto the certified set (used by the ``bound`` mode after each step)."""
