@@ -56,7 +56,7 @@ from opendp_hybridad import validation
 from opendp_hybridad.accounting import Accounting, AccountingError, with_accounting
 from opendp_hybridad.analysis.rounding import add_up, libm_up, mul_up
 from opendp_hybridad.dpsgd.accounting import DpSgdRdpCurve, dp_sgd_calibration, dp_sgd_steps, reference_event, unit_rdp
-from opendp_hybridad.dpsgd.optim import SGD, Optimizer, Schedule, as_schedule
+from opendp_hybridad.dpsgd.optim import SGD, Constant, Optimizer, Schedule, as_schedule
 from opendp_hybridad.dpsgd.plan import (
     DPSGDPlan,
     GaussianNoise,
@@ -192,7 +192,7 @@ class DPSGD:
         self.batch_size, self.epochs = batch_size, epochs
         self.schedule, self.optimizer, self.physical_batch_size = schedule, optimizer, physical_batch_size
         # the number when one was declared (as before), else the schedule
-        self.learning_rate = schedule.rate if type(schedule).__name__ == "Constant" else schedule
+        self.learning_rate = schedule.rate if isinstance(schedule, Constant) else schedule
         self.sampling, self.delta = sampling, delta
         if granularity not in ("global", "step"):
             raise DeclarationError("granularity must be 'global' (one bound over the weight set) or 'step' (current weights)")
@@ -443,9 +443,14 @@ class DPSGD:
             return False
 
     def _inputs(self, x: np.ndarray) -> np.ndarray:
-        """Missing entries imputed (a copy), then every entry clamped to the declared box (what the bound assumes)."""
+        """Missing entries imputed (a copy), then each example moved into the declared input set the bound assumes:
+        the model's own rule where it has one (``Sequential.clamp_inputs``: the box, then its l2 ball if declared),
+        else every entry clamped to the box. A fixed map of each example alone, so neighbours stay neighbours."""
         x = np.array(x, dtype=float)  # a copy: the caller's array is left alone
         Imputation(self._impute).apply(x)
+        clamp = getattr(self.model, "clamp_inputs", None)
+        if callable(clamp):
+            return clamp(x)
         return np.clip(x, -self.model.input_bound, self.model.input_bound)
 
     def _check(self, x: Any, y: Any, n: int | None = None, max_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -775,7 +780,7 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
     domain = dp.user_domain(
         f"DPSGDExamples(shape={shape}, {size}, n={n}, loss={model.loss.name}, labels={model.loss.label_kind}, "
         f"outputs={model.output_features}, label_bound={model.label_bound!r}, box={_array_text(model.input_bound)}, "
-        f"missing={missing})",
+        f"ball={getattr(model, 'input_norm_bound', None)!r}, missing={missing})",
         member=lambda data: trainer.is_member(data, n, max_size), descriptor=_Examples(trainer, n, max_size))
     # accounted at d_in = 1 (no group privacy in RDP here), by the proven curve, with the table sampler's distance
     record = Accounting(plan.dp_event(), relation, 1, "dp-sgd", noise_multiplier=plan.noise_multiplier,

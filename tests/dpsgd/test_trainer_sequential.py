@@ -163,3 +163,17 @@ def test_a_model_whose_float_error_is_unbounded_is_refused_in_clip_mode_too():
     model = Sequential([Dense(4, 4), GroupSort(2), Dense(4, 2)], SoftmaxCrossEntropy(), input_bound=1.0)
     with pytest.raises(DeclarationError, match="unbounded"):
         DPSGD(model, noise_multiplier=1.0, batch_size=2, epochs=1, learning_rate=0.1, mode="clip")
+
+
+def test_a_declared_input_ball_is_applied_before_training_so_k_holds():
+    # Sequential(input_norm_bound=R): K starts from min(||box||, R); DP-SGD must move every example into the ball too
+    model = Sequential([Dense(4, 1, weight_bound=1.0, bias_bound=0.0)], MeanSquaredError(), input_bound=1.0,
+                       input_norm_bound=0.5, label_bound=0.0)
+    trainer = DPSGD(model, noise_multiplier=1.0, batch_size=2, epochs=1, learning_rate=0.1, mode="bound")
+    x = np.vstack([np.ones((3, 4)), np.full((1, 4), 0.1)])
+    clean, y = trainer._check(x, np.zeros((4, 1)), 4, 4)
+    assert np.all(np.linalg.norm(clean, axis=1) <= 0.5)
+    np.testing.assert_array_equal(clean[3], x[3])  # inside the ball: unchanged
+    params = [(np.ones((1, 4)) / 2, np.zeros(1))]  # on the edge of the weight box's largest-norm direction
+    assert model.per_example_norms(params, clean, y).max() <= trainer.bound.upper
+    assert np.abs(trainer.predict(params, x)).max() <= 0.5 * (1 + 1e-12)  # ||w|| = 1, ||x|| <= 0.5 (2.0 unclamped)
