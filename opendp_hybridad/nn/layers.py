@@ -412,3 +412,83 @@ class Logistic(Loss):
         # the library sigmoid (value at most 1), then one rounding of the difference (at most 1 + its error)
         w = _UNIT_LIBM_ERROR
         return add_up(w, mul_up(UNIT_ROUNDOFF, add_up(1.0, w)))
+
+
+class TemperedCrossEntropy(Loss):
+    """``tau CE(z / tau)`` with integer labels: ``L = tau log sum_j exp(z_j / tau) - z_y``; ``dL/dz = softmax(z / tau) - onehot(y)``.
+
+    The Lipschitz loss of Béthune et al. (ICLR 2024, lip-dp's ``TauCategoricalCrossentropy``
+    up to the placement of ``tau``): the delta keeps the softmax's norm bound whatever
+    ``tau``, while a large ``tau`` keeps the softmax soft, so the per-example gradients do
+    not vanish on well-classified examples and sit near the certified bound.
+
+    **The delta's norm from the logits' range** (:meth:`delta_norm_bound`): with ``|z_j| <= M``
+    and ``t = M / tau``, every softmax entry is ``e^(v_j) / sum``, ``|v_j| <= t``, so
+    ``1 - p_y <= q = (m-1) e^(2t) / (1 + (m-1) e^(2t))`` and every ``p_j <= P = 1 / (1 + (m-1) e^(-2t))``;
+    ``||p - e_y||^2 = (1 - p_y)^2 + sum_(j != y) p_j^2 <= q^2 + q P`` (the second sum is at most
+    ``(1 - p_y) max_j p_j``). The smaller of that and ``sqrt 2`` (the general bound) is taken:
+    for small ``t`` it approaches ``sqrt((m-1)/m)``, the norm at uniform probabilities.
+    """
+
+    name = "tempered cross-entropy"
+    label_kind = "class"
+
+    def __init__(self, temperature: float = 1.0):
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise DeclarationError("the temperature must be a finite positive number")
+        self.temperature = float(temperature)
+        self.closed_form = (f"L = tau log sum_j exp(z_j / tau) - z_y (tau = {self.temperature:g});  "
+                            "dL/dz = softmax(z / tau) - onehot(y)")
+
+    def _scaled(self, z: np.ndarray) -> np.ndarray:
+        return z / self.temperature
+
+    def value(self, z, y):
+        v = self._scaled(z)
+        vmax = v.max(axis=1, keepdims=True)
+        logsum = np.log(np.exp(v - vmax).sum(axis=1)) + vmax[:, 0]
+        return self.temperature * logsum - z[np.arange(z.shape[0]), y.astype(int)]
+
+    def delta(self, z, y):
+        v = self._scaled(z)
+        e = np.exp(v - v.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        p[np.arange(z.shape[0]), y.astype(int)] -= 1.0
+        return p
+
+    def delta_norm_bound(self, out_features, output_abs_bound, label_abs_bound):
+        general = sqrt_up(2.0)
+        t = div_up(output_abs_bound, self.temperature)
+        if not t <= 300.0:  # exp(2t) would overflow: the general bound
+            return general
+        k = float(max(int(out_features), 1) - 1)
+        grow = libm_up(math.exp(mul_up(2.0, t)))  # >= e^(2t)
+        # q = k E / (1 + k E) increases with E; P = 1 / (1 + k / E) increases with E too
+        q = min(1.0, div_up(mul_up(k, grow), add_down(1.0, mul_down(k, grow))))
+        p_max = min(1.0, div_up(1.0, add_down(1.0, div_down(k, grow))))
+        return min(general, sqrt_up(add_up(mul_up(q, q), mul_up(q, p_max))))
+
+    def delta_lipschitz(self):
+        # softmax is 1-Lipschitz in l2 (Gao and Pavel 2017, Proposition 4), composed with z -> z / tau
+        return div_up(1.0, self.temperature)
+
+    def sympy_expression(self, outputs, label):
+        import sympy
+
+        tau = sympy.Float(self.temperature)
+        return tau * sympy.log(sum(sympy.exp(v / tau) for v in outputs)) - outputs[int(label)]
+
+    def delta_error(self, out_features, output_abs_bound, label_abs_bound):
+        """The computed delta against ``softmax(z / tau) - e_y`` at the same float logits ``|z_j| <= M``.
+
+        ``fl(z_j / tau)`` is within ``u |z_j| / tau`` (plus ``TINY`` where it underflows) of
+        ``z_j / tau``, so the exact softmax moves by at most ``u sqrt(m) M / tau + sqrt(m) TINY``
+        (1-Lipschitz); the rest is :meth:`SoftmaxCrossEntropy.delta_error` at scaled logits
+        of magnitude at most ``(M / tau)(1 + u)``.
+        """
+        m = max(int(out_features), 1)
+        scaled = div_up(output_abs_bound, self.temperature)
+        root = sqrt_up(float(m))
+        move = add_up(mul_up(UNIT_ROUNDOFF, mul_up(root, scaled)), mul_up(root, TINY))
+        widened = mul_up(scaled, add_up(1.0, UNIT_ROUNDOFF))
+        return add_up(SoftmaxCrossEntropy().delta_error(m, widened, label_abs_bound), move)
