@@ -630,7 +630,14 @@ class DPSGD:
                     # decision made from released quantities only, so every member is answered alike
                     history.stopped = f"step {step}: the float error of the gradient sum is unbounded at the current weights"
                     break
-                noise = noise_for(bounds)
+                try:
+                    noise = noise_for(bounds)
+                except DeclarationError:
+                    if step == 0:  # at the initial (public, data-free) weights: a bad declaration, for every dataset alike
+                        raise
+                    # the sum could leave the noise grid's range at these (released) weights: stopped as above
+                    history.stopped = f"step {step}: the gradient sum could leave the noise grid's range at the current weights"
+                    break
                 history.steps_run += 1  # the spent budget is recorded before this step's noisy sum is drawn
                 params = self.step(params, x[members], y[members], noise, clip=bounds.clip, history=history, state=state,
                                    index=before + step, plan=plan)
