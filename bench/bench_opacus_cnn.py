@@ -357,7 +357,8 @@ def _kernel_times(s: Setup, repeats: int) -> tuple[float, dict[str, float]]:
     kernels = {k: statistics.median(r[k] for r in rounds) * 1e3 for k in rounds[0]}
     kernels = dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
     total = statistics.median(totals)
-    kernels["rest of gradient_sum (blocks, clip factors, scaled deltas)"] = total * 1e3 - sum(kernels.values())
+    kernels["rest of gradient_sum (blocks, clip factors, scaled deltas)"] = statistics.median(
+        (t - sum(r.values())) * 1e3 for t, r in zip(totals, rounds, strict=True))
     return total, kernels
 
 
@@ -437,7 +438,58 @@ def markdown(results: dict) -> str:
                          + " | ".join(f"{p['median_s'] * 1e3:.1f}" for p in peers) + " | "
                          + f"{peers[0]['ours_over_peer']:.2f} | " + (f"**{ghost:.2f}**" if ghost < 1 else f"{ghost:.2f}")
                          + f" | {peers[2]['ours_over_peer']:.2f} |")
+    lines += ["", _verdict(results)]
+    if results.get("profile"):
+        lines += ["", _profile_line(results["profile"])]
     return "\n".join(lines) + "\n"
+
+
+def _verdict(results: dict) -> str:
+    """Where ours beats Opacus ghost (ratio of medians below 1), per peers' dtype and threads."""
+    parts = []
+    for dtype in ("float64", "float32"):
+        for threads_label in dict.fromkeys(r["threads"] for r in results["runs"]):
+            rows = [r for r in results["runs"] if r["threads"] == threads_label]
+            lost = [f"batch {r['batch']} {r['path']} ({r['variants'][f'opacus_ghost:{dtype}']['ours_over_peer']:.2f})" for r in rows
+                    if r["variants"][f"opacus_ghost:{dtype}"]["ours_over_peer"] >= 1]
+            where = "at every batch size, sum and step" if not lost else "not at " + ", ".join(lost)
+            threads_text = "one thread" if threads_label == "1" else "default threads"
+            parts.append(f"{dtype} peers, {threads_text}: {where}")
+    r0 = next(r for r in results["runs"] if r["threads"] == "default")
+    slowdown = [r["variants"]["ours"]["median_s"] / next(q for q in results["runs"] if q["threads"] == "1" and q["batch"] == r["batch"]
+                                                      and q["path"] == r["path"])["variants"]["ours"]["median_s"]
+                for r in results["runs"] if r["threads"] == "default"]
+    return ("Faster than Opacus ghost? " + "; ".join(parts) + ". Default threads here means "
+            f"torch {r0['torch_threads']} and BLAS/OpenMP " + ", ".join(f"{k} {v}" for k, v in r0["pool_threads"].items())
+            + " threads on a 2-core machine that other work kept busy: those rows measure contention as much as the code "
+              f"(ours takes {min(slowdown):.1f}-{max(slowdown):.1f}x its one-thread time there), so the one-thread rows are "
+              "the comparison to read.")
+
+
+def _profile_line(prof: dict) -> str:
+    """Our clipped sum's time by kind of work (from ``--profile``, one thread)."""
+    out = []
+    for B, p in prof.items():
+        k = p["sum_kernels_ms"]
+        total = sum(k.values())  # the medians of the parts (and of the rest), so the shares add up to 100%
+
+        def share(pred, k=k, total=total):
+            return 100 * sum(v for name, v in k.items() if pred(name)) / total
+        groups = {
+            "conv forward (im2col and product)": share(lambda n: "conv" in n and n.endswith(".forward")),
+            "conv backward (product and col2im)": share(lambda n: "conv" in n and n.endswith(".backward")),
+            "average pooling forward and backward": share(lambda n: "avgpool" in n),
+            "per-example norms and rows (the DP-specific work)": share(lambda n: n.endswith((".per_example_squared_norms",
+                                                                                              ".accumulate"))),
+            "tanh, loss, dense, flatten": share(lambda n: any(t in n for t in ("tanh", "loss", "dense", "flatten"))),
+            "the rest (blocks, clip factors, Python)": share(lambda n: n.startswith("rest")),
+        }
+        phases = p["step_phases_ms"]
+        out.append(f"batch {B} ({p['sum_ms']:.0f} ms, blocks of {p['block_rows']} rows): "
+                   + ", ".join(f"{name} {v:.0f}%" for name, v in groups.items())
+                   + f"; the step adds noise {phases['noise']:.2f} ms and the update {phases['update and projection (rest)']:.2f} ms")
+    return ("Where our time goes (`--profile`: each part's kernels timed in place, one thread, medians; the profile's own "
+            "overhead and the load inflate the totals): " + "; ".join(out) + ".")
 
 
 def main() -> None:
