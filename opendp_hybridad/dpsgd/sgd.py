@@ -567,6 +567,9 @@ class DPSGD:
         ``insecure_noise_seed``: draw the noise from numpy's generator seeded with it, for
         reproducible experiments. **Not private**: the history and the returned weights are
         marked ``private = False`` (and so are runs resumed from them); :func:`make_dp_sgd` refuses it.
+        ``seed``: seeds the initial weights and the batch selection, for tests and experiments. A
+        known seed makes the batches predictable, so amplification by subsampling no longer holds:
+        the run is marked ``private = False`` too (:func:`make_dp_sgd` never passes a seed).
         ``progress``: a tqdm bar on standard error, and a line at every tenth of the run with
         the epsilon spent so far by RDP (``epsilon_rdp`` in the step's record: converted from
         one step's proven RDP curve, computed once, so the lines cost microseconds; the last line's
@@ -603,7 +606,8 @@ class DPSGD:
         before, private, state = (0, True, {}) if resume is None else self._resumed(resume)
         state = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in state.items()} or plan.optimizer.init(dimension)
         noise_rng = None if insecure_noise_seed is None else np.random.default_rng(insecure_noise_seed)
-        history = TrainingHistory(steps_before=before, steps_run=before, private=private and noise_rng is None, plan=plan,
+        # seeded noise or seeded batches (a known seed makes the batches predictable: no amplification) is not private
+        history = TrainingHistory(steps_before=before, steps_run=before, private=private and noise_rng is None and seed is None, plan=plan,
                                   optimizer_state=state)
         noises: dict[StepBound, Any] = {}
 

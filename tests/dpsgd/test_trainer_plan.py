@@ -154,8 +154,10 @@ def test_seeded_noise_is_reproducible_and_marked_not_private():
     assert not first.private and not h1.private and not h2.private
     other, _ = trainer.fit(x, y, seed=2, insecure_noise_seed=124)
     assert not np.array_equal(other[0][0], first[0][0])
-    secure, h3 = trainer.fit(x, y, seed=2)
-    assert secure.private and h3.private
+    seeded_batches, h3 = trainer.fit(x, y, seed=2)
+    assert not seeded_batches.private and not h3.private  # a known seed makes the batches predictable
+    secure, h4 = trainer.fit(x, y)
+    assert secure.private and h4.private
     with pytest.raises(DeclarationError, match="table sampler"):
         DPSGD(model, noise_multiplier=1.0, batch_size=10, epochs=1, learning_rate=0.1, noise="opendp").fit(
             x, y, insecure_noise_seed=1)
