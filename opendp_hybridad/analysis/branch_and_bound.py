@@ -39,6 +39,9 @@ class BoxBounds:
     split_score: np.ndarray    # (boxes, variables) how much each direction loosens the bound
     #: (boxes,) proven lower bound of the objective at each centre ``0.5 * (lo + hi)`` (-inf: none)
     centre_lower: np.ndarray | None = None
+    #: (boxes, variables) +1 / -1 where the supremum over the box is proven attained on its upper / lower
+    #: face in that direction (a monotonicity test), else 0; None: no such proof
+    shrink: np.ndarray | None = None
 
 
 class Objective(Protocol):
@@ -126,18 +129,53 @@ def maximize(
     heap: list[tuple[float, int, np.ndarray, np.ndarray, int, np.ndarray]] = []
     leaves: list[tuple[float, int]] = []  # (upper, bad) of boxes that cannot be split further
 
-    def push(blo: np.ndarray, bhi: np.ndarray) -> None:
+    def bound(blo: np.ndarray, bhi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Bounds of boxes, each first collapsed onto the faces its monotonicity tests prove hold its supremum.
+
+        A collapsed box (a face) keeps the smaller of its own bound and its parent's: the face is a
+        subset of the parent and holds the parent's supremum, so both bound it.
+        """
         nonlocal best_value, best_point
-        bounds = objective.enclose(blo, bhi)
-        centers = centres(blo, bhi)
-        vals = bounds.centre_lower if bounds.centre_lower is not None else objective.value(centers)
-        vals = np.where(np.isfinite(vals), vals, -np.inf)
-        i = int(np.argmax(vals))
-        if vals[i] > best_value:
-            best_value, best_point = float(vals[i]), centers[i].copy()
+        blo, bhi = blo.copy(), bhi.copy()
+        ub = np.full(blo.shape[0], np.inf)
+        bad = np.full(blo.shape[0], -1, dtype=np.int64)
+        score = np.zeros(blo.shape)
+        todo = np.arange(blo.shape[0])
+        for _ in range(blo.shape[1] + 1):  # each round collapses at least one more direction
+            bounds = objective.enclose(blo[todo], bhi[todo])
+            centers = centres(blo[todo], bhi[todo])
+            vals = bounds.centre_lower if bounds.centre_lower is not None else objective.value(centers)
+            vals = np.where(np.isfinite(vals), vals, -np.inf)
+            i = int(np.argmax(vals))
+            if vals[i] > best_value:
+                best_value, best_point = float(vals[i]), centers[i].copy()
+            own = np.where(bounds.bad < 0, bounds.upper, np.inf)
+            first = np.isinf(ub[todo]) & (bad[todo] < 0)
+            # a face that cannot be enclosed keeps its parent's finite bound; a root box its own failure
+            new_bad = np.where(first, bounds.bad, -1)
+            collapsed = ~first & (bounds.bad >= 0)
+            ub[todo] = np.minimum(ub[todo], own)
+            bad[todo] = np.where(bad[todo] < 0, new_bad, bad[todo])
+            score[todo] = np.where(collapsed[:, None], score[todo], bounds.split_score)
+            if bounds.shrink is None:
+                break
+            shrink = np.where((bounds.bad < 0)[:, None], bounds.shrink, 0)
+            moving = shrink.any(axis=1)
+            if not moving.any():
+                break
+            rows = todo[moving]
+            s = shrink[moving]
+            blo[rows] = np.where(s > 0, bhi[rows], blo[rows])
+            bhi[rows] = np.where(s < 0, blo[rows], bhi[rows])
+            score[rows] = np.where(s != 0, 0.0, score[rows])
+            todo = rows
+        return blo, bhi, ub, bad, score
+
+    def push(blo: np.ndarray, bhi: np.ndarray) -> None:
+        blo, bhi, ub, bad, score = bound(blo, bhi)
         for k in range(blo.shape[0]):
-            ub = float(bounds.upper[k]) if bounds.bad[k] < 0 else np.inf
-            heapq.heappush(heap, (-ub, next(counter), blo[k], bhi[k], int(bounds.bad[k]), bounds.split_score[k]))
+            u = float(ub[k]) if bad[k] < 0 else np.inf
+            heapq.heappush(heap, (-u, next(counter), blo[k], bhi[k], int(bad[k]), score[k]))
 
     push(lo[None, :], hi[None, :])
     evaluated = 1

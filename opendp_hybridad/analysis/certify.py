@@ -44,7 +44,7 @@ from opendp_hybridad.analysis.rounding import gamma
 from opendp_hybridad.analysis.smoothness import JUMP, OP_CLASS, possible_jump, smooth_masks, statically_smooth
 from opendp_hybridad.analysis.tape import Tape
 from opendp_hybridad.compile.codegen import numpy_callable
-from opendp_hybridad.errors import NotLipschitzError, UnboundedError
+from opendp_hybridad.errors import NotLipschitzError, SoundnessError, UnboundedError
 from opendp_hybridad.symbolic.functions import to_sympy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,9 +73,14 @@ class _Enclosure:
         self._static = statically_smooth(self.tape)
         self._points: iv.IntervalEvaluator | None = None
 
-    def enclose(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
+    def enclose(self, lo: np.ndarray, hi: np.ndarray, derivatives: bool = False) -> tuple[np.ndarray, ...]:
         """Returns ylo, yhi (outputs, boxes), bad (outputs, boxes), derivative magnitudes (outputs, boxes, n),
-        and the point enclosures of the outputs at the box centres, clo, chi (outputs, boxes)."""
+        and the point enclosures of the outputs at the box centres, clo, chi (outputs, boxes).
+
+        With ``derivatives``: also the derivative enclosures dlo, dhi (outputs, boxes, n; [0, 0] where the
+        derivative is identically 0) and ``smooth`` (outputs, boxes): True where the output is proven
+        C-infinity on the box and every derivative enclosure is finite (where the mean-value theorem applies).
+        """
         nb = lo.shape[0]
         centre = centres(lo, hi)
         L, H, B = self.evaluator.evaluate(np.vstack([lo, centre]), np.vstack([hi, centre]))
@@ -87,6 +92,10 @@ class _Enclosure:
         chi = np.empty((m, nb))
         bad = np.empty((m, nb), dtype=np.int64)
         dmag = np.zeros((m, nb, self.n))
+        if derivatives:
+            dlo_all = np.zeros((m, nb, self.n))
+            dhi_all = np.zeros((m, nb, self.n))
+            ok_all = np.zeros((m, nb), dtype=bool)
         with np.errstate(all="ignore"):
             dx_lo, dx_hi = iv.add(lo, hi, -centre, -centre)  # X - c, rounded outward
             for j, yi in enumerate(self.y):
@@ -102,6 +111,8 @@ class _Enclosure:
                         continue
                     d_lo, d_hi, d_bad = L[dk][:nb], H[dk][:nb], B[dk][:nb]
                     mv_ok &= d_bad < 0
+                    if derivatives:
+                        dlo_all[j, :, k], dhi_all[j, :, k] = d_lo, d_hi
                     dmag[j, :, k] = np.where(d_bad < 0, np.maximum(np.abs(d_lo), np.abs(d_hi)), np.inf) * (hi[:, k] - lo[:, k])
                     t_lo, t_hi = iv.mul(d_lo, d_hi, dx_lo[:, k], dx_hi[:, k])
                     mv_lo, mv_hi = iv.add(mv_lo, mv_hi, t_lo, t_hi)
@@ -109,6 +120,10 @@ class _Enclosure:
                 ylo[j] = np.where(mv_ok, np.maximum(nat_lo, mv_lo), nat_lo)
                 yhi[j] = np.where(mv_ok, np.minimum(nat_hi, mv_hi), nat_hi)
                 bad[j] = nat_bad
+                if derivatives:
+                    ok_all[j] = mv_ok & (nat_bad < 0)
+        if derivatives:
+            return ylo, yhi, bad, dmag, clo, chi, dlo_all, dhi_all, ok_all
         return ylo, yhi, bad, dmag, clo, chi
 
     def at_points(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,14 +201,27 @@ class GradientObjective:
         self._g = numpy_callable(grad if component is None else [grad[component]], list(fn.symbols))
 
     def enclose(self, lo: np.ndarray, hi: np.ndarray) -> BoxBounds:
-        ylo, yhi, bad, dmag, clo, chi = self.enc.enclose(lo, hi)
+        squared = self.norm == 2.0 or self.component is not None  # the objective is sqrt of a smooth g
+        if squared:
+            ylo, yhi, bad, dmag, clo, chi, dlo, dhi, ok = self.enc.enclose(lo, hi, derivatives=True)
+        else:
+            ylo, yhi, bad, dmag, clo, chi = self.enc.enclose(lo, hi)
         mag = np.maximum(np.abs(ylo), np.abs(yhi))  # (components, boxes)
         upper = _norm_upper(mag, self.norm)
         anybad = np.where((bad >= 0).any(axis=0), bad.max(axis=0), -1)
         # split where the bound of the largest components loosens most
         with np.errstate(all="ignore"):
             score = (mag[:, :, None] * dmag).sum(axis=0) if mag.shape[0] > 1 else dmag[0]
-        return BoxBounds(upper, anybad, score, _norm_lower_of(clo, chi, self.norm))
+        shrink = None
+        if squared:
+            g_upper, slope_lo, slope_hi, contribution, valid = _squared_norm_mean_value(
+                lo, hi, ylo, yhi, clo, chi, dlo, dhi, ok & (anybad < 0)[None, :])
+            with np.errstate(all="ignore"):
+                root = np.where(g_upper > 0, iv.up(np.sqrt(np.maximum(g_upper, 0.0))), 0.0)
+            upper = np.where(valid, np.minimum(upper, root), upper)
+            shrink = _monotone_directions(lo, hi, slope_lo, slope_hi, valid)
+            score = np.where(valid[:, None], contribution, score)
+        return BoxBounds(upper, anybad, score, _norm_lower_of(clo, chi, self.norm), shrink)
 
     def value(self, points: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
@@ -270,6 +298,58 @@ def _norm_lower_of(lo: np.ndarray, hi: np.ndarray, p: float) -> np.ndarray:
     mig = np.where(lo > 0, lo, np.where(hi < 0, -hi, 0.0))
     missing = ~(np.isfinite(lo) & np.isfinite(hi)).all(axis=0)
     return np.where(missing, -np.inf, _norm_lower(mig, p))
+
+
+def _squared_norm_mean_value(lo: np.ndarray, hi: np.ndarray, ylo: np.ndarray, yhi: np.ndarray, clo: np.ndarray,
+                             chi: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Mean-value form of ``g = sum_j y_j^2`` (``y`` the gradient, or one component of it) on each box.
+
+    On a box where every ``y_j`` is proven C-infinity with finite derivative enclosures ``D_jk``
+    (``ok``), ``g`` is C^1 with ``dg/dx_k = 2 sum_j y_j dy_j/dx_k``, so by the mean-value theorem on
+    the segment from the centre ``c`` (the box is convex) ``g(x) <= g(c) + sum_k S_k (x_k - c_k)`` with
+    ``S_k = 2 sum_j Y_j D_jk`` an interval enclosure of ``dg/dx_k`` over the box (Moore, Kearfott and
+    Cloud, *Introduction to Interval Analysis*, 2009, section 6.4, the mean-value form). Every
+    operation is outward-rounded (``interval.add`` / ``interval.mul``).
+
+    Returns the upper bound of ``g`` (boxes), the slope enclosures ``S`` (boxes, n), each direction's
+    share of the bound ``sup S_k (X_k - c_k)`` (the split score) and where all of it is valid.
+    """
+    m, nb = ylo.shape
+    centre = centres(lo, hi)
+    with np.errstate(all="ignore"):
+        cmag = np.maximum(np.abs(clo), np.abs(chi))  # |y_j(c)| <= cmag
+        g_lo = np.zeros(nb)
+        g_hi = np.zeros(nb)
+        for j in range(m):
+            sq_lo, sq_hi = iv.mul(cmag[j], cmag[j], cmag[j], cmag[j])
+            g_lo, g_hi = iv.add(g_lo, g_hi, sq_lo, sq_hi)
+        s_lo = np.zeros((nb, lo.shape[1]))
+        s_hi = np.zeros((nb, lo.shape[1]))
+        for j in range(m):
+            p_lo, p_hi = iv.mul(ylo[j][:, None], yhi[j][:, None], dlo[j], dhi[j])
+            s_lo, s_hi = iv.add(s_lo, s_hi, p_lo, p_hi)
+        s_lo, s_hi = 2.0 * s_lo, 2.0 * s_hi  # exact (a power of two; an overflow is inf, not valid below)
+        dx_lo, dx_hi = iv.add(lo, hi, -centre, -centre)
+        t_lo, t_hi = iv.mul(s_lo, s_hi, dx_lo, dx_hi)
+        acc_lo, acc_hi = g_lo, g_hi
+        for k in range(lo.shape[1]):
+            acc_lo, acc_hi = iv.add(acc_lo, acc_hi, t_lo[:, k], t_hi[:, k])
+        valid = ok.all(axis=0) & np.isfinite(acc_hi) & np.isfinite(s_lo).all(axis=1) & np.isfinite(s_hi).all(axis=1)
+    return acc_hi, s_lo, s_hi, np.where(np.isfinite(t_hi), np.maximum(t_hi, 0.0), np.inf), valid
+
+
+def _monotone_directions(lo: np.ndarray, hi: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per box and direction: +1 where ``g`` is proven non-decreasing in ``x_k`` on the box, -1 non-increasing, else 0.
+
+    Where the enclosure ``S_k`` of ``dg/dx_k`` over the (C^1, ``valid``) box is ``>= 0``, for every x in the
+    box ``g(x) <= g(x with x_k = hi_k)`` (mean-value theorem on the segment, which stays in the box), so
+    the supremum over the box is the supremum over that face: the box collapses to it (a monotonicity
+    test, Hansen and Walster, *Global Optimization Using Interval Analysis*, 2004, section 12.4).
+    """
+    width = hi > lo
+    up_ = valid[:, None] & width & (s_lo >= 0)
+    down_ = valid[:, None] & width & (s_hi <= 0) & ~up_
+    return up_.astype(np.int8) - down_.astype(np.int8)
 
 
 # -- public entry points -----------------------------------------------------------------
@@ -399,28 +479,114 @@ def _maximize_gradient(fn: RecordFunction, objective: GradientObjective, **kwarg
         raise better from err
 
 
-def certify_lipschitz(fn: RecordFunction, norm: float = 2.0, tolerance: float = 1e-3, time_budget: float = 2.0) -> BoundCertificate:
-    """Certified ``K >= sup ||grad f||_norm`` over the box, with the best witness found."""
+def _composed(fn: RecordFunction, norm: float | None, component: int | None, tolerance: float,
+              time_budget: float) -> tuple[float, np.ndarray, float, bool, int] | None:
+    """K (or ``sup |df/dx_component|``) through an affine or isotropic-quadratic inner expression
+    (:mod:`.composition`): the proven upper bound, a witness point with its proven lower bound, whether
+    they meet the tolerance, and the boxes used; None where ``f`` has no such form or the 1-d bound fails."""
+    from opendp_hybridad.analysis import composition as comp
+
+    b = comp.find_bottleneck(fn)
+    if b is None or (b.kind == "radial" and (norm != 2.0 or component is not None)):
+        return None
+    span = comp.inner_range(fn, b)
+    if span is None:
+        return None
+    # the 1-d problem converges quickly: a tighter tolerance than the caller's keeps the product tight
+    sub_tol = tolerance / 8
+    try:
+        if b.kind == "affine":
+            weights = b.weights if component is None else [b.weights[component]]
+            scale = comp.weight_norm_up(weights, math.inf if component is not None else norm)
+            if scale == 0.0:
+                return None  # f does not depend on this field: the general path proves 0
+            outer = comp.outer_function(fn, b, span, squared_radial=False)
+            sub = _lipschitz(outer, 2.0, sub_tol, time_budget, compose=False)
+            upper = comp.affine_upper(sub.upper, scale)
+            target = sub.witness.point["t"]
+            boxes, converged = sub.boxes, sub.converged
+        else:
+            outer = comp.outer_function(fn, b, span, squared_radial=True)
+            lo, hi = _box_arrays(outer)
+            res = maximize(RangeObjective(outer, +1.0), lo, hi, tolerance=sub_tol, atol=1e-300, time_budget=time_budget)
+            upper = comp.radial_upper(res.upper)
+            target = float(res.witness_point[0])
+            boxes, converged = res.boxes, res.converged
+    except (UnboundedError, NotLipschitzError):
+        return None
+    if not math.isfinite(upper):
+        return None
+    point = comp.witness_point(fn, b, target)
+    grad = list(fn.gradient().values())
+    outputs = grad if component is None else [grad[component]]
+    enc = _Enclosure(fn, outputs, [[0] * len(fn.names) for _ in outputs])
+    wlo, whi = enc.at_points(point[None, :])
+    value = float(_norm_lower_of(wlo, whi, math.inf if component is not None else norm)[0])
+    if value > upper:
+        raise SoundnessError(
+            f"internal check failed: a witness ({value!r}) exceeds the certified bound ({upper!r}); "
+            "the certificate is refused (please report this expression)"
+        )
+    converged = converged and upper - value <= max(tolerance * abs(value), 1e-12)
+    return upper, point, value, converged, boxes
+
+
+def _lipschitz(fn: RecordFunction, norm: float, tolerance: float, time_budget: float, compose: bool = True) -> BoundCertificate:
+    start = time.perf_counter()
     _require_continuous(fn)
     _require_defined(fn, time_budget)
-    res = _maximize_gradient(fn, GradientObjective(fn, norm), tolerance=tolerance, time_budget=time_budget)
+    composed = _composed(fn, norm, None, tolerance, time_budget / 4) if compose else None
     label = {1.0: "1", 2.0: "2", math.inf: "inf"}[norm]
+    if composed is not None and composed[3]:
+        upper, point, value, converged, boxes = composed
+    else:
+        res = _maximize_gradient(fn, GradientObjective(fn, norm), tolerance=tolerance,
+                                 time_budget=max(time_budget - (time.perf_counter() - start), 0.0))
+        upper, point, value, converged, boxes = res.upper, res.witness_point, res.witness_value, res.converged, res.boxes
+        if composed is not None:  # both are proven bounds: keep the smaller, and the larger witness
+            upper = min(upper, composed[0])
+            if composed[2] > value:
+                point, value = composed[1], composed[2]
+            boxes += composed[4]
+            converged = converged or upper - value <= max(tolerance * abs(value), 1e-12)
     return BoundCertificate(
-        quantity=f"sup ||grad {fn.name}||_{label}", upper=res.upper,
-        witness=Witness(_point(fn, res.witness_point), res.witness_value), box=_box_dict(fn), norm=norm,
-        converged=res.converged, boxes=res.boxes, elapsed=res.elapsed, tolerance=tolerance,
+        quantity=f"sup ||grad {fn.name}||_{label}", upper=upper,
+        witness=Witness(_point(fn, point), value), box=_box_dict(fn), norm=norm,
+        converged=converged, boxes=boxes, elapsed=time.perf_counter() - start, tolerance=tolerance,
     )
+
+
+def certify_lipschitz(fn: RecordFunction, norm: float = 2.0, tolerance: float = 1e-3, time_budget: float = 2.0) -> BoundCertificate:
+    """Certified ``K >= sup ||grad f||_norm`` over the box, with the best witness found.
+
+    Where every field enters ``f`` through one affine or isotropic quadratic expression, K is first
+    bounded through that 1-d form (:mod:`.composition`); otherwise, or where that bound is not within
+    the tolerance, by branch and bound over the box (and the smaller of the two proven bounds is kept).
+    """
+    return _lipschitz(fn, norm, tolerance, time_budget)
 
 
 def certify_partial(fn: RecordFunction, index: int, tolerance: float = 1e-3, time_budget: float = 1.0) -> BoundCertificate:
     """Certified ``sup |df/dx_index|`` over the box: the sensitivity to one field alone."""
+    start = time.perf_counter()
     _require_continuous(fn)
     _require_defined(fn, time_budget)
-    res = _maximize_gradient(fn, GradientObjective(fn, math.inf, component=index), tolerance=tolerance,
-                             time_budget=time_budget)
+    composed = _composed(fn, None, index, tolerance, time_budget / 4)
+    if composed is not None and composed[3]:
+        upper, point, value, converged, boxes = composed
+    else:
+        res = _maximize_gradient(fn, GradientObjective(fn, math.inf, component=index), tolerance=tolerance,
+                                 time_budget=max(time_budget - (time.perf_counter() - start), 0.0))
+        upper, point, value, converged, boxes = res.upper, res.witness_point, res.witness_value, res.converged, res.boxes
+        if composed is not None:
+            upper = min(upper, composed[0])
+            if composed[2] > value:
+                point, value = composed[1], composed[2]
+            boxes += composed[4]
+            converged = converged or upper - value <= max(tolerance * abs(value), 1e-12)
     name = fn.names[index]
     return BoundCertificate(
-        quantity=f"sup |d{fn.name}/d{name}|", upper=res.upper,
-        witness=Witness(_point(fn, res.witness_point), res.witness_value), box=_box_dict(fn), norm=None,
-        converged=res.converged, boxes=res.boxes, elapsed=res.elapsed, tolerance=tolerance,
+        quantity=f"sup |d{fn.name}/d{name}|", upper=upper,
+        witness=Witness(_point(fn, point), value), box=_box_dict(fn), norm=None,
+        converged=converged, boxes=boxes, elapsed=time.perf_counter() - start, tolerance=tolerance,
     )

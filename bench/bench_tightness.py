@@ -1,0 +1,135 @@
+"""Certificate tightness against 80-digit ground truth (issue 14).
+
+    python bench/bench_tightness.py [--time-budget 2] [--json bench/results/tightness.json] [--only NAME]
+    python bench/bench_tightness.py --markdown bench/results/tightness.json   # the table for docs/benchmarks.md
+
+For each case of ``tests/analysis/tightness_suite.py``: the certified ``K >= sup ||grad f||_2``
+(``schema.function(expr).lipschitz(time_budget=...)``, timed from a fresh declaration), the truth
+(an 80-digit lower bound of K attained at a point, see the suite's docstring), their ratio (never
+below 1 for a sound certificate) and the seconds. Also times ``partial_bounds()`` on the cases
+with 7 or more fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "analysis"))
+
+from tightness_suite import CASES, function_of, true_lipschitz  # noqa: E402
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=os.path.dirname(__file__))
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "opendp_hybridad/analysis"], capture_output=True,
+                               text=True, check=True, cwd=os.path.dirname(__file__)).stdout.strip()
+        return out.stdout.strip() + ("+analysis-edits" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import numpy
+
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, numpy {numpy.__version__}"
+
+
+def run(time_budget: float, only: str | None, partials: bool) -> dict:
+    rows = []
+    print(f"{'function':<34s} {'n':>2s} {'certified K':>22s} {'truth':>22s} {'ratio':>8s} {'s':>6s} {'partials s':>10s}  truth from")
+    for case in CASES:
+        if only and only not in case.name:
+            continue
+        truth = true_lipschitz(case)
+        t = time.perf_counter()
+        f = function_of(case)
+        cert = f.lipschitz(time_budget=time_budget)
+        seconds = time.perf_counter() - t
+        ratio = cert.upper / float(truth.value)
+        part_s = None
+        if partials and len(case.box) >= 7:
+            t = time.perf_counter()
+            function_of(case).partial_bounds()
+            part_s = time.perf_counter() - t
+        # the exact comparison: the certificate against the 80-digit truth (not its float)
+        sound = truth.value <= cert.upper
+        row = {"name": case.name, "n": len(case.box), "certified": cert.upper, "truth": str(truth.value)[:30],
+               "truth_point": truth.point, "truth_how": truth.how, "ratio": ratio, "seconds": seconds,
+               "converged": cert.converged, "boxes": cert.boxes, "sound": bool(sound), "partials_seconds": part_s}
+        rows.append(row)
+        flag = "" if sound else "  UNSOUND"
+        ps = f"{part_s:10.2f}" if part_s is not None else f"{'':>10s}"
+        print(f"{case.name:<34s} {len(case.box):>2d} {cert.upper:>22.16g} {float(truth.value):>22.16g} {ratio:>8.4f} "
+              f"{seconds:>6.2f} {ps}  {truth.how}{flag}", flush=True)
+    worst = max((r["ratio"] for r in rows), default=float("nan"))
+    print(f"loosest ratio {worst:.4f}; slowest {max((r['seconds'] for r in rows), default=0):.2f} s")
+    return {"command": " ".join(["python", "bench/bench_tightness.py", *sys.argv[1:]]), "commit": _commit(),
+            "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "time_budget": time_budget, "rows": rows}
+
+
+def markdown(data: dict) -> str:
+    before = {r["name"]: r for r in data.get("before", {}).get("rows", [])}
+    lines = [f"Commit {data['commit']}, {data['date']}, {data['machine']}; `{data['command']}`, time budget "
+             f"{data['time_budget']} s per certificate (declaration included).", ""]
+    head = "| function | n | certified K | truth (80 digits) | ratio | s |"
+    sep = "|---|---:|---:|---:|---:|---:|"
+    if before:
+        head += " ratio before | s before |"
+        sep += "---:|---:|"
+    head += " partial_bounds s |" + (" before |" if before else "")
+    sep += "---:|" + ("---:|" if before else "")
+    lines += [head, sep]
+    for r in data["rows"]:
+        name = r["name"].replace("|", "\\|")
+        cells = [name, str(r["n"]), f"{r['certified']:.10g}", r["truth"][:14], f"{r['ratio']:.4f}", f"{r['seconds']:.2f}"]
+        b = before.get(r["name"])
+        if before:
+            cells += [f"{b['ratio']:.4f}" if b else "", f"{b['seconds']:.2f}" if b else ""]
+        ps = r.get("partials_seconds")
+        cells.append(f"{ps:.2f}" if ps is not None else "")
+        if before:
+            bps = b.get("partials_seconds") if b else None
+            cells.append(f"{bps:.2f}" if bps is not None else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--time-budget", type=float, default=2.0)
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--before", help="a JSON of an earlier run, kept in the output for the before/after columns")
+    p.add_argument("--only", help="run only the cases whose name contains this")
+    p.add_argument("--no-partials", action="store_true")
+    p.add_argument("--markdown", metavar="JSON", help="print the markdown table of a results file and exit")
+    args = p.parse_args()
+    if args.markdown:
+        with open(args.markdown) as fh:
+            print(markdown(json.load(fh)))
+        sys.exit(0)
+    data = run(args.time_budget, args.only, not args.no_partials)
+    if args.before:
+        with open(args.before) as fh:
+            data["before"] = json.load(fh)
+            data["before"].pop("before", None)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(data, fh, indent=1)
