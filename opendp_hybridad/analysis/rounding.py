@@ -34,6 +34,7 @@ There is one unit roundoff, :data:`UNIT_ROUNDOFF` ``= 2^-53`` (round to nearest)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from fractions import Fraction
@@ -268,20 +269,32 @@ def underflow_allowance(entries: int, terms: int) -> float:
     return mul_up(mul_up(sqrt_up(float(entries)), float(terms)), TINY)
 
 
+@functools.lru_cache(maxsize=4096)
+def _gamma_factor(n: int) -> float:
+    """``1 + gamma_n`` rounded up, cached (the per-step norms read a few sizes over and over)."""
+    return add_up(1.0, gamma(n))
+
+
+def _float_norm_bound(root: float, n: int) -> float:
+    """``root (1 + gamma_(n+2)) + sqrt(2 n TINY)``, each step one float outward of a correctly rounded result."""
+    hidden = up(math.sqrt(2.0 * n * TINY))  # 2 n TINY is exact (a multiple of TINY); sqrt correctly rounded
+    return up(up(root * _gamma_factor(n + 2)) + hidden)
+
+
 def float_norm2_up(x: np.ndarray) -> float:
     """An upper bound on ``||x||_2`` from one float64 dot product (fast; for public weights each step).
 
     The computed sum of the ``n`` squares is within ``gamma_n`` (relative; any order, Higham
     2002 section 3.1) plus ``n TINY / 2`` (squares that underflow, section 2.1) of the exact
     one, and the square root rounds once, so
-    ``||x|| <= sqrt(fl(x . x)) (1 + gamma_(n+2)) + sqrt(2 n TINY)``. A sum that overflows
-    gives ``inf``, a bound still.
+    ``||x|| <= sqrt(fl(x . x)) (1 + gamma_(n+2)) + sqrt(2 n TINY)``, every operation moved one
+    float up (:func:`up` of a correctly rounded result is not below the exact one). A sum that
+    overflows gives ``inf``, a bound still.
     """
     flat = np.asarray(x, dtype=np.float64).reshape(-1)
     if flat.size == 0:
         return 0.0
-    root = float(np.sqrt(np.dot(flat, flat)))
-    return add_up(mul_up(root, add_up(1.0, gamma(flat.size + 2))), sqrt_up(mul_up(2.0 * flat.size, TINY)))
+    return _float_norm_bound(float(np.sqrt(np.dot(flat, flat))), flat.size)
 
 
 def float_max_row_norm2_up(rows: np.ndarray) -> float:
@@ -289,9 +302,7 @@ def float_max_row_norm2_up(rows: np.ndarray) -> float:
     rows = np.asarray(rows, dtype=np.float64)
     if rows.size == 0:
         return 0.0
-    n = rows.shape[1]
-    root = float(np.sqrt(np.einsum("ij,ij->i", rows, rows)).max())
-    return add_up(mul_up(root, add_up(1.0, gamma(n + 2))), sqrt_up(mul_up(2.0 * n, TINY)))
+    return _float_norm_bound(float(np.sqrt(np.einsum("ij,ij->i", rows, rows)).max()), rows.shape[1])
 
 
 # -- vectorised (numpy) forms: the interval evaluator and per-record charges ---------------
