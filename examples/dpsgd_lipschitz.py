@@ -194,7 +194,8 @@ def table(rows):
         bound = best("bound")
         cell = lambda r: f"{r['mean']:.3f} ± {r['std']:.3f}"  # noqa: E731
         op = "not run" if opacus is None else f"{cell(opacus)} ({opacus['mode'].split()[-1]})"
-        lines.append(f"| {task} | {eps:g} | {cell(clip)} ({clip['mode'].split()[-1]}) | {cell(auto)} | {cell(bound)} | {op} | "
+        tag = lambda r: r["mode"].split()[-1]  # noqa: E731
+        lines.append(f"| {task} | {eps:g} | {cell(clip)} ({tag(clip)}) | {cell(auto)} | {cell(bound)} ({tag(bound)}) | {op} | "
                      f"{100 * (bound['mean'] - clip['mean']):+.1f} points |")
     grid = ["", "Every mode and C (mean ± std over seeds):", "", "| model | epsilon | mode | accuracy |", "|---|---:|---|---:|"]
     grid += [f"| {r['task']} | {r['epsilon']:g} | {r['mode']} | {r['mean']:.3f} ± {r['std']:.3f} |" for _, r in stats.iterrows()]
