@@ -335,7 +335,7 @@ def _kernel_times(s: Setup, repeats: int) -> tuple[float, dict[str, float]]:
         patched.append((cls, name, original))
 
     for cls in {type(p) for p in model.parts}:
-        for name in ("forward", "backward", "per_example_squared_norms", "accumulate"):
+        for name in ("forward", "backward", "per_example_squared_norms", "accumulate", "clipped_rows", "accumulate_rows"):
             owner = next((c for c in cls.__mro__ if name in c.__dict__), None)
             if owner is not None and all((owner, name) != (c, n) for c, n, _ in patched):
                 wrap(owner, name)
@@ -366,8 +366,9 @@ def profile(setups: dict, repeats: int = 9) -> dict:
     """Where our path's time goes, one thread: each part's kernels timed in place (wrapped at the class), then the step's phases.
 
     Kernels: ``forward`` (conv: im2col and the product), ``backward`` (conv: the product and
-    col2im), ``per_example_squared_norms`` (the norms for clipping), ``accumulate`` (conv:
-    each example's row first, then the batch sum); the loss's ``delta``; the rest of
+    col2im), ``per_example_squared_norms`` and ``accumulate`` (dense), ``clipped_rows`` and
+    ``accumulate_rows`` (conv: each example's row computed once, its norm, then the batch sum
+    of the scaled rows); the loss's ``delta``; the rest of
     ``gradient_sum`` (blocks, clip factors, scaling the deltas). The step: the clipped sum,
     the noise (``TrainingHistory``'s own split) and the update with the projection. Medians of ``repeats`` calls.
     """
@@ -400,10 +401,7 @@ def profile(setups: dict, repeats: int = 9) -> dict:
 
 
 def _block_rows(model) -> int:
-    from opendp_hybridad.nn import sequential
-
-    widest = max(math.prod(s) for s in model._shapes)
-    return max(16, sequential._BLOCK_BYTES // (8 * widest))
+    return model._block_rows()
 
 
 def markdown(results: dict) -> str:
@@ -479,8 +477,8 @@ def _profile_line(prof: dict) -> str:
             "conv forward (im2col and product)": share(lambda n: "conv" in n and n.endswith(".forward")),
             "conv backward (product and col2im)": share(lambda n: "conv" in n and n.endswith(".backward")),
             "average pooling forward and backward": share(lambda n: "avgpool" in n),
-            "per-example norms and rows (the DP-specific work)": share(lambda n: n.endswith((".per_example_squared_norms",
-                                                                                              ".accumulate"))),
+            "per-example norms and rows (the DP-specific work)": share(lambda n: n.endswith((
+                ".per_example_squared_norms", ".accumulate", ".clipped_rows", ".accumulate_rows"))),
             "tanh, loss, dense, flatten": share(lambda n: any(t in n for t in ("tanh", "loss", "dense", "flatten"))),
             "the rest (blocks, clip factors, Python)": share(lambda n: n.startswith("rest")),
         }

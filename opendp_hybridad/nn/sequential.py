@@ -24,10 +24,20 @@ own block of the gradient. Then, every operation rounded up:
 
 For a dense layer followed by an activation these are exactly the per-layer steps of
 the MLP recursion (``MLP`` runs this same function), so both give the same ``K`` and ``e``.
+
+**The clipped sum** (:meth:`Sequential.gradient_sum`) runs over blocks of rows, BLAS on one
+thread. A part may keep its rows for clipping with two optional methods (a convolution
+does): ``clipped_rows(params, x, cache, delta) -> (squared norms, rows)`` and
+``accumulate_rows(rows, scale, out, first)``, which adds ``sum_i scale_i row_i``: one term
+per example, ``scale_i row_i,j``, a product of two computed factors (the protocol's
+contract), where ``row_i`` is the same computed row whose squared norm clipping read. Such a
+part's ``GradientBound`` must cover that row (its unscaled computed row); every other part
+gets its delta scaled by the clip factor before :meth:`Layer.accumulate`, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -58,6 +68,20 @@ from opendp_hybridad.nn.registry import layer_kind
 _gamma = functools.lru_cache(maxsize=None)(gamma)
 
 _BLOCK_BYTES = 256 * 1024  # per activation array: fits the L2 cache of current CPUs with room to spare
+
+_blas_controller: Any = None
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """BLAS (and OpenMP) limited to one thread inside the block loop, restored after (threadpoolctl)."""
+    global _blas_controller
+    if _blas_controller is None:
+        import threadpoolctl
+
+        _blas_controller = threadpoolctl.ThreadpoolController()
+    with _blas_controller.limit(limits=1, user_api="blas"):
+        yield
 
 #: the kinds of label a loss may declare (nn.layers.Loss.label_kind)
 LABEL_KINDS = ("class", "binary", "real")
@@ -365,13 +389,52 @@ class Sequential:
                     deltas[i] = d * factor.reshape((-1,) + (1,) * (d.ndim - 1))
         return acts, caches, deltas
 
+    def _clipped_block(self, params, x, y, clip: float, views, first: bool) -> None:
+        """One block's clipped rows added into ``views``; parts with rows kept for clipping give them once.
+
+        A part with ``clipped_rows``/``accumulate_rows`` (a convolution) computes each
+        example's row once: its squared norm is read off that row, and the clipped sum is
+        ``sum_i f_i G^_i`` of the same rows (one term per example, a product of two computed
+        factors, as the protocol's contract asks). Any other part gets its delta scaled by
+        ``f_i`` and adds its rows with :meth:`Layer.accumulate`, as :meth:`_block_deltas`.
+        The parts' squared norms are still summed in part order.
+        """
+        acts, caches, deltas = self._pass(params, x, y)
+        sq = np.zeros(x.shape[0])
+        kept: dict[int, Any] = {}
+        for i, (p, ps) in enumerate(zip(self.parts, params, strict=True)):
+            if not self._sizes[i]:
+                continue
+            if hasattr(p, "clipped_rows"):
+                part_sq, kept[i] = p.clipped_rows(tuple(ps), acts[i], caches[i], deltas[i])
+                sq += part_sq
+            else:
+                sq += p.per_example_squared_norms(tuple(ps), acts[i], caches[i], deltas[i])
+        factor = np.minimum(1.0, clip / np.maximum(np.sqrt(sq), 1e-300))
+        for i, (p, ps) in enumerate(zip(self.parts, params, strict=True)):
+            if not self._sizes[i]:
+                continue
+            if i in kept:
+                p.accumulate_rows(kept[i], factor, views[i], first)
+            else:
+                d = deltas[i]
+                p.accumulate(tuple(ps), acts[i], caches[i], d * factor.reshape((-1,) + (1,) * (d.ndim - 1)), views[i], first)
+
+    def _block_rows(self) -> int:
+        """Rows per block: a block's widest activation within ``_BLOCK_BYTES``, at least 16."""
+        widest = max(math.prod(s) for s in self._shapes)
+        return max(16, _BLOCK_BYTES // (8 * widest))
+
     def gradient_sum(self, params, x, y, clip: float | None = None, out: np.ndarray | None = None):
         """``sum_i c_i g_i`` with ``c_i = min(1, clip / ||g_i||)`` (no clipping if ``clip`` is None), part by part.
 
         As :meth:`opendp_hybridad.nn.model.MLP.gradient_sum`: blocks of rows sized so a
         block's activations stay in cache; ``out`` a flat float64 array of
         ``num_parameters`` to write into (part by part, each array row-major); the returned
-        per-part tuples of views are views of it.
+        per-part tuples of views are views of it. BLAS runs on one thread meanwhile
+        (threadpoolctl): a block's products are small, and more threads only add
+        synchronisation (the computed values, and so the bounds, do not depend on it: any
+        summation order is covered).
         """
         if out is None:
             out = np.empty(self.num_parameters)
@@ -386,14 +449,18 @@ class Sequential:
         if x.shape[0] == 0:
             out[:] = 0.0
             return views
-        widest = max(math.prod(s) for s in self._shapes)
-        rows = max(16, _BLOCK_BYTES // (8 * widest))
+        rows = self._block_rows()
         y = np.asarray(y)
-        for start in range(0, x.shape[0], rows):
-            acts, caches, deltas = self._block_deltas(params, x[start:start + rows], y[start:start + rows], clip)
-            for i, (p, ps) in enumerate(zip(self.parts, params, strict=True)):
-                if self._sizes[i]:
-                    p.accumulate(tuple(ps), acts[i], caches[i], deltas[i], views[i], start == 0)
+        with _one_blas_thread():
+            for start in range(0, x.shape[0], rows):
+                xb, yb = x[start:start + rows], y[start:start + rows]
+                if clip is not None:
+                    self._clipped_block(params, xb, yb, clip, views, start == 0)
+                    continue
+                acts, caches, deltas = self._pass(params, xb, yb)
+                for i, (p, ps) in enumerate(zip(self.parts, params, strict=True)):
+                    if self._sizes[i]:
+                        p.accumulate(tuple(ps), acts[i], caches[i], deltas[i], views[i], start == 0)
         return views
 
     # -- certified bound and forward error -------------------------------------------------------

@@ -55,7 +55,19 @@ that part generously). No assumption on how BLAS orders, blocks or threads its s
   :meth:`~opendp_hybridad.nn.protocol.ModelBound.row_error`'s ``u (1 + k) C`` covers
   (cancellation over positions can make ``||f G|| << f M``), so it is counted here:
   ``error = e_d A^_col + D sqrt(c) e_a + 3 gamma_(P+1) M`` (+ underflow), and the same
-  for the bias with ``M_b = sqrt(P) (D + e_d)``.
+  for the bias with ``M_b = sqrt(P) (D + e_d)``. Sequential's clipped sum takes the other
+  form (:meth:`_ConvNd.clipped_rows`, :meth:`_ConvNd.accumulate_rows`): each example's
+  unscaled row ``G^`` is computed once, its squared norm read off it, and the batch sum is
+  ``sum_i f_i G^_i``, one matrix product whose terms are the products ``f_i G^_i,j`` of two
+  computed factors (the protocol's contract; their rounding is in DP-SGD's ``gamma_N``).
+  That row is ``f G^`` exactly, within ``e_d A^_col + D sqrt(c) e_a + gamma_P M`` of ``f`` times
+  the exact row, which the stated ``error`` covers, so both forms hold.
+
+**The kernels' layout** (no effect on any bound: they copy, or add exact zeros). The patches
+are stored as columns ``im2col(a)^T`` (``(B, n, P)``, :func:`patches`) so the forward product
+``W_mat im2col(a)^T`` lands in the output's ``(out, P)`` layout; 2-d convolutions of stride 1
+run col2im as contiguous adds (:meth:`_ConvNd._backward_rows`: zero deltas widen the grid's
+rows, whose products are exact zeros).
 * the computed squared norm (ghost or materialised) against ``||G^||^2``: both are
   within ``eta = gamma_P M`` (+ underflow) of the exact ``||D^^T im2col(a^)||``, so with
   ``gamma_s`` the relative error of the sum of squares (materialised: ``out n + 1``
@@ -75,7 +87,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from opendp_hybridad.analysis.rounding import (
     TINY,
@@ -147,40 +158,62 @@ def _pair(value: Any, nd: int, name: str, owner: str, minimum: int) -> tuple[int
     return tuple(int(v) for v in items)
 
 
+def patches(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
+            padding: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``x`` of shape ``(B, C, *S)`` as patch columns ``(B, C * prod(kernel), P)`` (a contiguous array) and the output grid.
+
+    Row ``(c, o)`` of an example holds entry ``o`` (a kernel offset) of channel ``c`` of every
+    patch, the output positions in C order: ``im2col(a)^T``. Built by one strided copy per
+    kernel offset: a copy of ``x``'s entries (and zeros from the padding), no arithmetic, so
+    no rounding.
+    """
+    if any(padding):
+        x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
+    grid = tuple((s - k) // st + 1 for s, k, st in zip(x.shape[2:], kernel, stride, strict=True))
+    cols = np.empty((x.shape[0], x.shape[1], *kernel, *grid))
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        source = (slice(None), slice(None), *tuple(slice(o, o + st * (g - 1) + 1, st) for o, st, g in zip(offset, stride, grid,
+                                                                                                        strict=True)))
+        cols[(slice(None), slice(None), *offset)] = x[source]
+    return cols.reshape(x.shape[0], x.shape[1] * math.prod(kernel), math.prod(grid)), grid
+
+
 def im2col(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...]]:
     """``x`` of shape ``(B, C, *S)`` as patches ``(B, P, C * prod(kernel))`` (output positions in C order) and the output grid.
 
-    A copy of ``x``'s entries (and zeros from the padding): no arithmetic, so no rounding.
+    The transposed view of :func:`patches` (no copy beyond it, no arithmetic, so no rounding).
     """
-    nd = len(kernel)
-    if any(padding):
-        x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
-    win = sliding_window_view(x, kernel, axis=tuple(range(2, 2 + nd)))  # (B, C, *S', *kernel)
-    win = win[(slice(None), slice(None), *tuple(slice(None, None, s) for s in stride))]
-    grid = tuple(int(v) for v in win.shape[2:2 + nd])
-    perm = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
-    cols = win.transpose(perm).reshape(x.shape[0], math.prod(grid), x.shape[1] * math.prod(kernel))
-    return cols, grid
+    cols, grid = patches(x, kernel, stride, padding)
+    return cols.transpose(0, 2, 1), grid
 
 
 def col2im(dcols: np.ndarray, channels: int, spatial: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
            padding: tuple[int, ...], grid: tuple[int, ...]) -> np.ndarray:
-    """The adjoint of :func:`im2col`: patch entries ``(B, P, C * prod(kernel))`` added back onto ``(B, C, *spatial)``.
+    """The adjoint of :func:`patches`: patch entries ``(B, C * prod(kernel), P)`` added back onto ``(B, C, *spatial)``.
 
     Each input entry receives at most ``c`` (see the module docstring) additions, one per
     kernel offset whose patch holds it, in the order :func:`_offset_order` gives.
     """
-    nd = len(kernel)
     B = dcols.shape[0]
-    blocks = dcols.reshape(B, *grid, channels, *kernel)
-    # (B, C, *grid, *kernel): the channel first, like the padded input
-    blocks = blocks.transpose(0, 1 + nd, *range(1, 1 + nd), *range(2 + nd, 2 + 2 * nd))
+    blocks = dcols.reshape(B, channels, *kernel, *grid)  # (B, C, *kernel, *grid): the channel first, like the padded input
     padded = np.zeros((B, channels, *tuple(s + 2 * p for s, p in zip(spatial, padding, strict=True))))
     for offset in _offset_order(list(itertools.product(*(range(k) for k in kernel)))):
         target = (slice(None), slice(None), *tuple(slice(o, o + s * (g - 1) + 1, s) for o, s, g in zip(offset, stride, grid, strict=True)))
-        padded[target] += blocks[(Ellipsis, *offset)]
+        padded[target] += blocks[(slice(None), slice(None), *offset)]
     inner = (slice(None), slice(None), *tuple(slice(p, p + s) for p, s in zip(padding, spatial, strict=True)))
     return padded[inner]
+
+
+class ConvRows:
+    """One block's per-example rows of a convolution, computed once (:meth:`_ConvNd.clipped_rows`).
+
+    ``W``: ``fl(D^T im2col(a))`` per example, ``(B, out, n)``; ``b``: ``fl(sum_p delta_p)``, ``(B, out)``.
+    """
+
+    __slots__ = ("W", "b")
+
+    def __init__(self, W: np.ndarray, b: np.ndarray):
+        self.W, self.b = W, b
 
 
 @dataclass(frozen=True)
@@ -320,12 +353,18 @@ class _ConvNd(Layer):
 
     # -- kernels ------------------------------------------------------------------------------------
     def forward(self, params: Params, x: np.ndarray) -> tuple[np.ndarray, Any]:
+        """The output and the cache: the patches ``im2col(a)`` as the ``(B, P, n)`` view of :func:`patches`'s columns."""
         W, b = params
-        cols, grid = im2col(x, self.kernel_size, self.stride, self.padding)
-        z = _matmul(cols, W.reshape(self.out_channels, -1).T)  # (B, P, out)
-        z += b
-        out = np.ascontiguousarray(z.transpose(0, 2, 1)).reshape(x.shape[0], self.out_channels, *grid)
-        return out, cols
+        cols, grid = patches(x, self.kernel_size, self.stride, self.padding)  # (B, n, P)
+        z = _matmul(W.reshape(self.out_channels, -1), cols)  # (B, out, P): each entry a dot product of n terms
+        z += b[:, None]  # then the bias: n + 1 terms
+        return z.reshape(x.shape[0], self.out_channels, *grid), cols.transpose(0, 2, 1)
+
+    def _cols(self, x: np.ndarray, cache: Any) -> np.ndarray:
+        """The columns ``(B, n, P)`` (``im2col(a)^T``), from the cache when given."""
+        if cache is not None:
+            return cache.transpose(0, 2, 1)
+        return patches(x, self.kernel_size, self.stride, self.padding)[0]
 
     def _deltas(self, delta: np.ndarray) -> np.ndarray:
         return delta.reshape(delta.shape[0], self.out_channels, -1)  # (B, out, P)
@@ -333,47 +372,96 @@ class _ConvNd(Layer):
     def backward(self, params: Params, x: np.ndarray, cache: Any, delta: np.ndarray) -> np.ndarray:
         W = params[0]
         D = self._deltas(delta)
-        dcols = _matmul(D.transpose(0, 2, 1), W.reshape(self.out_channels, -1))  # (B, P, n)
         grid = tuple(delta.shape[2:])
+        Wt = W.reshape(self.out_channels, -1).T
+        if self.nd == 2 and self.stride == (1, 1):
+            return self._backward_rows(Wt, D, tuple(x.shape[2:]), grid)
+        dcols = _matmul(Wt, D)  # (B, n, P): each entry a sum of out products
         return col2im(dcols, self.in_channels, tuple(x.shape[2:]), self.kernel_size, self.stride, self.padding, grid)
+
+    def _backward_rows(self, Wt: np.ndarray, D: np.ndarray, spatial: tuple[int, ...], grid: tuple[int, ...]) -> np.ndarray:
+        """:func:`col2im` of ``W_mat^T D`` for 2-d, stride 1, with contiguous adds (the same values, the same order).
+
+        Each output row of the grid is widened to the padded input's width ``w`` with zero
+        deltas, so that kernel offset ``(o0, o1)`` adds one contiguous run of the flattened
+        padded input, starting at ``o0 w + o1``. The added columns' products are ``W_ij 0``,
+        exact zeros, and adding an exact zero changes no value: every input entry receives
+        the same at most ``c`` nonzero additions, in the same order, as in :func:`col2im`
+        (so its bounds stand).
+        """
+        B, m = D.shape[0], self.out_channels
+        (g0, g1), (k0, k1), (p0, p1) = grid, self.kernel_size, self.padding
+        h, w = spatial[0] + 2 * p0, spatial[1] + 2 * p1
+        wide = np.zeros((B, m, g0, w))
+        wide[..., :g1] = D.reshape(B, m, g0, g1)
+        dcols = _matmul(Wt, wide.reshape(B, m, g0 * w)).reshape(B, self.in_channels, k0, k1, g0 * w)
+        flat = np.zeros((B, self.in_channels, h * w + k1 - 1))  # the last run reaches k1 - 1 past the end
+        for o0, o1 in _offset_order(list(itertools.product(range(k0), range(k1)))):
+            start = o0 * w + o1
+            flat[..., start:start + g0 * w] += dcols[:, :, o0, o1]
+        padded = flat[..., :h * w].reshape(B, self.in_channels, h, w)
+        return padded[:, :, p0:p0 + spatial[0], p1:p1 + spatial[1]]
 
     def _rows(self, x: np.ndarray, cache: Any, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each example's own row, computed first: ``(fl(D^T im2col(a)), fl(sum_p delta_p))``, ``(B, out, n)`` and ``(B, out)``."""
-        cols = cache if cache is not None else im2col(x, self.kernel_size, self.stride, self.padding)[0]
+        cols = self._cols(x, cache)
         D = self._deltas(delta)
-        return _matmul(D, cols), D.sum(axis=2)
+        return _matmul(D, cols.transpose(0, 2, 1)), D.sum(axis=2)
 
     def per_example_gradients(self, params: Params, x: np.ndarray, cache: Any, delta: np.ndarray) -> tuple[np.ndarray, ...]:
         gW, gb = self._rows(x, cache, delta)
         return gW.reshape(x.shape[0], self.out_channels, self.in_channels, *self.kernel_size), gb
 
     def per_example_squared_norms(self, params: Params, x: np.ndarray, cache: Any, delta: np.ndarray) -> np.ndarray:
-        cols = cache if cache is not None else im2col(x, self.kernel_size, self.stride, self.padding)[0]
+        cols = self._cols(x, cache)
         D = self._deltas(delta)
-        P, n, m = cols.shape[1], cols.shape[2], self.out_channels
+        n, P, m = cols.shape[1], cols.shape[2], self.out_channels
         bias = D.sum(axis=2)
         sq = np.einsum("ij,ij->i", bias, bias)
         if P * (m + n) < m * n:
             # ghost: <D^T D, cols cols^T>_F over position pairs, never the (out x n) row
             dd = _matmul(D.transpose(0, 2, 1), D)  # (B, P, P)
-            aa = _matmul(cols, cols.transpose(0, 2, 1))
+            aa = _matmul(cols.transpose(0, 2, 1), cols)
             sq += np.einsum("bpq,bpq->b", dd, aa)
         else:
-            g = _matmul(D, cols)
+            g = _matmul(D, cols.transpose(0, 2, 1))
             sq += np.einsum("bij,bij->b", g, g)
         return sq
 
+    def clipped_rows(self, params: Params, x: np.ndarray, cache: Any, delta: np.ndarray) -> tuple[np.ndarray, ConvRows]:
+        """The squared norms and the rows they are the norms of, computed once for clipping (:meth:`accumulate_rows`).
+
+        The rows are :meth:`_rows`' (the materialised ``G^`` of the module docstring); the
+        squared norm is the materialised one, ``fl(||G^_W||^2) + fl(||g^_b||^2)``.
+        """
+        gW, gb = self._rows(x, cache, delta)
+        flat = gW.reshape(gW.shape[0], -1)
+        return np.einsum("ij,ij->i", gb, gb) + np.einsum("ij,ij->i", flat, flat), ConvRows(gW, gb)
+
+    def accumulate_rows(self, rows: ConvRows, scale: np.ndarray | None, out: tuple[np.ndarray, ...], first: bool) -> None:
+        """Write (``first``) or add ``sum_i scale_i G^_i`` (``scale`` None: ``sum_i G^_i``) into ``out``.
+
+        One term per example and coordinate, ``scale_i G^_i,j``: a product of two computed
+        factors (the protocol's contract), the batch sum as one matrix product ``scale^T G^``.
+        """
+        gW, gb = out
+        B = rows.W.shape[0]
+        if scale is None:
+            sum_W, sum_b = rows.W.sum(axis=0).reshape(-1), rows.b.sum(axis=0)
+        else:
+            f = scale.reshape(1, B)
+            sum_W, sum_b = _matmul(f, rows.W.reshape(B, -1))[0], _matmul(f, rows.b)[0]
+        if first:
+            gW[...] = sum_W.reshape(gW.shape)
+            gb[...] = sum_b
+        else:
+            gW += sum_W.reshape(gW.shape)
+            gb += sum_b
+
     def accumulate(self, params: Params, x: np.ndarray, cache: Any, delta: np.ndarray, out: tuple[np.ndarray, ...],
                    first: bool) -> None:
-        gW, gb = out
-        rows_W, rows_b = self._rows(x, cache, delta)
         # the batch sum: one computed term per example and coordinate (the protocol's contract)
-        if first:
-            gW[...] = rows_W.sum(axis=0).reshape(gW.shape)
-            np.sum(rows_b, axis=0, out=gb)
-        else:
-            gW += rows_W.sum(axis=0).reshape(gW.shape)
-            gb += rows_b.sum(axis=0)
+        self.accumulate_rows(ConvRows(*self._rows(x, cache, delta)), None, out, first)
 
     # -- certified bounds (module docstring) ---------------------------------------------------------
     def _columns(self, inp: ActivationBound, P: int, c: int, computed: bool) -> float:

@@ -11,17 +11,21 @@ the window's entries (zero on a dropped remainder). No parameters.
 * ``||delta_in||^2 = sum_w K (delta_w / K)^2 = ||delta||^2 / K`` exactly.
 
 **Float error** (Higham 2002, section 3.1 and Lemma 3.3; section 2.1 for underflow): the
-computed mean is ``fl(fl(sum_w a^_j) / K)``: a sum of ``K`` terms in any order and one
+computed mean is ``fl(fl(sum_w a^_j) / K)``: a sum of ``K`` terms in any order (the kernel
+adds ``K`` strided views of the input, one per window offset, so each window's entries are
+summed left to right in offset order; the bound does not depend on that order) and one
 division, within ``gamma_K sum_w |a^_j| / K`` of the exact mean of the computed inputs
 (``(1 + gamma_(K-1))(1 + u) <= 1 + gamma_K``), plus ``TINY / 2`` if the quotient
 underflows. In l2 over the windows ``|| sum_w |a^_j| / K || <= ||a^|| / sqrt(K)``, so
 ``e_out <= (e_in + gamma_K (A + e_in)) / sqrt(K) + sqrt(m) TINY`` (``m`` outputs). The
-backward ``fl(delta^_w / K)`` rounds once (exact when ``K`` is a power of two):
+backward ``fl(delta^_w / K)`` rounds once (exact when ``K`` is a power of two) and is stored,
+unchanged, into each of the window's ``K`` entries (strided stores, no arithmetic):
 ``e_d,in <= (e_d + u (D + e_d)) / sqrt(K) + sqrt(entries) TINY``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -75,29 +79,34 @@ class _AvgPoolNd(Layer):
             raise self._refuse("the window is larger than the input")
         return (shape[0], *grid)
 
-    def _cut(self, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[int, ...], tuple[int, ...]]:
-        """The slices of whole windows, the output grid, and the windowed shape ``(B, C, g_1, k_1, ..., g_nd, k_nd)``."""
-        grid = tuple(s // k for s, k in zip(shape[2:], self.kernel_size, strict=True))
-        cut = (slice(None), slice(None), *tuple(slice(0, g * k) for g, k in zip(grid, self.kernel_size, strict=True)))
-        windowed = [shape[0], shape[1]]
-        for g, k in zip(grid, self.kernel_size, strict=True):
-            windowed += [g, k]
-        return cut, grid, tuple(windowed)
+    def _grid(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output grid of a batched input shape ``(B, C, *S)``."""
+        return tuple(s // k for s, k in zip(shape[2:], self.kernel_size, strict=True))
+
+    def _offsets(self, grid: tuple[int, ...]) -> list[tuple[slice, ...]]:
+        """One strided slice per window offset ``o`` (``K`` of them): entry ``o`` of every window, ``(B, C, *grid)``."""
+        return [(slice(None), slice(None), *tuple(slice(o, o + g * k, k) for o, g, k in zip(offset, grid, self.kernel_size,
+                                                                                             strict=True)))
+                for offset in itertools.product(*(range(k) for k in self.kernel_size))]
 
     def forward(self, params: Params, x: np.ndarray) -> tuple[np.ndarray, Any]:
-        cut, _, windowed = self._cut(x.shape)
-        s = x[cut].reshape(windowed).sum(axis=tuple(3 + 2 * i for i in range(self.nd)))
-        s /= float(self.window)  # the mean: a sum of K terms, then one division
+        views = [x[index] for index in self._offsets(self._grid(x.shape))]
+        # the window sums: K strided views added one after another (a sum of K terms per window, in
+        # offset order), then one division per output entry
+        s = np.add(views[0], views[1]) if len(views) > 1 else views[0].copy()
+        for v in views[2:]:
+            s += v
+        s /= float(self.window)
         return s, None
 
     def backward(self, params: Params, x: np.ndarray, cache: Any, delta: np.ndarray) -> np.ndarray:
-        cut, _, windowed = self._cut(x.shape)
-        share = delta / float(self.window)
-        index: tuple[Any, ...] = (slice(None), slice(None))
-        for _ in range(self.nd):
-            index += (slice(None), None)
-        out = np.zeros(x.shape)
-        out[cut] = np.broadcast_to(share[index], windowed).reshape(out[cut].shape)
+        grid = self._grid(x.shape)
+        share = delta / float(self.window)  # one rounding per entry (none when K is a power of two)
+        # every entry lies in at most one window: K strided stores; zeros only where a remainder is dropped
+        whole = all(g * k == s for g, k, s in zip(grid, self.kernel_size, x.shape[2:], strict=True))
+        out = np.empty(x.shape) if whole else np.zeros(x.shape)
+        for index in self._offsets(grid):
+            out[index] = share
         return out
 
     def forward_bound(self, inp: ActivationBound, norms: tuple[float, ...]) -> ActivationBound:
