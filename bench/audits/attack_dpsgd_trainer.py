@@ -57,7 +57,7 @@ def outcome(call) -> tuple[str, str]:
     try:
         call()
         return ("ok", "")
-    except Exception as error:  # noqa: BLE001 - any exception is an observable output
+    except Exception as error:
         lines = [line for line in str(error).strip().splitlines() if "Error" in line] or str(error).strip().splitlines() or [""]
         return (type(error).__name__, lines[-1].strip()[:90])
 
@@ -167,10 +167,15 @@ def check_timing_in_history() -> None:
     print(f"  TrainingHistory.gradient_seconds over 200 steps (q = 1): D {min(a) * 1e3:.2f}-{max(a) * 1e3:.2f} ms, "
           f"D' {min(b) * 1e3:.2f}-{max(b) * 1e3:.2f} ms")
     if min(a) > max(b):
-        violation("low", "TrainingHistory.gradient_seconds (documented as 'only released (noisy) and public quantities') "
-                  f"separates neighbours without overlap: D {min(a) * 1e3:.2f}-{max(a) * 1e3:.2f} ms vs D' "
-                  f"{min(b) * 1e3:.2f}-{max(b) * 1e3:.2f} ms over 5 runs each (timing of the private batch sizes; fit's "
-                  "history only, make_dp_sgd releases the weights)")
+        # mended: TrainingHistory now documents its timings as diagnostic and not private (make_dp_sgd
+        # releases the weights only); a violation only if the docstring still claims otherwise
+        from opendp_hybridad.dpsgd.sgd import TrainingHistory
+
+        documented = "not** private" in (TrainingHistory.__doc__ or "")
+        (note if documented else lambda text: violation("low", text))(
+            f"TrainingHistory.gradient_seconds separates neighbours: D {min(a) * 1e3:.2f}-{max(a) * 1e3:.2f} ms vs D' "
+            f"{min(b) * 1e3:.2f}-{max(b) * 1e3:.2f} ms (timing of the private batch sizes; documented as not private, "
+            "fit's history only, make_dp_sgd releases the weights)")
 
 
 # -- 5. the computed sum's sensitivity, with physical batches, clamping, imputation, label clamping ------------------------

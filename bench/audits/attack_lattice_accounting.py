@@ -225,7 +225,7 @@ def section_c() -> None:
             for c in np.geomspace(1e-4, 20, 100):
                 values.append(float(_remove_direction(alpha, mpmath.mpf(q), 1 / mpmath.mpf(float(c)))))
             running = -math.inf
-            for c, value in zip(np.geomspace(1e-4, 20, 100), values):
+            for c, value in zip(np.geomspace(1e-4, 20, 100), values, strict=False):
                 cases += 1
                 if value < running * (1 - 1e-12):
                     drops += 1
@@ -257,7 +257,7 @@ def section_d() -> None:
             claimed = rdp_to_epsilon(orders, rdp, delta)
             exact = max(mpmath.mpf(0), min(mpmath.mpf(r) + mpmath.log(1 - 1 / mpmath.mpf(a))
                                            - (mpmath.log(mpmath.mpf(delta)) + mpmath.log(mpmath.mpf(a))) / (mpmath.mpf(a) - 1)
-                                           for a, r in zip(orders, rdp)))
+                                           for a, r in zip(orders, rdp, strict=False)))
             cases += 1
             gap = float(exact - mpmath.mpf(claimed))
             worst = max(worst, gap)
@@ -267,7 +267,7 @@ def section_d() -> None:
     curve = DpSgdRdpCurve(60000, 256, 0.9)
     bad = 0
     for steps in (1, 7, 235, 10**6):
-        for u, r in zip(curve.unit_rdp, curve.rdp(steps)):
+        for u, r in zip(curve.unit_rdp, curve.rdp(steps), strict=False):
             if Fraction(float(r)) < steps * Fraction(float(u)):
                 bad += 1
     if bad:
@@ -283,9 +283,9 @@ def section_d() -> None:
     accountant = rdp_module.RdpAccountant(orders=list(RDP_ORDERS))
     accountant.compose(dp_accounting.ComposedDpEvent([dp_accounting.LaplaceDpEvent(3.0), dp_accounting.GaussianDpEvent(5.0)]))
     with mpmath.workdps(60):
-        total = [mpmath.mpf(float(a)) + mpmath.mpf(float(b)) for a, b in zip(accountant.rdp, curve.rdp(2000))]
+        total = [mpmath.mpf(float(a)) + mpmath.mpf(float(b)) for a, b in zip(accountant.rdp, curve.rdp(2000), strict=False)]
         exact = min(t + mpmath.log(1 - 1 / mpmath.mpf(a)) - (mpmath.log(mpmath.mpf(1e-6)) + mpmath.log(mpmath.mpf(a))) / (a - 1)
-                    for a, t in zip(RDP_ORDERS, total))
+                    for a, t in zip(RDP_ORDERS, total, strict=False))
     if exact > got["epsilon_rdp"]:
         violation(f"compose_epsilon {got['epsilon_rdp']!r} < exact conversion of the summed curves {float(exact)!r}")
     print(f"   compose_epsilon(curve + Laplace(3) + Gaussian(5)): {got['epsilon_rdp']!r} >= {float(exact)!r} "
@@ -300,7 +300,7 @@ def section_e() -> None:
         for alpha in (2, 5, 17, 64, 256):
             qs = np.geomspace(1e-6, 0.999, 60)
             values = [lattice_gaussian_rdp(alpha, sigma, float(q)) for q in qs]
-            for (q0, v0), (q1, v1) in zip(zip(qs, values), zip(qs[1:], values[1:])):
+            for (q0, v0), (q1, v1) in zip(zip(qs, values, strict=False), zip(qs[1:], values[1:], strict=False), strict=False):
                 if v1 < v0:
                     inversions.append((sigma, alpha, float(q0), float(q1), v0, v1))
     # the true divergences are convex in q and 0 at q = 0 (joint convexity), so non-decreasing: a bound

@@ -308,7 +308,7 @@ def check_K_adversarial() -> None:
             violated("medium", f"{name}: K is NaN or negative", repr(K))
             continue
         shapes_p = [model._param_shapes[i] for i in range(len(model.parts))]
-        sizes = [sum(math.prod(s) for s in ps) for ps in shapes_p]
+        [sum(math.prod(s) for s in ps) for ps in shapes_p]
         nx = math.prod(shape)
 
         def unpack(v):
@@ -328,7 +328,7 @@ def check_K_adversarial() -> None:
             return tuple(p.project_params(arrs))
 
         best = 0.0
-        for restart in range(3 if time.perf_counter() < deadline else 0):
+        for _restart in range(3 if time.perf_counter() < deadline else 0):
             y = model.sample_labels(rng, 1)
             w0 = [tuple(p.witness_params(rng, s)) for p, s in zip(model.parts, model._shapes[:-1], strict=True)]
             x0 = model.input_bound * np.where(rng.random(shape) < 0.5, -1.0, 1.0)
@@ -451,7 +451,8 @@ def check_rounding_tanh_mpmath() -> None:
                 params = [(W1, b1), (), (W2, b2)]
                 got = np.empty(model.num_parameters)
                 model.gradient_sum(params, x, y, out=got)
-                M = lambda a: mp.matrix([[mp.mpf(float(v)) for v in row] for row in np.atleast_2d(a)])
+                def M(a):
+                    return mp.matrix([[mp.mpf(float(v)) for v in row] for row in np.atleast_2d(a)])
                 z1 = M(W1) * M(x).T + M(b1).T
                 a1 = mp.matrix([f(z1[i]) for i in range(n_h)])
                 z2 = M(W2) * a1 + M(b2).T

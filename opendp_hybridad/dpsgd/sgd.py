@@ -93,9 +93,13 @@ class TrainedParameters(list):
 class TrainingHistory:
     """What a run recorded: only released (noisy) and public quantities, never the training loss.
 
-    ``steps_run`` counts the noisy steps taken, those of resumed runs included; it is
-    increased before each step's noisy sum is drawn, and ``epsilon``/``delta`` (the proven
-    figure for ``steps_run`` steps) are set before the weights are returned.
+    ``steps_run`` counts the noisy steps taken, those of resumed runs included (under shuffling,
+    a run that stopped mid-epoch counts that epoch whole, since a resumed run draws a fresh
+    permutation); it is increased before each step's noisy sum is drawn, and
+    ``epsilon``/``delta`` (the proven figure for ``steps_run`` steps) are set before the
+    weights are returned. ``noise_seconds`` and ``gradient_seconds`` are diagnostic timings for
+    benchmarks: they depend on the batch sizes, so they are **not** private (the measurement of
+    :func:`make_dp_sgd` releases the weights only, never a history).
     """
 
     steps: list[dict[str, float]] = field(default_factory=list)
@@ -549,6 +553,13 @@ class DPSGD:
             if privacy.get(name) != value:
                 raise DeclarationError(f"resume: {name} differs from the checkpoint's ({privacy.get(name)!r} there, {value!r} "
                                        "here); account different runs together with compose_epsilon")
+        # the weights must fit this model (public shapes): checked here, before any data, not by a matmul on a batch
+        stored = getattr(resume, "params", None)
+        if stored is not None:
+            expected = [np.shape(a) for part in self.model.init(np.random.default_rng(0)) for a in part]
+            found = [np.shape(a) for part in stored for a in part]
+            if found != expected:
+                raise DeclarationError("resume: the checkpoint's weights do not fit this model (their shapes differ)")
 
     def fit(self, x: Any, y: Any, params=None, *, n: int | None = None, max_size: int | None = None,
             progress: bool = False, seed: int | None = None, validation: tuple[Any, Any] | None = None,
@@ -628,6 +639,12 @@ class DPSGD:
         try:
             for step, members in enumerate(plan.batch_selection.batches(count, steps, selector)):
                 # the current weights are public (released by earlier noisy steps): bounds read them
+                if not _all_finite(params):
+                    # an update overflowed (a huge learning rate): stopped, from released weights only, so
+                    # every dataset is answered alike (a NaN sum would otherwise raise in the sampler on
+                    # non-empty batches only)
+                    history.stopped = f"step {step}: the current weights are not finite"
+                    break
                 bounds = plan.gradient_sum.at(params)
                 if not math.isfinite(computed_sum_sensitivity(bounds.sensitivity, bounds.error, plan.gradient_sum.max_terms)):
                     # no finite noise covers the float sum at these (public) weights: stop here, a
@@ -659,6 +676,11 @@ class DPSGD:
         finally:
             if bar is not None:
                 bar.close()
+        if plan.batch_selection.sampling == "shuffle":
+            # a run that stopped mid-epoch counts that epoch whole: a resumed run draws a fresh permutation,
+            # so its steps must start a new epoch in the accounting (audit: attack_dpsgd_trainer.py)
+            per_epoch = plan.public_size // plan.batch_size
+            history.steps_run = -(-history.steps_run // per_epoch) * per_epoch
         spent = plan.accounting.report(history.steps_run)  # recorded before the weights are returned
         history.epsilon, history.delta = spent["epsilon"], spent["delta"]
         return TrainedParameters(params, history.private), history
@@ -696,6 +718,11 @@ class DPSGD:
         from opendp_hybridad.dpsgd import checkpoint
 
         return checkpoint.load(path)
+
+
+def _all_finite(params: Any) -> bool:
+    """Whether every weight is finite (a public check: the weights are released by the noisy steps)."""
+    return all(np.isfinite(a).all() for part in params for a in part)
 
 
 def _has_text(values: Any) -> bool:

@@ -68,6 +68,12 @@ def _use_compiled_update() -> bool:
     return layers._USE_COMPILED_UPDATE
 
 
+def _finite(a: np.ndarray) -> np.ndarray:
+    """``a`` with its NaN and infinite entries replaced by 0 (a copy only when there are any)."""
+    a = np.asarray(a, dtype=np.float64)
+    return a if np.isfinite(a).all() else np.where(np.isfinite(a), a, 0.0)
+
+
 @register_layer("dense")
 @dataclass(frozen=True)
 class Dense(Layer):
@@ -121,7 +127,9 @@ class Dense(Layer):
         new_W, new_b = np.empty(W.shape), np.empty(b.shape)
         squares, largest = kernel(np.ascontiguousarray(W, dtype=np.float64).reshape(-1), np.ascontiguousarray(step_W).reshape(-1),
                                   scale, new_W.reshape(-1))
-        _, largest_b = kernel(np.ascontiguousarray(b, dtype=np.float64), np.ascontiguousarray(step_b), scale, new_b)
+        squares_b, largest_b = kernel(np.ascontiguousarray(b, dtype=np.float64), np.ascontiguousarray(step_b), scale, new_b)
+        if not (math.isfinite(squares) and math.isfinite(squares_b)):  # an entry overflowed or is NaN: the careful path
+            return self.project(new_W, new_b)
         if self.norm_ball:
             shrink = self._ball_shrink(squares, W.size)
             if shrink < 1.0:
@@ -156,7 +164,12 @@ class Dense(Layer):
         return shrink if shrink > 0 else 0.0
 
     def project(self, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Back onto the certified set (used by the ``bound`` mode after each step)."""
+        """Back onto the certified set (used by the ``bound`` mode after each step).
+
+        A NaN or infinite entry (an update that overflowed) becomes 0 first, a point of every
+        weight set: clipping keeps NaN and ``inf * 0`` is NaN, so neither would land inside.
+        """
+        W, b = _finite(W), _finite(b)
         if self.norm_ball:
             flat = W.ravel()
             shrink = self._ball_shrink(float(np.dot(flat, flat)), flat.size)
