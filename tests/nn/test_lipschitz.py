@@ -322,3 +322,19 @@ def test_ball_without_a_box_and_the_input_record():
 def test_input_norm_bound_is_validated(bad):
     with pytest.raises(DeclarationError, match="input_norm_bound"):
         Sequential([Dense(3, 2), Identity()], SoftmaxCrossEntropy(), input_norm_bound=bad)
+
+
+def test_projection_of_non_finite_entries_lands_inside_the_spectral_ball():
+    """NaN passed the old test (a NaN spectral bound is not above r) and stayed; inf times a zero factor is NaN."""
+    from fractions import Fraction
+
+    layer = SpectralDense(3, 2, 1.0, 0.5)
+    W = np.array([[np.nan, np.inf, 1.0], [2.0, -np.inf, 0.5]])
+    b = np.array([np.nan, np.inf])
+    PW, Pb = layer.project(W, b)
+    assert np.isfinite(PW).all() and np.isfinite(Pb).all() and np.abs(Pb).max() <= 0.5
+    # ||PW||_2 <= 1 exactly: I - PW PW^T (2 x 2) is positive semidefinite, in rationals
+    rows = [[Fraction(float(v)) for v in row] for row in PW]
+    g = [[sum(a * c for a, c in zip(r1, r2, strict=True)) for r2 in rows] for r1 in rows]
+    m11, m22, m12 = 1 - g[0][0], 1 - g[1][1], -g[0][1]
+    assert m11 >= 0 and m22 >= 0 and m11 * m22 - m12 * m12 >= 0

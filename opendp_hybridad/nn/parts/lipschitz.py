@@ -70,7 +70,7 @@ from opendp_hybridad.analysis.rounding import (
     up,
 )
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.nn.parts.dense import Dense
+from opendp_hybridad.nn.parts.dense import Dense, _finite
 from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, Params, Shape
 from opendp_hybridad.nn.registry import register_layer
 
@@ -208,8 +208,10 @@ class SpectralDense(Dense):
         return W * shrink
 
     def project(self, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Back onto the certified set (the ``bound`` mode calls it after each step)."""
-        W = self.project_weight(np.asarray(W, dtype=np.float64))
+        """Back onto the certified set (the ``bound`` mode calls it after each step); NaN and infinite
+        entries become 0 first (as :meth:`Dense.project`: a NaN spectral bound would pass the test)."""
+        W, b = _finite(W), _finite(b)
+        W = self.project_weight(W)
         if np.abs(b).max(initial=0.0) > self.bias_bound:
             b = np.clip(b, -self.bias_bound, self.bias_bound)
         return W, b
