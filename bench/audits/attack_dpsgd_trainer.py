@@ -116,8 +116,8 @@ def check_resume_other_model() -> None:
           f"input_shape={checkpoint.settings['input_shape']} (not compared on resume)")
     for mode in ("clip", "bound"):
         other = trainer(2, mode)
-        d = [outcome(lambda: other.fit(*ONE, n=4, max_size=4, resume=checkpoint)) for _ in range(6)]
-        d_ = [outcome(lambda: other.fit(*EMPTY, n=4, max_size=4, resume=checkpoint)) for _ in range(6)]
+        d = [outcome(lambda other=other: other.fit(*ONE, n=4, max_size=4, resume=checkpoint)) for _ in range(6)]
+        d_ = [outcome(lambda other=other: other.fit(*EMPTY, n=4, max_size=4, resume=checkpoint)) for _ in range(6)]
         raised, raised_ = sum(r[0] != "ok" for r in d), sum(r[0] != "ok" for r in d_)
         example = next((r for r in d if r[0] != "ok"), ("", ""))
         print(f"  resume a 3-input model's checkpoint in a 2-input {mode} trainer: D raised {raised}/6 ({example[0]}: "
@@ -273,7 +273,8 @@ def check_plan_map() -> None:
         ok = (eps <= 2.0 and eps == plan.epsilon()["epsilon"] and history.steps_run == plan.steps
               and noise.std >= plan.noise_multiplier * plan.gradient_sum.sum_sensitivity and noise.std == expected_std)
         print(f"  {sampling}: target 2.0 -> sigma {plan.noise_multiplier:.6g}, map(1) eps {eps:.6f}, plan steps {plan.steps}, "
-              f"steps run {history.steps_run}, sampler std {noise.std:.6g} >= sigma x S {plan.noise_multiplier * plan.gradient_sum.sum_sensitivity:.6g}")
+              f"steps run {history.steps_run}, sampler std {noise.std:.6g}"
+              f" >= sigma x S {plan.noise_multiplier * plan.gradient_sum.sum_sensitivity:.6g}")
         if not ok:
             violation("high", f"{sampling}: the map and the run disagree")
         else:

@@ -183,8 +183,8 @@ def ingredients(alpha: int, sigma: float, q: float) -> dict[str, mpmath.mpf]:
     qm = mpmath.mpf(q)
     convex = mpmath.log1p(qm * mpmath.expm1((alpha - 1) * base)) / (alpha - 1)
     t = (1 - qm) ** (alpha - 1) * (alpha * qm - qm + 1) + mpmath.binomial(alpha, 2) * qm**2 * (1 - qm) ** (alpha - 2) * mpmath.exp(2 / s2)
-    t += 3 * mpmath.fsum(mpmath.binomial(alpha, l) * qm**l * (1 - qm) ** (alpha - l) * mpmath.exp((l - 1) * l / s2)
-                         for l in range(3, alpha + 1))
+    t += 3 * mpmath.fsum(mpmath.binomial(alpha, j) * qm**j * (1 - qm) ** (alpha - j) * mpmath.exp((j - 1) * j / s2)
+                         for j in range(3, alpha + 1))
     return {"convexity": convex, "zhu_wang": mpmath.log(t) / (alpha - 1), "base": base,
             "taylor_remove": _remove_direction(alpha, qm, s2)}
 

@@ -311,7 +311,7 @@ def check_K_adversarial() -> None:
         [sum(math.prod(s) for s in ps) for ps in shapes_p]
         nx = math.prod(shape)
 
-        def unpack(v):
+        def unpack(v, model=model, shapes_p=shapes_p, nx=nx, shape=shape):
             params, off = [], nx
             for p, ps in zip(model.parts, shapes_p, strict=True):
                 arrs = []
@@ -338,15 +338,13 @@ def check_K_adversarial() -> None:
                 xs[:] = xs.flat[0]  # all indices equal: the tight case of the embedding bound
                 v0[:nx] = xs.ravel()
 
-            def neg(v):
+            def neg(v, model=model, y=y, unpack=unpack):
                 x, params = unpack(v)
                 x = model.clamp_inputs(x)
                 return -float(model.per_example_norms(params, x, y)[0])
 
-            if integer:  # indices are not continuous: optimise the weights only
-                box = [(v0[i], v0[i]) for i in range(nx)]
-            else:
-                box = [(-float(b), float(b)) for b in model.input_bound.ravel()]
+            # indices are not continuous: optimise the weights only
+            box = [(v0[i], v0[i]) for i in range(nx)] if integer else [(-float(b), float(b)) for b in model.input_bound.ravel()]
             for p, ps in zip(model.parts, shapes_p, strict=True):
                 for s in ps:
                     wb = getattr(p, "bias_bound", 0.0) if (len(s) == 1 and len(ps) == 2) else getattr(p, "weight_bound", 1.0)
@@ -445,9 +443,12 @@ def check_rounding_tanh_mpmath() -> None:
             model = Sequential([Dense(n_in, n_h, wb, wb), act, Dense(n_h, 3, wb, wb)], SoftmaxCrossEntropy(), input_bound=1.0)
             e = model.certified_bound().rounding
             for _ in range(4):
-                W1 = rng.uniform(-wb, wb, (n_h, n_in)); b1 = rng.uniform(-wb, wb, n_h)
-                W2 = rng.uniform(-wb, wb, (3, n_h)); b2 = rng.uniform(-wb, wb, 3)
-                x = np.where(rng.random((1, n_in)) < .5, -1.0, 1.0); y = rng.integers(0, 3, 1)
+                W1 = rng.uniform(-wb, wb, (n_h, n_in))
+                b1 = rng.uniform(-wb, wb, n_h)
+                W2 = rng.uniform(-wb, wb, (3, n_h))
+                b2 = rng.uniform(-wb, wb, 3)
+                x = np.where(rng.random((1, n_in)) < .5, -1.0, 1.0)
+                y = rng.integers(0, 3, 1)
                 params = [(W1, b1), (), (W2, b2)]
                 got = np.empty(model.num_parameters)
                 model.gradient_sum(params, x, y, out=got)
@@ -466,7 +467,8 @@ def check_rounding_tanh_mpmath() -> None:
                 err = float(mp.sqrt(sum((mp.mpf(float(g)) - v) ** 2 for g, v in zip(got, exact, strict=True))))
                 worst = max(worst, err / e)
                 if err > e:
-                    violated("high", f"dense-{act.name}-dense (wb={wb}): computed row off by more than e", f"e = {e:.4g}, mpmath error {err:.4g}")
+                    violated("high", f"dense-{act.name}-dense (wb={wb}): computed row off by more than e",
+                             f"e = {e:.4g}, mpmath error {err:.4g}")
     held("e >= ||computed row - exact row|| (50-digit mpmath) for dense-tanh/sigmoid-dense-softmax", f"worst error/e = {worst:.3g}")
 
 
@@ -506,7 +508,8 @@ def check_bounds_total() -> None:
 
 def main() -> int:
     for check in (check_ball_projection_underflow, check_ball_projection_negative_shrink, check_box_projection_nan,
-                  check_dpsgd_ball, check_kernels, check_rounding_exact, check_rounding_tanh_mpmath, check_bounds_total, check_K_adversarial):
+                  check_dpsgd_ball, check_kernels, check_rounding_exact, check_rounding_tanh_mpmath, check_bounds_total,
+                  check_K_adversarial):
         run(check)
     print(f"\n{len(VIOLATIONS)} violation(s), {len(HELD)} checks held")
     for v in VIOLATIONS:
