@@ -460,8 +460,9 @@ def _verdict(results: dict) -> str:
     return ("Faster than Opacus ghost? " + "; ".join(parts) + ". Default threads here means "
             f"torch {r0['torch_threads']} and BLAS/OpenMP " + ", ".join(f"{k} {v}" for k, v in r0["pool_threads"].items())
             + " threads on a 2-core machine that other work kept busy: those rows measure contention as much as the code "
-              f"(ours takes {min(slowdown):.1f}-{max(slowdown):.1f}x its one-thread time there), so the one-thread rows are "
-              "the comparison to read.")
+              f"(ours takes {min(slowdown):.1f}-{max(slowdown):.1f}x its one-thread time there; `gradient_sum` runs BLAS on "
+              "one thread whatever the setting, so its default-threads rows differ from its one-thread rows by the load only), "
+              "so the one-thread rows are the comparison to read.")
 
 
 def _profile_line(prof: dict) -> str:
