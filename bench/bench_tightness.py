@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "analysis"))
 
-from tightness_suite import CASES, function_of, true_lipschitz  # noqa: E402
+from tightness_suite import CASES, function_of, true_lipschitz
 
 
 def _commit() -> str:

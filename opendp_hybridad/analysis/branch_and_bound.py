@@ -141,7 +141,9 @@ def maximize(
         bad = np.full(blo.shape[0], -1, dtype=np.int64)
         score = np.zeros(blo.shape)
         todo = np.arange(blo.shape[0])
-        for _ in range(blo.shape[1] + 1):  # each round collapses at least one more direction
+        # two enclosures at most: each costs a pass over the whole tape; the faces found on the second
+        # are kept without a third (the face of a face still holds the supremum, under the same bound)
+        for round_ in range(2):
             bounds = objective.enclose(blo[todo], bhi[todo])
             centers = centres(blo[todo], bhi[todo])
             vals = bounds.centre_lower if bounds.centre_lower is not None else objective.value(centers)
@@ -169,6 +171,8 @@ def maximize(
             bhi[rows] = np.where(s < 0, blo[rows], bhi[rows])
             score[rows] = np.where(s != 0, 0.0, score[rows])
             todo = rows
+            if round_ == 1:
+                break
         return blo, bhi, ub, bad, score
 
     def push(blo: np.ndarray, bhi: np.ndarray) -> None:

@@ -44,7 +44,7 @@ from opendp_hybridad.analysis.rounding import gamma
 from opendp_hybridad.analysis.smoothness import JUMP, OP_CLASS, possible_jump, smooth_masks, statically_smooth
 from opendp_hybridad.analysis.tape import Tape
 from opendp_hybridad.compile.codegen import numpy_callable
-from opendp_hybridad.errors import NotLipschitzError, SoundnessError, UnboundedError
+from opendp_hybridad.errors import DeclarationError, NotLipschitzError, SoundnessError, UnboundedError
 from opendp_hybridad.symbolic.functions import to_sympy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -169,10 +169,13 @@ class RangeObjective:
         self._f = numpy_callable([fn.expr], list(fn.symbols))
 
     def enclose(self, lo: np.ndarray, hi: np.ndarray) -> BoxBounds:
-        ylo, yhi, bad, dmag, clo, chi = self.enc.enclose(lo, hi)
+        ylo, yhi, bad, dmag, clo, chi, dlo, dhi, ok = self.enc.enclose(lo, hi, derivatives=True)
         upper = yhi[0] if self.sign > 0 else -ylo[0]
         centre = clo[0] if self.sign > 0 else -chi[0]
-        return BoxBounds(upper, bad[0], dmag[0], centre)
+        # the slope of sign * f is sign * D: monotone directions collapse the box to a face
+        s_lo, s_hi = (dlo[0], dhi[0]) if self.sign > 0 else (-dhi[0], -dlo[0])
+        shrink = _monotone_directions(lo, hi, s_lo, s_hi, ok[0] & (bad[0] < 0))
+        return BoxBounds(upper, bad[0], dmag[0], centre, shrink)
 
     def value(self, points: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
@@ -487,8 +490,10 @@ def _composed(fn: RecordFunction, norm: float | None, component: int | None, tol
     from opendp_hybridad.analysis import composition as comp
 
     b = comp.find_bottleneck(fn)
-    if b is None or (b.kind == "radial" and (norm != 2.0 or component is not None)):
+    if b is None or (b.kind == "radial" and component is None and norm != 2.0):
         return None
+    if b.kind == "radial" and component is not None:
+        return _radial_partial(fn, b, component, tolerance, time_budget)
     span = comp.inner_range(fn, b)
     if span is None:
         return None
@@ -512,7 +517,7 @@ def _composed(fn: RecordFunction, norm: float | None, component: int | None, tol
             upper = comp.radial_upper(res.upper)
             target = float(res.witness_point[0])
             boxes, converged = res.boxes, res.converged
-    except (UnboundedError, NotLipschitzError):
+    except (UnboundedError, DeclarationError):  # no 1-d bound (U not declarable, psi not enclosable): the general path
         return None
     if not math.isfinite(upper):
         return None
@@ -529,6 +534,40 @@ def _composed(fn: RecordFunction, norm: float | None, component: int | None, tol
         )
     converged = converged and upper - value <= max(tolerance * abs(value), 1e-12)
     return upper, point, value, converged, boxes
+
+
+def _radial_partial(fn: RecordFunction, b, index: int, tolerance: float,
+                    time_budget: float) -> tuple[float, np.ndarray, float, bool, int] | None:
+    """``sup |df/dx_index|`` for ``f = psi(a sum (x_i - m_i)^2 + c)``: a 2-d range (see
+    :func:`.composition.radial_partial_function`), both ends, since ``|h| = max(h, -h)``."""
+    from opendp_hybridad.analysis import composition as comp
+
+    try:
+        h = comp.radial_partial_function(fn, b, index)
+        if h is None:
+            return None
+        lo, hi = _box_arrays(h)
+        sub_tol = tolerance / 8
+        top = maximize(RangeObjective(h, +1.0), lo, hi, tolerance=sub_tol, atol=1e-300, time_budget=time_budget / 2)
+        bottom = maximize(RangeObjective(h, -1.0), lo, hi, tolerance=sub_tol, atol=1e-300, time_budget=time_budget / 2)
+    except (UnboundedError, DeclarationError):  # no 1-d bound (U not declarable, psi not enclosable): the general path
+        return None
+    upper = max(top.upper, bottom.upper)
+    if not math.isfinite(upper):
+        return None
+    best = top if top.witness_value >= bottom.witness_value else bottom
+    point = comp.radial_partial_witness(fn, b, index, float(best.witness_point[0]), float(best.witness_point[1]))
+    grad = list(fn.gradient().values())
+    enc = _Enclosure(fn, [grad[index]], [[0] * len(fn.names)])
+    wlo, whi = enc.at_points(point[None, :])
+    value = float(_norm_lower_of(wlo, whi, math.inf)[0])
+    if value > upper:
+        raise SoundnessError(
+            f"internal check failed: a witness ({value!r}) exceeds the certified bound ({upper!r}); "
+            "the certificate is refused (please report this expression)"
+        )
+    converged = top.converged and bottom.converged and upper - value <= max(tolerance * abs(value), 1e-12)
+    return upper, point, value, converged, top.boxes + bottom.boxes
 
 
 def _lipschitz(fn: RecordFunction, norm: float, tolerance: float, time_budget: float, compose: bool = True) -> BoundCertificate:

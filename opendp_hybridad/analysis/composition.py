@@ -50,6 +50,10 @@ class Bottleneck:
     a: sympy.Rational | None = None
     c: sympy.Rational | None = None
     centre: list[float] | None = None
+    #: radial: the exact centre m (rationals)
+    centre_exact: list[sympy.Rational] | None = None
+    #: radial: whether each field occurs in u (the sum runs over those only)
+    present: list[bool] | None = None
 
 
 #: inner expressions with more nodes than this are not searched (the search is quadratic in the size)
@@ -64,10 +68,6 @@ def find_bottleneck(fn: RecordFunction) -> Bottleneck | None:
     fields = expr.free_symbols
     if not fields:
         return None
-    tape = Tape(symbols)
-    root = tape.add_output(expr)
-    if not statically_smooth(tape)[root]:
-        return None  # kinks and conditionals: the chain rule above needs psi and u differentiable
     t = sympy.Dummy("t", real=True)
     seen: set[sympy.Expr] = set()
     for count, u in enumerate(sympy.preorder_traversal(expr)):
@@ -76,13 +76,31 @@ def find_bottleneck(fn: RecordFunction) -> Bottleneck | None:
         if u is expr or u in seen or not isinstance(u, sympy.Expr) or u.is_Symbol or u.free_symbols != fields:
             continue
         seen.add(u)
+        # the shape first: a polynomial test is cheap next to rewriting all of f
+        if not u.is_polynomial(*symbols):
+            continue
+        if not _only_through(expr, u):
+            continue
         outer = expr.xreplace({u: t})
         if outer.free_symbols - {t}:
             continue
         found = _classify(u, outer, t, symbols)
-        if found is not None:
-            return found
+        if found is None:
+            continue
+        tape = Tape(symbols)
+        root = tape.add_output(expr)
+        # kinks and conditionals: the chain rule above needs psi and u differentiable
+        return found if statically_smooth(tape)[root] else None
     return None
+
+
+def _only_through(expr: sympy.Basic, u: sympy.Expr) -> bool:
+    """Whether every field occurrence in ``expr`` lies inside an occurrence of ``u`` (a walk, no rebuilding)."""
+    if expr == u:
+        return True
+    if expr.is_Symbol:
+        return False
+    return all(_only_through(a, u) for a in expr.args)
 
 
 def _classify(u: sympy.Expr, outer: sympy.Expr, t: sympy.Symbol, symbols: list[sympy.Symbol]) -> Bottleneck | None:
@@ -113,8 +131,9 @@ def _classify(u: sympy.Expr, outer: sympy.Expr, t: sympy.Symbol, symbols: list[s
     const = poly.coeff_monomial(1)
     # u = a sum (x_i + b_i / (2a))^2 + c, c = const - sum b_i^2 / (4a)
     c = const - sum(b**2 for b in linear.values()) / (4 * a)
-    centre = [float(-linear[s] / (2 * a)) if s in linear else 0.0 for s in symbols]
-    return Bottleneck(u, outer, t, "radial", a=a, c=c, centre=centre)
+    exact_centre = [-linear[s] / (2 * a) if s in linear else sympy.Integer(0) for s in symbols]
+    return Bottleneck(u, outer, t, "radial", a=a, c=c, centre=[float(m) for m in exact_centre], centre_exact=exact_centre,
+                      present=[s in linear for s in symbols])
 
 
 def inner_range(fn: RecordFunction, b: Bottleneck) -> tuple[float, float] | None:
@@ -197,3 +216,63 @@ def witness_point(fn: RecordFunction, b: Bottleneck, target: float) -> np.ndarra
             else:
                 b_s = mid
     return np.clip(start + 0.5 * (a_s + b_s) * (end - start), lo, hi)
+
+
+def radial_partial_function(fn: RecordFunction, b: Bottleneck, index: int) -> RecordFunction | None:
+    """The two-field function ``h(s, r) = psi'(a (s - m_j)^2 + a r + c) 2 a (s - m_j)`` on
+    ``[lo_j, hi_j] x R``, ``R`` an outward-rounded enclosure of ``r = sum_(i != j) (x_i - m_i)^2`` on the box.
+
+    ``df/dx_j = psi'(u) 2 a (x_j - m_j)`` and ``u = a (x_j - m_j)^2 + a r + c``, so every value of
+    ``df/dx_j`` on the box is a value of ``h`` on that rectangle: ``sup |df/dx_j| <= sup |h|``. The
+    enclosure of ``r`` is tight (each field occurs once). None where ``r`` cannot be enclosed.
+    """
+    from opendp_hybridad.symbolic.schema import Schema
+
+    symbols = list(fn.symbols)
+    bounds = fn.schema.bounds()
+    if not b.present[index]:
+        return None  # f does not depend on this field: the general path proves 0
+    # the fields of u other than x_j (a field absent from u is not part of the sum)
+    others = [(sym - m) ** 2 for k, (sym, m) in enumerate(zip(symbols, b.centre_exact, strict=True))
+              if k != index and b.present[k]]
+    if others:
+        tape = Tape(symbols)
+        node = tape.add_output(sympy.Add(*others))
+        lo = np.array([[x[0] for x in bounds]], dtype=float)
+        hi = np.array([[x[1] for x in bounds]], dtype=float)
+        L, H, B = iv.IntervalEvaluator(tape).evaluate(lo, hi)
+        if B[node][0] >= 0:
+            return None
+        r_span = (max(float(L[node][0]), 0.0), float(H[node][0]))  # a sum of squares is >= 0
+    else:
+        r_span = (0.0, 0.0)
+    schema = Schema({"s": tuple(bounds[index]), "r": r_span})
+    s_sym, r_sym = schema.symbols()
+    m = b.centre_exact[index]
+    slope = sympy.diff(b.outer, b.t).xreplace({b.t: b.a * (s_sym - m) ** 2 + b.a * r_sym + b.c})
+    return schema.function(slope * 2 * b.a * (s_sym - m), name="radial partial")
+
+
+def radial_partial_witness(fn: RecordFunction, b: Bottleneck, index: int, s_value: float, r_value: float) -> np.ndarray:
+    """A point with ``x_index = s_value`` and ``sum_(i != index) (x_i - m_i)^2`` close to ``r_value`` (bisection)."""
+    bounds = fn.schema.bounds()
+    lo = np.array([x[0] for x in bounds], dtype=float)
+    hi = np.array([x[1] for x in bounds], dtype=float)
+    m = np.array(b.centre)
+    near = np.clip(m, lo, hi)
+    far = np.where(np.abs(lo - m) > np.abs(hi - m), lo, hi)
+    mask = (np.arange(lo.size) != index) & np.array(b.present)
+
+    def r_of(x: np.ndarray) -> float:
+        return float((((x - m) ** 2)[mask]).sum())
+
+    a_s, b_s = 0.0, 1.0
+    for _ in range(80):
+        mid = 0.5 * (a_s + b_s)
+        if r_of(near + mid * (far - near)) < r_value:
+            a_s = mid
+        else:
+            b_s = mid
+    point = np.clip(near + 0.5 * (a_s + b_s) * (far - near), lo, hi)
+    point[index] = min(max(s_value, lo[index]), hi[index])
+    return point

@@ -17,6 +17,7 @@ The method that gave the winning point is recorded (``Truth.how``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,7 +49,7 @@ def _names(prefix: str, n: int) -> list[str]:
 
 
 def _box(prefix: str, n: int, lo: float, hi: float) -> dict[str, tuple[float, float]]:
-    return {k: (lo, hi) for k in _names(prefix, n)}
+    return dict.fromkeys(_names(prefix, n), (lo, hi))
 
 
 def _weights(seed: int, shape: tuple[int, ...], scale: int = 100) -> np.ndarray:
@@ -61,7 +62,7 @@ def _mlp(act: Callable[[sp.Expr], sp.Expr], seed: int, widths: tuple[int, ...]) 
     """A fixed-weight MLP ``x -> w_out . act(W x + b)`` (one hidden layer per width after the first)."""
     def build(*xs: sp.Expr) -> sp.Expr:
         h = list(xs)
-        for layer, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        for layer, (a, b) in enumerate(itertools.pairwise(widths)):
             W = _weights(seed + layer, (b, a))
             bias = _weights(seed + 100 + layer, (b,), 10)
             z = [sum(sp.Rational(str(W[i, j])) * h[j] for j in range(a)) + sp.Rational(str(bias[i])) for i in range(b)]
@@ -190,8 +191,6 @@ def true_lipschitz(case: TightCase, seed: int = 0, starts: int = 12, samples: in
     if case.closed_form is not None:
         candidates.append((np.array(case.closed_form(), dtype=float), "closed form"))
     if case.name.startswith("quadratic form"):
-        import itertools
-
         for c in itertools.product((0, 1), repeat=n):
             candidates.append((lo + np.array(c) * (hi - lo), "vertex enumeration"))
     rng = np.random.default_rng(seed)
