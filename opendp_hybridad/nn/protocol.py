@@ -35,6 +35,14 @@ of each example (by ``c_i = min(1, C / ||g_i||)``) before :meth:`Layer.accumulat
   :attr:`GradientBound.error` of a row defined as the exact sum of its terms, stating
   which in its docstring.
 
+**Optional: rows computed once.** A part whose per-example rows must be materialised anyway
+(a convolution sums over positions) may offer ``clipped_rows(params, x, cache, delta) ->
+(squared_norms, rows)`` and ``accumulate_rows(rows, scale, out, first)``, which adds
+``sum_i scale_i row_i`` as one term per example (a product of two computed factors), so the
+rows feed both the norm that clipping reads and the clipped sum; :class:`Sequential` uses them
+where a part has them. The part's :class:`GradientBound` must cover the row it keeps (that row
+is exactly the unscaled row the error bound is about, times the clip factor).
+
 Matrix products in a part's kernels go through a module-level ``_matmul`` (default
 ``np.matmul``), so tests can put another summation order in its place (as another BLAS
 would) and check the forward error still holds.

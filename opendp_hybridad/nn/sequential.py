@@ -296,9 +296,13 @@ class Sequential:
         multiplied by ``c = down(R' / N)``, ``R' = R (1 - 2u) - sqrt(d) TINY``; each product
         rounds by at most ``u`` relative (``TINY / 2`` in underflow), so
         ``||fl(c x)|| <= (1 + u) c ||x|| + sqrt(d) TINY / 2 < R``. Rows already inside
-        (``N <= R``) are returned unchanged.
+        (``N <= R``) are returned unchanged. NaN entries become 0 (the box's centre; DP-SGD has
+        already imputed them by its declared policy); a norm that overflows shrinks the row to 0.
         """
-        x = np.clip(np.asarray(x, dtype=np.float64), -self.input_bound, self.input_bound)
+        x = np.asarray(x, dtype=np.float64)
+        if np.isnan(x).any():  # DP-SGD imputes by its declared policy first; anything left is the box's centre
+            x = np.where(np.isnan(x), 0.0, x)
+        x = np.clip(x, -self.input_bound, self.input_bound)
         R = self.input_norm_bound
         if R is None or x.shape[0] == 0:
             return x
@@ -311,7 +315,8 @@ class Sequential:
         if not outside.any():
             return x
         target = add_down(mul_down(R, add_down(1.0, -2.0 * UNIT_ROUNDOFF)), -up(_root_d(d) * TINY))
-        shrink = np.where(outside, down_array(max(target, 0.0) / np.where(outside, norms, 1.0)), 1.0)
+        # a norm that overflowed (inf) gives 0 / inf = 0, and down(0) is -TINY: never below 0 (0 is in every ball)
+        shrink = np.where(outside, np.maximum(down_array(max(target, 0.0) / np.where(outside, norms, 1.0)), 0.0), 1.0)
         rows = rows * shrink[:, None]
         return rows.reshape(x.shape)
 

@@ -180,3 +180,18 @@ def test_a_loss_states_its_label_kind_and_closed_form():
     assert [loss.label_kind for loss, _ in LOSSES] == ["class", "real", "binary"]
     assert all("dL/dz" in loss.closed_form for loss, _ in LOSSES)
     assert isinstance(Tanh(), Activation)
+
+
+def test_clamp_inputs_maps_nan_and_overflowing_rows_into_the_box_and_ball():
+    """Audit (attack_nn_bounds.py): NaN passed through clamp_inputs, and a row whose squares overflow was scaled by
+    down(0) = -TINY, landing at 4.9e-124 against a ball of 1e-150. Checked in exact rationals."""
+    from fractions import Fraction
+
+    from opendp_hybridad.nn import Dense, SoftmaxCrossEntropy
+
+    model = Sequential([Dense(3, 2, 1.0, 1.0)], SoftmaxCrossEntropy(), input_bound=1e200, input_norm_bound=1e-150)
+    x = np.array([[1e200, -1e200, 1e200], [np.nan, 1.0, np.inf], [0.0, 0.0, 0.0]])
+    out = model.clamp_inputs(x)
+    assert np.isfinite(out).all()
+    for row in out:
+        assert sum(Fraction(float(v)) ** 2 for v in row) <= Fraction(1e-150) ** 2
