@@ -172,3 +172,11 @@ def test_libm_helpers_and_gradual_underflow():
             assert Fraction(rd.libm_error_up(abs(v))) >= pad
     assert rd.libm_up(math.inf) == math.inf and rd.ulp_up(math.inf) == math.inf
     assert 2.0**-52 <= rd.ulp_up(1.0) <= 2.0**-51
+
+
+def test_norm2_up_of_a_norm_above_the_float_range_is_inf():
+    """Audit (attack_lipschitz.py): math.ldexp raised OverflowError, so Sequential(input_bound=1e308) with 7 inputs
+    crashed at declaration instead of getting the vacuous bound inf."""
+    from opendp_hybridad.analysis.rounding import norm2_up
+
+    assert norm2_up([1e308] * 7) == math.inf

@@ -176,8 +176,11 @@ def norm2_up(values: Iterable[float]) -> float:
     scale = Fraction(2) ** e
     scaled = sum(((Fraction(m) / scale) ** 2 for m in mags), Fraction(0))  # in (2^-2, n]
     root = sqrt_up(round_up(scaled))
-    # root * 2^e: a power-of-two scaling is exact unless it overflows or underflows
-    result = math.ldexp(root, e)
+    # root * 2^e: a power-of-two scaling is exact unless it overflows (then inf, a bound still) or underflows
+    try:
+        result = math.ldexp(root, e)
+    except OverflowError:
+        return math.inf
     return result if math.isfinite(result) else math.inf
 
 

@@ -60,6 +60,7 @@ import numpy as np
 from opendp_hybridad.analysis.rounding import (
     TINY,
     UNIT_ROUNDOFF,
+    add_down,
     add_up,
     down,
     float_max_row_norm2_up,
@@ -200,7 +201,7 @@ class SpectralDense(Dense):
             return W
         frob = frobenius_up(W)
         # the underflow of the products c W_ij: at most TINY / 2 each, sqrt(mn) TINY / 2 in Frobenius norm
-        target = r - up(sqrt_up(float(W.size)) * TINY)
+        target = add_down(r, -up(sqrt_up(float(W.size)) * TINY))  # rounded down: the reserve never rounds away
         finite = math.isfinite(spectral) and math.isfinite(frob)
         shrink = down(target / add_up(spectral, up(UNIT_ROUNDOFF * frob))) if finite else 0.0
         if not shrink > 0.0:
