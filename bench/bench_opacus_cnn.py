@@ -45,7 +45,6 @@ import copy
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ import time
 import warnings
 from collections.abc import Callable
 
+import machine as bench_machine
 import numpy as np
 
 CNN = ("Conv2d(1->8, 3x3) -> Tanh -> AvgPool2d(2) -> Conv2d(8->16, 3x3) -> Tanh -> AvgPool2d(2) -> Flatten -> "
@@ -62,11 +62,7 @@ PEER_NAMES = {"opacus_hooks": "Opacus hooks", "opacus_ghost": "Opacus ghost", "t
 TOLERANCE = 1e-10
 
 
-def _load() -> list[float]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        return []
+_load = bench_machine.load
 
 
 def _git_commit() -> dict:
@@ -82,24 +78,8 @@ def _git_commit() -> dict:
 
 
 def machine(torch, opacus) -> dict:
-    """CPU model, cores, numpy's BLAS and its kernel, torch and its threads."""
-    import threadpoolctl
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        blas = {k: blas.get(k) for k in ("name", "version", "openblas configuration") if blas.get(k) is not None}
-    except Exception as exc:  # numpy < 1.26: no dicts
-        blas = {"error": f"{type(exc).__name__}"}
-    pools = [{k: p.get(k) for k in ("user_api", "internal_api", "prefix", "version", "num_threads", "threading_layer", "architecture")}
-             for p in threadpoolctl.threadpool_info()]
-    return {"cpu": cpu, "cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__, "numpy_blas": blas, "threadpools": pools,
-            "torch": torch.__version__, "torch_threads_default": torch.get_num_threads(), "opacus": opacus.__version__,
-            "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
+    """CPU model, cores, numpy's BLAS and its kernel, torch and its threads (bench/machine.py's record)."""
+    return bench_machine.machine(torch=True)
 
 
 def build_torch(torch):

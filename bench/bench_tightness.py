@@ -22,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "analysis"))
 
+from machine import cpu_model, machine
 from tightness_suite import CASES, function_of, true_lipschitz
 
 
@@ -37,18 +38,9 @@ def _commit() -> str:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     import numpy
 
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, numpy {numpy.__version__}"
+    return f"{os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}, numpy {numpy.__version__}"
 
 
 def run(time_budget: float, only: str | None, partials: bool) -> dict:
@@ -81,7 +73,7 @@ def run(time_budget: float, only: str | None, partials: bool) -> dict:
     worst = max((r["ratio"] for r in rows), default=float("nan"))
     print(f"loosest ratio {worst:.4f}; slowest {max((r['seconds'] for r in rows), default=0):.2f} s")
     return {"command": " ".join(["python", "bench/bench_tightness.py", *sys.argv[1:]]), "commit": _commit(),
-            "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "time_budget": time_budget, "rows": rows}
+            "machine": _machine(), "machine_record": machine(), "date": time.strftime("%Y-%m-%d"), "time_budget": time_budget, "rows": rows}
 
 
 def markdown(data: dict) -> str:
