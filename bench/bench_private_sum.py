@@ -1,6 +1,7 @@
 """Private sum and private mean of age-adjusted BMI over 10 million rows, end to end, against hand-written numpy.
 
-    python bench/bench_private_sum.py [--rows 10000000] [--repeats 9] [--json out.json]
+    python bench/bench_private_sum.py [--rows 10000000] [--repeats 9] [--json bench/results/private_sum.json]
+    python bench/bench_private_sum.py --markdown bench/results/private_sum.json   # the docs section, from the JSON
 
 Ours: ``make_private_sum`` / ``make_private_mean`` (private count) on a pandas DataFrame
 (schema checks, clamping to the box, missing-value policy, compiled kernel, clamping to the
@@ -17,13 +18,12 @@ ratio of medians (and of mins) to hand-written numpy, with the machine and its l
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
+import machine as bench_machine
 import numpy as np
 import opendp.prelude as dp
 import pandas as pd
@@ -35,42 +35,20 @@ from opendp_hybridad.frame import make_frame_domain, make_private_mean, make_pri
 dp.enable_features("contrib", "honest-but-curious")
 
 
-def machine() -> dict:
-    """CPU, cores, load and library versions, recorded with every run."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
-            "opendp": getattr(dp, "__version__", "?")}
-    for name in ("numexpr", "numba"):
-        try:
-            module = __import__(name)
-        except ImportError:
-            continue
-        info[name] = module.__version__
-        if name == "numexpr":
-            info["numexpr_threads"] = module.get_num_threads()
-    return info
-
-
 def load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # pragma: no cover
-        return "?"
+    return " ".join(f"{x:.2f}" for x in bench_machine.load())
 
 
 def main() -> dict:
     p = argparse.ArgumentParser()
+    p.add_argument("--markdown", default=None, metavar="JSON", help="print the docs section from a results file and exit")
     p.add_argument("--rows", type=int, default=10_000_000)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
+    if args.markdown:
+        print(markdown(bench_machine.read_json(args.markdown)), end="")
+        return {}
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({
         "age": rng.uniform(10, 95, args.rows),       # some outside the box, to be clamped
@@ -147,18 +125,18 @@ def main() -> dict:
 
     variants = {**sums, **means}
     timings: dict[str, list[float]] = {name: [] for name in variants}
-    load_before = load()
+    load_before = bench_machine.load()
     for _ in range(args.repeats):
         for name, fn in variants.items():
             start = time.perf_counter()
             fn()
             timings[name].append(time.perf_counter() - start)
-    load_after = load()
+    load_after = bench_machine.load()
 
-    results = {"rows": args.rows, "repeats": args.repeats, "machine": machine(), "load_before": load_before,
+    results = {**bench_machine.record(sys.argv), "rows": args.rows, "repeats": args.repeats, "load_before": load_before,
                "load_after": load_after, "note": note, "construction_seconds": built, "skipped": skipped, "variants": {}}
     print(f"rows {args.rows}, {args.repeats} interleaved rounds, {note}")
-    print("machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()))
+    print("machine: " + bench_machine.describe(results["machine"]))
     print(f"load average (1, 5, 15 min): before {load_before}, after {load_after}")
     for group in (sums, means):
         base_name = next(iter(group))
@@ -167,17 +145,30 @@ def main() -> dict:
         for name in group:
             ts = timings[name]
             row = {"min_s": min(ts), "median_s": statistics.median(ts), "ratio_of_medians": statistics.median(ts) / base_med,
-                   "ratio_of_mins": min(ts) / base_min, "baseline": base_name}
+                   "ratio_of_mins": min(ts) / base_min, "baseline": base_name, "times_s": ts}
             results["variants"][name] = row
             print(f"  {name:<56s} {row['min_s'] * 1e3:8.1f} {row['median_s'] * 1e3:10.1f} "
                   f"{row['ratio_of_medians']:10.3f} {row['ratio_of_mins']:10.3f}")
     for line in skipped:
         print(f"  skipped: {line}")
     print("construction (s): " + ", ".join(f"{k} {v:.2f}" for k, v in built.items()))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    bench_machine.write_json(args.json, results)
+    print(markdown(results), end="")
     return results
+
+
+def markdown(results: dict) -> str:
+    lines = [bench_machine.header(results) + f" {results['rows']:,} rows; {results['repeats']} rounds, every variant once per "
+             f"round, interleaved; ratios to the hand-written clamped sum (mean rows: to the hand-written mean). {results['note']}.",
+             "", "| variant | min ms | median ms | ratio of medians | ratio of mins |", "|---|---:|---:|---:|---:|"]
+    for name, r in results["variants"].items():
+        ratio = f"{r['ratio_of_medians']:.2f}x"
+        lines.append(f"| {name} | {bench_machine.ms(r['min_s'])} | {bench_machine.ms(r['median_s'])} | "
+                     f"{'**' + ratio + '**' if r['ratio_of_medians'] < 1 else ratio} | {r['ratio_of_mins']:.2f}x |")
+    lines += ["", "Construction (s): " + ", ".join(f"{k} {v:.2f}" for k, v in results["construction_seconds"].items()) + "."]
+    if results["skipped"]:
+        lines += ["", "Not measured: " + "; ".join(results["skipped"]) + "."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

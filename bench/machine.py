@@ -60,6 +60,15 @@ def _threadpools() -> list[dict]:
             for p in threadpoolctl.threadpool_info()]
 
 
+def _dist_version(name: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return "?"
+
+
 def machine(torch: bool | None = None) -> dict:
     """The machine record (``torch``: None = record torch if it is already imported; True = import it)."""
     import numpy as np
@@ -77,7 +86,7 @@ def machine(torch: bool | None = None) -> dict:
         if name in sys.modules or (name == "opacus" and "torch" in info):
             with contextlib.suppress(ImportError):
                 module = importlib.import_module(name)
-                info[name] = getattr(module, "__version__", "?")
+                info[name] = getattr(module, "__version__", None) or _dist_version(name)
                 if name == "numexpr":
                     info["numexpr_threads"] = module.get_num_threads()
     info["env_threads"] = {k: os.environ.get(k) for k in THREAD_VARS}
@@ -119,6 +128,8 @@ def commit(paths: tuple[str, ...] = ("opendp_hybridad", "bench")) -> dict:
 
 def record(command: list[str]) -> dict:
     """What every bench's JSON starts with: the command, commit, date, machine (torch if imported)."""
+    if command and command[0].endswith(".py"):
+        command = ["bench/" + os.path.basename(command[0]), *command[1:]]
     return {"command": " ".join(["python", *command]), **commit(), "date": time.strftime("%Y-%m-%d"), "machine": machine()}
 
 
@@ -199,4 +210,6 @@ def read_json(path: str) -> dict:
 
 
 def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f}"
+    """Milliseconds: 0 decimals from 1 s, 1 from 10 ms, 2 from 0.1 ms, else 4."""
+    v = seconds * 1e3
+    return f"{v:,.0f}" if v >= 1000 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 0.1 else f"{v:.4f}"
