@@ -42,7 +42,7 @@ from opendp_hybridad.nn import (
     Tanh,
     TemperedSigmoid,
 )
-from opendp_hybridad.nn import model as model_module
+from opendp_hybridad.nn.parts import dense as dense_module
 
 mpmath.mp.dps = 50
 
@@ -261,8 +261,8 @@ def test_a_blas_that_sums_in_another_order_breaks_the_old_bound_but_not_the_new_
     b1 = -math.fsum((w * common).tolist())
     params = [(w[None, :], np.array([b1])), (np.array([[0.01], [-0.01]]), np.zeros(2))]
     # this BLAS sums backwards for an odd number of rows: the N - 1 common examples are summed
-    # one way in D and the other way in D' = D + one example
-    monkeypatch.setattr(model_module, "_matmul", sequential_matmul(lambda rows: rows % 2 == 1))
+    # one way in D and the other way in D' = D + one example (MLP's products are the dense part's)
+    monkeypatch.setattr(dense_module, "_matmul", sequential_matmul(lambda rows: rows % 2 == 1))
     y = np.zeros(N, dtype=int)
     alone_d = model._block_deltas(params, common[None, :].repeat(N - 1, 0), y[:N - 1], C)
     alone_e = model._block_deltas(params, common[None, :].repeat(N, 0), y, C)

@@ -1,4 +1,13 @@
-"""A multilayer perceptron declared per layer, with per-example gradient kernels and a certified bound.
+"""A multilayer perceptron declared per layer: the composition dense, activation, dense, ... of registered parts.
+
+:class:`MLP` is a thin layer over :class:`~opendp_hybridad.nn.sequential.Sequential` of the
+parts :class:`~opendp_hybridad.nn.parts.dense.Dense`, :class:`~opendp_hybridad.nn.parts.activation.Elementwise`,
+... (one home per kernel: the parts' own, run by Sequential). What MLP adds is its interface:
+parameters ``[(W_1, b_1), ...]`` (one tuple per dense layer; Sequential's are one tuple per
+part, ``()`` for an activation), converted at the boundary without copying an array;
+activations ``a_0..a_L`` and deltas ``dLoss/dz_l`` per dense layer; ``per_layer`` of the bound
+per dense layer; and its closed form. Matrix products go through the dense part's ``_matmul``
+(:mod:`opendp_hybridad.nn.parts.dense`), where tests put another summation order.
 
 Closed forms, per example (symbolic per layer, never expanded into scalars):
 
@@ -9,7 +18,9 @@ Closed forms, per example (symbolic per layer, never expanded into scalars):
     ||g||^2 = sum_l ||delta_l||^2 (||a_{l-1}||^2 + 1)
 
 so per-example norms never materialise per-example gradients, and a clipped sum
-is one matrix product per layer: ``sum_i c_i delta_li a_{l-1,i}^T = (c * Delta_l)^T A_{l-1}``.
+is one matrix product per layer: ``sum_i c_i delta_li a_{l-1,i}^T = (c * Delta_l)^T A_{l-1}``
+(:meth:`Dense.per_example_squared_norms <opendp_hybridad.nn.parts.dense.Dense.per_example_squared_norms>`
+and :meth:`~opendp_hybridad.nn.parts.dense.Dense.accumulate`).
 
 **The certified bound** ``K`` propagates magnitudes through the same recursion over the
 declared boxes (inputs, labels, weights), rounding every step up:
@@ -60,28 +71,24 @@ rests on ``e``; no assumption on how BLAS orders its sums remains.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
 import numpy as np
 
-from opendp_hybridad.analysis.rounding import norm2_up
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.layers import Activation, Dense, Loss
 from opendp_hybridad.nn.parts.activation import Elementwise
-from opendp_hybridad.nn.protocol import ActivationBound
 from opendp_hybridad.nn.protocol import ModelBound as ModelBound  # re-exported: DP-SGD and users import it from here
-from opendp_hybridad.nn.sequential import _round_up_to_power_of_two, chain_bound, check_loss
-
-#: the matrix product the kernels use; tests put another summation order in its place (as another BLAS would)
-_matmul = np.matmul
-
-
-_BLOCK_BYTES = 256 * 1024  # per activation array: fits the L2 cache of current CPUs with room to spare
+from opendp_hybridad.nn.sequential import Sequential, check_loss
 
 
 class MLP:
     """Dense layers with activations and a loss; parameters are ``[(W_1, b_1), ...]``.
+
+    The kernels and the bound are those of the equivalent :class:`Sequential` (module
+    docstring); parameters go in and come out as one ``(W, b)`` per dense layer.
 
     :param input_bound: the input box, ``|x_j| <= input_bound`` (a float, or one per feature).
     :param label_bound: ``|y| <= label_bound`` for regression losses.
@@ -103,11 +110,20 @@ class MLP:
         check_loss(loss, (layers[-1].out_features,))
         self.input_bound = bound.copy()
         self.label_bound = float(label_bound)
-        self._norm_bounds_cache: dict[tuple, ModelBound] = {}
-        self._input_norm = norm2_up(self.input_bound.tolist())  # ||x|| over the box, exact then rounded up
-        # the bound's recursion runs over the parts dense, activation, dense, ... (nn.sequential.chain_bound)
         self._parts = [part for layer, act in zip(layers, activations, strict=True) for part in (layer, Elementwise(act))]
-        self._input_record = ActivationBound((layers[0].in_features,), self._input_norm, float(self.input_bound.max(initial=0.0)))
+        # every kernel and the bound's recursion: the parts', run by Sequential (dense at even indices)
+        self._seq = Sequential(self._parts, loss, input_bound=self.input_bound, label_bound=self.label_bound)
+
+    # -- the boundary: (W, b) per dense layer <-> one tuple per part ------------------------------------
+    @staticmethod
+    def _seq_params(params) -> list:
+        """``[(W_1, b_1), (), (W_2, b_2), (), ...]``: the same arrays, no copy."""
+        return [ps for p in params for ps in (p, ())]
+
+    @staticmethod
+    def _dense(per_part: list) -> list:
+        """The dense parts' entries (even indices) of a per-part list."""
+        return per_part[0::2]
 
     # -- parameters -----------------------------------------------------------------------
     @property
@@ -132,35 +148,28 @@ class MLP:
         """The model as Sequential parts: dense, activation, dense, activation, ..."""
         return list(self._parts)
 
-    def to_sequential(self):
-        """The same model as a :class:`~opendp_hybridad.nn.sequential.Sequential` (parameters: ``(W, b), (), (W, b), ()...``)."""
-        from opendp_hybridad.nn.sequential import Sequential
+    @property
+    def _input_norm(self) -> float:
+        """``||x||`` over the input box, rounded up (where the bound's recursion starts)."""
+        return self._seq._input_record.norm
 
+    def to_sequential(self) -> Sequential:
+        """The same model as a :class:`~opendp_hybridad.nn.sequential.Sequential` (parameters: ``(W, b), (), (W, b), ()...``)."""
         return Sequential(self.parts, self.loss, input_bound=self.input_bound, label_bound=self.label_bound)
 
     @property
     def num_parameters(self) -> int:
-        return sum(layer.in_features * layer.out_features + layer.out_features for layer in self.layers)
+        return self._seq.num_parameters
 
     def init(self, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-        params = []
-        for layer in self.layers:
-            scale = min(layer.weight_bound, 1.0 / math.sqrt(layer.in_features))
-            W = rng.uniform(-scale, scale, (layer.out_features, layer.in_features))
-            params.append(layer.project(W, np.zeros(layer.out_features)))
-        return params
+        return self._dense(self._seq.init(rng))
 
     def project(self, params):
-        return [layer.project(W, b) for layer, (W, b) in zip(self.layers, params, strict=True)]
+        return self._dense(self._seq.project(self._seq_params(params)))
 
     def apply_step(self, params, step: np.ndarray, scale: float, project: bool = True):
         """``params - scale * step`` (``step`` flat, layer by layer as :meth:`gradient_sum` writes it), projected if ``project``."""
-        out, offset = [], 0
-        for layer, (W, b) in zip(self.layers, params, strict=True):
-            step_W, step_b = step[offset:offset + W.size], step[offset + W.size:offset + W.size + b.size]
-            out.append(layer.apply_step(W, b, step_W, step_b, scale, project))
-            offset += W.size + b.size
-        return out
+        return self._dense(self._seq.apply_step(self._seq_params(params), step, scale, project))
 
     # -- closed forms -----------------------------------------------------------------------
     def closed_form(self) -> str:
@@ -176,177 +185,76 @@ class MLP:
         lines.append("||g||^2 = " + " + ".join(f"||delta_{i}||^2 (||a_{i - 1}||^2 + 1)" for i in range(1, L + 1)))
         return "\n".join(lines)
 
-    # -- per-example kernels ------------------------------------------------------------------
+    # -- per-example kernels (Sequential's, over the parts) -------------------------------------
     def forward(self, params, x):
-        acts, pre = [x], []
-        a = x
-        for (W, b), act in zip(params, self.activations, strict=True):
-            z = a @ W.T + b
-            a = act(z)
-            pre.append(z)
-            acts.append(a)
-        return acts, pre
+        """Activations ``a_0..a_L`` (``a_0 = x``) and pre-activations ``z_1..z_L``."""
+        outputs, _ = self._seq.forward(self._seq_params(params), x)
+        return outputs[0::2], outputs[1::2]
 
     def deltas(self, params, x, y):
         """Activations ``a_0..a_L`` and per-example output deltas ``delta_1..delta_L`` (``dLoss/dz_i``), one row per example."""
-        acts, slopes, a = [x], [], x
-        for (W, b), act in zip(params, self.activations, strict=True):
-            z = _matmul(a, W.T)
-            z += b
-            a, slope = act.value_and_derivative(z)
-            acts.append(a)
-            slopes.append(slope)
-        delta = self.loss.delta(acts[-1], y)
-        if slopes[-1] is not None:
-            delta *= slopes[-1]
-        out = [delta]
-        for i in range(len(self.layers) - 1, 0, -1):
-            delta = _matmul(delta, params[i][0])
-            if slopes[i - 1] is not None:
-                delta *= slopes[i - 1]
-            out.append(delta)
-        return acts, list(reversed(out))
+        outputs, deltas = self._seq.deltas(self._seq_params(params), x, y)
+        return outputs[0::2], deltas[0::2]
 
     def loss_value(self, params, x, y) -> np.ndarray:
-        acts, _ = self.forward(params, x)
-        return self.loss.value(acts[-1], y)
+        return self._seq.loss_value(self._seq_params(params), x, y)
 
     def per_example_gradients(self, params, x, y) -> list[tuple[np.ndarray, np.ndarray]]:
         """Materialised per-example gradients (for tests and small models): [(B, out, in), (B, out)] per layer."""
-        acts, deltas = self.deltas(params, x, y)
-        return [(np.einsum("bo,bi->boi", d, a), d) for d, a in zip(deltas, acts[:-1], strict=True)]
+        return self._dense(self._seq.per_example_gradients(self._seq_params(params), x, y))
 
     def per_example_norms(self, params, x, y) -> np.ndarray:
-        """``||g_i||_2`` without materialising the per-example gradients."""
-        acts, deltas = self.deltas(params, x, y)
-        return np.sqrt(self._squared_norms(acts, deltas))
-
-    @staticmethod
-    def _squared_norms(acts, deltas) -> np.ndarray:
-        """``sum_l ||delta_l||^2 (||a_(l-1)||^2 + 1)``: the dense layer's per-example gradient is ``delta a^T`` and ``delta``."""
-        sq = np.zeros(acts[0].shape[0])
-        for d, a in zip(deltas, acts[:-1], strict=True):
-            sq += np.einsum("ij,ij->i", d, d) * (np.einsum("ij,ij->i", a, a) + 1.0)
-        return sq
+        """``||g_i||_2`` without materialising the per-example gradients: ``sum_l ||delta_l||^2 (||a_(l-1)||^2 + 1)``."""
+        return self._seq.per_example_norms(self._seq_params(params), x, y)
 
     def gradient_sum(self, params, x, y, clip: float | None = None, out: np.ndarray | None = None):
         """``sum_i c_i g_i`` with ``c_i = min(1, clip / ||g_i||)`` (no clipping if ``clip`` is None): one product per layer.
 
-        Large batches go through in blocks of rows sized so a block's activations stay in
-        cache (about 256 KB per array): about a quarter faster at a batch of 1,024. How
-        BLAS orders the sums inside a product (and so the last bits of an example's row)
-        may depend on the block; the float-sum bound of DP-SGD does not care: every
-        computed row is within the proven forward error of the exact one
-        (:attr:`ModelBound.rounding`, :meth:`ModelBound.row_error`), and the sum of
-        ``N`` rows in any order within Higham's ``gamma_N``.
+        :meth:`Sequential.gradient_sum`: blocks of rows sized so a block's activations stay
+        in cache (about 256 KB per array). How BLAS orders the sums inside a product (and
+        so the last bits of an example's row) may depend on the block; the float-sum bound
+        of DP-SGD does not care: every computed row is within the proven forward error of
+        the exact one (:attr:`ModelBound.rounding`, :meth:`ModelBound.row_error`), and the
+        sum of ``N`` rows in any order within Higham's ``gamma_N``.
         ``out``: a flat float64 array of ``num_parameters`` to write into (layer by layer,
-        ``W`` row-major then ``b``); the returned blocks are then views of it.
+        ``W`` row-major then ``b``); the returned ``(gW, gb)`` per layer are views of it.
         """
-        if out is None:
-            out = np.empty(sum(W.size + b.size for W, b in params))
-        views, offset = [], 0
-        for W, b in params:
-            views.append((out[offset:offset + W.size].reshape(W.shape), out[offset + W.size:offset + W.size + b.size]))
-            offset += W.size + b.size
-        if x.shape[0] == 0:
-            out[:] = 0.0
-            return views
-        widest = max(max(W.shape) for W, _ in params)
-        rows = max(16, _BLOCK_BYTES // (8 * widest))
-        y = np.asarray(y)
-        for start in range(0, x.shape[0], rows):
-            acts, deltas = self._block_deltas(params, x[start:start + rows], y[start:start + rows], clip)
-            for (gW, gb), d, a in zip(views, deltas, acts[:-1], strict=True):
-                if start == 0:
-                    gW[...] = _matmul(d.T, a)
-                    np.sum(d, axis=0, out=gb)
-                else:
-                    gW += _matmul(d.T, a)
-                    gb += d.sum(axis=0)
-        return views
+        return self._dense(self._seq.gradient_sum(self._seq_params(params), x, y, clip=clip, out=out))
 
     def _block_deltas(self, params, x, y, clip: float | None):
-        """Activations and deltas of a block, the deltas scaled by ``min(1, clip / ||g_i||)`` when clipping."""
-        acts, deltas = self.deltas(params, x, y)
-        if clip is not None:
-            factor = np.minimum(1.0, clip / np.maximum(np.sqrt(self._squared_norms(acts, deltas)), 1e-300))
-            for d in deltas:
-                d *= factor[:, None]
-        return acts, deltas
+        """Activations and deltas of a block, the deltas scaled by ``min(1, clip / ||g_i||)`` when clipping (the rows the sum adds)."""
+        outputs, _, deltas = self._seq._block_deltas(self._seq_params(params), x, y, clip)
+        return outputs[0::2], deltas[0::2]
 
     # -- certified bound and forward error -----------------------------------------------------
-    def _weight_norms(self, params=None, rows: bool = True) -> tuple[tuple[float, float, float, float], ...]:
-        """Per layer ``(R, b_max, F, B)`` (:meth:`opendp_hybridad.nn.parts.dense.Dense.weight_norms`)."""
-        if params is None:
-            return tuple(layer.weight_norms(None, rows) for layer in self.layers)
-        return tuple(layer.weight_norms(tuple(p), rows) for layer, p in zip(self.layers, params, strict=True))
+    def _per_layer(self, bound: ModelBound) -> ModelBound:
+        """``bound`` with ``per_layer`` kept for the dense layers only (a new record: Sequential's may be cached)."""
+        return dataclasses.replace(bound, per_layer=bound.per_layer[0::2])
 
     def certified_bound(self, params=None) -> ModelBound:
         """Certified ``K`` on the per-example gradient norm, and the forward error ``e`` of the computed gradient.
 
         ``params`` None: over the whole declared weight set (fixed for a run).
         ``params`` given: with these (public) weights, over the input and label boxes only.
+        :func:`opendp_hybridad.nn.sequential.chain_bound` over the parts dense, activation,
+        dense, ...; ``per_layer`` keeps the dense layers' terms.
         """
-        return self._bound_from_norms(self._weight_norms(params))
+        return self._per_layer(self._seq.certified_bound(None if params is None else self._seq_params(params)))
 
     def rounding_bound(self, params) -> ModelBound:
         """A cheaper bound with these (public) weights, for the forward error of clipped rows each step.
 
-        Frobenius norms only (``R = F``), each rounded up to a power of two, and at least
-        ``2^-30``, so that results are cached across steps (every quantity of the recursion
-        grows with the norms, so larger norms give a valid, larger bound; ``e`` is about
-        ``1e-12`` of the gradients' scale, so a factor 2 in it moves the noise by nothing).
+        :meth:`Sequential.rounding_bound`: Frobenius norms only (``R = F``), each rounded up to
+        a power of two, and at least ``2^-30``, so that results are cached across steps (every
+        quantity of the recursion grows with the norms, so larger norms give a valid, larger
+        bound; ``e`` is about ``1e-12`` of the gradients' scale, so a factor 2 in it moves the
+        noise by nothing).
         """
-        norms = tuple(tuple(_round_up_to_power_of_two(v) for v in layer) for layer in self._weight_norms(params, rows=False))
-        cached = self._norm_bounds_cache.get(norms)
-        if cached is None:
-            if len(self._norm_bounds_cache) > 256:
-                self._norm_bounds_cache.clear()
-            cached = self._norm_bounds_cache[norms] = self._bound_from_norms(norms)
-        return cached
-
-    def _bound_from_norms(self, norms) -> ModelBound:
-        """``K`` and the forward error ``e`` (module docstring) from per-layer weight norms: the recursion of
-        :func:`opendp_hybridad.nn.sequential.chain_bound` over the parts dense, activation, dense, ...
-        (so a :class:`~opendp_hybridad.nn.sequential.Sequential` of the same parts gives the same numbers);
-        ``per_layer`` keeps the dense layers' terms."""
-        interleaved = [n for pair in zip(norms, [()] * len(norms), strict=True) for n in pair]
-        bound = chain_bound(self._parts, self._input_record, interleaved, self.loss, self.label_bound,
-                            [True, False] * len(self.layers))
-        bound.per_layer = bound.per_layer[::2]
-        return bound
+        return self._per_layer(self._seq.rounding_bound(self._seq_params(params)))
 
     def witness(self, bound: ModelBound, params=None, samples: int = 2048, seed: int = 0, labels=None) -> ModelBound:
         """Largest per-example gradient norm found by sampling the boxes (corners of the input box included)."""
-        rng = np.random.default_rng(seed)
-        best, where = 0.0, {}
-        for trial in range(4):
-            ps = params if params is not None else [
-                (layer.weight_bound * np.sign(rng.standard_normal((layer.out_features, layer.in_features)))
-                 if not layer.norm_ball else self._ball(rng, layer), layer.bias_bound * np.sign(rng.standard_normal(layer.out_features)))
-                for layer in self.layers]
-            x = self.input_bound * np.where(rng.random((samples, self.layers[0].in_features)) < 0.5, -1.0, 1.0)
-            if trial % 2:
-                x = x * rng.random(x.shape)
-            if labels is not None:
-                y = rng.choice(labels, samples)
-            elif self.loss.label_kind == "class":
-                y = rng.integers(0, self.layers[-1].out_features, samples)
-            elif self.loss.label_kind == "binary":
-                y = rng.integers(0, 2, samples).astype(float)
-            else:
-                y = self.label_bound * np.where(rng.random((samples, self.layers[-1].out_features)) < 0.5, -1.0, 1.0)
-            norms = self.per_example_norms(ps, x, y)
-            i = int(np.argmax(norms))
-            if norms[i] > best:
-                best, where = float(norms[i]), {"trial": trial, "x": x[i].tolist(), "y": np.asarray(y[i]).tolist()}
-        bound.witness_value, bound.witness = best, where
-        return bound
-
-    @staticmethod
-    def _ball(rng, layer: Dense) -> np.ndarray:
-        W = rng.standard_normal((layer.out_features, layer.in_features))
-        return W * (layer.weight_bound / np.sqrt((W * W).sum()))
+        return self._seq.witness(bound, None if params is None else self._seq_params(params), samples, seed, labels)
 
 
 def _round_up_16_per_octave(value: float) -> float:
