@@ -1,6 +1,7 @@
 """Certification speed and tightness.
 
-    python bench/bench_certify.py [--repeats 20] [--time-budget 2]
+    python bench/bench_certify.py [--repeats 20] [--time-budget 2] [--json bench/results/certify.json]
+    python bench/bench_certify.py --markdown bench/results/certify.json   # the docs section, from the JSON
 
 1. BMI (a in [18, 90], w in [40, 200], h in [1.4, 2.2]): time to certify K from
    a freshly declared function (differentiation, lowering, branch and bound,
@@ -20,6 +21,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
+import machine as bench_machine
 from suite import CASES, function_of, reference_search
 
 import opendp_hybridad as hd
@@ -27,7 +29,7 @@ import opendp_hybridad as hd
 BMI_K = 13120.0107015588
 
 
-def bmi_timing(repeats: int) -> None:
+def bmi_timing(repeats: int) -> dict:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -38,12 +40,15 @@ def bmi_timing(repeats: int) -> None:
     print(f"BMI: K <= {cert.upper!r}  (exact {BMI_K}, factor {cert.upper / BMI_K:.15f})")
     print(f"     witness {cert.witness.value!r} at {cert.witness.point}")
     print(f"     declare + certify: median {statistics.median(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms over {repeats} runs")
+    return {"K": cert.upper, "exact": BMI_K, "witness": cert.witness.value, "repeats": repeats, "times_s": times,
+            "min_s": min(times), "median_s": statistics.median(times), "max_s": max(times)}
 
 
-def suite(time_budget: float) -> None:
+def suite(time_budget: float, cases: int | None = None) -> list[dict]:
     print(f"\n{'function':<34s} {'n':>2s} {'certified K':>14s} {'found':>14s} {'ratio':>9s} {'conv':>5s} {'boxes':>8s} {'time s':>7s}")
     worst = 0.0
-    for case in CASES:
+    rows = []
+    for case in CASES[:cases]:
         f = function_of(case)
         cert = f.lipschitz(time_budget=time_budget)
         found = reference_search(f.expr, list(f.symbols), case.box, "grad2")
@@ -52,13 +57,41 @@ def suite(time_budget: float) -> None:
         flag = "" if ratio >= 1 - 1e-12 else "  UNSOUND"
         print(f"{case.name:<34s} {len(case.box):>2d} {cert.upper:>14.6g} {found:>14.6g} {ratio:>9.5f} "
               f"{'yes' if cert.converged else 'no':>5s} {cert.boxes:>8d} {cert.elapsed:>7.2f}{flag}")
+        rows.append({"name": case.name, "n": len(case.box), "certified": cert.upper, "found": float(found), "ratio": ratio,
+                     "converged": bool(cert.converged), "boxes": cert.boxes, "seconds": cert.elapsed})
     print(f"loosest ratio {worst:.4f}")
+    return rows
+
+
+def markdown(results: dict) -> str:
+    b = results["bmi"]
+    lines = [bench_machine.header(results) + " BMI with a in [18, 90], w in [40, 200], h in [1.4, 2.2]: "
+             f"K <= {b['K']!r}, exact {b['exact']} (factor 1 + {b['K'] / b['exact'] - 1:.1e}); declaring the function and "
+             f"certifying K takes {b['median_s'] * 1e3:.1f} ms median, {b['min_s'] * 1e3:.1f} ms min, {b['max_s'] * 1e3:.0f} ms "
+             f"worst (the first run pays for lazy imports) over {b['repeats']} runs. Attack suite: time budget "
+             f"{results['time_budget']} s per certificate.", "",
+             "| function | inputs | certified K | found | ratio | converged | boxes | s |", "|---|---:|---:|---:|---:|:-:|---:|---:|"]
+    for r in results["suite"]:
+        name = r["name"].replace("|", "\\|")
+        lines.append(f"| {name} | {r['n']} | {r['certified']:.6g} | {r['found']:.6g} | {r['ratio']:.5f} | "
+                     f"{'yes' if r['converged'] else 'no'} | {r['boxes']} | {r['seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--time-budget", type=float, default=2.0)
+    p.add_argument("--cases", type=int, default=None, help="only the first N cases of the attack suite")
+    p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument("--markdown", default=None, metavar="JSON", help="print the docs section from a results file and exit")
     args = p.parse_args()
-    bmi_timing(args.repeats)
-    suite(args.time_budget)
+    if args.markdown:
+        print(markdown(bench_machine.read_json(args.markdown)), end="")
+        sys.exit(0)
+    results = {**bench_machine.record(sys.argv), "load_before": bench_machine.load(), "time_budget": args.time_budget}
+    results["bmi"] = bmi_timing(args.repeats)
+    results["suite"] = suite(args.time_budget, args.cases)
+    results["load_after"] = bench_machine.load()
+    bench_machine.write_json(args.json, results)
+    print(markdown(results), end="")

@@ -1,9 +1,11 @@
 """Overhead of progress reporting in DP-SGD: fit(progress=False) vs fit(progress=True).
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/bench_progress.py [--epochs 40] [--repeats 5]
+    python bench/bench_progress.py [--epochs 40] [--repeats 5] [--json bench/results/progress.json]
+    python bench/bench_progress.py --markdown bench/results/progress.json   # the docs section, from the JSON
 
 Rounds interleaved (False, True, False, True, ...) after one warm-up of each; reports min and
-median of each side and the ratio, and the machine. The data are synthetic (4000 x 16, a
+median of each side and the ratio, and the machine; with one BLAS thread and with the default
+threads (``--threads``). The data are synthetic (4000 x 16, a
 16-32-2 MLP, batch 64, noise multiplier 1.0); ``seed`` fixes the noise for a like-for-like
 comparison (a seeded run is not private).
 """
@@ -13,22 +15,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
-import platform
-import statistics
-import time
+import sys
 
+import machine as bench_machine
 import numpy as np
 
 from opendp_hybridad.dpsgd import DPSGD
 from opendp_hybridad.nn import MLP, Dense, Identity, SoftmaxCrossEntropy
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--epochs", type=float, default=40)
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
+def run(args) -> dict:
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (4000, 16))
     y = (x[:, 0] > 0).astype(int)
@@ -36,23 +32,51 @@ def main() -> None:
                 input_bound=4.0)
     trainer = DPSGD(model, noise_multiplier=1.0, batch_size=64, epochs=args.epochs, learning_rate=0.5)
 
-    def run(progress: bool) -> float:
-        t = time.perf_counter()
+    def fit(progress: bool) -> None:
         with contextlib.redirect_stderr(io.StringIO()):
             trainer.fit(x, y, progress=progress, seed=1)
-        return time.perf_counter() - t
 
-    run(False)
-    run(True)
-    quiet, loud = [], []
-    for _ in range(args.repeats):
-        quiet.append(run(False))
-        loud.append(run(True))
-    print(f"machine: {platform.platform()}; {os.cpu_count()} cores; python {platform.python_version()}; "
-          f"load {os.getloadavg()[0]:.2f}")
-    print(f"progress=False min {min(quiet):.4f} median {statistics.median(quiet):.4f} s")
-    print(f"progress=True  min {min(loud):.4f} median {statistics.median(loud):.4f} s")
-    print(f"ratio of medians {statistics.median(loud) / statistics.median(quiet):.3f}, of mins {min(loud) / min(quiet):.3f}")
+    results = {**bench_machine.record(sys.argv), "epochs": args.epochs, "rounds": args.repeats, "warmup": 1,
+               "load_before": bench_machine.load(), "runs": []}
+    for label in args.threads:
+        with bench_machine.threads(bench_machine.THREAD_SETTINGS[label]) as counts:
+            times = bench_machine.interleaved({"progress=False": lambda: fit(False), "progress=True": lambda: fit(True)},
+                                              args.repeats, 1)
+            v = bench_machine.summary(times, "progress=False")
+            results["runs"].append({"threads": label, "thread_counts": counts, "load_after": bench_machine.load(), "variants": v})
+            for name, r in v.items():
+                print(f"threads {label:>7s} {name:<15s} min {r['min_s']:.4f} median {r['median_s']:.4f} s, "
+                      f"ratio of medians {r['ratio_of_medians']:.3f}, of mins {r['ratio_of_mins']:.3f}")
+    results["load_after"] = bench_machine.load()
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = [bench_machine.header(results) + f" `DPSGD.fit` for {results['epochs']:g} epochs (4000 x 16 synthetic rows, a 16-32-2 "
+             f"MLP, batch 64, noise multiplier 1.0, seeded noise) with and without progress reporting; {results['rounds']} rounds "
+             f"after {results['warmup']} warm-up, interleaved; ratio = progress=True over progress=False.", "",
+             "| threads | progress | min s | median s | ratio of medians | ratio of mins |", "|---|---|---:|---:|---:|---:|"]
+    for run in results["runs"]:
+        for name, r in run["variants"].items():
+            lines.append(f"| {run['threads']} | {name.split('=')[1]} | {r['min_s']:.3f} | {r['median_s']:.3f} | "
+                         f"{r['ratio_of_medians']:.3f} | {r['ratio_of_mins']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--epochs", type=float, default=40)
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    p.add_argument("--threads", nargs="+", default=["1", "default"], choices=list(bench_machine.THREAD_SETTINGS))
+    p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument("--markdown", default=None, metavar="JSON", help="print the docs section from a results file and exit")
+    args = p.parse_args()
+    if args.markdown:
+        print(markdown(bench_machine.read_json(args.markdown)), end="")
+        return
+    results = run(args)
+    bench_machine.write_json(args.json, results)
+    print(markdown(results), end="")
 
 
 if __name__ == "__main__":
