@@ -575,6 +575,8 @@ def _to_conv(part: Layer, params: Params, dtype: Any) -> Any:
 
 register_part_to_torch("conv1d")(_to_conv)
 register_part_to_torch("conv2d")(_to_conv)
+register_part_to_torch("spectral_conv1d")(_to_conv)  # a subclass of Conv1d: the same module, the same weights
+register_part_to_torch("spectral_conv2d")(_to_conv)
 
 
 def _to_avgpool(part: Layer, params: Params, dtype: Any) -> Any:

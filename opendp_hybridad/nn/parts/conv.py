@@ -31,6 +31,11 @@ ones; both are exact in real arithmetic.
   ``||sum_p delta_p|| <= sum_p ||delta_p|| <= sqrt(P) D``; so the block's squared norm is
   at most ``D^2 (A_col^2 + P)``.
 
+Where ``F`` above stands for ``||W_mat||_2`` in an exact norm (``||z||``, the transposed
+operator, the propagated errors ``F sqrt(c) e_a`` and ``F sqrt(c) e_d``) the bound maps read
+:meth:`_ConvNd.operator_norm` (``F`` here; :mod:`~opendp_hybridad.nn.parts.spectral_conv`
+gives its certified spectral norm); the rounding terms below keep ``F``.
+
 **The float-sum argument** (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd
 ed. 2002, section 3.1 and Lemma 3.1, section 3.5 for matrix products: a sum of ``m`` products evaluated in any
 order and any grouping is within ``gamma_m |x|^T |y|`` of the exact one; with gradual
@@ -470,17 +475,25 @@ class _ConvNd(Layer):
         unit = inp.computed_unit if computed else inp.unit
         return min(_prod_up(_root(c), norm), _prod_up(_root(P * self.patch_size), unit))
 
+    def operator_norm(self, norms: tuple[float, ...]) -> float:
+        """``S >= ||W_mat||_2``, the bound the exact-norm terms use (here ``F``; a spectral subclass gives its own).
+
+        The rounding terms always take ``F`` (``|| |W_mat| ||_2 <= ||W_mat||_F``).
+        """
+        return norms[2]
+
     def forward_bound(self, inp: ActivationBound, norms: tuple[float, ...]) -> ActivationBound:
-        R, b_max, F, B = norms
+        R, b_max, F, B = norms[:4]
+        S = self.operator_norm(norms)
         P, c, _ = self._geometry(inp.shape)
         n, m = self.patch_size, self.out_channels
         patch = min(inp.norm, _prod_up(_root(n), inp.unit))
         unit = add_up(_prod_up(R, patch), b_max)
-        norm = add_up(_prod_up(F, self._columns(inp, P, c, False)), _prod_up(_root(P), B))
+        norm = add_up(_prod_up(S, self._columns(inp, P, c, False)), _prod_up(_root(P), B))
         e_a = inp.error
         g = _gamma(n + 1)
         rounding = _prod_up(g, add_up(_prod_up(F, self._columns(inp, P, c, True)), _prod_up(_root(P), B)))
-        e_z = _sum_up(_prod_up(F, _root(c), e_a), rounding, underflow_allowance(m * P, n + 1))
+        e_z = _sum_up(_prod_up(S, _root(c), e_a), rounding, underflow_allowance(m * P, n + 1))
         # per entry: the patch's error is at most e_a in l2, and one dot product's rounding
         patch_hat = min(add_up(patch, e_a), _prod_up(_root(n), inp.computed_unit))
         entry_error = _sum_up(_prod_up(R, e_a), _prod_up(g, add_up(_prod_up(R, patch_hat), b_max)), float(n + 1) * TINY)
@@ -492,8 +505,9 @@ class _ConvNd(Layer):
         _, c, size = self._geometry(inp.shape)
         terms = self.out_channels * c
         d, e_d = out.norm, out.error
-        op = _prod_up(F, _root(c))  # >= the operator norm of the convolution and of its transpose
-        e_v = _sum_up(_prod_up(op, e_d), _prod_up(_gamma(terms), op, add_up(d, e_d)), underflow_allowance(size, terms))
+        op = _prod_up(self.operator_norm(norms), _root(c))  # >= the operator norm of the convolution and of its transpose
+        op_abs = _prod_up(F, _root(c))  # >= that of |W_mat|'s (the rounding term)
+        e_v = _sum_up(_prod_up(op, e_d), _prod_up(_gamma(terms), op_abs, add_up(d, e_d)), underflow_allowance(size, terms))
         return DeltaBound(inp.shape, _prod_up(op, d), e_v)
 
     def gradient_bound(self, inp: ActivationBound, out: DeltaBound, norms: tuple[float, ...]) -> GradientBound:
