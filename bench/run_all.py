@@ -78,6 +78,8 @@ def replace_section(text: str, name: str, body: str) -> str:
 def run_bench(name: str, out_dir: str, quick: bool, extra: list[str]) -> tuple[int, float]:
     script, default, small = BENCHES[name]
     path = os.path.join(out_dir, f"{name}.json")
+    if os.path.abspath(path).startswith(ROOT + os.sep):
+        path = os.path.relpath(path, ROOT)  # the command recorded in the JSON and the docs reads bench/results/...
     command = [sys.executable, os.path.join("bench", script), *(small if quick else default), *extra, "--json", path]
     print(f"== {name}: {' '.join(command[1:])} (load {os.getloadavg()[0]:.2f})", flush=True)
     start = time.perf_counter()
