@@ -172,7 +172,9 @@ class Dense(Layer):
         W, b = _finite(W), _finite(b)
         if self.norm_ball:
             flat = W.ravel()
-            shrink = self._ball_shrink(float(np.dot(flat, flat)), flat.size)
+            with np.errstate(over="ignore"):  # squares that overflow give inf, which _ball_shrink maps to 0
+                squares = float(np.dot(flat, flat))
+            shrink = self._ball_shrink(squares, flat.size)
             if shrink < 1.0:
                 W = W * shrink
         elif np.abs(W).max(initial=0.0) > self.weight_bound:
