@@ -180,3 +180,15 @@ def test_norm2_up_of_a_norm_above_the_float_range_is_inf():
     from opendp_hybridad.analysis.rounding import norm2_up
 
     assert norm2_up([1e308] * 7) == math.inf
+
+
+def test_norm2_up_of_subnormal_values_is_not_below_the_exact_norm():
+    """Audit (attack_tightness.py): the power-of-two scaling back rounds to nearest below the normal range, so
+    norm2_up([5e-324, 5e-324]) gave 5e-324 against sqrt(2) 5e-324, and a certified K came out 29% too small."""
+    from fractions import Fraction
+
+    from opendp_hybridad.analysis.rounding import norm2_up
+
+    for values in ([5e-324, 5e-324], [3 * 5e-324, 4 * 5e-324, 5e-324], [2.0**-1060, 2.0**-1070, 5e-324]):
+        bound = Fraction(norm2_up(values))
+        assert bound**2 >= sum(Fraction(v) ** 2 for v in values)

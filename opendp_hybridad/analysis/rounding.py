@@ -181,6 +181,9 @@ def norm2_up(values: Iterable[float]) -> float:
         result = math.ldexp(root, e)
     except OverflowError:
         return math.inf
+    if result < 2.0**-1022:
+        # below the normal range ldexp rounds to nearest (it lost up to TINY / 2): one float up covers it
+        result = up(result)
     return result if math.isfinite(result) else math.inf
 
 
