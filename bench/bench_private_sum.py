@@ -10,7 +10,8 @@ sum (and sum over count), computed from the same DataFrame, with no privacy at a
 
 OpenDP's own paths, as an OpenDP user would write the same release: the vector path
 (``make_clamp >> then_sum >> then_laplace`` on the BMI values computed with hand-written numpy,
-scale found by ``binary_search_param`` for epsilon 1) and the polars ``dp.Context`` on the
+over the known-size vector domain, as OpenDP's unsized float sum adds up at most 2**20 records;
+scale found by ``binary_search_param`` for epsilon 1, one record changed) and the polars ``dp.Context`` on the
 expression ``a*w/(h*h)`` with the same clamps (OpenDP's polars has no ``**``), the context built
 per release (a compositor's budget is spent by one release); being slow, the latter joins only the
 first ``--polars-rounds`` rounds. Tumult Analytics is not installed in this environment.
@@ -135,16 +136,23 @@ def main() -> dict:
     # OpenDP's own paths (the peers a user of OpenDP has): its vector path on the BMI values computed in numpy,
     # and its polars dp.Context on the same expression (no `**` in OpenDP's polars: h*h)
     peer_rounds = {}
+    note_peers = ""
     try:
         start = time.perf_counter()
-        input_space = dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.symmetric_distance()
+        # the known-size domain: OpenDP's float sum without a size sums a bounded number of records only
+        # (2**20 here: half of a 2,000,000-row sum was missing), so the unsized path is not the same release
+        input_space = dp.vector_domain(dp.atom_domain(T=float, nan=False), size=args.rows), dp.symmetric_distance()
         clamp_sum = dp.t.make_clamp(*input_space, (lo, hi)) >> dp.t.then_sum()
-        scale = dp.binary_search_param(lambda s: clamp_sum >> dp.m.then_laplace(scale=s), d_in=1, d_out=1.0)
+        # known size: one record changed is symmetric distance 2
+        scale = dp.binary_search_param(lambda s: clamp_sum >> dp.m.then_laplace(scale=s), d_in=2, d_out=1.0)
         opendp_sum = clamp_sum >> dp.m.then_laplace(scale=scale)
         built["OpenDP vector path"] = time.perf_counter() - start
         got = clamp_sum(numpy_clamped_values())
-        assert abs(got - reference) <= 1e-9 * abs(reference), "OpenDP's vector path computes a different sum"
-        sums["OpenDP vector path (BMI in numpy, then make_clamp >> sum >> Laplace)"] = lambda: opendp_sum(numpy_clamped_values())
+        # OpenDP sums in its own order (and accounts for the float error in its sensitivity): only to about n * 2^-52
+        relative = abs(got - reference) / abs(reference)
+        assert relative <= 1e-6, f"OpenDP's vector path computes a different sum ({relative:.1e} relative)"
+        note_peers = f"OpenDP's vector-path sum is {relative:.1e} relative from numpy's (summation order)"
+        sums["OpenDP vector path (BMI in numpy, known size, make_clamp >> sum >> Laplace)"] = lambda: opendp_sum(numpy_clamped_values())
     except Exception as exc:
         skipped.append(f"OpenDP vector path: {type(exc).__name__}: {exc}")
     if args.polars_rounds:
@@ -182,7 +190,8 @@ def main() -> dict:
 
     results = {**bench_machine.record(sys.argv), "rows": args.rows, "repeats": args.repeats, "peer_rounds": peer_rounds,
                "load_before": load_before,
-               "load_after": load_after, "note": note, "construction_seconds": built, "skipped": skipped, "variants": {}}
+               "load_after": load_after, "note": note + (f"; {note_peers}" if note_peers else ""),
+               "construction_seconds": built, "skipped": skipped, "variants": {}}
     print(f"rows {args.rows}, {args.repeats} interleaved rounds, {note}")
     print("machine: " + bench_machine.describe(results["machine"]))
     print(f"load average (1, 5, 15 min): before {load_before}, after {load_after}")

@@ -113,7 +113,7 @@ def describe(m: dict) -> str:
     return text
 
 
-def commit(paths: tuple[str, ...] = ("opendp_hybridad", "bench")) -> dict:
+def commit(paths: tuple[str, ...] = ("opendp_hybridad", "bench/*.py")) -> dict:
     """The short commit and whether ``paths`` (relative to the repository root) had uncommitted edits."""
     root = os.path.dirname(HERE)
     try:
