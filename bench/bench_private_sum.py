@@ -178,19 +178,16 @@ def main() -> dict:
             skipped.append(f"OpenDP polars dp.Context: {type(exc).__name__}: {str(exc)[:200]}")
 
     variants = {**sums, **means}
-    timings: dict[str, list[float]] = {name: [] for name in variants}
     load_before = bench_machine.load()
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            timings[name].append(time.perf_counter() - start)
+    # settle: an untimed call before each timed one; without it, the variant after OpenDP's vector path took 4x its min
+    timings = bench_machine.interleaved(variants, args.repeats, 0, settle=True)
     polars_rows = {}
     if polars_name:
         # rounds of its own, interleaved with the baseline: run among the others, its 10M-row frames slowed the
         # variant after it by several times (memory returned and faulted in again)
         base = next(iter(sums))
-        paired = bench_machine.interleaved({base: numpy_clamped_sum, polars_name: polars_sum}, args.polars_rounds, 0)
+        paired = bench_machine.interleaved({base: numpy_clamped_sum, polars_name: polars_sum}, args.polars_rounds, 0,
+                                           settle=True)
         polars_rows = bench_machine.summary(paired, base)
         polars_rows[polars_name]["baseline"] = f"{base}, in the same rounds"
     load_after = bench_machine.load()
@@ -227,7 +224,8 @@ def main() -> dict:
 
 def markdown(results: dict) -> str:
     lines = [bench_machine.header(results) + f" {results['rows']:,} rows; {results['repeats']} rounds, every variant once per "
-             f"round, interleaved; ratios to the hand-written clamped sum (mean rows: to the hand-written mean)."
+             f"round (each timed call after an untimed one of the same variant), interleaved; "
+             "ratios to the hand-written clamped sum (mean rows: to the hand-written mean)."
              + "".join(f" {name.split(' (')[0]} ran in {n} rounds of its own, interleaved with the hand-written clamped sum, "
                       "its ratios to that sum's times in those rounds (run among the others, it slowed the variant after it)."
                        for name, n in results.get("peer_rounds", {}).items()) + f" {results['note']}.",

@@ -143,11 +143,17 @@ def header(results: dict) -> str:
             f"{describe(results['machine'])}.{load_text}")
 
 
-def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Every variant once per round, in order, rounds interleaved; the warm-up rounds are not kept."""
+def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
+                settle: bool = False) -> dict[str, list[float]]:
+    """Every variant once per round, in order, rounds interleaved; the warm-up rounds are not kept.
+
+    ``settle``: each timed call is preceded by an untimed call of the same variant, so that what the
+    previous variant left behind (large allocations returned to the system) is not charged to it."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(warmup + rounds):
         for name, fn in variants.items():
+            if settle:
+                fn()
             start = time.perf_counter()
             fn()
             elapsed = time.perf_counter() - start
