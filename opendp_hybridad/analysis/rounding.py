@@ -276,15 +276,15 @@ def underflow_allowance(entries: int, terms: int) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
-def _gamma_factor(n: int) -> float:
-    """``1 + gamma_n`` rounded up, cached (the per-step norms read a few sizes over and over)."""
+def gamma_factor_up(n: int) -> float:
+    """``1 + gamma_n`` rounded up, cached (per-step norms and projections read a few sizes over and over)."""
     return add_up(1.0, gamma(n))
 
 
 def _float_norm_bound(root: float, n: int) -> float:
     """``root (1 + gamma_(n+2)) + sqrt(2 n TINY)``, each step one float outward of a correctly rounded result."""
     hidden = up(math.sqrt(2.0 * n * TINY))  # 2 n TINY is exact (a multiple of TINY); sqrt correctly rounded
-    return up(up(root * _gamma_factor(n + 2)) + hidden)
+    return up(up(root * gamma_factor_up(n + 2)) + hidden)
 
 
 def float_norm2_up(x: np.ndarray) -> float:

@@ -36,12 +36,12 @@ import numpy as np
 from opendp_hybridad.analysis.rounding import (
     TINY,
     UNIT_ROUNDOFF,
-    add_down,
     add_up,
     down,
     float_max_row_norm2_up,
     float_norm2_up,
     gamma,
+    gamma_factor_up,
     mul_up,
     sqrt_up,
     underflow_allowance,
@@ -156,10 +156,12 @@ class Dense(Layer):
         # every step runs this: up / down of a correctly rounded result (one float outward) instead
         # of the exactness checks of mul_up and friends; the same bounds, a little looser
         hidden = float(size) * TINY  # >= n TINY / 2, with room for the rounding of the sum
-        norm_up = up(math.sqrt(up(up(squares + hidden) * add_up(1.0, _gamma_cached(size + 2)))))
+        norm_up = up(math.sqrt(up(up(squares + hidden) * gamma_factor_up(size + 2))))
         if not norm_up > self.weight_bound:
             return 1.0
-        target = add_down(self.weight_bound, -underflow_allowance(size, 1))
+        # radius less sqrt(n) TINY (underflow_allowance(size, 1)), each operation one float outward: every step runs this
+        reserve = up(up(math.sqrt(size)) * TINY)
+        target = down(self.weight_bound - reserve)
         shrink = down(down(target / norm_up) * (1.0 - 8.0 * UNIT_ROUNDOFF)) if target > 0 else 0.0
         return shrink if shrink > 0 else 0.0
 
