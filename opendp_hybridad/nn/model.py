@@ -109,6 +109,7 @@ class MLP:
             raise DeclarationError("label_bound must be finite and non-negative")
         check_loss(loss, (layers[-1].out_features,))
         self.input_bound = bound.copy()
+        self.input_bound.setflags(write=False)  # the certified K is over this box: not to be edited in place
         self.label_bound = float(label_bound)
         self._parts = [part for layer, act in zip(layers, activations, strict=True) for part in (layer, Elementwise(act))]
         # every kernel and the bound's recursion: the parts', run by Sequential (dense at even indices)

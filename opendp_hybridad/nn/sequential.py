@@ -221,6 +221,7 @@ class Sequential:
         self.parts: list[Layer] = wrapped
         self.loss = loss
         self.input_bound = bound.copy()
+        self.input_bound.setflags(write=False)  # the certified K is over this box: not to be edited in place
         self.label_bound = float(label_bound)
         self._shapes = shapes
         self._param_shapes = [p.param_shapes(s) for p, s in zip(wrapped, shapes[:-1], strict=True)]

@@ -195,3 +195,15 @@ def test_clamp_inputs_maps_nan_and_overflowing_rows_into_the_box_and_ball():
     assert np.isfinite(out).all()
     for row in out:
         assert sum(Fraction(float(v)) ** 2 for v in row) <= Fraction(1e-150) ** 2
+
+
+def test_the_declared_input_box_cannot_be_edited_in_place():
+    """Audit (attack_dpsgd_trainer.py): after make_dp_sgd, `model.input_bound[...] = 100` let per-example gradients
+    reach 2.9e4 against the K of 6.9 the noise was built for. The box is now a read-only array (MLP's too)."""
+    from opendp_hybridad.nn import MLP, Dense, Identity, MeanSquaredError
+
+    seq = Sequential([Dense(2, 1, 1.0, 1.0)], MeanSquaredError(), input_bound=1.0)
+    mlp = MLP([Dense(2, 1, 1.0, 1.0)], [Identity()], MeanSquaredError(), input_bound=1.0)
+    for model in (seq, mlp):
+        with pytest.raises(ValueError, match="read-only"):
+            model.input_bound[...] = 100.0
