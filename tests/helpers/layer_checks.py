@@ -16,6 +16,7 @@ Shared by the per-layer test files under tests/nn/ (one per part type):
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -112,3 +113,28 @@ def exact_norms_within(rows: np.ndarray, bound: float) -> bool:
     limit = Fraction(bound) ** 2 if math.isfinite(bound) else None
     flat_rows = np.asarray(rows, dtype=float).reshape(len(rows), -1)
     return limit is None or all(sum(Fraction(float(v)) ** 2 for v in row) <= limit for row in flat_rows)
+
+
+def spectral_at_most(W: np.ndarray, s: float) -> bool:
+    """Exact: ``||W||_2 <= s`` iff ``s^2 I - G`` is positive semidefinite (``G`` the smaller Gram matrix),
+    decided by symmetric Gaussian elimination on fractions (a zero pivot needs a zero row)."""
+    A = np.asarray(W, dtype=float)
+    if A.shape[0] < A.shape[1]:
+        A = A.T
+    q = A.shape[1]
+    cols = [[Fraction(float(v)) for v in A[:, j]] for j in range(q)]
+    M = [[(Fraction(s) ** 2 if i == j else 0) - sum(a * b for a, b in zip(cols[i], cols[j], strict=True)) for j in range(q)]
+         for i in range(q)]
+    for k in range(q):
+        pivot = M[k][k]
+        if pivot < 0:
+            return False
+        if pivot == 0:
+            if any(M[k][j] != 0 for j in range(k + 1, q)):
+                return False
+            continue
+        for i in range(k + 1, q):
+            f = M[i][k] / pivot
+            for j in range(k, q):
+                M[i][j] -= f * M[k][j]
+    return True

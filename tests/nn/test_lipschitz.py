@@ -15,7 +15,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from helpers.labels import labels_for
-from helpers.layer_checks import box_inputs, check_kernels, exact_norms_within, extreme_params, worst_norm
+from helpers.layer_checks import box_inputs, check_kernels, exact_norms_within, extreme_params, spectral_at_most, worst_norm
 from helpers.mp_reference import computed_row, distance, exact_row, sequential_matmul
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,31 +30,6 @@ from opendp_hybridad.nn.registry import lookup
 from opendp_hybridad.nn.sequential import Sequential
 
 LOSSES = [(SoftmaxCrossEntropy(), 3), (MeanSquaredError(), 2), (Logistic(), 1)]
-
-
-def spectral_at_most(W: np.ndarray, s: float) -> bool:
-    """Exact: ``||W||_2 <= s`` iff ``s^2 I - G`` is positive semidefinite (``G`` the smaller Gram matrix),
-    decided by symmetric Gaussian elimination on fractions (a zero pivot needs a zero row)."""
-    A = np.asarray(W, dtype=float)
-    if A.shape[0] < A.shape[1]:
-        A = A.T
-    q = A.shape[1]
-    cols = [[Fraction(float(v)) for v in A[:, j]] for j in range(q)]
-    M = [[(Fraction(s) ** 2 if i == j else 0) - sum(a * b for a, b in zip(cols[i], cols[j], strict=True)) for j in range(q)]
-         for i in range(q)]
-    for k in range(q):
-        pivot = M[k][k]
-        if pivot < 0:
-            return False
-        if pivot == 0:
-            if any(M[k][j] != 0 for j in range(k + 1, q)):
-                return False
-            continue
-        for i in range(k + 1, q):
-            f = M[i][k] / pivot
-            for j in range(k, q):
-                M[i][j] -= f * M[k][j]
-    return True
 
 
 matrices = st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(-700, 300), st.sampled_from(["gauss", "orth", "rank1"]),
@@ -326,15 +301,10 @@ def test_input_norm_bound_is_validated(bad):
 
 def test_projection_of_non_finite_entries_lands_inside_the_spectral_ball():
     """NaN passed the old test (a NaN spectral bound is not above r) and stayed; inf times a zero factor is NaN."""
-    from fractions import Fraction
 
     layer = SpectralDense(3, 2, 1.0, 0.5)
     W = np.array([[np.nan, np.inf, 1.0], [2.0, -np.inf, 0.5]])
     b = np.array([np.nan, np.inf])
     PW, Pb = layer.project(W, b)
     assert np.isfinite(PW).all() and np.isfinite(Pb).all() and np.abs(Pb).max() <= 0.5
-    # ||PW||_2 <= 1 exactly: I - PW PW^T (2 x 2) is positive semidefinite, in rationals
-    rows = [[Fraction(float(v)) for v in row] for row in PW]
-    g = [[sum(a * c for a, c in zip(r1, r2, strict=True)) for r2 in rows] for r1 in rows]
-    m11, m22, m12 = 1 - g[0][0], 1 - g[1][1], -g[0][1]
-    assert m11 >= 0 and m22 >= 0 and m11 * m22 - m12 * m12 >= 0
+    assert spectral_at_most(PW, 1.0)  # exactly, in rationals

@@ -3,7 +3,7 @@
 References independent of the code under test: ``||W_mat||_2 <= r`` as ``r^2 I - W^T W`` positive
 semidefinite in exact rationals; K against an adversarial L-BFGS-B search over weights
 ``r U diag(s) V^T`` (``s`` in ``[0, 1]``), inputs in the box and every label; e against 50-digit
-rows (test_conv's loops) under three summation orders; exact-rational layer errors.
+rows (helpers/conv_reference.py) under three summation orders; exact-rational layer errors.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import itertools
 import math
 from fractions import Fraction
 
-import mpmath
 import numpy as np
 import pytest
-from helpers.layer_checks import box_inputs, check_kernels, extreme_params, flat, unflat
+from helpers.conv_reference import as_fractions, assert_rows_within_e, brute_conv, brute_grads, l2_diff, summation_order
+from helpers.layer_checks import box_inputs, check_kernels, extreme_params, flat, spectral_at_most, unflat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
-from test_conv import _exact_cnn_gradient, as_fractions, brute_conv, brute_grads, l2_diff, summation_order
 
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.layers import SoftmaxCrossEntropy, Tanh, TemperedCrossEntropy
@@ -32,31 +31,6 @@ from opendp_hybridad.nn.parts.spectral_conv import SpectralConv1d, SpectralConv2
 from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound
 from opendp_hybridad.nn.registry import lookup
 from opendp_hybridad.nn.sequential import Sequential
-
-
-def spectral_at_most(W: np.ndarray, s: float) -> bool:
-    """Exact: ``||W||_2 <= s`` iff ``s^2 I - G`` is positive semidefinite (``G`` the smaller Gram matrix),
-    decided by symmetric Gaussian elimination on fractions (a zero pivot needs a zero row)."""
-    A = np.asarray(W, dtype=float)
-    if A.shape[0] < A.shape[1]:
-        A = A.T
-    q = A.shape[1]
-    cols = [[Fraction(float(v)) for v in A[:, j]] for j in range(q)]
-    M = [[(Fraction(s) ** 2 if i == j else 0) - sum(a * b for a, b in zip(cols[i], cols[j], strict=True)) for j in range(q)]
-         for i in range(q)]
-    for k in range(q):
-        pivot = M[k][k]
-        if pivot < 0:
-            return False
-        if pivot == 0:
-            if any(M[k][j] != 0 for j in range(k + 1, q)):
-                return False
-            continue
-        for i in range(k + 1, q):
-            f = M[i][k] / pivot
-            for j in range(k, q):
-                M[i][j] -= f * M[k][j]
-    return True
 
 
 def mat(layer, W: np.ndarray) -> np.ndarray:
@@ -362,13 +336,7 @@ def test_model_forward_error_covers_mpmath_rows(order):
     assert 0 < e <= e_global < math.inf
     x = rng.uniform(-1, 1, (4, 1, 6))
     y = rng.integers(0, 3, 4)
-    with summation_order(order):
-        grads = model.per_example_gradients(params, x, y)
-    for i in range(4):
-        row = np.concatenate([g[i].ravel() for part in grads for g in part])
-        exact = _exact_cnn_gradient(model, params, x[i], int(y[i]))
-        gap = math.sqrt(sum((mpmath.mpf(float(c)) - v) ** 2 for c, v in zip(row, exact, strict=True)))
-        assert gap <= e
+    assert_rows_within_e(model, params, x, y, e, order)
 
 
 @pytest.mark.parametrize("order", ["numpy", "reverse", "pairwise"])
