@@ -523,7 +523,7 @@ def _generated_names(args: list[str]) -> dict[str, str]:
 
 def _renamed(expr: Any, rename: dict[str, str]) -> Any:
     """``expr`` with each field's symbol replaced by its generated name (same assumptions)."""
-    expr = sympy.sympify(expr)
+    expr = sympy.sympify(expr, strict=True)  # numbers and sympy objects only: never the text fallback (eval)
     subs = {sym: sympy.Symbol(rename[str(sym)], **sym.assumptions0)
             for sym in expr.free_symbols if isinstance(sym, sympy.Symbol) and str(sym) in rename}
     return expr.xreplace(subs)
