@@ -83,15 +83,13 @@ if __name__ == "__main__":
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--time-budget", type=float, default=2.0)
     p.add_argument("--cases", type=int, default=None, help="only the first N cases of the attack suite")
-    p.add_argument("--json", default=None, help="write the results to this file")
-    p.add_argument("--markdown", default=None, metavar="JSON", help="print the docs section from a results file and exit")
-    args = p.parse_args()
-    if args.markdown:
-        print(markdown(bench_machine.read_json(args.markdown)), end="")
-        sys.exit(0)
-    results = {**bench_machine.record(sys.argv), "load_before": bench_machine.load(), "time_budget": args.time_budget}
-    results["bmi"] = bmi_timing(args.repeats)
-    results["suite"] = suite(args.time_budget, args.cases)
-    results["load_after"] = bench_machine.load()
-    bench_machine.write_json(args.json, results)
-    print(markdown(results), end="")
+    bench_machine.add_output_options(p)
+
+    def run(args) -> dict:
+        results = {**bench_machine.record(sys.argv), "load_before": bench_machine.load(), "time_budget": args.time_budget}
+        results["bmi"] = bmi_timing(args.repeats)
+        results["suite"] = suite(args.time_budget, args.cases)
+        results["load_after"] = bench_machine.load()
+        return results
+
+    bench_machine.render_or_run(p.parse_args(), run, markdown)

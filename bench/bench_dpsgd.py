@@ -146,15 +146,13 @@ if __name__ == "__main__":
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--threads", nargs="+", default=["1", "default"], choices=list(bench_machine.THREAD_SETTINGS))
     p.add_argument("--models", type=int, default=None, help="only the first N models of (c)")
-    p.add_argument("--json", default=None, help="write the results to this file")
-    p.add_argument("--markdown", default=None, metavar="JSON", help="print the docs section from a results file and exit")
-    args = p.parse_args()
-    if args.markdown:
-        print(markdown(bench_machine.read_json(args.markdown)), end="")
-        sys.exit(0)
-    results = {**bench_machine.record(sys.argv), "load_before": bench_machine.load()}
-    results["step"] = step_comparison(batches=tuple(args.batches), rounds=args.rounds, thread_settings=tuple(args.threads))
-    results["build"] = build_times(args.models)
-    results["load_after"] = bench_machine.load()
-    bench_machine.write_json(args.json, results)
-    print(markdown(results), end="")
+    bench_machine.add_output_options(p)
+
+    def run(args) -> dict:
+        results = {**bench_machine.record(sys.argv), "load_before": bench_machine.load()}
+        results["step"] = step_comparison(batches=tuple(args.batches), rounds=args.rounds, thread_settings=tuple(args.threads))
+        results["build"] = build_times(args.models)
+        results["load_after"] = bench_machine.load()
+        return results
+
+    bench_machine.render_or_run(p.parse_args(), run, markdown)

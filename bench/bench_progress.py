@@ -68,15 +68,8 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=40)
     p.add_argument("--repeats", type=int, default=5, help="timed rounds")
     p.add_argument("--threads", nargs="+", default=["1", "default"], choices=list(bench_machine.THREAD_SETTINGS))
-    p.add_argument("--json", default=None, help="write the results to this file")
-    p.add_argument("--markdown", default=None, metavar="JSON", help="print the docs section from a results file and exit")
-    args = p.parse_args()
-    if args.markdown:
-        print(markdown(bench_machine.read_json(args.markdown)), end="")
-        return
-    results = run(args)
-    bench_machine.write_json(args.json, results)
-    print(markdown(results), end="")
+    bench_machine.add_output_options(p)
+    bench_machine.render_or_run(p.parse_args(), run, markdown)
 
 
 if __name__ == "__main__":

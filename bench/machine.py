@@ -215,6 +215,22 @@ def read_json(path: str) -> dict:
         return json.load(fh)
 
 
+def add_output_options(parser) -> None:
+    """``--json PATH`` (write the results) and ``--markdown JSON`` (print a results file's docs section and exit)."""
+    parser.add_argument("--json", default=None, help="write the results to this file")
+    parser.add_argument("--markdown", default=None, metavar="JSON", help="print the docs section from a results file and exit")
+
+
+def render_or_run(args, run, markdown) -> None:
+    """With ``--markdown``, print that file's docs section; otherwise ``run(args)``, write its JSON, print its section."""
+    if args.markdown:
+        print(markdown(read_json(args.markdown)), end="")
+        return
+    results = run(args)
+    write_json(args.json, results)
+    print(markdown(results), end="")
+
+
 def ms(seconds: float) -> str:
     """Milliseconds: 0 decimals from 1 s, 1 from 10 ms, 2 from 0.1 ms, else 4."""
     v = seconds * 1e3
