@@ -352,12 +352,8 @@ def compose_epsilon(items: Iterable[Any], delta: float, pld_discretization: floa
         raise AccountingError(f"dp-accounting cannot account this event: {type(exc).__name__}") from None
     except (ArithmeticError, ValueError, MemoryError) as exc:  # one line, no traceback
         raise AccountingError(f"the accountants could not evaluate this composition ({type(exc).__name__})") from None
-    total = delta
-    if distance > 0:
-        finite = [e for e in (epsilon_rdp, epsilon_pld) if math.isfinite(e)]
-        epsilon = max(finite) if finite else math.inf
-        growth = add_up(1.0, libm_up(math.exp(epsilon))) if epsilon < 700 else math.inf
-        total = min(1.0, add_up(delta, mul_up(growth, distance)))
+    finite = [e for e in (epsilon_rdp, epsilon_pld) if math.isfinite(e)]
+    total = delta_with_distance(delta, max(finite) if finite else math.inf, distance)
     return {
         "epsilon_rdp": epsilon_rdp,
         "epsilon_pld": epsilon_pld,
@@ -369,6 +365,21 @@ def compose_epsilon(items: Iterable[Any], delta: float, pld_discretization: floa
         **({} if discretization is not None else {"pld_note": "PLD not computed: no discretisation holds this "
                                                   "composition within the memory and time limits"}),
     }
+
+
+def distance_penalty(epsilon: float, distance: float) -> float:
+    """``(1 + e^epsilon) * distance``, rounded up (``inf`` past ``exp``'s range): what a mechanism within total
+    variation ``distance`` of the ideal one adds to the ideal's delta at ``epsilon``. The one home of this rule."""
+    growth = add_up(1.0, libm_up(math.exp(epsilon))) if epsilon < 700 else math.inf
+    return mul_up(growth, distance)
+
+
+def delta_with_distance(delta: float, epsilon: float, distance: float) -> float:
+    """``delta + (1 + e^epsilon) * distance``, rounded up and at most 1 (``delta`` itself when ``distance`` is 0):
+    an ``(epsilon, delta)`` guarantee of the ideal mechanism holds with this delta for the real one."""
+    if not distance > 0:
+        return float(delta)
+    return min(1.0, add_up(delta, distance_penalty(epsilon, distance)))
 
 
 def _compose_with_curves(event: dp_accounting.DpEvent, curve: np.ndarray, delta: float, relation: Relation,
@@ -398,10 +409,7 @@ def _compose_with_curves(event: dp_accounting.DpEvent, curve: np.ndarray, delta:
     # a numerically negative divergence is no bound
     negative_seen = negative.seen or not np.all(others >= 0)
     epsilon_rdp = math.inf if negative_seen else rdp_to_epsilon(RDP_ORDERS, up_array(others + curve), delta)
-    total = delta
-    if distance > 0:
-        growth = add_up(1.0, libm_up(math.exp(epsilon_rdp))) if epsilon_rdp < 700 else math.inf
-        total = min(1.0, add_up(delta, mul_up(growth, distance)))
+    total = delta_with_distance(delta, epsilon_rdp, distance)
     return {"epsilon_rdp": epsilon_rdp, "epsilon_pld": math.inf, "delta": float(total), "accountant_delta": float(delta),
             "statistical_distance": float(distance), "relation": relation.name, "pld_discretization": math.nan,
             "pld_note": "no PLD: DP-SGD's lattice noise is accounted by its proven RDP curve only"}

@@ -193,7 +193,9 @@ class DiscreteGaussianSampler:
 
     def delta_penalty(self, epsilon: float, coordinates: int) -> float:
         """What ``coordinates`` draws add to delta: ``(1 + e^epsilon) coordinates eta``, rounded up."""
-        return mul_up(mul_up(add_up(1.0, libm_up(math.exp(epsilon))), float(coordinates)), self.statistical_distance)
+        from opendp_hybridad.accounting import distance_penalty
+
+        return distance_penalty(epsilon, mul_up(float(coordinates), self.statistical_distance))
 
 
 @dataclass(frozen=True)

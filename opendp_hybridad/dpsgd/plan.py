@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from opendp_hybridad.analysis.rounding import add_up, div_up, libm_up, mul_up, sqrt_up
+from opendp_hybridad.accounting import delta_with_distance
+from opendp_hybridad.analysis.rounding import add_up, div_up, mul_up, sqrt_up
 from opendp_hybridad.dpsgd.accounting import DpSgdRdpCurve
 from opendp_hybridad.dpsgd.optim import Optimizer, Schedule
 from opendp_hybridad.dpsgd.selection import BatchSelector
@@ -426,7 +427,7 @@ class ProvenAccounting:
 
             # every table is checked against the bound at construction, so this holds for
             # whatever tables the run draws from (per-step sensitivities use several)
-            report["delta"] = add_up(self.delta, mul_up(add_up(1.0, libm_up(math.exp(eps))), distance))
+            report["delta"] = delta_with_distance(self.delta, eps, distance)
             report["sampler_statistical_distance_per_coordinate"] = STATISTICAL_DISTANCE_BOUND
         return report
 
