@@ -276,6 +276,12 @@ def underflow_allowance(entries: int, terms: int) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
+def root_up(n: int) -> float:
+    """``sqrt(n)`` of a count, rounded up, cached (bounds read the square roots of a few widths over and over)."""
+    return sqrt_up(float(n))
+
+
+@functools.lru_cache(maxsize=4096)
 def gamma_factor_up(n: int) -> float:
     """``1 + gamma_n`` rounded up, cached (per-step norms and projections read a few sizes over and over)."""
     return add_up(1.0, gamma(n))

@@ -102,7 +102,7 @@ Shape = tuple[int, ...]
 Params = tuple[np.ndarray, ...]
 
 
-def _bound(value: float) -> float:
+def as_bound(value: float) -> float:
     """A bound: NaN (an undefined product of bounds, such as ``inf * 0``) is no bound, ``inf``."""
     return value if value == value else math.inf
 
@@ -129,11 +129,11 @@ class ActivationBound:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         for name in ("norm", "unit", "error"):
-            object.__setattr__(self, name, _bound(float(getattr(self, name))))
+            object.__setattr__(self, name, as_bound(float(getattr(self, name))))
         if self.computed_unit is None:
-            object.__setattr__(self, "computed_unit", _bound(add_up(self.unit, self.error)))
+            object.__setattr__(self, "computed_unit", as_bound(add_up(self.unit, self.error)))
         else:
-            object.__setattr__(self, "computed_unit", _bound(float(self.computed_unit)))
+            object.__setattr__(self, "computed_unit", as_bound(float(self.computed_unit)))
 
     @property
     def size(self) -> int:
@@ -143,7 +143,7 @@ class ActivationBound:
     @property
     def computed_norm(self) -> float:
         """``>= ||a^||_2``: ``norm + error``, rounded up."""
-        return _bound(add_up(self.norm, self.error))
+        return as_bound(add_up(self.norm, self.error))
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,8 @@ class DeltaBound:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
-        object.__setattr__(self, "norm", _bound(float(self.norm)))
-        object.__setattr__(self, "error", _bound(float(self.error)))
+        object.__setattr__(self, "norm", as_bound(float(self.norm)))
+        object.__setattr__(self, "error", as_bound(float(self.error)))
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class GradientBound:
 
     def __post_init__(self) -> None:
         for name in ("squared", "error", "norm_relative_error", "norm_absolute_error"):
-            object.__setattr__(self, name, _bound(float(getattr(self, name))))
+            object.__setattr__(self, name, as_bound(float(getattr(self, name))))
 
 
 #: the share of a parameter-free part: nothing
@@ -345,4 +345,4 @@ class ModelBound:
         if not kn < 0.5:
             return math.inf
         k = up(add_up(u, kn) / add_down(1.0, -kn))
-        return _bound(add_up(add_up(e, up(k * clip)), up(u * up(add_up(1.0, k) * clip))))
+        return as_bound(add_up(add_up(e, up(k * clip)), up(u * up(add_up(1.0, k) * clip))))

@@ -54,6 +54,7 @@ from opendp_hybridad.analysis.rounding import (
     gamma,
     mul_down,
     norm2_up,
+    root_up,
     sqrt_up,
     up,
     up_array,
@@ -61,7 +62,7 @@ from opendp_hybridad.analysis.rounding import (
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.layers import Activation, Loss
 from opendp_hybridad.nn.parts.activation import Elementwise
-from opendp_hybridad.nn.protocol import NO_GRADIENT, ActivationBound, DeltaBound, GradientBound, Layer, ModelBound, Shape
+from opendp_hybridad.nn.protocol import NO_GRADIENT, ActivationBound, DeltaBound, GradientBound, Layer, ModelBound, Shape, as_bound
 from opendp_hybridad.nn.registry import layer_kind
 
 #: Higham's gamma_n, cached (the per-step bound reads it every step)
@@ -85,16 +86,6 @@ def _one_blas_thread():
 
 #: the kinds of label a loss may declare (nn.layers.Loss.label_kind)
 LABEL_KINDS = ("class", "binary", "real")
-
-
-def _bound(value: float) -> float:
-    return value if value == value else math.inf
-
-
-@functools.cache
-def _root_d(d: int) -> float:
-    """``sqrt(d)`` rounded up, cached."""
-    return sqrt_up(float(d))
 
 
 def _round_up_to_power_of_two(value: float, floor: float = 2.0**-30) -> float:
@@ -159,12 +150,12 @@ def chain_bound(parts: Sequence[Layer], inp: ActivationBound, norms: Sequence[tu
         g_sum = _gamma(counted - 1)
         relative = add_up(relative, up(g_sum * add_up(1.0, relative)))
         absolute = up(absolute * add_up(1.0, g_sum))
-    bound = ModelBound(_bound(sqrt_up(total) if total == total else math.inf),
-                       [(_bound(sqrt_up(g.squared)) if g.squared == g.squared else math.inf) if p else 0.0
+    bound = ModelBound(as_bound(sqrt_up(total) if total == total else math.inf),
+                       [(as_bound(sqrt_up(g.squared)) if g.squared == g.squared else math.inf) if p else 0.0
                         for g, p in zip(grads, has_params, strict=True)])
-    bound.rounding = _bound(error)
-    bound.norm_relative_error = _bound(relative)
-    bound.norm_absolute_error = _bound(absolute)
+    bound.rounding = as_bound(error)
+    bound.norm_relative_error = as_bound(relative)
+    bound.norm_absolute_error = as_bound(absolute)
     return bound
 
 
@@ -315,7 +306,7 @@ class Sequential:
         outside = norms > R
         if not outside.any():
             return x
-        target = add_down(mul_down(R, add_down(1.0, -2.0 * UNIT_ROUNDOFF)), -up(_root_d(d) * TINY))
+        target = add_down(mul_down(R, add_down(1.0, -2.0 * UNIT_ROUNDOFF)), -up(root_up(d) * TINY))
         # a norm that overflowed (inf) gives 0 / inf = 0, and down(0) is -TINY: never below 0 (0 is in every ball)
         shrink = np.where(outside, np.maximum(down_array(max(target, 0.0) / np.where(outside, norms, 1.0)), 0.0), 1.0)
         rows = rows * shrink[:, None]

@@ -23,23 +23,16 @@ finite forward error for a model with relu, never a guessed one.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from opendp_hybridad.analysis.rounding import UNIT_ROUNDOFF, add_up, sqrt_up, underflow_allowance, up
+from opendp_hybridad.analysis.rounding import UNIT_ROUNDOFF, add_up, root_up, underflow_allowance, up
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.layers import Activation, Identity
 from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, Layer, Params, Shape
 from opendp_hybridad.nn.registry import register_layer
-
-
-@functools.cache
-def _root(n: int) -> float:
-    """``sqrt(n)`` rounded up, cached (the per-step bound reads it for every activation)."""
-    return sqrt_up(float(n))
 
 
 def times_slope(act: Activation, e_in: float, in_norm: float, r_hat: float, e_z: float) -> float:
@@ -90,7 +83,7 @@ class Elementwise(Layer):
     # -- certified bounds (module docstring) -----------------------------------------------------------
     def forward_bound(self, inp: ActivationBound, norms: tuple[float, ...]) -> ActivationBound:
         act, r, r_hat = self.activation, inp.unit, inp.computed_unit
-        root = _root(inp.size)
+        root = root_up(inp.size)
         per_unit = up(root * act.max_abs(r))
         through_norm = add_up(up(root * act.abs_at_zero()), up(act.max_derivative(r) * inp.norm))
         e_a = add_up(up(act.max_derivative(r_hat) * inp.error), up(root * act.value_error(r_hat)))

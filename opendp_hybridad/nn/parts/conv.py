@@ -100,18 +100,16 @@ from opendp_hybridad.analysis.rounding import (
     float_max_row_norm2_up,
     float_norm2_up,
     gamma,
-    sqrt_up,
+    root_up,
     underflow_allowance,
     up,
 )
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.parts.dense import Dense
-from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, GradientBound, Layer, Params, Shape
+from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, GradientBound, Layer, Params, Shape, as_bound
 from opendp_hybridad.nn.registry import register_layer
 
 _gamma = functools.lru_cache(maxsize=None)(gamma)
-_root = functools.lru_cache(maxsize=None)(lambda n: sqrt_up(float(n)))
-
 #: the matrix product of the kernels; tests put another summation order in its place (as another BLAS would)
 _matmul = np.matmul
 
@@ -119,10 +117,6 @@ _matmul = np.matmul
 def _offset_order(offsets: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
     """The order col2im adds the kernel offsets in (tests reverse it: the bound holds for any order)."""
     return offsets
-
-
-def _bound(value: float) -> float:
-    return value if value == value else math.inf
 
 
 def _prod_up(*values: float) -> float:
@@ -345,16 +339,16 @@ class _ConvNd(Layer):
             if self.norm_ball:
                 R = F = self.weight_bound
             else:
-                R = _prod_up(self.weight_bound, _root(n))
-                F = _prod_up(self.weight_bound, _root(n * self.out_channels))
-            return (R, self.bias_bound, F, _prod_up(_root(self.out_channels), self.bias_bound))
+                R = _prod_up(self.weight_bound, root_up(n))
+                F = _prod_up(self.weight_bound, root_up(n * self.out_channels))
+            return (R, self.bias_bound, F, _prod_up(root_up(self.out_channels), self.bias_bound))
         W, b = params
         Wm = np.asarray(W, dtype=np.float64).reshape(self.out_channels, n)
         flat = Wm.reshape(-1)
         F = float_norm2_up(flat)  # gamma and the underflow of squares (rounding.float_norm2_up)
         B = float_norm2_up(b)
         R = float_max_row_norm2_up(Wm) if rows else F
-        return (_bound(R), float(np.abs(b).max(initial=0.0)), _bound(F), _bound(B))
+        return (as_bound(R), float(np.abs(b).max(initial=0.0)), as_bound(F), as_bound(B))
 
     # -- kernels ------------------------------------------------------------------------------------
     def forward(self, params: Params, x: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -473,7 +467,7 @@ class _ConvNd(Layer):
         """``A_col >= ||im2col(a)||_F`` (``computed``: of the computed input), the smaller of ``sqrt(c) ||a||`` and ``sqrt(P n) U``."""
         norm = inp.computed_norm if computed else inp.norm
         unit = inp.computed_unit if computed else inp.unit
-        return min(_prod_up(_root(c), norm), _prod_up(_root(P * self.patch_size), unit))
+        return min(_prod_up(root_up(c), norm), _prod_up(root_up(P * self.patch_size), unit))
 
     def operator_norm(self, norms: tuple[float, ...]) -> float:
         """``S >= ||W_mat||_2``, the bound the exact-norm terms use (here ``F``; a spectral subclass gives its own).
@@ -487,15 +481,15 @@ class _ConvNd(Layer):
         S = self.operator_norm(norms)
         P, c, _ = self._geometry(inp.shape)
         n, m = self.patch_size, self.out_channels
-        patch = min(inp.norm, _prod_up(_root(n), inp.unit))
+        patch = min(inp.norm, _prod_up(root_up(n), inp.unit))
         unit = add_up(_prod_up(R, patch), b_max)
-        norm = add_up(_prod_up(S, self._columns(inp, P, c, False)), _prod_up(_root(P), B))
+        norm = add_up(_prod_up(S, self._columns(inp, P, c, False)), _prod_up(root_up(P), B))
         e_a = inp.error
         g = _gamma(n + 1)
-        rounding = _prod_up(g, add_up(_prod_up(F, self._columns(inp, P, c, True)), _prod_up(_root(P), B)))
-        e_z = _sum_up(_prod_up(S, _root(c), e_a), rounding, underflow_allowance(m * P, n + 1))
+        rounding = _prod_up(g, add_up(_prod_up(F, self._columns(inp, P, c, True)), _prod_up(root_up(P), B)))
+        e_z = _sum_up(_prod_up(S, root_up(c), e_a), rounding, underflow_allowance(m * P, n + 1))
         # per entry: the patch's error is at most e_a in l2, and one dot product's rounding
-        patch_hat = min(add_up(patch, e_a), _prod_up(_root(n), inp.computed_unit))
+        patch_hat = min(add_up(patch, e_a), _prod_up(root_up(n), inp.computed_unit))
         entry_error = _sum_up(_prod_up(R, e_a), _prod_up(g, add_up(_prod_up(R, patch_hat), b_max)), float(n + 1) * TINY)
         computed_unit = add_up(unit, min(e_z, entry_error))
         return ActivationBound(self.output_shape(inp.shape), norm, unit, e_z, computed_unit)
@@ -505,8 +499,8 @@ class _ConvNd(Layer):
         _, c, size = self._geometry(inp.shape)
         terms = self.out_channels * c
         d, e_d = out.norm, out.error
-        op = _prod_up(self.operator_norm(norms), _root(c))  # >= the operator norm of the convolution and of its transpose
-        op_abs = _prod_up(F, _root(c))  # >= that of |W_mat|'s (the rounding term)
+        op = _prod_up(self.operator_norm(norms), root_up(c))  # >= the operator norm of the convolution and of its transpose
+        op_abs = _prod_up(F, root_up(c))  # >= that of |W_mat|'s (the rounding term)
         e_v = _sum_up(_prod_up(op, e_d), _prod_up(_gamma(terms), op_abs, add_up(d, e_d)), underflow_allowance(size, terms))
         return DeltaBound(inp.shape, _prod_up(op, d), e_v)
 
@@ -518,11 +512,11 @@ class _ConvNd(Layer):
         d_hat = add_up(d, e_d)
         squared = _prod_up(d, d, add_up(_prod_up(cols, cols), float(P)))
         # M >= || |D^|^T |im2col(a^)| ||_F, M_b >= || sum_p |delta^_p| ||
-        M, M_b = _prod_up(d_hat, cols_hat), _prod_up(_root(P), d_hat)
+        M, M_b = _prod_up(d_hat, cols_hat), _prod_up(root_up(P), d_hat)
         g_p, g_p1 = _gamma(P), _gamma(P + 1)
         under_W = underflow_allowance(m * n, P)
-        error_W = _sum_up(_prod_up(e_d, cols_hat), _prod_up(d, _root(c), e_a), _prod_up(3.0, g_p1, M), _prod_up(3.0, under_W))
-        error_b = _sum_up(_prod_up(e_d, _root(P)), _prod_up(3.0, g_p1, M_b))
+        error_W = _sum_up(_prod_up(e_d, cols_hat), _prod_up(d, root_up(c), e_a), _prod_up(3.0, g_p1, M), _prod_up(3.0, under_W))
+        error_b = _sum_up(_prod_up(e_d, root_up(P)), _prod_up(3.0, g_p1, M_b))
         # the squared norm (ghost or materialised, whichever the shapes pick: the larger gamma covers both)
         eta_W = add_up(_prod_up(g_p, M), under_W)
         gamma_s = _gamma(max(m * n + 1, m + n + P * P + 1))

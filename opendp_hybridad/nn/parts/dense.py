@@ -48,17 +48,13 @@ from opendp_hybridad.analysis.rounding import (
     up,
 )
 from opendp_hybridad.errors import DeclarationError
-from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, GradientBound, Layer, Params, Shape
+from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, GradientBound, Layer, Params, Shape, as_bound
 from opendp_hybridad.nn.registry import register_layer
 
 _gamma_cached = functools.lru_cache(maxsize=None)(gamma)
 
 #: the matrix product of the kernels; tests put another summation order in its place (as another BLAS would)
 _matmul = np.matmul
-
-
-def _bound(value: float) -> float:
-    return value if value == value else math.inf
 
 
 def _use_compiled_update() -> bool:
@@ -240,7 +236,7 @@ class Dense(Layer):
         F = float_norm2_up(flat)
         B = float_norm2_up(b)
         R = float_max_row_norm2_up(W) if rows else F
-        return (_bound(R), float(np.abs(b).max(initial=0.0)), _bound(F), _bound(B))
+        return (as_bound(R), float(np.abs(b).max(initial=0.0)), as_bound(F), as_bound(B))
 
     # -- kernels ------------------------------------------------------------------------------------
     def forward(self, params: Params, x: np.ndarray) -> tuple[np.ndarray, None]:

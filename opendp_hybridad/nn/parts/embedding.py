@@ -46,14 +46,10 @@ from opendp_hybridad.analysis.rounding import TINY, UNIT_ROUNDOFF, add_up, float
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.parts.conv import _prod_up, _sum_up, squared_norm_error
 from opendp_hybridad.nn.parts.dense import Dense
-from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, GradientBound, Layer, Params, Shape
+from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, GradientBound, Layer, Params, Shape, as_bound
 from opendp_hybridad.nn.registry import register_layer
 
 _gamma = functools.lru_cache(maxsize=None)(gamma)
-
-
-def _bound(value: float) -> float:
-    return value if value == value else math.inf
 
 
 @register_layer("embedding")
@@ -126,7 +122,7 @@ class Embedding(Layer):
         U = float(np.abs(E).max(initial=0.0))
         # rows: gamma and the underflow of squares (rounding.float_norm2_up); else a row of dim entries each at most U
         R = float_max_row_norm2_up(E) if rows else _prod_up(U, sqrt_up(float(self.dim)))
-        return (_bound(R), U)
+        return (as_bound(R), U)
 
     # -- kernels ------------------------------------------------------------------------------------
     def indices(self, x: np.ndarray) -> np.ndarray:

@@ -72,7 +72,7 @@ from opendp_hybridad.analysis.rounding import (
 )
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.parts.dense import Dense, _finite
-from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, Params, Shape
+from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, Params, Shape, as_bound
 from opendp_hybridad.nn.registry import register_layer
 
 _gamma = functools.lru_cache(maxsize=None)(gamma)
@@ -84,15 +84,11 @@ _matmul = np.matmul
 DEFAULT_SQUARINGS = 12
 
 
-def _bound(value: float) -> float:
-    return value if value == value else math.inf
-
-
 def frobenius_up(A: np.ndarray) -> float:
     """``>= ||A||_F`` (:func:`~opendp_hybridad.analysis.rounding.float_norm2_up`: one float dot product, raised by
     ``gamma_(n+2)`` and by what underflowing squares can hide); ``inf`` if it overflows."""
     with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum is inf, a bound still
-        return _bound(float_norm2_up(np.asarray(A, dtype=np.float64)))
+        return as_bound(float_norm2_up(np.asarray(A, dtype=np.float64)))
 
 
 def spectral_norm_up(W: np.ndarray, squarings: int = DEFAULT_SQUARINGS) -> float:
@@ -134,7 +130,7 @@ def spectral_norm_up(W: np.ndarray, squarings: int = DEFAULT_SQUARINGS) -> float
         b = sqrt_up(add_up(up(math.ldexp(add_up(b, scale_error), s)), E))
         if not math.isfinite(b):
             return frob
-    return _bound(min(b, frob))
+    return as_bound(min(b, frob))
 
 
 def bjorck(W: np.ndarray, radius: float, steps: int) -> np.ndarray:
@@ -260,8 +256,8 @@ class SpectralDense(Dense):
         F = frobenius_up(W)
         S = spectral_norm_up(W, self.squarings)
         B = frobenius_up(np.asarray(b).reshape(1, -1))
-        R = min(_bound(float_max_row_norm2_up(W)), S) if rows else S
-        return (_bound(R), float(np.abs(b).max(initial=0.0)), _bound(S), _bound(B), _bound(F))
+        R = min(as_bound(float_max_row_norm2_up(W)), S) if rows else S
+        return (as_bound(R), float(np.abs(b).max(initial=0.0)), as_bound(S), as_bound(B), as_bound(F))
 
     # -- certified bounds (module docstring) ------------------------------------------------------------
     def forward_bound(self, inp: ActivationBound, norms: tuple[float, ...]) -> ActivationBound:

@@ -37,7 +37,6 @@ weights are richer at the same per-example bound ``K``; the Frobenius-ball layer
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,12 +45,8 @@ from opendp_hybridad.analysis.rounding import float_max_row_norm2_up, float_norm
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.parts.conv import Conv1d, Conv2d, _ConvNd
 from opendp_hybridad.nn.parts.lipschitz import DEFAULT_SQUARINGS, SpectralDense, frobenius_up, spectral_norm_up
-from opendp_hybridad.nn.protocol import Params, Shape
+from opendp_hybridad.nn.protocol import Params, Shape, as_bound
 from opendp_hybridad.nn.registry import register_layer
-
-
-def _bound(value: float) -> float:
-    return value if value == value else math.inf
 
 
 @dataclass(frozen=True)
@@ -137,9 +132,9 @@ class _SpectralConvNd(_ConvNd):
         Wm = self._matrix(W)
         F = frobenius_up(Wm)
         S = min(spectral_norm_up(Wm, self.squarings), F)
-        B = _bound(float_norm2_up(np.asarray(b, dtype=np.float64)))
-        R = min(_bound(float_max_row_norm2_up(Wm)), S) if rows else S
-        return (_bound(R), _bound(float(np.abs(b).max(initial=0.0))), _bound(F), B, _bound(S))
+        B = as_bound(float_norm2_up(np.asarray(b, dtype=np.float64)))
+        R = min(as_bound(float_max_row_norm2_up(Wm)), S) if rows else S
+        return (as_bound(R), as_bound(float(np.abs(b).max(initial=0.0))), as_bound(F), B, as_bound(S))
 
     def operator_norm(self, norms: tuple[float, ...]) -> float:
         """``S`` (the fifth weight norm): ``>= ||W_mat||_2``."""
