@@ -13,6 +13,7 @@ from fractions import Fraction
 
 import mpmath
 import numpy as np
+from helpers.layer_checks import sqrt_fraction
 
 from opendp_hybridad.nn.parts import conv as conv_module
 from opendp_hybridad.nn.parts import dense as dense_module
@@ -78,7 +79,7 @@ def as_fractions(a: np.ndarray) -> np.ndarray:
 def l2_diff(computed: np.ndarray, exact: np.ndarray) -> float:
     """``||computed - exact||`` with the difference formed exactly (Fractions), then rounded up a little."""
     total = sum(((Fraction(float(c)) - Fraction(e)) ** 2 for c, e in zip(computed.flat, exact.flat, strict=True)), Fraction(0))
-    return math.nextafter(math.sqrt(float(total)), math.inf)
+    return math.nextafter(sqrt_fraction(total), math.inf)
 
 
 # -- other summation orders, as another BLAS would sum ----------------------------------------------

@@ -138,3 +138,12 @@ def spectral_at_most(W: np.ndarray, s: float) -> bool:
             for j in range(k, q):
                 M[i][j] -= f * M[k][j]
     return True
+
+
+def sqrt_fraction(q: Fraction) -> float:
+    """``sqrt(q)`` of an exact rational, within an ulp at any magnitude: ``float(q)`` of a sum of squares below
+    the normal range would round to a subnormal and lose digits, so ``q`` is scaled by an even power of two first."""
+    if q == 0:
+        return 0.0
+    k = (q.numerator.bit_length() - q.denominator.bit_length()) // 2
+    return math.ldexp(math.sqrt(float(q / Fraction(4) ** k)), k)

@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from helpers.layer_checks import check_kernels, extreme_params
+from helpers.layer_checks import check_kernels, extreme_params, sqrt_fraction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -100,7 +100,7 @@ def test_gradient_bound_and_scatter_error(data):
     idx = np.array([data.draw(st.lists(st.integers(0, num - 1), min_size=L, max_size=L))])
     delta = np.array(data.draw(st.lists(st.floats(-1e6, 1e6) | st.sampled_from([1e6, -1e6, 1.0, 1e-10]),
                                         min_size=L * dim, max_size=L * dim))).reshape(1, L, dim)
-    d_norm = math.nextafter(math.sqrt(float(sum(Fraction(float(v)) ** 2 for v in delta.flat))), math.inf)
+    d_norm = math.nextafter(sqrt_fraction(sum(Fraction(float(v)) ** 2 for v in delta.flat)), math.inf)
     grad = layer.gradient_bound(ActivationBound((L,), 1.0, 1.0), DeltaBound((L, dim), d_norm, 0.0), layer.weight_norms(None))
     exact = brute_rows(idx, delta, num)
     assert float(sum(v ** 2 for v in exact.flat)) <= grad.squared
@@ -109,7 +109,7 @@ def test_gradient_bound_and_scatter_error(data):
     for p in reversed(range(L)):
         reverse[idx[0, p]] += delta[0, p]
     for computed in (g[0], reverse):
-        gap = math.sqrt(float(sum((Fraction(float(c)) - e) ** 2 for c, e in zip(computed.flat, exact[0].flat, strict=True))))
+        gap = sqrt_fraction(sum((Fraction(float(c)) - e) ** 2 for c, e in zip(computed.flat, exact[0].flat, strict=True)))
         assert gap <= grad.error
     s = layer.per_example_squared_norms((np.zeros((num, dim)),), idx, idx, delta)[0]
     row_sq = sum(Fraction(float(v)) ** 2 for v in g.flat)

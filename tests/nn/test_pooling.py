@@ -9,6 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from helpers.layer_checks import sqrt_fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -74,28 +75,28 @@ def test_bounds_cover_adversarial_inputs(layer, shape, data):
     """``||out|| <= ||a|| / sqrt(K)``, ``|out_j| <= max |a|``, ``||delta_in|| = ||delta|| / sqrt(K)``, and the rounding
     of the computed mean (any order: numpy's pairwise sum here, a reversed loop below) within the stated error."""
     x = data.draw(arrays(np.float64, (1, *shape), elements=st.floats(-1e3, 1e3) | st.sampled_from([1e3, -1e3, 1e-300])))
-    norm = math.sqrt(float(sum(Fraction(float(v)) ** 2 for v in x.flat)))
+    norm = sqrt_fraction(sum(Fraction(float(v)) ** 2 for v in x.flat))
     inp = ActivationBound(shape, math.nextafter(norm, math.inf), float(np.abs(x).max()), 0.0)
     rec = layer.forward_bound(inp, ())
     out, cache = layer.forward((), x)
     exact = brute_pool(x, layer.kernel_size)  # the exact mean, rounded once: within u |mean|
-    exact_norm = math.sqrt(float(sum(Fraction(float(v)) ** 2 for v in exact.flat))) * (1 - 2**-50)
+    exact_norm = sqrt_fraction(sum(Fraction(float(v)) ** 2 for v in exact.flat)) * (1 - 2**-50)
     assert exact_norm <= rec.norm
     assert np.abs(out).max() <= rec.computed_unit
     # computed against exact rational means
     gap = _gap_to_exact_means(out, x, layer.kernel_size)
     assert gap <= rec.error
     delta = data.draw(arrays(np.float64, out.shape, elements=st.floats(-1e3, 1e3)))
-    d_norm = math.sqrt(float(sum(Fraction(float(v)) ** 2 for v in delta.flat)))
+    d_norm = sqrt_fraction(sum(Fraction(float(v)) ** 2 for v in delta.flat))
     back = layer.backward_bound(inp, DeltaBound(out.shape[1:], math.nextafter(d_norm, math.inf), 0.0), ())
     gx = layer.backward((), x, cache, delta)
     K = layer.window
     exact_sq = sum(Fraction(float(v)) ** 2 for v in delta.flat) / K
-    assert math.sqrt(float(exact_sq)) * (1 - 2**-50) <= back.norm
-    gx_gap = math.sqrt(float(sum((Fraction(float(g)) - Fraction(float(d)) / K) ** 2
+    assert sqrt_fraction(exact_sq) * (1 - 2**-50) <= back.norm
+    gx_gap = sqrt_fraction(sum((Fraction(float(g)) - Fraction(float(d)) / K) ** 2
                                  for g, d in zip(gx[(slice(None), slice(None), *_cut(layer, shape))].reshape(-1),
                                                  np.broadcast_to(delta[_expand(layer)], _windowed(layer, (1, *shape))).reshape(-1),
-                                                 strict=True))))
+                                                 strict=True)))
     assert gx_gap <= back.error
 
 
@@ -128,7 +129,7 @@ def _gap_to_exact_means(out: np.ndarray, x: np.ndarray, kernel: tuple[int, ...])
             s = sum((Fraction(float(x[(b, c, *(p * k + o for p, k, o in zip(pos, kernel, off, strict=True)))]))
                      for off in itertools.product(*(range(k) for k in kernel))), Fraction(0))
             total += (Fraction(float(out[(b, c, *pos)])) - s / K) ** 2
-    return math.nextafter(math.sqrt(float(total)), math.inf)
+    return math.nextafter(sqrt_fraction(total), math.inf)
 
 
 @pytest.mark.parametrize(("layer", "shape"), CASES)
