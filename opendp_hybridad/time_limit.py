@@ -3,43 +3,94 @@
 sympy is pure Python, so a POSIX interval timer's SIGALRM interrupts it between
 bytecodes. Only the main thread can receive signals; elsewhere the block runs without
 a limit. Callers turn the timeout into a refusal (never into a certificate).
+
+Python swallows an exception raised while it runs a garbage-collector callback or a
+``__del__`` method ("Exception ignored in ..."): a one-shot alarm that lands there is
+lost and the block runs on without a limit (seen under hypothesis, which installs a gc
+callback). So an alarm that lands inside a gc callback or ``__del__`` is put off by
+:data:`DEFER_SECONDS` instead of raising there, and once the limit has passed the alarm
+fires again every :data:`RETRY_SECONDS` until the block has left (at most
+:data:`RETRIES` times), in case it was swallowed somewhere else.
 """
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import FrameType, TracebackType
 from typing import Any
+
+RETRY_SECONDS = 0.05
+RETRIES = 200  # 10 s of retries: far more swallowed alarms than any block has gc callbacks in a row
+DEFER_SECONDS = 0.001
+DEFERRALS = 10_000  # 10 s of deferrals
+
+
+def _where_exceptions_are_swallowed(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs (or is called from) a gc callback or a ``__del__`` method."""
+    callback_codes = set()
+    for callback in gc.callbacks:
+        function = getattr(callback, "__func__", callback)
+        code = getattr(function, "__code__", None)
+        if code is not None:
+            callback_codes.add(code)
+    while frame is not None:
+        if frame.f_code in callback_codes or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 class TimeLimitError(Exception):
     """The block ran past its time limit."""
 
 
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`TimeLimitError` inside the block after ``seconds`` (main thread, POSIX; else no limit)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
+class time_limit:  # noqa: N801 - used as a context manager, named like contextlib's
+    """Raise :class:`TimeLimitError` inside the block after ``seconds`` (main thread, POSIX; else no limit).
 
-    def _expire(signum: int, frame: Any) -> None:
+    An outer limit that ends first governs (the inner one is not armed); an outer limit that
+    ends later is restored with what is left of it when the block leaves.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._armed = False
+        self._retries_left = RETRIES
+        self._deferrals_left = DEFERRALS
+
+    def _expire(self, signum: int, frame: Any) -> None:
+        if not self._armed:  # fired while the block was leaving: the limit no longer applies
+            return
+        if self._deferrals_left > 0 and _where_exceptions_are_swallowed(frame):
+            self._deferrals_left -= 1
+            signal.setitimer(signal.ITIMER_REAL, DEFER_SECONDS)
+            return
+        if self._retries_left > 0:  # in case this raise is swallowed (gc callback, __del__)
+            self._retries_left -= 1
+            signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
         raise TimeLimitError
 
-    remaining, _ = signal.getitimer(signal.ITIMER_REAL)
-    if remaining and remaining <= seconds:  # an outer limit ends first: it governs
-        yield
-        return
-    previous = signal.signal(signal.SIGALRM, _expire)
-    started = time.monotonic()
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
+    def __enter__(self) -> time_limit:
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+            return self
+        self._outer_remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        if self._outer_remaining and self._outer_remaining <= self.seconds:  # an outer limit ends first
+            return self
+        self._previous = signal.signal(signal.SIGALRM, self._expire)
+        self._started = time.monotonic()
+        self._armed = True
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if not self._armed:
+            return
+        self._armed = False  # first: an alarm from here on is a no-op
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if remaining:  # an outer limit was running: restore what is left of it
-            signal.setitimer(signal.ITIMER_REAL, max(remaining - (time.monotonic() - started), 1e-3))
+        signal.signal(signal.SIGALRM, self._previous)
+        if self._outer_remaining:  # an outer limit was running: restore what is left of it
+            left = self._outer_remaining - (time.monotonic() - self._started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3))

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-import time
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.hang_guard import finishes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -335,9 +335,7 @@ def test_keys_do_not_depend_on_the_interpreters_digit_limit():
                                   "1" * 20000 + "E-20000", "1" + "0" * 10000 + "1E-5000"])
 def test_decimals_with_absurd_exponents_are_keyed_fast(text):
     value = Decimal(text)
-    start = time.perf_counter()
-    key = id_key(value)
-    assert time.perf_counter() - start < 0.5
+    key = finishes(lambda: id_key(value))  # exact arithmetic on 10**999999999 would never finish
     assert len(key) < len(text) + 40
 
 
@@ -351,14 +349,13 @@ def test_decimals_past_the_exact_range_are_keyed_by_normalised_text():
     assert id_key(Decimal("1" + "0" * 20000 + "E-20000")) == id_key(1)  # trailing zeros are not digits
 
 
-def test_id_keys_are_fast_on_numeric_columns():
-    n = 200_000
+def test_id_keys_of_numeric_columns_are_the_keys_value_by_value():
+    # the column path is vectorised (its speed is bench material); here it must agree with id_key exactly
+    n = 20_000
     column = np.arange(n, dtype=np.int64) * 7919
     for series in (pd.Series(column), pd.Series(column.astype(np.float64)), pd.Series(column + 0.5),
                    pd.Series((column % 65536).astype(np.float32))):
-        start = time.perf_counter()
-        id_keys(series)
-        assert time.perf_counter() - start < 2.0  # ~0.05 s each on a laptop; value by value would be ~1 s
+        assert list(id_keys(series)) == [id_key(v) for v in series.tolist()]
 
 
 # -- the ledger -----------------------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import sympy as sp
+from helpers.hang_guard import finishes
 
 import opendp_hybridad as hd
 from opendp_hybridad.cli import main
@@ -231,10 +231,8 @@ def test_non_text_values_still_convert():
     ],
 )
 def test_resource_caps_refuse_quickly_on_one_line(text, fragment):
-    start = time.perf_counter()
     with pytest.raises(hd.DeclarationError) as info:
-        hd.RecordFunction(text, hd.Schema(x=(0, 1), y=(0, 1)))
-    assert time.perf_counter() - start < 5.0
+        finishes(lambda: hd.RecordFunction(text, hd.Schema(x=(0, 1), y=(0, 1))))
     _assert_one_line(str(info.value))
     assert fragment in str(info.value)
 

@@ -11,6 +11,7 @@ import math
 import dp_accounting
 import pytest
 from dp_accounting import rdp
+from helpers.hang_guard import finishes
 
 from opendp_hybridad.accounting import RDP_ORDERS, compose_epsilon
 from opendp_hybridad.dpsgd.accounting import reference_event
@@ -28,7 +29,6 @@ def _report(n: int, batch: int, sigma: float, epochs: float, delta: float, sampl
 def test_dp_sgd_accounting_memory_does_not_grow_with_steps():
     """Issue 11: one event composed ``steps`` times (not a list of events); 1e7 steps stay in a few MiB."""
     import logging
-    import time
     import tracemalloc
 
     event = reference_event(100000, 100, 2.0, 10000)
@@ -37,16 +37,13 @@ def test_dp_sgd_accounting_memory_does_not_grow_with_steps():
     logging.disable(logging.WARNING)
     try:
         tracemalloc.start()
-        start = time.perf_counter()
-        report = _report(100000, 100, 2.0, 10000, 1e-5)
-        elapsed = time.perf_counter() - start
+        report = finishes(lambda: _report(100000, 100, 2.0, 10000, 1e-5))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
         logging.disable(logging.NOTSET)
     assert report["steps"] == 10**7 and math.isfinite(report["epsilon_pld"])
     assert peak < 64 * 2**20  # measured: about 12 MiB (1e5 steps: about 1 MiB)
-    assert elapsed < 60
 
 
 # -- the PLD's size is bounded before it runs (opendp_hybridad.pld_size) ------------------------
