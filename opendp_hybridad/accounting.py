@@ -36,7 +36,7 @@ import numpy as np
 from dp_accounting import pld, rdp
 
 from opendp_hybridad import pld_size, validation
-from opendp_hybridad.analysis.rounding import add_up, div_down, libm_up, mul_up, sqrt_up, sum_up, up_array
+from opendp_hybridad.analysis.rounding import add_up, add_up_array, div_down, libm_up, mul_up, sqrt_up, sum_up
 from opendp_hybridad.errors import AccountingError
 from opendp_hybridad.lattice_noise import _check_measure, lattice_noise_distance, measurement_noise_distance
 from opendp_hybridad.relations import ADD_REMOVE, Relation, relation_of
@@ -304,7 +304,7 @@ def _composed(items: Iterable[Any]) -> tuple[dp_accounting.DpEvent, Relation, fl
         curve_sum = np.zeros(len(RDP_ORDERS))
         for c in curves:
             if c is not None:
-                curve_sum = up_array(curve_sum + np.asarray(c, dtype=float))  # one rounding per addition
+                curve_sum = add_up_array(curve_sum, np.asarray(c, dtype=float))  # one rounding up per addition
     return dp_accounting.ComposedDpEvent(events), relation, distance, curve_sum
 
 
@@ -408,7 +408,8 @@ def _compose_with_curves(event: dp_accounting.DpEvent, curve: np.ndarray, delta:
         absl_logger.removeFilter(negative)
     # a numerically negative divergence is no bound
     negative_seen = negative.seen or not np.all(others >= 0)
-    epsilon_rdp = math.inf if negative_seen else rdp_to_epsilon(RDP_ORDERS, up_array(others + curve), delta)
+    combined = add_up_array(others, curve)  # exact where the sum is: one plan alone reports its own epsilon
+    epsilon_rdp = math.inf if negative_seen else rdp_to_epsilon(RDP_ORDERS, combined, delta)
     total = delta_with_distance(delta, epsilon_rdp, distance)
     return {"epsilon_rdp": epsilon_rdp, "epsilon_pld": math.inf, "delta": float(total), "accountant_delta": float(delta),
             "statistical_distance": float(distance), "relation": relation.name, "pld_discretization": math.nan,

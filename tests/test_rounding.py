@@ -7,8 +7,10 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from opendp_hybridad.analysis.rounding import gamma
+from opendp_hybridad.analysis.rounding import add_up_array, gamma
 
 
 def test_gamma_is_the_closed_form_rounded_up():
@@ -192,3 +194,35 @@ def test_norm2_up_of_subnormal_values_is_not_below_the_exact_norm():
     for values in ([5e-324, 5e-324], [3 * 5e-324, 4 * 5e-324, 5e-324], [2.0**-1060, 2.0**-1070, 5e-324]):
         bound = Fraction(norm2_up(values))
         assert bound**2 >= sum(Fraction(v) ** 2 for v in values)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.floats(allow_nan=False), st.floats(allow_nan=False)), min_size=1, max_size=20))
+def test_add_up_array_is_the_exact_sum_or_the_next_float_above(pairs):
+    a = np.array([p[0] for p in pairs])
+    b = np.array([p[1] for p in pairs])
+    got = add_up_array(a, b)
+    for x, y, s in zip(a, b, got, strict=True):
+        if math.isinf(x) or math.isinf(y):
+            assert math.isnan(s) if (math.isinf(x) and math.isinf(y) and x != y) else s == x + y
+            continue
+        exact = Fraction(x) + Fraction(y)
+        if math.isinf(s):
+            assert s > 0  # an overflowing positive sum
+            continue
+        assert Fraction(s) >= exact  # never below
+        assert s == x + y or s == math.nextafter(x + y, math.inf)  # at most one step above the IEEE sum
+        if math.isfinite(x + y) and Fraction(x + y) == exact:
+            assert s == x + y  # exact sums stay exact
+
+
+def test_add_up_array_on_cancellation_overflow_and_subnormals():
+    tiny = 2.0**-1074
+    a = np.array([1.0, 1e308, -1e308, tiny, 1.0, -1.0])
+    b = np.array([2.0**-60, 1e308, -1e308, tiny, -1.0, -(2.0**-60)])
+    got = add_up_array(a, b)
+    assert got[0] == math.nextafter(1.0, 2.0)  # 1 + 2^-60 rounds to 1, below the exact sum
+    assert got[1] == math.inf
+    assert got[2] == -np.finfo(float).max  # -inf is below the exact sum; the most negative float is above it
+    assert got[3] == 2 * tiny and got[4] == 0.0  # exact
+    assert got[5] == -1.0  # -1 - 2^-60 rounds to -1, above the exact sum: kept

@@ -323,6 +323,25 @@ def up_array(x: np.ndarray) -> np.ndarray:
     return np.nextafter(x, np.inf)
 
 
+def add_up_array(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise ``a + b`` rounded up: the IEEE sum where it is exact or above, else the next float above.
+
+    Knuth's TwoSum (Knuth, TAOCP vol. 2, 4.2.2, Theorem B; six round-to-nearest operations, no
+    overflow) gives ``a + b = s + err`` exactly, so ``s`` is an upper bound when ``err <= 0``.
+    Where the sum overflows (``err`` is NaN) the next float above ``s`` is taken: ``inf`` stays,
+    ``-inf`` becomes the most negative finite float, which lies above any sum that rounded to it.
+    An infinite input gives IEEE's sum (``inf - inf`` is NaN).
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        s = a + b
+        b_virtual = s - a
+        err = (a - (s - b_virtual)) + (b - b_virtual)
+        exact_enough = ((err <= 0) & np.isfinite(s)) | ~(np.isfinite(a) & np.isfinite(b))  # an infinite input: IEEE's sum
+        return np.where(exact_enough, s, up_array(s))
+
+
 def down_array(x: np.ndarray) -> np.ndarray:
     """Elementwise next float below."""
     return np.nextafter(x, -np.inf)

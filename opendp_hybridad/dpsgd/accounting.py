@@ -65,7 +65,21 @@ from typing import Any
 import numpy as np
 
 from opendp_hybridad import validation
-from opendp_hybridad.analysis.rounding import add_down, add_up, div_down, div_up, libm_down, libm_up, mul_down, mul_up, round_up, sub_up, up
+from opendp_hybridad.analysis.rounding import (
+    add_down,
+    add_up,
+    add_up_array,
+    div_down,
+    div_up,
+    libm_down,
+    libm_up,
+    mul_down,
+    mul_up,
+    round_up,
+    sub_up,
+    up,
+    up_array,
+)
 from opendp_hybridad.errors import AccountingError
 
 __all__ = ["reference_event", "dp_sgd_steps", "dp_sgd_epsilon", "dp_sgd_calibration", "dp_sgd_noise_multiplier", "DpSgdRdpCurve",
@@ -230,27 +244,46 @@ def unit_rdp(order: float, noise_multiplier: float, sampling: str, sampling_prob
     return min(at_high, round_up(interpolated))
 
 
-def rdp_to_epsilon(orders: Sequence[float], rdp: Sequence[float], delta: float) -> float:
-    """The smallest ``epsilon`` with ``(epsilon, delta)``-DP implied by RDP ``rdp`` at ``orders``, rounded up.
-
-    Canonne, Kamath and Steinke 2020, Proposition 12: ``(alpha, r)``-RDP implies
-    ``(r + log(1 - 1/alpha) - (log delta + log alpha) / (alpha - 1), delta)``-DP; the minimum over
-    the orders, at least 0. Every term is rounded toward a larger epsilon.
+def conversion_offsets(orders: Sequence[float], delta: float) -> np.ndarray:
+    """Per order, the part of Canonne-Kamath-Steinke's conversion that does not depend on the RDP value,
+    ``log(1 - 1/alpha) - (log delta + log alpha) / (alpha - 1)``, each rounded up (``inf`` marks an order
+    that cannot be used). :func:`rdp_to_epsilon` adds it to the divergence at that order.
     """
     delta = validation.probability("delta", delta)
     log_delta_low = libm_down(math.log(delta))
-    best = math.inf
-    for alpha, r in zip(orders, rdp, strict=True):
-        alpha, r = float(alpha), float(r)
-        if not (alpha > 1 and r >= 0):
+    offsets = np.empty(len(orders))
+    for i, alpha in enumerate(orders):
+        alpha = float(alpha)
+        if not alpha > 1:
             raise AccountingError("RDP needs orders above 1 and non-negative divergences")
-        if not math.isfinite(r):
-            continue
         # log(1 - 1/alpha) <= log1p(-(1/alpha rounded down)), itself padded up (library function)
         shrink = libm_up(math.log1p(-div_down(1.0, alpha)))
         numerator = sub_up(-log_delta_low, libm_down(math.log(alpha)))  # -(log delta + log alpha), rounded up
         tail = div_up(numerator, add_down(alpha, -1.0))  # alpha - 1, rounded down
-        best = min(best, add_up(add_up(r, shrink), tail))
+        offsets[i] = add_up(shrink, tail)
+    return offsets
+
+
+def rdp_to_epsilon(orders: Sequence[float], rdp: Sequence[float], delta: float,
+                   offsets: np.ndarray | None = None) -> float:
+    """The smallest ``epsilon`` with ``(epsilon, delta)``-DP implied by RDP ``rdp`` at ``orders``, rounded up.
+
+    Canonne, Kamath and Steinke 2020, Proposition 12: ``(alpha, r)``-RDP implies
+    ``(r + log(1 - 1/alpha) - (log delta + log alpha) / (alpha - 1), delta)``-DP; the minimum over
+    the orders, at least 0. The order-only part is :func:`conversion_offsets` (pass it to reuse it
+    across calls with the same orders and delta), rounded up; ``r + offset`` is rounded up by
+    ``add_up_array``: every term is rounded toward a larger epsilon.
+    """
+    if offsets is None:
+        offsets = conversion_offsets(orders, delta)
+    values = np.asarray(rdp, dtype=np.float64)
+    if values.shape != offsets.shape:
+        raise AccountingError("RDP needs one divergence per order")
+    if np.any(np.isnan(values)) or np.any(values < 0):
+        raise AccountingError("RDP needs orders above 1 and non-negative divergences")
+    with np.errstate(over="ignore", invalid="ignore"):
+        totals = add_up_array(values, offsets)  # inf + finite = inf: an unusable order never wins
+    best = float(np.min(totals[~np.isnan(totals)], initial=math.inf))
     return max(0.0, best)
 
 
@@ -279,19 +312,26 @@ class DpSgdRdpCurve:
         self.orders = np.array(_orders() if orders is None else orders, dtype=float)
         self.unit_rdp = np.array([unit_rdp(a, self.noise_multiplier, sampling, self.sampling_probability)
                                   for a in self.orders])
+        self._offsets: dict[float, np.ndarray] = {}
 
     def units(self, steps: int) -> int:
         """The units composed after ``steps`` steps (every epoch begun counts whole)."""
         return -(-int(steps) // self._per_unit)
 
     def rdp(self, steps: int) -> np.ndarray:
-        """The RDP curve (one value per order) after ``steps`` steps, rounded up."""
-        units = float(self.units(steps))
-        return np.array([mul_up(units, float(r)) for r in self.unit_rdp])
+        """The RDP curve (one value per order) after ``steps`` steps, rounded up.
+
+        ``units * r`` is one IEEE multiplication of non-negative floats, bounded above by the next
+        float (``up_array``; ``inf`` stays ``inf``)."""
+        with np.errstate(over="ignore"):
+            return up_array(float(self.units(steps)) * self.unit_rdp)
 
     def epsilon(self, steps: int, delta: float) -> float:
-        """Proven epsilon at ``delta`` after ``steps`` steps."""
-        return rdp_to_epsilon(self.orders, self.rdp(steps), delta)
+        """Proven epsilon at ``delta`` after ``steps`` steps (the conversion's order-only part cached per delta)."""
+        offsets = self._offsets.get(delta)
+        if offsets is None:
+            offsets = self._offsets[delta] = conversion_offsets(self.orders, delta)
+        return rdp_to_epsilon(self.orders, self.rdp(steps), delta, offsets)
 
 
 def _run_steps(n: int, batch_size: int, epochs: float, sampling: str) -> int:
