@@ -21,7 +21,7 @@ PACKAGE_ROOT = Path(opendp_hybridad.__file__).resolve().parent
 PACKAGES = ["opendp_hybridad", "opendp_hybridad.analysis", "opendp_hybridad.compile", "opendp_hybridad.dpsgd",
             "opendp_hybridad.frame", "opendp_hybridad.individual", "opendp_hybridad.nn", "opendp_hybridad.symbolic"]
 #: loaded only by the features that use them
-HEAVY = ["opendp", "dp_accounting", "numba", "numexpr", "scipy", "pandas", "polars", "matplotlib"]
+HEAVY = ["opendp", "dp_accounting", "numba", "numexpr", "scipy", "pandas", "polars", "matplotlib", "dask", "distributed"]
 BMI = ["analyse", "a*w/h**2", "--bound", "a=18:90", "--bound", "w=40:200", "--bound", "h=1.4:2.2"]
 
 
@@ -87,6 +87,22 @@ def test_a_subpackage_loads_only_the_modules_of_the_names_taken():
         import opendp_hybridad.dpsgd, opendp_hybridad.individual, opendp_hybridad.nn, opendp_hybridad.compile
     """
     assert _loaded_after(code, ["opendp", "dp_accounting", "numba", "scipy", "opendp_hybridad.frame.measurements"]) == []
+
+
+def test_the_pandas_path_and_the_dask_engine_module_load_no_dask():
+    # the Dask engine is optional: the pandas measurements never import it, and its own module imports dask
+    # only when a query runs on a Dask frame
+    code = """
+        import pandas as pd
+        import opendp.prelude as dp
+        dp.enable_features("contrib", "honest-but-curious")
+        import opendp_hybridad as hd
+        import opendp_hybridad.frame.dask_engine
+        schema = hd.Schema(a=(0, 10))
+        release = hd.frame.make_private_sum(schema, hd.RecordFunction("a", schema), epsilon=1.0)
+        release(pd.DataFrame({"a": [1.0, 2.0]}))
+    """
+    assert _loaded_after(code, ["dask", "distributed"]) == []
 
 
 def test_validation_needs_no_numpy_and_still_knows_its_types():
