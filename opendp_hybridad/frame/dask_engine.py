@@ -129,6 +129,7 @@ def make_dask_frame_domain(schema: Schema | Any, *, size_limit: int | None = Non
     """
     import opendp.prelude as dp
 
+    dp.assert_features("honest-but-curious")
     if isinstance(schema, Schema):
         spec = DaskFrameDomain(schema, DEFAULT_SIZE_LIMIT if size_limit is None else size_limit, size,
                                () if labels is None else labels)
@@ -142,6 +143,10 @@ def make_dask_frame_domain(schema: Schema | Any, *, size_limit: int | None = Non
 
 
 def _dask_spec(input_domain: Any) -> DaskFrameDomain:
+    """The domain's :class:`DaskFrameDomain`; first asserts OpenDP's ``honest-but-curious`` (user transformations)."""
+    import opendp.prelude as dp
+
+    dp.assert_features("honest-but-curious")  # asserted, never enabled: OpenDP says what to enable
     spec = as_frame_domain(input_domain)
     if not isinstance(spec, DaskFrameDomain):
         raise DeclarationError("the input domain must be a Dask frame domain from make_dask_frame_domain(schema)")

@@ -209,3 +209,38 @@ def test_declarations_the_engine_refuses():
         de.make_dask_sum_of(make_frame_domain(SCHEMA), SYM, BMI)
     with pytest.raises(hd.DeclarationError, match="size_limit"):
         de.make_dask_frame_domain(make_frame_domain(SCHEMA, size_limit=10), size_limit=11)
+
+
+def test_total_on_neighbours(client):
+    from helpers.totality import assert_total_on_neighbours
+
+    base = _people(400, seed=5).drop(columns="extra")
+    odd = [{"a": 0.0, "w": np.inf, "h": 1.7}, {"a": 1e308, "w": -np.inf, "h": np.nan}, {"a": -1e308, "w": np.nan, "h": 0.0},
+           {"a": 50.0, "w": 80.0, "h": np.inf}]
+    limit = len(base) + 1
+    domain = de.make_dask_frame_domain(SCHEMA, size_limit=limit)
+    releases = [de.make_private_dask_sum(domain, BMI, epsilon=1.0), de.make_private_dask_count(domain, epsilon=1.0),
+                de.make_private_dask_mean(domain, BMI, epsilon=1.0),
+                de.make_private_dask_sum_vector(domain, [BMI, WEIGHT], rho=1.0)]
+    pairs = []
+    for row in odd:  # the added record lands in the last partition
+        grown = pd.concat([base, pd.DataFrame([row])], ignore_index=True)
+        pairs.append((_uneven(base, [100, 250]), _uneven(grown, [100, 250])))
+    for release in releases:
+        assert assert_total_on_neighbours(release, pairs) == len(odd)
+
+
+def test_features_are_asserted_never_enabled():
+    from opendp.mod import GLOBAL_FEATURES
+
+    domain = de.make_dask_frame_domain(SCHEMA)
+    enabled = set(GLOBAL_FEATURES)
+    GLOBAL_FEATURES.clear()
+    try:
+        for build in (lambda: de.make_dask_frame_domain(SCHEMA), lambda: de.make_dask_sum_of(domain, SYM, BMI),
+                      lambda: de.make_private_dask_count(SCHEMA, epsilon=1.0)):
+            with pytest.raises(Exception, match="honest-but-curious"):
+                build()
+        assert not GLOBAL_FEATURES  # nothing was enabled on the user's behalf
+    finally:
+        GLOBAL_FEATURES.update(enabled)
