@@ -74,22 +74,42 @@ def centres(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         return np.clip(0.5 * (lo + hi), lo, hi)
 
 
-def _polish(objective: Objective, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float]:
-    from scipy import optimize  # here, not at the top: scipy.optimize takes 0.2-0.3 s to import
+def _polish(objective: Objective, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+            iterations: int = 400) -> tuple[np.ndarray, float]:
+    """Compass search from ``x0`` inside the box: a better witness, never part of a bound.
 
-    bounds = list(zip(lo, hi, strict=True))
+    Each iteration evaluates the ``2n`` points ``x +- step_i e_i`` (clipped to the box) in one
+    batched call, moves to the best if it improves, else halves the steps; it stops when every
+    step is below ``1e-12`` of its side (Kolda, Lewis and Torczon 2003, compass search: a
+    stationary point for smooth objectives). Numpy only: scipy.optimize took 0.5-2.6 s to import,
+    most of a command-line ``analyse``.
+    """
+    n = x0.size
+    width = hi - lo
+    with np.errstate(all="ignore"):
+        step = np.where(np.isfinite(width), 0.25 * width, 0.0)
+    floor = 1e-12 * np.where(np.isfinite(width), width, 0.0)
+    eye = np.eye(n)
 
-    def neg(x: np.ndarray) -> float:
-        v = objective.value(np.clip(x, lo, hi)[None, :])[0]
-        return -v if np.isfinite(v) else np.inf
+    def values(points: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            v = objective.value(points)
+        return np.where(np.isfinite(v), v, -np.inf)
 
-    try:
-        with np.errstate(all="ignore"):  # finite differences over subnormal-width boxes overflow harmlessly
-            res = optimize.minimize(neg, x0, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
-    except (ValueError, FloatingPointError):  # pragma: no cover - scipy refusing a non-finite start
-        return x0, -neg(x0)
-    x = np.clip(res.x, lo, hi)
-    return x, -neg(x)
+    x = np.clip(x0, lo, hi)
+    best = float(values(x[None, :])[0])
+    for _ in range(iterations):
+        if not np.any(step > floor):
+            break
+        with np.errstate(all="ignore"):
+            candidates = np.clip(np.vstack([x + eye * step, x - eye * step]), lo, hi)
+        candidate_values = values(candidates)
+        i = int(np.argmax(candidate_values))
+        if candidate_values[i] > best:
+            x, best = candidates[i], float(candidate_values[i])
+        else:
+            step = 0.5 * step
+    return x, best
 
 
 def maximize(
