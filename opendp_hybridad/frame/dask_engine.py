@@ -37,6 +37,10 @@ Nothing depends on the partitioning, the workers, the BLAS, the CPU or the threa
 count. The constructors refuse a declaration where ``N M (1 + g) + relaxation`` is not
 finite, so no partial, no intermediate sum and no total can overflow.
 
+Assumption: every worker evaluates the kernel as the driver would (a homogeneous cluster:
+the same package, numpy, numexpr/numba and C math library, CPUs with the same IEEE 754
+behaviour), since a record two neighbours share may be computed on different workers.
+
 Totality: the domain is :func:`make_dask_frame_domain`'s (the frame domain's limits,
 members are Dask frames). Columns and dtypes are checked on the Dask metadata before
 any task runs; the value-level checks happen per partition in the same pass that

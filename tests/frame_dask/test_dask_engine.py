@@ -244,3 +244,15 @@ def test_features_are_asserted_never_enabled():
         assert not GLOBAL_FEATURES  # nothing was enabled on the user's behalf
     finally:
         GLOBAL_FEATURES.update(enabled)
+
+
+def test_parquet_with_arrow_dtypes(client, tmp_path):
+    # what a cluster reads: parquet files, here with pyarrow-backed (nullable) columns and several files
+    pytest.importorskip("pyarrow")
+    frame = _people(6_000, seed=13).drop(columns="extra")
+    for i, start in enumerate(range(0, len(frame), 2_000)):
+        frame.iloc[start:start + 2_000].convert_dtypes(dtype_backend="pyarrow").to_parquet(tmp_path / f"part{i}.parquet")
+    ddf = dd.read_parquet(str(tmp_path / "*.parquet"))
+    pandas_domain = make_frame_domain(SCHEMA, size_limit=len(frame))
+    total = de.make_dask_sum_of(de.make_dask_frame_domain(pandas_domain), SYM, BMI)
+    assert abs(total(ddf) - make_sum_of(pandas_domain, SYM, BMI)(frame)) <= total.map(0)
