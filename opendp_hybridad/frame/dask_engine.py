@@ -262,14 +262,13 @@ def exact_total(partials: np.ndarray) -> float:
 def _plan(spec: DaskFrameDomain, metric: Any, function: RecordFunction, range_certificate: Any, lipschitz_certificate: Any,
           backend: str) -> Any:
     """The pandas path's ``_SumPlan`` for one partition (same kernel, same clamping), refusing what Dask cannot do."""
-    from opendp_hybridad.frame.aggregate import _SumPlan
+    from opendp_hybridad.frame.aggregate import _SumPlan, sum_relaxation
 
     if isinstance(relation_of(metric), FeatureLevel):
         raise DeclarationError("the feature-level relation is not offered on the Dask engine yet: use the pandas path")
     plan = _SumPlan(spec.partition_domain(), metric, function, range_certificate, lipschitz_certificate, backend)
     terms, max_abs = spec.max_terms, max(abs(plan.lower), abs(plan.upper))
-    from opendp_hybridad.frame.aggregate import sum_relaxation
-
+    # N M + both relaxations bounds every partial, intermediate and total: finite, so nothing overflows
     worst = add_up(add_up(mul_up(max_abs, float(terms)), sum_relaxation(terms, max_abs)), reduction_relaxation(terms, max_abs))
     if not np.isfinite(worst):
         raise DeclarationError("the sum could overflow: size_limit * max|f| with its rounding allowance is not finite")
