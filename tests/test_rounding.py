@@ -226,3 +226,35 @@ def test_add_up_array_on_cancellation_overflow_and_subnormals():
     assert got[2] == -np.finfo(float).max  # -inf is below the exact sum; the most negative float is above it
     assert got[3] == 2 * tiny and got[4] == 0.0  # exact
     assert got[5] == -1.0  # -1 - 2^-60 rounds to -1, above the exact sum: kept
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(min_value=0, allow_infinity=False, allow_nan=False, allow_subnormal=True), st.sampled_from([1, 2, 16, 64]))
+def test_round_up_to_slots_is_the_next_slot_exactly(value, per_octave):
+    from opendp_hybridad.analysis.rounding import round_up_to_slots
+
+    got = round_up_to_slots(value, per_octave)
+    if value == 0:
+        assert got == 0
+        return
+    if math.isinf(got):
+        assert value > (2 - 1 / per_octave) * 2.0**1023  # only values in the top slot of the last octave overflow
+        return
+    # the slot: j / per_octave * 2^k with 2^k <= value < 2^(k+1), j whole, by exact arithmetic
+    k = math.frexp(value)[1] - 1
+    exact = Fraction(math.ceil(Fraction(value) / Fraction(2) ** k * per_octave), per_octave) * Fraction(2) ** k
+    assert Fraction(got) == exact and got >= value
+    assert Fraction(got) <= Fraction(value) * (1 + Fraction(1, per_octave))
+
+
+def test_round_up_to_slots_is_the_formula_it_replaced():
+    from opendp_hybridad.analysis.rounding import round_up_to_slots
+
+    rng = np.random.default_rng(0)
+    for value in np.exp(rng.uniform(-700, 700, 20000)):
+        for slots in (16, 64):
+            octave = math.floor(math.log2(value))
+            old = math.ceil((value / 2.0**octave) * slots) / slots * 2.0**octave
+            assert round_up_to_slots(float(value), slots) == old
+    with pytest.raises(ValueError):
+        round_up_to_slots(1.0, 3)

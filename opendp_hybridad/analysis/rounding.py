@@ -317,6 +317,29 @@ def float_max_row_norm2_up(rows: np.ndarray) -> float:
     return _float_norm_bound(float(np.sqrt(np.einsum("ij,ij->i", rows, rows)).max()), rows.shape[1])
 
 
+def round_up_to_slots(value: float, per_octave: int) -> float:
+    """``value`` rounded up to one of ``per_octave`` (a power of two) values per octave ``[2^k, 2^(k+1))``, exactly.
+
+    The values are ``(j / per_octave) 2^k`` for whole ``j``; at most a factor ``1 + 1/per_octave``
+    larger, and powers of two are kept. Used where a bound is cached by slot (noise tables,
+    per-step bounds): a larger value in the same slot gives the same, still valid, bound.
+    ``frexp``/``ldexp`` scale by powers of two exactly (also for subnormals), ``ceil`` of the
+    scaled mantissa is exact, and a result past the largest float is ``inf``. Zero, negative,
+    NaN and infinite values are returned as they are.
+    """
+    if per_octave < 1 or per_octave & (per_octave - 1):
+        raise ValueError("per_octave must be a power of two (so that every step below is exact)")
+    if not (value > 0 and math.isfinite(value)):
+        return value
+    mantissa, exponent = math.frexp(value)  # value = mantissa 2^exponent, mantissa in [1/2, 1)
+    slots = 2 * per_octave  # mantissa steps of 1 / (2 per_octave) are steps of 2^k / per_octave
+    scaled = math.ceil(mantissa * slots) / slots  # a power-of-two scaling, a ceil and its inverse: exact
+    try:
+        return math.ldexp(scaled, exponent)
+    except OverflowError:
+        return math.inf
+
+
 # -- vectorised (numpy) forms: the interval evaluator and per-record charges ---------------
 def up_array(x: np.ndarray) -> np.ndarray:
     """Elementwise next float above (a bound above correctly rounded results)."""

@@ -55,6 +55,7 @@ from opendp_hybridad.analysis.rounding import (
     mul_down,
     mul_up,
     round_up,
+    round_up_to_slots,
     sqrt_up,
     sum_up,
 )
@@ -319,10 +320,7 @@ def gaussian_std_for(sensitivity: float, noise_multiplier: float, dimension: int
     grid = 2.0**k
     # every operation rounded up (analysis/rounding.py): sqrt(d) 2^k, the sum, the product
     std = mul_up(noise_multiplier, add_up(sensitivity, mul_up(sqrt_up(float(dimension)), grid)))
-    octave = math.floor(math.log2(std))
-    # round the std up to 64 steps per octave: scaling by powers of two and ceil are exact
-    step = math.ceil((std / 2.0**octave) * 64) / 64
-    return step * 2.0**octave, k
+    return round_up_to_slots(std, 64), k
 
 
 def gaussian_noise_for(sensitivity: float, noise_multiplier: float, dimension: int,

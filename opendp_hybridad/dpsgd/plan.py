@@ -226,7 +226,7 @@ class GradientSum:
     def at(self, params: Any) -> StepBound:
         """The bounds for a step at these weights (public: released by earlier noisy steps, or the initial ones)."""
         if self.granularity == "step" and self.mode != "clip":
-            bound_t = self.model.certified_bound(params)
+            bound_t = self.model.step_bound(params)  # the bound at norms rounded up to slots: cached across steps
             K_t = min(_round_up_16_per_octave(bound_t.upper), self.bound.upper if self.mode == "bound" else math.inf)
             clip_now = self._clipping_needed(K_t)
             return StepBound(clip_now, self._sensitivity(K_t), _round_up_16_per_octave(self.row_error(bound_t, clip_now)))

@@ -77,6 +77,7 @@ import math
 
 import numpy as np
 
+from opendp_hybridad.analysis.rounding import round_up_to_slots
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.layers import Activation, Dense, Loss
 from opendp_hybridad.nn.parts.activation import Elementwise
@@ -242,6 +243,10 @@ class MLP:
         """
         return self._per_layer(self._seq.certified_bound(None if params is None else self._seq_params(params)))
 
+    def step_bound(self, params) -> ModelBound:
+        """:meth:`Sequential.step_bound`: the bound at these (public) weights from norms rounded up to slots, cached."""
+        return self._per_layer(self._seq.step_bound(self._seq_params(params)))
+
     def rounding_bound(self, params) -> ModelBound:
         """A cheaper bound with these (public) weights, for the forward error of clipped rows each step.
 
@@ -260,10 +265,7 @@ class MLP:
 
 def _round_up_16_per_octave(value: float) -> float:
     """``value`` rounded up to one of 16 values per octave (at most 6.25% larger; exact: powers of two)."""
-    if not (value > 0 and math.isfinite(value)):
-        return value
-    octave = math.floor(math.log2(value))
-    return math.ceil(value / 2.0**octave * 16) / 16 * 2.0**octave
+    return round_up_to_slots(value, 16)
 
 
 def scalar_expansion(model: MLP, label: float | int = 0):

@@ -207,3 +207,26 @@ def test_the_declared_input_box_cannot_be_edited_in_place():
     for model in (seq, mlp):
         with pytest.raises(ValueError, match="read-only"):
             model.input_bound[...] = 100.0
+
+
+@pytest.mark.parametrize("act", [Tanh(), ReLU()], ids=lambda a: a.name)
+@pytest.mark.parametrize("ball", [False, True])
+def test_the_cached_step_bound_covers_the_exact_step_bound_and_stays_close(act, ball):
+    # per-step K reads step_bound: the bound at norms rounded up to 64 slots per octave, cached by those norms
+    from opendp_hybridad.nn.sequential import STEP_NORM_SLOTS
+
+    mlp, seq = _pair(act, SoftmaxCrossEntropy(), 3, ball)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        params = mlp.init(rng)
+        params = [(W * rng.uniform(0.2, 1.0), b * rng.uniform(0.2, 1.0)) for W, b in params]
+        exact, cached = mlp.certified_bound(params), mlp.step_bound(params)
+        assert _numbers(cached) == _numbers(seq.step_bound(mlp._seq_params(params)))  # MLP reads Sequential's
+        assert cached.upper >= exact.upper and cached.rounding >= exact.rounding
+        assert cached.norm_relative_error >= exact.norm_relative_error
+        assert cached.norm_absolute_error >= exact.norm_absolute_error
+        # at most one slot per norm: three dense layers, each K factor at most 1 + 1/64 per norm it reads
+        assert cached.upper <= exact.upper * (1 + 1 / STEP_NORM_SLOTS) ** 12
+        # the same weights scaled by less than a slot land in the cache or the next slot, never below the exact bound
+        nudged = [(W * (1 - 2.0**-20), b) for W, b in params]
+        assert mlp.step_bound(nudged).upper >= mlp.certified_bound(nudged).upper
