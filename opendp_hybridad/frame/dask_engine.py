@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from opendp_hybridad.analysis.rounding import TINY, UNIT_ROUNDOFF, add_down, add_up, div_up, gamma, mul_down, mul_up, round_up, sum_up
+from opendp_hybridad.analysis.rounding import TINY, UNIT_ROUNDOFF, add_up, div_up, gamma, mul_up, round_up, sum_up
 from opendp_hybridad.errors import DeclarationError, SchemaMismatchError
 from opendp_hybridad.frame.domain import DEFAULT_SIZE_LIMIT, FrameDomain, as_frame_domain, read_member
 from opendp_hybridad.opendp_compat import to_then
@@ -429,37 +429,17 @@ def make_private_dask_mean(domain_or_schema: Any, function: RecordFunction, metr
     ``dp.c.make_composition`` and post-processed to ``clip(sum / max(count, 1), L, U)``; the
     accounting record is the composed event. (Each part passes over the frame once: two passes.)
     """
-    import dp_accounting
-    import opendp.prelude as dp
-
-    from opendp_hybridad.accounting import Accounting, accounting_of, with_accounting
-
     fixed = size is not None or (not isinstance(domain_or_schema, Schema) and as_frame_domain(domain_or_schema).size is not None)
     if fixed:
         domain, metric = _space(domain_or_schema, metric, size_limit, size)
         return _calibrate(make_dask_mean_of(domain, metric, function, backend=backend), d_in, epsilon, rho, metric)
+    from opendp_hybridad.frame.measurements import private_mean_of, split_mean_budget
+
     domain, metric = _space(domain_or_schema, metric, size_limit)
-    if not 0 < count_share < 1:
-        raise DeclarationError("count_share must lie strictly between 0 and 1")
-    if (epsilon is None) == (rho is None):
-        raise DeclarationError("give exactly one of epsilon (Laplace, pure DP) or rho (Gaussian, zCDP)")
-    budget = float(epsilon if epsilon is not None else rho)
-    count_budget = mul_down(budget, count_share)  # the two shares add up to at most the budget in exact arithmetic
-    sum_budget = add_down(budget, -count_budget)
-    key = "epsilon" if epsilon is not None else "rho"
+    key, sum_budget, count_budget = split_mean_budget(epsilon, rho, count_share)
     total = make_private_dask_sum(domain, function, metric, d_in=d_in, backend=backend, **{key: sum_budget})
     count = make_private_dask_count(domain, metric, d_in=d_in, **{key: count_budget})
-    rng = function.range()
-    lower, upper = rng.lower, rng.upper
-
-    def mean(pair: Any) -> float:
-        s, c = pair
-        return float(np.clip(s / max(c, 1.0), lower, upper))
-
-    parts = (accounting_of(total), accounting_of(count))
-    record = Accounting(dp_accounting.ComposedDpEvent([p.dp_event() for p in parts]), relation_of(metric), d_in,
-                        "composition", statistical_distance=sum_up([p.statistical_distance for p in parts]), parts=parts)
-    return with_accounting(dp.c.make_composition([total, count]) >> dp.new_function(mean, TO=float), record)
+    return private_mean_of(total, count, function, metric, d_in)
 
 
 then_private_dask_sum = to_then(make_private_dask_sum)

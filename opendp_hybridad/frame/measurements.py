@@ -277,7 +277,6 @@ def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: A
     ``d_out = d_in`` before the composition), and the kernel runs once per record.
     ``backend`` picks the kernel backend (as for :func:`make_private_sum`).
     """
-    import opendp.prelude as dp
 
     fixed = size is not None or (not isinstance(domain_or_schema, Schema) and as_frame_domain(domain_or_schema).size is not None)
     if fixed:
@@ -285,22 +284,40 @@ def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: A
         t = make_mean_of(domain, metric, function, backend=backend)
         return _calibrate(t, d_in, epsilon, rho, relation_of(metric))
     domain, metric = _space(domain_or_schema, metric, size_limit)
-    if not 0 < count_share < 1:
-        raise DeclarationError("count_share must lie strictly between 0 and 1")
-    budget = epsilon if epsilon is not None else rho
-    if (epsilon is None) == (rho is None):
-        raise DeclarationError("give exactly one of epsilon (Laplace, pure DP) or rho (Gaussian, zCDP)")
-    # the two shares, rounded down, add up to at most the budget in exact arithmetic
-    count_budget = mul_down(float(budget), count_share)
-    sum_budget = add_down(float(budget), -count_budget)
-    key = "epsilon" if epsilon is not None else "rho"
+    key, sum_budget, count_budget = split_mean_budget(epsilon, rho, count_share)
     # the sum and the count read the frame read once; each is the measurement it would be on the frame
     read = _read_once(domain, metric)
     read_domain = read.output_domain
     total = make_private_sum(read_domain, function, metric, d_in=d_in, backend=backend, **{key: sum_budget})
     count = make_private_count(read_domain, metric, d_in=d_in, **{key: count_budget})
+    return private_mean_of(total, count, function, metric, d_in, read)
+
+
+def split_mean_budget(epsilon: float | None, rho: float | None, count_share: float) -> tuple[str, float, float]:
+    """``(key, sum budget, count budget)`` of a private mean: ``count_share`` of the one budget given to the
+    count, both shares rounded down, so they add up to at most the budget in exact arithmetic."""
+    if not 0 < count_share < 1:
+        raise DeclarationError("count_share must lie strictly between 0 and 1")
+    if (epsilon is None) == (rho is None):
+        raise DeclarationError("give exactly one of epsilon (Laplace, pure DP) or rho (Gaussian, zCDP)")
+    budget = float(epsilon if epsilon is not None else rho)
+    count_budget = mul_down(budget, count_share)
+    return ("epsilon" if epsilon is not None else "rho"), add_down(budget, -count_budget), count_budget
+
+
+def private_mean_of(total: Any, count: Any, function: RecordFunction, metric: Any, d_in: Any, read: Any = None) -> Any:
+    """One measurement releasing ``total`` and ``count`` by ``dp.c.make_composition`` (after ``read``, a
+    record-wise transformation with ``d_out = d_in``, if given), post-processed to
+    ``clip(sum / max(count, 1), L, U)`` with ``[L, U]`` the certified range of f. Its accounting
+    record is the composed event, with the sum's and the count's records in its ``parts``:
+    post-processing the composed release never increases its loss, so the record holds for the mean.
+    """
+    import opendp.prelude as dp
+
+    composed = dp.c.make_composition([total, count])
+    if read is not None:
+        composed = read >> composed
     rng = function.range()
-    composed = read >> dp.c.make_composition([total, count])
     lower, upper = rng.lower, rng.upper
 
     def mean(pair: Any) -> float:
@@ -310,7 +327,6 @@ def make_private_mean(domain_or_schema: Any, function: RecordFunction, metric: A
     parts = (accounting_of(total), accounting_of(count))
     record = Accounting(dp_accounting.ComposedDpEvent([p.dp_event() for p in parts]), relation_of(metric), d_in,
                         "composition", statistical_distance=sum_up([p.statistical_distance for p in parts]), parts=parts)
-    # post-processing the composed release never increases its loss: the composed record holds for the mean
     return with_accounting(composed >> dp.new_function(mean, TO=float), record)
 
 
