@@ -37,12 +37,14 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "kernels": ("bench_kernels.py", [], ["--rows", "20000", "--repeats", "2"]),
     "private_sum": ("bench_private_sum.py", [], ["--rows", "20000", "--repeats", "2"]),
     "certify": ("bench_certify.py", [], ["--repeats", "2", "--time-budget", "0.2", "--cases", "2"]),
+    "cli": ("bench_cli.py", [], ["--repeats", "1"]),
     "tightness": ("bench_tightness.py", ["--before", "bench/results/tightness_before.json"],
                   ["--only", "logistic map", "--time-budget", "0.2", "--no-partials"]),
     "dpsgd": ("bench_dpsgd.py", [], ["--batches", "64", "--rounds", "2", "--models", "1", "--threads", "1"]),
     "progress": ("bench_progress.py", [], ["--epochs", "0.05", "--repeats", "1", "--threads", "1"]),
     "opacus": ("bench_opacus.py", [], ["--batch", "16", "--repeats", "2", "--threads", "1"]),
     "opacus_cnn": ("bench_opacus_cnn.py", [], ["--batches", "8", "--rounds", "1", "--warmup", "0"]),
+    "scale": ("bench_scale.py", [], ["--rows", "200000", "--rounds", "1", "--partition-rows", "50000"]),
 }
 
 BEGIN = "<!-- generated: {} -->"
