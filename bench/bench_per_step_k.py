@@ -1,0 +1,104 @@
+"""Training with per-step K (the bound at the current weights) against global K and a non-private numpy loop.
+
+    python bench/bench_per_step_k.py [--batches 64 256] [--epochs 4] [--rounds 3] [--json bench/results/per_step_k.json]
+    python bench/bench_per_step_k.py --markdown bench/results/per_step_k.json   # the docs section, from the JSON
+
+A 64-128-10 tanh MLP learns a random linear teacher on 12,800 synthetic rows (inputs in the box
+[-1/8, 1/8]^64, as in bench_dpsgd), Poisson batches, learning rate 0.5, noise multiplier 1, auto
+mode with clip 3. Variants, each a whole ``fit`` (plan, batches, bounds, noise, updates): global K
+(the bound over the declared weight set, weights projected back onto it) and per-step K
+(``granularity="step"``: the bound at the current weights, cached by norm slots, its noise table
+cached by scale); and a non-private loop over the same number of batches of the same size
+(``gradient_sum`` and the update in numpy). Reported: seconds per step (min and median over the
+rounds, interleaved after one warm-up), the ratio of medians to the non-private loop, and how many
+noise tables each per-step run built (each is an exact 128-bit alias table, built once per scale
+and process: the warm-up run fills the cache, so timed runs show the steady state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import machine as bench_machine
+import numpy as np
+
+from opendp_hybridad.dpsgd import DPSGD
+from opendp_hybridad.dpsgd import noise as noise_module
+from opendp_hybridad.nn import MLP, Dense, Identity, SoftmaxCrossEntropy, Tanh
+
+N = 12_800
+
+
+def _measure(batch: int, x: np.ndarray, y: np.ndarray, args) -> dict:
+    model = MLP([Dense(64, 128, 0.05, 0.05, norm_ball=True), Dense(128, 10, 0.05, 0.05, norm_ball=True)], [Tanh(), Identity()],
+                SoftmaxCrossEntropy(), input_bound=1 / 8)
+    trainers = {name: DPSGD(model, noise_multiplier=1.0, batch_size=batch, epochs=args.epochs, learning_rate=0.5, mode="auto",
+                            clip=3.0, granularity=granularity) for name, granularity in (("global K", "global"), ("per-step K", "step"))}
+    steps = trainers["global K"].plan(N).steps
+    builds: list[int] = []
+
+    def fit(name: str, trainer: DPSGD) -> None:
+        before = noise_module._table.cache_info().misses
+        trainer.fit(x, y, seed=1)
+        if name == "per-step K":
+            builds.append(noise_module._table.cache_info().misses - before)
+
+    def non_private() -> None:
+        params = model.init(np.random.default_rng(1))
+        order = np.random.default_rng(2)
+        for _ in range(steps):
+            members = order.integers(0, N, batch)
+            g = model.gradient_sum(params, x[members], y[members], clip=None)
+            params = [(W - 0.5 * gW / batch, b - 0.5 * gb / batch) for (W, b), (gW, gb) in zip(params, g, strict=True)]
+
+    variants = {"non-private numpy loop": non_private, **{name: (lambda n=name, t=t: fit(n, t)) for name, t in trainers.items()}}
+    times = bench_machine.interleaved(variants, args.rounds, 1)
+    v = bench_machine.summary({k: [t / steps for t in ts] for k, ts in times.items()}, "non-private numpy loop")
+    for name, r in v.items():
+        print(f"batch {batch:>4d} {name:<24s} min {r['min_s'] * 1e3:7.3f} median {r['median_s'] * 1e3:7.3f} ms/step  "
+              f"ratio {r['ratio_of_medians']:.2f}")
+    print(f"    noise tables built by per-step runs (warm-up first): {builds}")
+    return {"batch": batch, "steps": steps, "variants": v, "tables_built_per_run": builds, "load_after": bench_machine.load()}
+
+
+def run(args) -> dict:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1 / 8, 1 / 8, (N, 64))
+    teacher = rng.standard_normal((64, 10))
+    y = (x @ teacher).argmax(axis=1)
+    results = {**bench_machine.record(sys.argv), "rounds": args.rounds, "warmup": 1, "epochs": args.epochs,
+               "load_before": bench_machine.load(), "runs": []}
+    for batch in args.batches:
+        results["runs"].append(_measure(batch, x, y, args))
+    results["load_after"] = bench_machine.load()
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = [bench_machine.header(results) + f" Whole training runs ({results['epochs']:g} epochs of 12,800 synthetic rows, "
+             f"64-128-10 tanh MLP, auto mode, clip 3, noise multiplier 1), per step; {results['rounds']} rounds after "
+             f"{results['warmup']} warm-up, interleaved; ratio = median over the non-private loop's median.", "",
+             "| batch | steps | variant | min ms/step | median ms/step | ratio of medians |", "|---:|---:|---|---:|---:|---:|"]
+    for run in results["runs"]:
+        for name, r in run["variants"].items():
+            lines.append(f"| {run['batch']} | {run['steps']} | {name} | {r['min_s'] * 1e3:.3f} | {r['median_s'] * 1e3:.3f} | "
+                         f"{r['ratio_of_medians']:.2f} |")
+    lines.append("")
+    for run in results["runs"]:
+        lines.append(f"- batch {run['batch']}: noise tables built by the per-step runs, warm-up first: "
+                     f"{', '.join(map(str, run['tables_built_per_run']))}.")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--epochs", type=float, default=4)
+    p.add_argument("--rounds", type=int, default=3)
+    bench_machine.add_output_options(p)
+    bench_machine.render_or_run(p.parse_args(), run, markdown)
+
+
+if __name__ == "__main__":
+    main()
