@@ -12,6 +12,14 @@ log alpha) / (alpha - 1)``, at least 0. Also compared: dp-accounting's ``compute
 curve (a float figure from the same formula, with its own refinements), and the scalar loop that
 2a72bb8 replaced.
 
+Finding (a violation of a stated bound, pre-existing, low severity): ``DpSgdRdpCurve.rdp(steps)`` ("rounded up")
+is below the exact ``units * unit_rdp`` at some orders once ``units`` passes 2^53: ``float(self.units(steps))``
+rounds to nearest (down about half the time) before the product, and one ulp of ``up_array`` does not always
+cover both roundings (26 of 300 step counts in [2^53, 2^62]; the ``mul_up(float(units), r)`` that 2a72bb8
+replaced failed in 148). The epsilon built on it held in every case (the conversion offsets' library-function
+padding is far larger than one ulp of r), and 2^53 steps is not a training run. Mend: the product of the
+integer and the float exactly (``Fraction`` / ``round_up``), or ``up`` twice when ``units > 2^53``.
+
 Cases: add_up_array on 200k random pairs from a pool of specials (+-0.0, subnormals, 2^-1022, the
 largest float and its neighbours, +-inf, powers of two with their neighbours, values that cancel,
 random magnitudes over the whole exponent range, mixed signs) plus a near-overflow sweep where TwoSum's
@@ -219,9 +227,43 @@ def check_curves(rng: random.Random) -> int:
     return bad
 
 
+def check_huge_step_counts(rng: random.Random) -> int:
+    """units(steps) past 2^53: ``float(units)`` rounds (to nearest, so down half the time) before the product."""
+    from opendp_hybridad.analysis.rounding import mul_up
+
+    curve = acc.DpSgdRdpCurve(10**9, 1, 1e4, "poisson")
+    bad = old_bad = eps_bad = 0
+    example = None
+    for _ in range(300):
+        steps = rng.randint(2**53, 2**62)
+        units = curve.units(steps)
+        exact = [units * Fraction(float(r)) for r in curve.unit_rdp]
+        got = curve.rdp(steps).tolist()
+        old = [mul_up(float(units), float(r)) for r in curve.unit_rdp]  # the code 2a72bb8 replaced
+        if any(Fraction(a) < e for a, e in zip(got, exact)):
+            bad += 1
+            if example is None:
+                i = next(i for i, (a, e) in enumerate(zip(got, exact)) if Fraction(a) < e)
+                example = (steps, float(curve.orders[i]), float(curve.unit_rdp[i]).hex(), got[i], float(exact[i]))
+        if any(Fraction(a) < e for a, e in zip(old, exact)):
+            old_bad += 1
+        truth = exact_cks(curve.orders, [mp.mpf(e.numerator) / e.denominator for e in exact], 1e-5)
+        if mp.mpf(curve.epsilon(steps, 1e-5)) < truth:
+            eps_bad += 1
+    print(f"DpSgdRdpCurve.rdp at 300 step counts in [2^53, 2^62] (sigma 1e4, q 1e-9): {bad} curves with an entry below "
+          f"the exact units * unit_rdp (the replaced mul_up code: {old_bad}); epsilon below the exact CKS: {eps_bad}")
+    if bad:
+        steps, order, r, got, ex = example
+        violation(f"DpSgdRdpCurve(10**9, 1, 1e4).rdp({steps}) at order {order}: {got!r} < exact {ex!r} (unit rdp {r}): "
+                  "float(units) rounds past 2^53 before up_array's one ulp; pre-existing (the replaced mul_up(float(units), r) "
+                  f"had it in {old_bad} of the same cases); epsilon itself held ({eps_bad} below): the offsets' padding covers it")
+    return bad + eps_bad
+
+
 def main() -> int:
     rng = random.Random(72)
     check_add_up_array(rng)
+    check_huge_step_counts(rng)
     check_rdp_to_epsilon(rng)
     check_curves(rng)
     print("violations:", len(VIOLATIONS))
