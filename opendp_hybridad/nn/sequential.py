@@ -421,9 +421,19 @@ class Sequential:
                 p.accumulate(tuple(ps), acts[i], caches[i], d * factor.reshape((-1,) + (1,) * (d.ndim - 1)), views[i], first)
 
     def _block_rows(self) -> int:
-        """Rows per block: a block's widest activation within ``_BLOCK_BYTES``, at least 16."""
+        """Rows per block: a block's widest activation within ``_BLOCK_BYTES`` (at least 16), and at least
+        ``parameters / (2 sum of widths)`` rows.
+
+        Each block reads and writes every parameter's gradient once (``16 P`` bytes) and moves about
+        ``32 R sum(widths)`` bytes of activations and deltas; the second bound keeps the first no larger
+        than the second, so wide layers are not dominated by rewriting the gradient (1024-wide layers:
+        32 rows by cache alone, measured 1.6x slower than one product over 256 rows). The computed sum
+        is covered for any block size: the float-sum bound holds for any summation order.
+        """
         widest = max(math.prod(s) for s in self._shapes)
-        return max(16, _BLOCK_BYTES // (8 * widest))
+        by_cache = _BLOCK_BYTES // (8 * widest)
+        by_parameters = -(-self.num_parameters // (2 * sum(math.prod(s) for s in self._shapes)))
+        return max(16, by_cache, by_parameters)
 
     def gradient_sum(self, params, x, y, clip: float | None = None, out: np.ndarray | None = None):
         """``sum_i c_i g_i`` with ``c_i = min(1, clip / ||g_i||)`` (no clipping if ``clip`` is None), part by part.
