@@ -87,8 +87,7 @@ class DiscreteGaussianSampler:
         self.grid = 2.0**self.k
         self.scale = std / self.grid  # s, in grid units
         table = _table(self.scale)
-        self.zmax, self._masses, self._magnitudes, self._r, self._packed, self._threshold_low = (
-            table.zmax, table.masses, table.magnitudes, table.r, table.packed, table.threshold_low)
+        self.zmax, self._r, self._packed, self._threshold_low = table.zmax, table.r, table.packed, table.threshold_low
         self.statistical_distance = table.statistical_distance
         from opendp_hybridad.dpsgd.noise_kernel import compiled_noisy_lattice
 
@@ -103,11 +102,11 @@ class DiscreteGaussianSampler:
 
     def masses(self) -> list[int]:
         """``N_z`` for ``z = -zmax..zmax``: the sampler returns ``z`` with probability exactly ``N_z / 2^128``."""
-        return list(self._masses)
+        return _integer_pmf(self.scale).masses  # recomputed (exact, deterministic): the cache keeps only the table
 
     def magnitude_masses(self) -> list[int]:
         """``H_k`` for ``k = 0..zmax``, the alias table's masses: ``|Z| = k`` with probability ``H_k / 2^127``."""
-        return list(self._magnitudes)
+        return _integer_pmf(self.scale).magnitudes
 
     def integers(self, count: int) -> np.ndarray:
         """``count`` draws of ``Z`` (int64)."""
@@ -201,17 +200,31 @@ class DiscreteGaussianSampler:
 
 @dataclass(frozen=True)
 class _Table:
+    """What a sampler draws from (kept in a cache): the exact integer masses are recomputed on demand."""
     zmax: int
-    masses: list[int]
-    magnitudes: list[int]
     r: int
     packed: np.ndarray
     threshold_low: np.ndarray
     statistical_distance: float
 
 
-@functools.lru_cache(maxsize=8)  # a table depends on the scale alone; per-step bounds revisit a few scales
-def _table(scale: float) -> _Table:
+@dataclass(frozen=True)
+class _IntegerPmf:
+    zmax: int
+    masses: list[int]  # N_z for z = -zmax..zmax, summing to 2^128
+    magnitudes: list[int]  # H_k for |Z| = k, summing to 2^127
+    deficit: int  # what the padding at the mode added
+    exponent: np.ndarray
+    p: np.ndarray
+
+
+#: noise tables kept per process: each up to 4 MiB (2^18 columns of two 64-bit words). Per-step bounds
+#: visit one noise scale per slot their sensitivity passes through (64 slots per octave of the std);
+#: 8 was too few for a run whose sensitivity moved over 13 slots (every step rebuilt a table)
+TABLE_CACHE_SIZE = 32
+
+
+def _integer_pmf(scale: float) -> _IntegerPmf:
     zmax = math.ceil(_TAILS * scale)
     if zmax.bit_length() > _MAX_COLUMN_BITS:
         raise DeclarationError("the scale is too large for a table: use a coarser grid (smaller resolution)")
@@ -232,7 +245,14 @@ def _table(scale: float) -> _Table:
     if masses[:zmax] != masses[:zmax:-1] or masses[zmax] % 2:
         raise AssertionError("the pmf is not symmetric")  # exact integers from symmetric floats: cannot happen
     magnitudes = [masses[zmax] // 2, *masses[zmax + 1:]]
-    r, packed, threshold_low = _alias_table(magnitudes, total_bits=127)
+    return _IntegerPmf(zmax, masses, magnitudes, deficit, exponent, p)
+
+
+@functools.lru_cache(maxsize=TABLE_CACHE_SIZE)  # a table depends on the scale alone
+def _table(scale: float) -> _Table:
+    pmf = _integer_pmf(scale)
+    zmax, deficit, exponent, p = pmf.zmax, pmf.deficit, pmf.exponent, pmf.p
+    r, packed, threshold_low = _alias_table(pmf.magnitudes, total_bits=127)
     # statistical distance from the discrete Gaussian, bounded generously (no factor 1/2):
     # relative error per weight of at most (2 |exponent| + 8) u (the exponent's roundings
     # and exp), the total's from those and (log2 n + 1) u of summation, one rounding in
@@ -252,7 +272,7 @@ def _table(scale: float) -> _Table:
     distance = sum_up([float_part, floors, round_up(Fraction(abs(deficit), 2**128)), tail])
     if distance > STATISTICAL_DISTANCE_BOUND:
         raise DeclarationError("this table is further from the discrete Gaussian than the bound every run reports")
-    return _Table(zmax, masses, magnitudes, r, packed, threshold_low, distance)
+    return _Table(zmax, r, packed, threshold_low, distance)
 
 
 def _floor_times_2_128(p: np.ndarray) -> list[int]:
