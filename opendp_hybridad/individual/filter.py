@@ -122,41 +122,42 @@ class IndividualFilter:
 
     # -- set-up: domain membership first, then rows, ids and the per-individual row limit ---------------
     def _load(self, frame: pd.DataFrame, id_column: str | None, max_rows: int) -> None:
-        if any(f.missing == "drop" for f in self.schema.fields.values()):
-            prepared = prepare_frame(frame, self.domain)  # checks membership (size limit included) first
-            columns, kept = list(prepared.columns.values()), prepared.kept
-        else:
-            columns, kept = kernel_inputs(frame, self.domain), np.ones(len(frame), dtype=bool)
+        columns, kept = counted_inputs(frame, self.domain)  # checks membership (size limit included) first
         self._id_column = id_column
         if id_column is None:
             ids = pd.Series(np.arange(len(frame))[kept])
-            self._max_rows = 1
         else:
-            if id_column not in frame.columns:
-                raise SchemaMismatchError(f"id column {id_column!r} is missing from the dataframe")
-            raw = frame[id_column]
-            if isinstance(raw, pd.DataFrame):
-                raise SchemaMismatchError(f"id column {id_column!r} appears more than once")
-            named = ~missing_ids(raw)[kept]  # a row with a missing id belongs to nobody: dropped
+            ids, named = named_ids(frame, id_column, kept)
             if not named.all():
                 columns = [c[named] for c in columns]
-            ids = raw[kept].reset_index(drop=True)[named].reset_index(drop=True)
-            self._max_rows = max_rows
+        first = self._index(ids, id_column, max_rows)
+        if first is not None:
+            columns = [c[first] for c in columns]
+        self._columns = columns
+
+    def _index(self, ids: pd.Series, id_column: str | None, max_rows: int) -> np.ndarray | None:
+        """Number the individuals of ``ids`` (the named rows, in frame order); the mask of counted rows (None: all).
+
+        Sets the codes of the counted rows, the number of individuals and their ledger hashes.
+        """
+        self._max_rows = 1 if id_column is None else max_rows
         # one keyed hash per row (ids encoded by ids.py, in chunks: a hundred million encoded
         # keys at once would need tens of GB); rows with one hash are one individual, so equal
         # keys, and the (unlikely) two keys that share a hash, are one person. Individuals are
         # numbered in order of first appearance (spent() and the reports follow the data's order).
         codes, hashes = pd.factorize(self.ledger.hash_ids(ids), sort=False)
         codes, hashes = codes.astype(np.intp), np.asarray(hashes, dtype=np.uint64)
+        first = None
         if id_column is not None and codes.size:
             first = pd.Series(codes).groupby(codes).cumcount().to_numpy() < max_rows
-            if not first.all():
+            if first.all():
+                first = None
+            else:
                 codes = codes[first]
-                columns = [c[first] for c in columns]
-        self._columns = columns
         self._codes = codes
         self._m = int(hashes.size)
         self._hashes = hashes
+        return first
 
     def hashes_of(self, ids: Any) -> np.ndarray:
         """The ledger hashes of the given ids (as :func:`id_keys` names them; row positions without an id column)."""
@@ -189,12 +190,15 @@ class IndividualFilter:
             max_abs[j] = max(abs(lo), abs(hi))
             allowance[j] = _charges.float_allowance(self.domain.size_limit, self._max_rows, max_abs[j])
             if self._m:
-                with np.errstate(all="ignore"):
-                    values = f.compile().value_clamped(self._columns, lo, hi)
-                sums[:, j] = _charges.individual_sums(self._codes, self._m, values)
+                sums[:, j] = _charges.individual_sums(self._codes, self._m, self._record_values(f, lo, hi))
         sensitivity = _charges.sensitivities(sums, allowance)
         worst_case = _charges.worst_case_sensitivity(self._max_rows, max_abs, allowance)
         return sums, sensitivity, worst_case
+
+    def _record_values(self, function: RecordFunction, lower: float, upper: float) -> np.ndarray:
+        """``function`` of each counted record, clamped to ``[lower, upper]`` (the order of the codes)."""
+        with np.errstate(all="ignore"):
+            return function.compile().value_clamped(self._columns, lower, upper)
 
     # -- queries ------------------------------------------------------------------------------
     def sum(self, function: RecordFunction, noise_scale: float, label: str = "") -> float:
@@ -271,6 +275,32 @@ class IndividualFilter:
     def guarantee(self, delta: float) -> dict[str, float]:
         """Each individual's guarantee under adding or removing them: (alpha, B)-RDP or mu-GDP, and (epsilon, delta)."""
         return _report.guarantee(self.kind, self.budget, self.alpha, delta)
+
+
+def counted_inputs(frame: Any, domain: FrameDomain) -> tuple[list[np.ndarray], np.ndarray]:
+    """The kernel inputs of the records the missing-value policies keep (schema order), and the kept mask.
+
+    Checks membership first (:class:`SchemaMismatchError` for a non-member). Each record's
+    inputs depend on its own row alone, so a part of a frame gives the rows of the whole's.
+    """
+    if any(f.missing == "drop" for f in domain.schema.fields.values()):
+        prepared = prepare_frame(frame, domain)
+        return list(prepared.columns.values()), prepared.kept
+    return kernel_inputs(frame, domain), np.ones(len(frame), dtype=bool)
+
+
+def named_ids(frame: Any, id_column: str, kept: np.ndarray) -> tuple[pd.Series, np.ndarray]:
+    """The ids of the kept rows that have one (frame order, fresh index), and which kept rows have one.
+
+    A row with a missing id (:func:`~opendp_hybridad.individual.ids.missing_ids`) belongs to nobody.
+    """
+    if id_column not in frame.columns:
+        raise SchemaMismatchError(f"id column {id_column!r} is missing from the dataframe")
+    raw = frame[id_column]
+    if isinstance(raw, pd.DataFrame):
+        raise SchemaMismatchError(f"id column {id_column!r} appears more than once")
+    named = ~missing_ids(raw)[kept]
+    return raw[kept].reset_index(drop=True)[named].reset_index(drop=True), named
 
 
 def _gaussian(scale: float, k: int):
