@@ -33,8 +33,9 @@ concatenation of the partitions (the frame), bit for bit, whatever the partition
 
 *Proof.* (a) Rows. The membership check, the missing-value policies and the missing-id
 rule are per-row rules (each row's verdict, kernel inputs and key depend on that row
-alone; ``ids.py`` keys each value on its own, so the concatenated ids, whatever dtype
-pandas gives their union, have the keys the whole frame's column has). So the driver's
+alone; ``ids.py`` keys each value on its own, by its exact value whatever its type, so
+the concatenated ids have the keys the whole frame's column has; partitions of different
+dtypes are joined as objects, so no value is cast on the way). So the driver's
 concatenation, in partition order, is the sequence of the pandas path's named rows in
 frame order: frame order is partition index, then position in the partition. (b)
 ``max_rows``. The driver numbers individuals and cuts with the pandas path's own
@@ -114,6 +115,20 @@ class _ValuesPass:
         return len(partition), int(kept.sum()), np.asarray(values, dtype=np.float64)
 
 
+def _concatenated(ids: list[pd.Series]) -> pd.Series:
+    """The partitions' ids in order, each value as it was: partitions of different dtypes are joined as objects.
+
+    ``pd.concat`` of an int64 and a float64 partition would cast the integers to float64
+    (``2**53 + 1`` would become ``2**53``, another person); as objects every value keeps its
+    own exact value, which is what ``ids.py`` keys.
+    """
+    if not ids:
+        return pd.Series([], dtype=object)
+    if len({str(part.dtype) for part in ids}) > 1:
+        ids = [part.astype(object) for part in ids]
+    return pd.concat(ids, ignore_index=True)
+
+
 class DaskIndividualFilter(IndividualFilter):
     """:class:`~opendp_hybridad.individual.filter.IndividualFilter` over a ``dask.dataframe`` (same parameters).
 
@@ -147,7 +162,7 @@ class DaskIndividualFilter(IndividualFilter):
             ids = pd.Series(np.concatenate([np.zeros(0, dtype=np.int64),
                                             *(o + p[2] for o, p in zip(offsets, parts, strict=True))]))
         else:
-            ids = pd.concat([p[2] for p in parts], ignore_index=True) if parts else pd.Series([], dtype=object)
+            ids = _concatenated([p[2] for p in parts])
         self._first = self._index(ids, id_column, max_rows)
         self._columns = None
 

@@ -140,6 +140,20 @@ def test_missing_ids_are_dropped_and_ids_are_keyed_by_value_across_partitions(cl
     np.testing.assert_array_equal(flt.hashes_of([1, 2]), flt._hashes)  # the int ids key the float column's people
 
 
+def test_partitions_with_different_id_dtypes_keep_each_id_exact(client):
+    # int64 2**53 + 1 in one partition, float64 2**53 in another: concatenated as float64 they would be one person
+    import dask
+
+    left = pd.DataFrame({"v": [1.0, 2.0], "person": np.array([2**53 + 1, 5], dtype=np.int64)})
+    right = pd.DataFrame({"v": [4.0, 8.0], "person": np.array([2.0**53, 5.0])})
+    frame = dd.from_delayed([dask.delayed(lambda p: p)(left), dask.delayed(lambda p: p)(right)], meta=left.iloc[:0],
+                            verify_meta=False)
+    flt = DaskIndividualFilter(frame, SMALL, budget=1e9, alpha=2.0, id_column="person", size_limit=10)
+    assert flt.spent().shape == (3,)  # 2**53 + 1, 5 (int and float: one person) and 2**53
+    np.testing.assert_array_equal(np.sort(flt._hashes), np.sort(flt.hashes_of([2**53 + 1, 5, 2**53])))
+    assert flt.exact_sum_vector([W], 1.0)[0] == 15.0
+
+
 def test_without_an_id_column_every_row_is_a_person_numbered_by_global_position(client):
     frame = _records(120)
     kwargs = {"budget": 1.0, "alpha": 3.0, "size_limit": 200}
