@@ -22,8 +22,8 @@ partitions' delayed results returns them in that order, whatever worker ran them
    kept rows that have one (:func:`~opendp_hybridad.individual.filter.counted_inputs`,
    :func:`~opendp_hybridad.individual.filter.named_ids`: the pandas path's membership
    check, missing-value policies and missing-id rule, applied to the partition);
-2. each query's pass: the same counts and, per kept row with an id, the function's
-   clamped value (the pandas path's compiled kernel, ``value_clamped``, shipped by its
+2. each query's pass: the same counts and, per kept row with an id, each of the query's
+   functions' clamped value (the pandas path's compiled kernel, ``value_clamped``, shipped by its
    source as in :mod:`opendp_hybridad.frame.dask_engine`).
 
 **Theorem.** For a member frame, on a homogeneous cluster (every worker evaluates the
@@ -99,20 +99,24 @@ class _IdsPass:
 
 
 class _ValuesPass:
-    """One partition -> (rows, kept records, the function's clamped value of each kept row that has an id)."""
+    """One partition -> (rows, kept records, each function's clamped value of each kept row that has an id)."""
 
-    def __init__(self, domain: FrameDomain, id_column: str | None, kernel: Any, lower: float, upper: float):
-        self.domain, self.id_column, self.kernel, self.lower, self.upper = domain, id_column, kernel, lower, upper
+    def __init__(self, domain: FrameDomain, id_column: str | None, kernels: list[Any], bounds: list[tuple[float, float]]):
+        self.domain, self.id_column, self.kernels, self.bounds = domain, id_column, kernels, bounds
 
     def __call__(self, partition: pd.DataFrame) -> tuple[int, int, np.ndarray]:
         columns, kept = counted_inputs(partition, self.domain)
+        rows = int(kept.sum())
         if self.id_column is not None:
             _, named = named_ids(partition, self.id_column, kept)
+            rows = int(named.sum())
             if not named.all():
                 columns = [c[named] for c in columns]
+        values = np.zeros((rows, len(self.kernels)))
         with np.errstate(all="ignore"):
-            values = self.kernel.value_clamped(columns, self.lower, self.upper)
-        return len(partition), int(kept.sum()), np.asarray(values, dtype=np.float64)
+            for j, (kernel, (lower, upper)) in enumerate(zip(self.kernels, self.bounds, strict=True)):
+                values[:, j] = kernel.value_clamped(columns, lower, upper)
+        return len(partition), int(kept.sum()), values
 
 
 def _concatenated(ids: list[pd.Series]) -> pd.Series:
@@ -165,6 +169,8 @@ class DaskIndividualFilter(IndividualFilter):
             ids = _concatenated([p[2] for p in parts])
         self._first = self._index(ids, id_column, max_rows)
         self._columns = None
+        self._values: dict[tuple[int, float, float], np.ndarray] | None = None
+        self._query: list[RecordFunction] = []
 
     def _pass(self, task: Any) -> list[tuple[int, int, Any]]:
         """``task`` on every partition (on the workers), in partition order; the totals checked against the domain."""
@@ -179,16 +185,41 @@ class DaskIndividualFilter(IndividualFilter):
             raise SchemaMismatchError(f"the domain has exactly {self._spec.size} records after the missing-value policies")
         return parts
 
+    def _contributions(self, functions: list[RecordFunction]) -> tuple[np.ndarray, np.ndarray, float]:
+        """The pandas filter's, with every function's values computed in one pass over the partitions."""
+        for f in functions:
+            self._check_function(f)  # every function, before the one pass that computes them all
+        self._values = None
+        self._query = list(functions)
+        try:
+            return super()._contributions(functions)
+        finally:
+            self._values, self._query = None, []
+
     def _record_values(self, function: RecordFunction, lower: float, upper: float) -> np.ndarray:
-        """The function's clamped value of each counted record, computed on the workers, in frame order."""
+        """The function's clamped value of each counted record, computed on the workers, in frame order.
+
+        At a query's first call, one pass computes the values of all its functions (each checked
+        by :meth:`_contributions` before).
+        """
+        if self._values is None:
+            self._values = self._pass_values(self._query or [function])
+        found = self._values.get((id(function), lower, upper))
+        return found if found is not None else self._pass_values([function])[(id(function), lower, upper)]
+
+    def _pass_values(self, functions: list[RecordFunction]) -> dict[tuple[int, float, float], np.ndarray]:
         from opendp_hybridad.frame.dask_engine import _ShippedKernel
 
-        task = _ValuesPass(self._partition_domain, self._id_column, _ShippedKernel(function.compile()), lower, upper)
-        parts = self._pass(task)
+        bounds = [(float(f.range().lower), float(f.range().upper)) for f in functions]  # as the pandas filter reads them
+        kernels = [_ShippedKernel(f.compile()) for f in functions]
+        parts = self._pass(_ValuesPass(self._partition_domain, self._id_column, kernels, bounds))
         if [len(p[2]) for p in parts] != self._layout:
             raise SchemaMismatchError("the frame's partitions changed between passes: the filter needs one dataset")
-        values = np.concatenate([np.zeros(0), *(p[2] for p in parts)])
-        return values if self._first is None else values[self._first]
+        values = np.concatenate([np.zeros((0, len(functions))), *(p[2] for p in parts)])
+        if self._first is not None:
+            values = values[self._first]
+        return {(id(f), lo, hi): np.ascontiguousarray(values[:, j]) for j, (f, (lo, hi)) in enumerate(zip(functions, bounds,
+                                                                                                             strict=True))}
 
     def record_columns(self) -> list[np.ndarray]:
         raise DeclarationError("per-record columns are not offered on Dask (they would be collected on the driver): "

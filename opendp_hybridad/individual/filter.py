@@ -183,8 +183,7 @@ class IndividualFilter:
         sums = np.zeros((self._m, k))
         max_abs, allowance = np.zeros(k), np.zeros(k)
         for j, f in enumerate(functions):
-            if not isinstance(f, RecordFunction) or f.schema != self.schema:
-                raise DeclarationError("every query's function must be a RecordFunction over the filter's schema")
+            self._check_function(f)
             rng = f.range()
             lo, hi = float(rng.lower), float(rng.upper)
             max_abs[j] = max(abs(lo), abs(hi))
@@ -194,6 +193,11 @@ class IndividualFilter:
         sensitivity = _charges.sensitivities(sums, allowance)
         worst_case = _charges.worst_case_sensitivity(self._max_rows, max_abs, allowance)
         return sums, sensitivity, worst_case
+
+    def _check_function(self, function: Any) -> None:
+        """Refuse what is not a RecordFunction over the filter's schema (before any of its values is computed)."""
+        if not isinstance(function, RecordFunction) or function.schema != self.schema:
+            raise DeclarationError("every query's function must be a RecordFunction over the filter's schema")
 
     def _record_values(self, function: RecordFunction, lower: float, upper: float) -> np.ndarray:
         """``function`` of each counted record, clamped to ``[lower, upper]`` (the order of the codes)."""

@@ -183,6 +183,23 @@ def test_the_ledger_is_committed_before_any_answer(client, tmp_path, monkeypatch
     flt.ledger.close()
 
 
+def test_a_vector_query_reads_the_partitions_once_and_bad_functions_are_refused_as_in_pandas(client, monkeypatch):
+    frame = _records(200)
+    kwargs = {"budget": 5.0, "alpha": 2.0, "id_column": "person", "size_limit": 1000}
+    reference = IndividualFilter(frame, SCHEMA, **kwargs)
+    flt = DaskIndividualFilter(_uneven(frame, [70, 140]), SCHEMA, **kwargs)
+    passes = []
+    real = flt._pass
+    monkeypatch.setattr(flt, "_pass", lambda task: passes.append(task) or real(task))
+    _compare(reference, flt, [([XY, Z, XY], 40.0)])
+    assert len(passes) == 1
+    other = hd.RecordFunction("v", SMALL)  # another schema's function: refused before any pass or charge
+    for f in (reference, flt):
+        with pytest.raises(DeclarationError, match="RecordFunction over the filter's schema"):
+            f.exact_sum_vector([XY, other], 40.0)
+    assert len(passes) == 1 and flt.ledger.summary()["queries"] == 1
+
+
 def test_neighbours_one_person_added_or_removed_both_release(client):
     frame = _records()
     without = frame[frame["person"] != 5.0].reset_index(drop=True)
