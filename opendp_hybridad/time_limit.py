@@ -10,7 +10,11 @@ lost and the block runs on without a limit (seen under hypothesis, which install
 callback). So an alarm that lands inside a gc callback or ``__del__`` is put off by
 :data:`DEFER_SECONDS` instead of raising there, and once the limit has passed the alarm
 fires again every :data:`RETRY_SECONDS` until the block has left (at most
-:data:`RETRIES` times), in case it was swallowed somewhere else.
+:data:`RETRIES` times), in case it was swallowed somewhere else. A block that ends after
+its limit has passed (its error swallowed by an ``except Exception`` inside it, or the alarm
+handled only as the block left, at the start of ``__exit__``) raises :class:`TimeLimitError`
+from ``__exit__``: a result computed past the limit is refused like any other, and no timer
+or handler is left behind.
 """
 
 from __future__ import annotations
@@ -43,6 +47,14 @@ def _where_exceptions_are_swallowed(frame: FrameType | None) -> bool:
     return False
 
 
+def _inside(frame: FrameType | None, code: Any) -> bool:
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class TimeLimitError(Exception):
     """The block ran past its time limit."""
 
@@ -59,9 +71,13 @@ class time_limit:  # noqa: N801 - used as a context manager, named like contextl
         self._armed = False
         self._retries_left = RETRIES
         self._deferrals_left = DEFERRALS
+        self._passed = False
 
     def _expire(self, signum: int, frame: Any) -> None:
         if not self._armed:  # fired while the block was leaving: the limit no longer applies
+            return
+        self._passed = True
+        if _inside(frame, _EXIT_CODE):  # the block has ended and __exit__ is running: it raises for us, once
             return
         if self._deferrals_left > 0 and _where_exceptions_are_swallowed(frame):
             self._deferrals_left -= 1
@@ -94,3 +110,11 @@ class time_limit:  # noqa: N801 - used as a context manager, named like contextl
         if self._outer_remaining:  # an outer limit was running: restore what is left of it
             left = self._outer_remaining - (time.monotonic() - self._started)
             signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3))
+        if self._passed and exc_type is None:
+            # the limit passed but the block ended normally: its TimeLimitError was swallowed inside it
+            # (an `except Exception`) or the alarm landed in this method; either way the work ran past its
+            # limit, and the caller must see a refusal rather than a result
+            raise TimeLimitError
+
+
+_EXIT_CODE = time_limit.__exit__.__code__

@@ -1,6 +1,7 @@
 """The declaration/proof time limit: fires, survives a swallowed alarm, and leaves no timer behind."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import signal
 import time
@@ -90,4 +91,36 @@ def test_an_outer_limit_is_restored_and_an_earlier_outer_limit_governs():
         assert 20.0 < remaining <= 30.0
         with time_limit(60.0):  # the outer one ends first: the inner is not armed
             assert signal.getitimer(signal.ITIMER_REAL)[0] <= 30.0
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_an_alarm_handled_as_the_block_leaves_is_a_refusal_and_leaves_no_timer():
+    # adversarial review: a block ending in one long C operation (no signal check inside it) had its alarm
+    # handled at the first instruction of __exit__, before it disarmed: the error escaped from __exit__ and
+    # the 50 ms retry kept raising in unrelated code (or killed the process with SIGALRM at the top level)
+    big = [0] * 20_000_000
+    handler = signal.getsignal(signal.SIGALRM)
+
+    def block() -> None:
+        with time_limit(0.005):
+            found = -1 in big  # tens of milliseconds in C
+        assert not found
+
+    with pytest.raises(TimeLimitError):
+        finishes(block, seconds=30)
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) is handler
+    time.sleep(0.2)  # a leaked retry would raise here
+
+
+def test_a_block_that_swallows_its_error_and_ends_is_still_refused():
+    def block() -> None:
+        with time_limit(0.01):
+            end = time.monotonic() + 0.03
+            while time.monotonic() < end:
+                with contextlib.suppress(TimeLimitError):  # as sympy's `except Exception` would
+                    sum(range(100))
+
+    with pytest.raises(TimeLimitError):
+        finishes(block, seconds=30)
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)

@@ -36,6 +36,8 @@ import pandas as pd
 
 warnings.filterwarnings("ignore")
 
+import itertools  # noqa: E402
+
 import dask  # noqa: E402
 import dask.dataframe as dd  # noqa: E402
 import opendp.prelude as dp  # noqa: E402
@@ -62,7 +64,7 @@ def pieces(frame: pd.DataFrame, rng: random.Random) -> object:
     k = rng.choice([1, 2, 3, 5, n + 2])
     cuts = sorted(rng.randint(0, n) for _ in range(k - 1))
     bounds = [0, *cuts, n]
-    parts = [frame.iloc[lo:hi].copy() for lo, hi in zip(bounds, bounds[1:])]
+    parts = [frame.iloc[lo:hi].copy() for lo, hi in itertools.pairwise(bounds)]
     if rng.random() < 0.3:
         parts.insert(rng.randint(0, len(parts)), frame.iloc[:0].copy())
     return dd.from_delayed([dask.delayed(lambda p: p)(p) for p in parts], meta=frame.iloc[:0])
@@ -83,7 +85,7 @@ def exact_values(plan: _SumPlan, columns: list[np.ndarray]) -> list[Fraction]:
     whole = plan.kernel.value_clamped([c.copy() for c in columns], plan.lower, plan.upper)
     alone = [float(plan.kernel.value_clamped([c[i:i + 1].copy() for c in columns], plan.lower, plan.upper)[0])
              for i in range(len(columns[0]) if columns else 0)]
-    for i, (a, b) in enumerate(zip(whole, alone)):
+    for i, (a, b) in enumerate(zip(whole, alone, strict=False)):
         if not (a == b or (a != a and b != b)):
             violation(f"record {i} computed as {a!r} in its batch but {b!r} alone")
     return [Fraction(v) for v in alone]
@@ -92,7 +94,7 @@ def exact_values(plan: _SumPlan, columns: list[np.ndarray]) -> list[Fraction]:
 def run(t, frame):
     try:
         return t(frame), None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return None, exc
 
 
@@ -126,7 +128,7 @@ def check_sum_case(rng: random.Random, schema, function, size_limit: int, metric
         try:
             cols = plan.inputs(frame)
             member = True
-        except Exception:  # noqa: BLE001
+        except Exception:
             member = False
         if member and exc is not None:
             violation(f"member raised {exc!r}: {data}")
@@ -181,12 +183,9 @@ def check_vector(rng: random.Random, schema, functions, size_limit: int) -> None
         CASES["vector"] += 1
         if None in outs:
             continue
-        diffs = [abs(a - b) for a, b in zip(*outs)]
+        diffs = [abs(a - b) for a, b in zip(*outs, strict=False)]
         bound_out = Fraction(t.map(1))
-        if norm == 1:
-            bad = sum(diffs) > bound_out
-        else:
-            bad = sum(d * d for d in diffs) > bound_out * bound_out
+        bad = sum(diffs) > bound_out if norm == 1 else sum(d * d for d in diffs) > bound_out * bound_out
         if bad:
             violation(f"vector l{norm}: {diffs} > {float(bound_out)}")
 
@@ -245,7 +244,6 @@ def check_count(rng: random.Random, schema, size_limit: int) -> None:
 def check_worker_determinism(rng: random.Random, client) -> int:
     """On worker processes: the released total must equal, bit for bit, the driver's own computation of the same
     partitions (the shipped kernel rebuilt there, pairwise_sum per partition, the exact combination)."""
-    from opendp_hybridad.frame.aggregate import pairwise_sum
 
     schema = hd.Schema(x=hd.Field(-3.0, 3.0, missing="impute", impute=0.5), y=hd.Field(-2.0, 2.0, missing="drop"))
     exprs = ["tanh(x)/(1+y**2)", "sqrt(x*x+y*y) + exp(-x*x)", "sigmoid(x)*y", "log(1+x**2)*softplus(y)"]
@@ -255,7 +253,7 @@ def check_worker_determinism(rng: random.Random, client) -> int:
         for backend in ("numpy", "numexpr", "numba", "auto"):
             try:
                 f.compile(backend=backend)
-            except Exception:  # noqa: BLE001 - a backend not installed
+            except Exception:
                 continue
             n = rng.randint(1, 3000)
             frame = pd.DataFrame({"x": [special(rng, 3.0) for _ in range(n)], "y": [special(rng, 2.0) for _ in range(n)]})
@@ -265,7 +263,7 @@ def check_worker_determinism(rng: random.Random, client) -> int:
             k = rng.choice([1, 2, 3, 7])
             cuts = sorted(rng.randint(0, n) for _ in range(k - 1))
             bounds = [0, *cuts, n]
-            parts = [frame.iloc[lo:hi].copy() for lo, hi in zip(bounds, bounds[1:])]
+            parts = [frame.iloc[lo:hi].copy() for lo, hi in itertools.pairwise(bounds)]
             ddf = dd.from_delayed([dask.delayed(lambda p: p)(p) for p in parts], meta=frame.iloc[:0])
             got = t(ddf)
             plan = _SumPlan(pdomain, dp.symmetric_distance(), f, None, None, backend)
@@ -304,7 +302,7 @@ def main() -> int:
             if any(fl.missing == "drop" for fl in schema.fields.values()):
                 continue
             check_mean(rng, schema, f, rng.choice([1, 2, 3, 7]), 16)
-        for trial in range(12):
+        for _trial in range(12):
             check_count(rng, hd.Schema(x=hd.Field(-1.0, 1.0, missing="drop")), rng.choice([1, 4, 9]))
     # a sample on a threaded LocalCluster
     from distributed import Client, LocalCluster

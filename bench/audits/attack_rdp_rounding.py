@@ -88,7 +88,7 @@ def check_add_up_array(rng: random.Random) -> int:
     s = add_up_array(a, b)
     s2 = add_up_array(b, a)
     bad = 0
-    for x, y, r, r2 in zip(a.tolist(), b.tolist(), s.tolist(), s2.tolist()):
+    for x, y, r, r2 in zip(a.tolist(), b.tolist(), s.tolist(), s2.tolist(), strict=False):
         for out in (r, r2):
             if math.isinf(x) or math.isinf(y):
                 if not (math.isnan(out) if (math.isinf(x) and math.isinf(y) and x != y) else out == x + y):
@@ -118,7 +118,7 @@ def check_add_up_array(rng: random.Random) -> int:
 
 def exact_cks(orders, rdp, delta) -> mp.mpf:
     best = mp.inf
-    for a, r in zip(orders, rdp):
+    for a, r in zip(orders, rdp, strict=False):
         a = mp.mpf(float(a))
         r = mp.mpf(r) if not math.isinf(r) else mp.inf
         if r == mp.inf:
@@ -152,7 +152,7 @@ def check_rdp_to_epsilon(rng: random.Random) -> int:
     cases = 0
     order_sets = [list(RDP_ORDERS), [1 + 2.0**-52, 1.5, 2.0], [1.0000001, 1e6, 1e15, 1e300], [2.0, 3.0, 1e308],
                   [float(a) for a in range(2, 40)], [1 + 1e-9, 1 + 1e-3]]
-    for trial in range(1500):
+    for _trial in range(1500):
         orders = rng.choice(order_sets)
         delta = rng.choice([1e-5, 1e-10, 1e-300, 5e-324, 0.5, 1.0, 1 - 2.0**-53, 10.0 ** -rng.uniform(0, 300)])
         kind = rng.random()
@@ -190,7 +190,7 @@ def check_curves(rng: random.Random) -> int:
     bad = 0
     cases = 0
     above = 0
-    for trial in range(40):
+    for _trial in range(40):
         sigma = rng.choice([0.3, 0.5, 0.8, 1.0, 1.1, 2.0, 5.0, 50.0, rng.uniform(0.4, 10)])
         n = rng.choice([100, 1000, 60_000, 10**6, 10**9])
         batch = min(n, rng.choice([1, 7, 64, 256, 4096, n]))
@@ -205,7 +205,7 @@ def check_curves(rng: random.Random) -> int:
                 rdp_curve = curve.rdp(steps)
                 units = curve.units(steps)
                 exact = [Fraction(units) * Fraction(float(r)) for r in curve.unit_rdp]
-                for x, e in zip(rdp_curve.tolist(), exact):
+                for x, e in zip(rdp_curve.tolist(), exact, strict=False):
                     if not math.isinf(x) and Fraction(x) < e:
                         violation(f"DpSgdRdpCurve.rdp({steps}) {x!r} < exact {float(e)!r} (sigma {sigma}, q {curve.sampling_probability})")
                         bad += 1
@@ -240,12 +240,12 @@ def check_huge_step_counts(rng: random.Random) -> int:
         exact = [units * Fraction(float(r)) for r in curve.unit_rdp]
         got = curve.rdp(steps).tolist()
         old = [mul_up(float(units), float(r)) for r in curve.unit_rdp]  # the code 2a72bb8 replaced
-        if any(Fraction(a) < e for a, e in zip(got, exact)):
+        if any(Fraction(a) < e for a, e in zip(got, exact, strict=False)):
             bad += 1
             if example is None:
-                i = next(i for i, (a, e) in enumerate(zip(got, exact)) if Fraction(a) < e)
+                i = next(i for i, (a, e) in enumerate(zip(got, exact, strict=False)) if Fraction(a) < e)
                 example = (steps, float(curve.orders[i]), float(curve.unit_rdp[i]).hex(), got[i], float(exact[i]))
-        if any(Fraction(a) < e for a, e in zip(old, exact)):
+        if any(Fraction(a) < e for a, e in zip(old, exact, strict=False)):
             old_bad += 1
         truth = exact_cks(curve.orders, [mp.mpf(e.numerator) / e.denominator for e in exact], 1e-5)
         if mp.mpf(curve.epsilon(steps, 1e-5)) < truth:

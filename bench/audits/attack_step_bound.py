@@ -34,8 +34,11 @@ import numpy as np
 
 warnings.filterwarnings("ignore")
 
+import contextlib  # noqa: E402
+
 from opendp_hybridad.analysis.rounding import round_up_to_slots  # noqa: E402
 from opendp_hybridad.nn import (  # noqa: E402
+    MLP,
     Dense,
     Identity,
     Logistic,
@@ -99,7 +102,7 @@ def check_slots(rng: random.Random) -> None:
             j = fr / step
             if j.denominator != 1:
                 # a result in the next octave must be a power of two there
-                if not (fr == Fraction(2) ** (k + 1)):
+                if fr != Fraction(2) ** (k + 1):
                     violation(f"round_up_to_slots({v!r}, {n}) = {r!r} is not a slot")
                 continue
             if fr - step >= fv:
@@ -136,7 +139,7 @@ def models():
     try:
         out.append(("spectral-tempered-ce", Sequential([SpectralDense(4, 5, 1.0, 0.25), Tanh(), SpectralDense(5, 3, 1.0, 0.25)],
                                                        TemperedCrossEntropy(4.0), input_bound=1.0)))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         print("note: spectral model not built:", exc)
     return out
 
@@ -147,7 +150,7 @@ def fields(b) -> list[float]:
 
 
 def worse(new: list[float], old: list[float]) -> int | None:
-    for i, (a, b) in enumerate(zip(new, old)):
+    for i, (a, b) in enumerate(zip(new, old, strict=False)):
         if math.isnan(a) and not math.isnan(b):
             return i
         if a < b:
@@ -179,7 +182,7 @@ def raise_one(v: float, how: int, rng: random.Random) -> float:
 
 def check_monotone(name: str, seq, rng: random.Random, nrng: np.random.Generator) -> int:
     cases = 0
-    for trial in range(12):
+    for _trial in range(12):
         scale = rng.choice([1.0, 1.0, 0.3, 1e-3, 1e-150, 1e-300, 5.0, 1e3])
         params = scaled_params(seq, nrng, scale)
         norms = seq._weight_norms(params)
@@ -237,13 +240,11 @@ def inputs(seq, rng: np.random.Generator, count: int) -> np.ndarray:
 def check_gradients(name: str, seq, rng: random.Random, nrng: np.random.Generator) -> int:
     found = 0.0
     cases = 0
-    for trial in range(60):
+    for _trial in range(60):
         scale = rng.choice([1.0, 1.0, 0.5, 3.0, 1e-3])
         params = scaled_params(seq, nrng, scale)
-        try:
+        with contextlib.suppress(Exception):
             params = seq.project(params) if hasattr(seq, "project") else params
-        except Exception:  # noqa: BLE001
-            pass
         bound = seq.step_bound(params)
         K, e = Fraction(float(bound.upper)) if math.isfinite(bound.upper) else None, Fraction(float(bound.rounding)) \
             if math.isfinite(bound.rounding) else None
@@ -286,25 +287,22 @@ def check_mlp(nrng: np.random.Generator) -> None:
 
 
 def check_stale_cache() -> None:
-    """The cache is keyed by the rounded norms only: chain_bound also reads the model's label_bound (a plain
-    attribute, also what the trainer clamps labels to at run time, sgd.py), so editing it after a step bound
-    was cached returns the old K. Analyst-side tampering (as the in-place input box of 60f5bbb): a note."""
+    """The cache is keyed by the rounded norms only, and chain_bound also reads the model's declared boxes
+    (label_bound, input_bound, input_norm_bound). They are read-only since this audit found a cached step
+    bound that kept the old K after `model.label_bound = 100`: rebinding any of them must now be refused."""
     seq = Sequential([Dense(4, 5, 0.8, 0.5), Tanh(), Dense(5, 2, 0.8, 0.5)], MeanSquaredError(), input_bound=1.0,
                      label_bound=1.0)
-    params = seq.init(np.random.default_rng(0))
-    before = seq.step_bound(params).upper
-    seq.label_bound = 100.0
-    stale, fresh = seq.step_bound(params).upper, seq.certified_bound(params).upper
-    x = np.ones((1, 4))
-    norm = float(seq.per_example_norms(params, x, np.full((1, 2), -100.0))[0])
-    print(f"  label_bound 1 -> 100 after a cached step bound: step_bound K {stale:.6g} (was {before:.6g}), "
-          f"certified_bound K {fresh:.6g}, a per-example norm at label -100: {norm:.6g}")
-    if stale < norm:
-        NOTES.append(f"Sequential.step_bound's cache ignores label_bound: after model.label_bound = 100 it still returns "
-                     f"K = {stale:.6g} where certified_bound gives {fresh:.6g} and a per-example gradient at a label of "
-                     f"-100 (the trainer clamps to the live label_bound) has norm {norm:.6g}; before a80cb11 the "
-                     "auto/step plan recomputed certified_bound(params) each step. Tampering: a note, not counted")
-        print("NOTE:", NOTES[-1])
+    mlp = MLP([Dense(4, 5, 0.8, 0.5), Dense(5, 2, 0.8, 0.5)], [Tanh(), Identity()], MeanSquaredError(), input_bound=1.0)
+    for model, name, value in [(seq, "label_bound", 100.0), (seq, "input_bound", np.full(4, 100.0)),
+                               (seq, "input_norm_bound", 100.0), (mlp, "label_bound", 100.0),
+                               (mlp, "input_bound", np.full(4, 100.0))]:
+        try:
+            setattr(model, name, value)
+        except AttributeError:
+            continue
+        VIOLATIONS.append(f"{type(model).__name__}.{name} can be rebound after declaration: cached bounds would be over the old box")
+        print("VIOLATION:", VIOLATIONS[-1])
+    print("  declared boxes are read-only on Sequential and MLP")
 
 
 def main() -> int:

@@ -155,9 +155,9 @@ def main() -> int:
     kernel = compiled_subtract_scaled()
     if kernel is None:
         print("numba not installed: only the numpy path is checked")
-    sizes = list(range(1, 21)) + [23, 64, 127, 8192]
+    sizes = [*list(range(1, 21)), 23, 64, 127, 8192]
     cases = 0
-    for trial in range(900):
+    for _trial in range(900):
         size = rng.choice(sizes)
         radius = rng.choice([1.0, 0.8, 3.0, 1e-3, 1e-150, 1e-300, 1e-320, 5e-324, 1e100, 1e300, 0.0, 2.0**-1000])
         ball = rng.random() < 0.8
@@ -172,7 +172,7 @@ def main() -> int:
             for project in (True,):
                 try:
                     nW, nb = layer.apply_step(W, b, step_W.reshape(-1), step_b, scale, project)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     violation(f"apply_step raised {exc!r} (size {size}, radius {radius})")
                     continue
                 check_projected(layer, nW, nb, f"apply_step size {size} radius {radius!r} ball {ball}")

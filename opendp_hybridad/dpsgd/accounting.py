@@ -322,9 +322,16 @@ class DpSgdRdpCurve:
         """The RDP curve (one value per order) after ``steps`` steps, rounded up.
 
         ``units * r`` is one IEEE multiplication of non-negative floats, bounded above by the next
-        float (``up_array``; ``inf`` stays ``inf``)."""
+        float (``up_array``; ``inf`` stays ``inf``), while ``units`` is a float exactly (at most
+        ``2^53``); past that, each product is exact (an integer times a rational) and rounded up
+        (an adversarial review found ``float(units)`` rounding below the count there)."""
+        units = self.units(steps)
+        if units > 2**53:
+            from fractions import Fraction
+
+            return np.array([round_up(units * Fraction(float(r))) if math.isfinite(r) else math.inf for r in self.unit_rdp])
         with np.errstate(over="ignore"):
-            return up_array(float(self.units(steps)) * self.unit_rdp)
+            return up_array(float(units) * self.unit_rdp)
 
     def epsilon(self, steps: int, delta: float) -> float:
         """Proven epsilon at ``delta`` after ``steps`` steps (the conversion's order-only part cached per delta)."""

@@ -109,9 +109,9 @@ class MLP:
         if not (math.isfinite(label_bound) and label_bound >= 0):
             raise DeclarationError("label_bound must be finite and non-negative")
         check_loss(loss, (layers[-1].out_features,))
-        self.input_bound = bound.copy()
-        self.input_bound.setflags(write=False)  # the certified K is over this box: not to be edited in place
-        self.label_bound = float(label_bound)
+        self._input_bound = bound.copy()
+        self._input_bound.setflags(write=False)  # the certified K is over this box: not to be edited in place
+        self._label_bound = float(label_bound)
         self._parts = [part for layer, act in zip(layers, activations, strict=True) for part in (layer, Elementwise(act))]
         # every kernel and the bound's recursion: the parts', run by Sequential (dense at even indices)
         self._seq = Sequential(self._parts, loss, input_bound=self.input_bound, label_bound=self.label_bound)
@@ -128,6 +128,16 @@ class MLP:
         return per_part[0::2]
 
     # -- parameters -----------------------------------------------------------------------
+    @property
+    def input_bound(self) -> np.ndarray:
+        """The input box (a read-only array; declare a new model for another box)."""
+        return self._input_bound
+
+    @property
+    def label_bound(self) -> float:
+        """``|y| <= label_bound`` for regression losses (read-only: the certified and cached bounds are over it)."""
+        return self._label_bound
+
     @property
     def input_features(self) -> int:
         return self.layers[0].in_features

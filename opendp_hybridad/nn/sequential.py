@@ -213,9 +213,9 @@ class Sequential:
             raise DeclarationError("label_bound must be finite and non-negative")
         self.parts: list[Layer] = wrapped
         self.loss = loss
-        self.input_bound = bound.copy()
-        self.input_bound.setflags(write=False)  # the certified K is over this box: not to be edited in place
-        self.label_bound = float(label_bound)
+        self._input_bound = bound.copy()
+        self._input_bound.setflags(write=False)  # the certified K is over this box: not to be edited in place
+        self._label_bound = float(label_bound)
         self._shapes = shapes
         self._param_shapes = [p.param_shapes(s) for p, s in zip(wrapped, shapes[:-1], strict=True)]
         self._sizes = [sum(math.prod(s) for s in ps) for ps in self._param_shapes]
@@ -224,13 +224,29 @@ class Sequential:
         self._first = next(i for i, size in enumerate(self._sizes) if size)
         self._norm_bounds_cache: dict[tuple, ModelBound] = {}
         self._step_bounds_cache: dict[tuple, ModelBound] = {}
-        self.input_norm_bound: float | None = input_norm_bound
+        self._input_norm_bound: float | None = input_norm_bound
         flat_bound = self.input_bound.reshape(-1)
         norm, unit = norm2_up(flat_bound.tolist()), float(flat_bound.max(initial=0.0))
         if input_norm_bound is not None:
             # the clamped input lies in the box and in the ball: ||x|| <= R, and |x_j| <= ||x|| <= R
             norm, unit = min(norm, input_norm_bound), min(unit, input_norm_bound)
         self._input_record = ActivationBound(shapes[0], norm, unit, 0.0)
+
+    # -- the declared boxes: read-only, since every bound (and the cached ones) is over them ----------
+    @property
+    def input_bound(self) -> np.ndarray:
+        """The input box ``|x_j| <= input_bound[j]`` (a read-only array; declare a new model for another box)."""
+        return self._input_bound
+
+    @property
+    def label_bound(self) -> float:
+        """``|y| <= label_bound`` for regression losses (read-only: the certified and cached bounds are over it)."""
+        return self._label_bound
+
+    @property
+    def input_norm_bound(self) -> float | None:
+        """The l2 ball of the inputs, or None (read-only: the certified and cached bounds are over it)."""
+        return self._input_norm_bound
 
     # -- shapes and parameters ---------------------------------------------------------------
     @property

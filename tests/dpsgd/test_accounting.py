@@ -233,3 +233,14 @@ def test_cli_reports_the_proven_epsilon_and_refuses_pld(capsys):
                "--target-epsilon", "3", "--accountant", "pld"]
     assert main(refused) == 2
     assert "lattice Gaussian" in capsys.readouterr().err
+
+
+def test_the_curve_after_more_than_2_53_steps_is_never_below_the_exact_product():
+    # adversarial review: float(units) rounds past 2^53, and one ulp up did not cover both roundings
+    from fractions import Fraction
+
+    curve = DpSgdRdpCurve(10**9, 1, 1e4)
+    for steps in (2**53 + 1, 3105265636670670590, 2**62 + 12345):
+        units = curve.units(steps)
+        for value, unit in zip(curve.rdp(steps), curve.unit_rdp, strict=True):
+            assert Fraction(float(value)) >= units * Fraction(float(unit))

@@ -230,3 +230,16 @@ def test_the_cached_step_bound_covers_the_exact_step_bound_and_stays_close(act, 
         # the same weights scaled by less than a slot land in the cache or the next slot, never below the exact bound
         nudged = [(W * (1 - 2.0**-20), b) for W, b in params]
         assert mlp.step_bound(nudged).upper >= mlp.certified_bound(nudged).upper
+
+
+def test_the_declared_boxes_cannot_be_rebound():
+    # adversarial review: step_bound's cache is keyed by weight norms; after `model.label_bound = 100` it kept the
+    # old K while the trainer clamped labels to the new bound. Every box a bound is over is read-only now.
+    mlp, seq = _pair(Tanh(), MeanSquaredError(), 2)
+    for model, name in [(seq, "label_bound"), (seq, "input_bound"), (seq, "input_norm_bound"), (mlp, "label_bound"),
+                        (mlp, "input_bound")]:
+        with pytest.raises(AttributeError):
+            setattr(model, name, 100.0)
+    with pytest.raises(ValueError):
+        seq.input_bound[0] = 100.0  # and the array is read-only in place
+    assert seq.label_bound == mlp.label_bound == 1.0
