@@ -3,9 +3,10 @@
 ``out = a - scale * step`` together with the sum of squares and the largest magnitude of
 ``out``, which the projection onto the certified weight set needs. numpy takes about ten
 calls per layer for the same (each a few microseconds of overhead on small layers).
-The arithmetic is numpy's, operation for operation (no fused multiply-add), so both
-paths give the same weights; the sum of squares is eight interleaved running sums added
-pairwise, whose error Higham's ``gamma_n`` bounds like any other order.
+The update's arithmetic is numpy's, operation for operation (no fused multiply-add), so both
+paths give the same updated weights; the sum of squares is eight interleaved running sums
+added pairwise, whose error Higham's ``gamma_n`` bounds like any other order (so a ball's
+shrink factor may differ from numpy's path in the last bit; both land inside the ball).
 """
 
 from __future__ import annotations

@@ -110,8 +110,10 @@ class Dense(Layer):
                    project: bool) -> tuple[np.ndarray, np.ndarray]:
         """``(W - scale step_W, b - scale step_b)``, projected back onto the certified set if ``project``.
 
-        The same weights as :meth:`project` of the plain update, in one compiled pass per
-        array where numba is installed (:mod:`opendp_hybridad.nn.update_kernel`).
+        The same update as :meth:`project` of the plain update, in one compiled pass per
+        array where numba is installed (:mod:`opendp_hybridad.nn.update_kernel`); where the
+        ball shrinks the weights, the factor can differ from :meth:`project`'s in the last bit
+        (their sums of squares add in different orders), and both land inside the ball.
         """
         from opendp_hybridad.nn.update_kernel import compiled_subtract_scaled
 
