@@ -61,8 +61,10 @@ any task. Each partition is checked as a member of the frame domain without ``si
 path's :class:`~opendp_hybridad.errors.SchemaMismatchError`; no member raises, so no
 dataset raises where its neighbour (one individual added or removed) would not, except
 through the size limit, as in the pandas path. A frame whose partitions change between
-passes (a non-deterministic graph) is refused with ``SchemaMismatchError`` when the counts
-differ; the theorem assumes the frame is one dataset (the same rows at every pass).
+passes (a non-deterministic graph) is refused with ``SchemaMismatchError`` before any
+charge: every pass returns a digest of each partition's counted rows (typed id keys in
+order), which must match the load's; the theorem assumes the frame is one dataset (the
+same rows, in the same order, at every pass).
 
 **Cost.** Per query, the driver receives 8 bytes per counted row and function and holds
 the codes (8 bytes per row) and the cut mask; the ledger (SQLite) is on the driver. See
@@ -84,18 +86,40 @@ from opendp_hybridad.symbolic.function import RecordFunction
 __all__ = ["DaskIndividualFilter"]
 
 
+def _row_digest(partition: pd.DataFrame, kept: np.ndarray, id_column: str | None) -> str:
+    """SHA-256 of the partition's counted rows as the filter sees them: each named row's typed id key
+    (``ids.py``) in order, or the kept positions without an id column. Every pass returns it, so a
+    graph that gives other rows, or the same rows in another order, at a later pass is refused
+    before any charge (an adversarial review reordered rows between passes: a count check alone
+    let values be charged to other people)."""
+    import hashlib
+
+    from opendp_hybridad.individual.ids import id_keys
+
+    digest = hashlib.sha256()
+    if id_column is None:
+        digest.update(np.flatnonzero(kept).astype(np.int64).tobytes())
+        return digest.hexdigest()
+    ids, _ = named_ids(partition, id_column, kept)
+    for key in id_keys(pd.Series(np.asarray(ids.astype(object)), dtype=object)):
+        digest.update(key.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()
+
+
 class _IdsPass:
-    """One partition -> (rows, kept records, ids of the kept rows that have one; positions without an id column)."""
+    """One partition -> (rows, kept records, ids of the kept rows that have one (positions without an id
+    column), digest of its counted rows)."""
 
     def __init__(self, domain: FrameDomain, id_column: str | None):
         self.domain, self.id_column = domain, id_column
 
-    def __call__(self, partition: pd.DataFrame) -> tuple[int, int, Any]:
+    def __call__(self, partition: pd.DataFrame) -> tuple[int, int, Any, str]:
         _, kept = counted_inputs(partition, self.domain)
+        digest = _row_digest(partition, kept, self.id_column)
         if self.id_column is None:
-            return len(partition), int(kept.sum()), np.flatnonzero(kept)
+            return len(partition), int(kept.sum()), np.flatnonzero(kept), digest
         ids, _ = named_ids(partition, self.id_column, kept)
-        return len(partition), int(kept.sum()), ids
+        return len(partition), int(kept.sum()), ids, digest
 
 
 class _ValuesPass:
@@ -104,8 +128,9 @@ class _ValuesPass:
     def __init__(self, domain: FrameDomain, id_column: str | None, kernels: list[Any], bounds: list[tuple[float, float]]):
         self.domain, self.id_column, self.kernels, self.bounds = domain, id_column, kernels, bounds
 
-    def __call__(self, partition: pd.DataFrame) -> tuple[int, int, np.ndarray]:
+    def __call__(self, partition: pd.DataFrame) -> tuple[int, int, np.ndarray, str]:
         columns, kept = counted_inputs(partition, self.domain)
+        digest = _row_digest(partition, kept, self.id_column)
         rows = int(kept.sum())
         if self.id_column is not None:
             _, named = named_ids(partition, self.id_column, kept)
@@ -116,21 +141,21 @@ class _ValuesPass:
         with np.errstate(all="ignore"):
             for j, (kernel, (lower, upper)) in enumerate(zip(self.kernels, self.bounds, strict=True)):
                 values[:, j] = kernel.value_clamped(columns, lower, upper)
-        return len(partition), int(kept.sum()), values
+        return len(partition), int(kept.sum()), values, digest
 
 
 def _concatenated(ids: list[pd.Series]) -> pd.Series:
-    """The partitions' ids in order, each value as it was: partitions of different dtypes are joined as objects.
+    """The partitions' ids in order, each value as it was: every partition joined as objects.
 
     ``pd.concat`` of an int64 and a float64 partition would cast the integers to float64
-    (``2**53 + 1`` would become ``2**53``, another person); as objects every value keeps its
-    own exact value, which is what ``ids.py`` keys.
+    (``2**53 + 1`` would become ``2**53``, another person), and categoricals whose categories
+    differ by partition are cast the same way although every one prints as ``category`` (an
+    adversarial review merged two people so); as objects every value keeps its own exact
+    value, which is what ``ids.py`` keys.
     """
     if not ids:
         return pd.Series([], dtype=object)
-    if len({str(part.dtype) for part in ids}) > 1:
-        ids = [part.astype(object) for part in ids]
-    return pd.concat(ids, ignore_index=True)
+    return pd.concat([pd.Series(np.asarray(part.astype(object)), dtype=object) for part in ids], ignore_index=True)
 
 
 class DaskIndividualFilter(IndividualFilter):
@@ -160,7 +185,7 @@ class DaskIndividualFilter(IndividualFilter):
         self._partition_domain = spec.partition_domain()
         self._id_column = id_column
         parts = self._pass(_IdsPass(self._partition_domain, id_column))
-        self._layout = [len(p[2]) for p in parts]  # named kept rows per partition, checked at every pass
+        self._layout = [p[3] for p in parts]  # each partition's counted rows (digest), checked at every pass
         if id_column is None:
             offsets = np.cumsum([0, *(p[0] for p in parts[:-1])], dtype=np.int64)
             ids = pd.Series(np.concatenate([np.zeros(0, dtype=np.int64),
@@ -213,7 +238,7 @@ class DaskIndividualFilter(IndividualFilter):
         bounds = [(float(f.range().lower), float(f.range().upper)) for f in functions]  # as the pandas filter reads them
         kernels = [_ShippedKernel(f.compile()) for f in functions]
         parts = self._pass(_ValuesPass(self._partition_domain, self._id_column, kernels, bounds))
-        if [len(p[2]) for p in parts] != self._layout:
+        if [p[3] for p in parts] != self._layout:
             raise SchemaMismatchError("the frame's partitions changed between passes: the filter needs one dataset")
         values = np.concatenate([np.zeros((0, len(functions))), *(p[2] for p in parts)])
         if self._first is not None:

@@ -230,3 +230,38 @@ def test_refusals_name_the_column_never_a_value(client):
     with pytest.raises(DeclarationError, match="pandas"):
         flt.record_columns()
     assert flt.ledger.summary()["queries"] == 0
+
+
+def test_categorical_ids_whose_categories_differ_by_partition_keep_each_id_exact(client):
+    # adversarial review: every categorical prints as "category", so the partitions were concatenated by pandas,
+    # which cast int64 categories with float64 ones to float64 and merged 2**53 + 1 with 2**53 (their values cancelled)
+    import dask
+
+    left = pd.DataFrame({"v": [4.0], "person": pd.Series([2**53 + 1], dtype=np.int64).astype("category")})
+    right = pd.DataFrame({"v": [1.0, -4.0], "person": pd.Series([0.5, 2.0**53]).astype("category")})
+    frame = dd.from_delayed([dask.delayed(lambda p: p)(left), dask.delayed(lambda p: p)(right)], meta=left.iloc[:0],
+                            verify_meta=False)
+    flt = DaskIndividualFilter(frame, SMALL, budget=1e9, alpha=2.0, id_column="person", size_limit=10)
+    assert flt.spent().shape == (3,)
+    flt.exact_sum_vector([W], 1.0)
+    assert np.all(flt.spent() > 0.5)  # merged, 2**53 + 1 and 2**53 would have cancelled to about 1e-28
+
+
+def test_rows_reordered_between_passes_are_refused_before_any_charge(client):
+    # adversarial review: with only the row counts checked, a graph that gave the same rows in another order at the
+    # query's pass charged one person's value to another; each pass now returns a digest of its counted rows
+    src = pd.DataFrame({"v": [5.0, 0.0, 0.0, 0.0], "person": [1, 2, 3, 4]})
+    calls = {"n": 0}
+
+    def order(p: pd.DataFrame) -> pd.DataFrame:
+        calls["n"] += 1
+        return p if calls["n"] % 2 else p.iloc[::-1]
+
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):  # the counter lives in this process
+        frame = dd.from_pandas(src, npartitions=1).map_partitions(order, meta=src.iloc[:0])
+        flt = DaskIndividualFilter(frame, SMALL, budget=100.0, alpha=2.0, id_column="person", size_limit=10)
+        with pytest.raises(SchemaMismatchError, match="changed between passes"):
+            flt.exact_sum_vector([W], 1.0)
+    assert np.all(flt.spent() == 0.0)
