@@ -101,6 +101,10 @@ def _row_digest(partition: pd.DataFrame, kept: np.ndarray, id_column: str | None
         digest.update(np.flatnonzero(kept).astype(np.int64).tobytes())
         return digest.hexdigest()
     ids, _ = named_ids(partition, id_column, kept)
+    values = np.asarray(ids.to_numpy()) if not isinstance(ids.dtype, pd.CategoricalDtype) else None
+    if values is not None and values.dtype.kind in "iufbMm":  # fixed-width values: their bytes say which and in what order
+        digest.update(values.dtype.str.encode() + b"\0" + np.ascontiguousarray(values).tobytes())
+        return digest.hexdigest()
     for key in id_keys(pd.Series(np.asarray(ids.astype(object)), dtype=object)):
         digest.update(key.encode("utf-8", "surrogatepass") + b"\0")
     return digest.hexdigest()
