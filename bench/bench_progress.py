@@ -1,6 +1,6 @@
 """Overhead of progress reporting in DP-SGD: fit(progress=False) vs fit(progress=True).
 
-    python bench/bench_progress.py [--epochs 40] [--repeats 5] [--json bench/results/progress.json]
+    python bench/bench_progress.py [--epochs 40] [--repeats 15] [--json bench/results/progress.json]
     python bench/bench_progress.py --markdown bench/results/progress.json   # the docs section, from the JSON
 
 Rounds interleaved (False, True, False, True, ...) after one warm-up of each; reports min and
@@ -66,7 +66,7 @@ def markdown(results: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=float, default=40)
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    p.add_argument("--repeats", type=int, default=15, help="timed rounds")
     p.add_argument("--threads", nargs="+", default=["1", "default"], choices=list(bench_machine.THREAD_SETTINGS))
     bench_machine.add_output_options(p)
     bench_machine.render_or_run(p.parse_args(), run, markdown)
