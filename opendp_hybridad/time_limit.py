@@ -23,7 +23,8 @@ import gc
 import signal
 import threading
 import time
-from types import FrameType, TracebackType
+from collections.abc import Callable
+from types import CodeType, FrameType, TracebackType
 from typing import Any
 
 RETRY_SECONDS = 0.05
@@ -32,27 +33,20 @@ DEFER_SECONDS = 0.001
 DEFERRALS = 10_000  # 10 s of deferrals
 
 
+def _on_stack(frame: FrameType | None, matches: Callable[[CodeType], bool]) -> bool:
+    """Whether ``frame`` or one of its callers runs code that ``matches``."""
+    while frame is not None:
+        if matches(frame.f_code):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _where_exceptions_are_swallowed(frame: FrameType | None) -> bool:
     """Whether ``frame`` runs (or is called from) a gc callback or a ``__del__`` method."""
-    callback_codes = set()
-    for callback in gc.callbacks:
-        function = getattr(callback, "__func__", callback)
-        code = getattr(function, "__code__", None)
-        if code is not None:
-            callback_codes.add(code)
-    while frame is not None:
-        if frame.f_code in callback_codes or frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _inside(frame: FrameType | None, code: Any) -> bool:
-    while frame is not None:
-        if frame.f_code is code:
-            return True
-        frame = frame.f_back
-    return False
+    callback_codes = {code for callback in gc.callbacks
+                      if (code := getattr(getattr(callback, "__func__", callback), "__code__", None)) is not None}
+    return _on_stack(frame, lambda code: code in callback_codes or code.co_name == "__del__")
 
 
 class TimeLimitError(Exception):
@@ -77,7 +71,7 @@ class time_limit:  # noqa: N801 - used as a context manager, named like contextl
         if not self._armed:  # fired while the block was leaving: the limit no longer applies
             return
         self._passed = True
-        if _inside(frame, _EXIT_CODE):  # the block has ended and __exit__ is running: it raises for us, once
+        if _on_stack(frame, lambda code: code is _EXIT_CODE):  # the block has ended and __exit__ is running: it raises for us, once
             return
         if self._deferrals_left > 0 and _where_exceptions_are_swallowed(frame):
             self._deferrals_left -= 1
