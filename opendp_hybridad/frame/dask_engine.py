@@ -157,18 +157,20 @@ def _dask_spec(input_domain: Any) -> DaskFrameDomain:
     return spec
 
 
-def reduction_relaxation(terms: int, max_abs: float) -> float:
+def reduction_relaxation(terms: int, max_abs: float, roundings: int = 1) -> float:
     """What the exact combination of partial sums and its one rounding add to a sum's stability, rounded up.
 
     ``2 u N M (1 + g) + TINY`` with ``N = terms``, ``M = max_abs``, ``u = 2^-53``,
     ``g = gamma(ceil(log2 N))``: one final rounding of a total of magnitude at most
-    ``N M (1 + g)`` per neighbouring dataset (see the module docstring).
+    ``N M (1 + g)`` per neighbouring dataset (see the module docstring). With ``roundings = G``
+    (the Dask group-by, ``dask_groupby.py``): ``G`` totals whose magnitudes add up to at most
+    ``N M (1 + g)``, each rounded once, in the l1 norm: ``2 u N M (1 + g) + G TINY``.
     """
     if terms < 1 or max_abs == 0:
         return 0.0
     k = (int(terms) - 1).bit_length()  # ceil(log2 N), exactly
     g = Fraction(gamma(k))
-    return round_up(2 * Fraction(UNIT_ROUNDOFF) * int(terms) * Fraction(max_abs) * (1 + g) + Fraction(TINY))
+    return round_up(2 * Fraction(UNIT_ROUNDOFF) * int(terms) * Fraction(max_abs) * (1 + g) + int(roundings) * Fraction(TINY))
 
 
 # -- what runs in the partitions ---------------------------------------------------------------------
@@ -242,14 +244,24 @@ class _Reduction:
         self.spec.check_metadata(frame)  # columns and dtypes, before any task
         parts = frame[self.wanted].map_partitions(self.partition, meta=self.partition.meta(),
                                                   enforce_metadata=False).compute()
-        rows = sum(int(r) for r in parts["rows"])
-        if rows > self.spec.size_limit:
-            raise SchemaMismatchError(f"the frame has more records than the domain's size limit {self.spec.size_limit}")
-        kept = sum(int(k) for k in parts["kept"])
-        if self.spec.size is not None and kept != self.spec.size:
-            raise SchemaMismatchError(f"the domain has exactly {self.spec.size} records after the missing-value policies")
+        kept = check_totals(self.spec, parts["rows"], parts["kept"])
         totals = [exact_total(parts[f"s{j}"].to_numpy()) for j in range(len(self.partition.plans))]
         return kept, totals
+
+
+def check_totals(spec: DaskFrameDomain, rows: Any, kept: Any) -> int:
+    """The frame's kept records, from the partitions' row and kept counts, after checking the domain's totals.
+
+    A frame with more rows than ``size_limit``, or (the domain fixing one) another kept
+    ``size``, is refused with :class:`SchemaMismatchError`, on the driver, before anything is returned.
+    """
+    total_rows = sum(int(r) for r in rows)
+    if total_rows > spec.size_limit:
+        raise SchemaMismatchError(f"the frame has more records than the domain's size limit {spec.size_limit}")
+    total_kept = sum(int(k) for k in kept)
+    if spec.size is not None and total_kept != spec.size:
+        raise SchemaMismatchError(f"the domain has exactly {spec.size} records after the missing-value policies")
+    return total_kept
 
 
 def exact_total(partials: np.ndarray) -> float:

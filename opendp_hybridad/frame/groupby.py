@@ -184,6 +184,15 @@ class _Grouped:
 
     def split(self, frame: Any) -> tuple[list[np.ndarray], np.ndarray]:
         """Columns of the records in some group, ordered by group (input order within one), and each group's size."""
+        columns, sizes, _ = self.read(frame)
+        return columns, sizes
+
+    def read(self, frame: Any) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """:meth:`split`, and the mask of the records the fields' policies keep (one entry per input row).
+
+        The Dask engine (``dask_groupby.py``) reads each partition with it: the mask gives the
+        partition's row and kept counts, which the driver checks against the domain.
+        """
         frame = materialise(frame, [*self.spec.schema.names, *(name for name, _ in self.spec.labels)])
         prepared = prepare_frame(frame, self.spec)  # membership of the fields first (size limit included)
         codes = self.groups.codes(frame)[prepared.kept]
@@ -191,7 +200,16 @@ class _Grouped:
         codes = codes[chosen]
         order = np.argsort(codes, kind="stable")
         columns = [np.ascontiguousarray(c[chosen][order]) for c in prepared.columns.values()]
-        return columns, np.bincount(codes, minlength=len(self.groups))
+        return columns, np.bincount(codes, minlength=len(self.groups)), prepared.kept
+
+
+def _group_totals(plan: Any, columns: list[np.ndarray], sizes: np.ndarray) -> list[float]:
+    """Each group's sum of f, from :meth:`_Grouped.split`'s columns: the plan's pairwise sum over its slice."""
+    totals, start = [], 0
+    for size in sizes.tolist():
+        totals.append(plan.total([c[start:start + size] for c in columns]))
+        start += size
+    return totals
 
 
 def _grouped_stability(per_record_l1: float, per_record_l2: float, p: float, relaxation: float) -> Any:
@@ -271,12 +289,7 @@ def make_grouped_sum_of(input_domain: Any, input_metric: Any, function: RecordFu
     reader = _Grouped(spec, groups)
 
     def apply(frame: Any) -> list[float]:
-        columns, sizes = reader.split(frame)
-        totals, start = [], 0
-        for size in sizes.tolist():
-            totals.append(plan.total([c[start:start + size] for c in columns]))
-            start += size
-        return totals
+        return _group_totals(plan, *reader.split(frame))
 
     output_domain, output_metric = _output(p, len(groups))
     return dp.t.make_user_transformation(input_domain, input_metric, output_domain, output_metric, apply, stability)
@@ -378,10 +391,23 @@ def make_private_grouped_mean(domain_or_schema: Any, function: RecordFunction, m
     sum's and the count's records in its ``parts`` (their statistical distances summed).
     ``domain_or_schema`` as for :func:`make_private_grouped_sum`.
     """
-    import opendp.prelude as dp
-
     groups = _group_keys(by, keys)
     domain, metric = _grouped_space(domain_or_schema, metric, size_limit, groups, missing_key)
+    return _grouped_mean(
+        lambda **budget: make_private_grouped_sum(domain, function, metric, by=groups, d_in=d_in, backend=backend, **budget),
+        lambda **budget: make_private_grouped_count(domain, metric, by=groups, d_in=d_in, **budget),
+        function, metric, d_in, epsilon, rho, count_share)
+
+
+def _grouped_mean(sum_of: Any, count_of: Any, function: RecordFunction, metric: Any, d_in: Any, epsilon: float | None,
+                  rho: float | None, count_share: float) -> Any:
+    """:func:`make_private_grouped_mean` from the two measurements' builders (the pandas and Dask group-bys share it).
+
+    ``sum_of(epsilon=...)`` (or ``rho=...``) builds the private grouped sum, ``count_of`` the
+    private grouped count, each with its share of the budget.
+    """
+    import opendp.prelude as dp
+
     if (epsilon is None) == (rho is None):
         raise DeclarationError("give exactly one of epsilon (Laplace, pure DP) or rho (Gaussian, zCDP)")
     if not 0 < count_share < 1:
@@ -390,8 +416,8 @@ def make_private_grouped_mean(domain_or_schema: Any, function: RecordFunction, m
     count_budget = mul_down(budget, count_share)
     sum_budget = add_down(budget, -count_budget)
     key = "epsilon" if epsilon is not None else "rho"
-    total = make_private_grouped_sum(domain, function, metric, by=groups, d_in=d_in, backend=backend, **{key: sum_budget})
-    count = make_private_grouped_count(domain, metric, by=groups, d_in=d_in, **{key: count_budget})
+    total = sum_of(**{key: sum_budget})
+    count = count_of(**{key: count_budget})
     rng = function.range().certifies(function)
     lower, upper = float(rng.lower), float(rng.upper)
 
