@@ -570,12 +570,40 @@ def _radial_partial(fn: RecordFunction, b, index: int, tolerance: float,
     return upper, point, value, converged, top.boxes + bottom.boxes
 
 
+def _quadratic(fn: RecordFunction, norm: float, component: int | None) -> tuple[float, np.ndarray, float, bool, int] | None:
+    """K (or ``sup |df/dx_component|``) of a polynomial of degree <= 2 (affine gradient): the maximum
+    of a convex function over the box's vertices (:mod:`.vertex`); None for any other ``f``."""
+    from opendp_hybridad.analysis import vertex
+
+    g = vertex.affine_gradient(fn)
+    if g is None:
+        return None
+    lo, hi = _box_arrays(fn)
+    res = vertex.certify_affine(g, lo, hi, norm, component)
+    if res is None:
+        return None
+    if res.value > res.upper:
+        raise SoundnessError(
+            f"internal check failed: a witness ({res.value!r}) exceeds the certified bound ({res.upper!r}); "
+            "the certificate is refused (please report this expression)"
+        )
+    return res.upper, res.point, res.value, True, res.vertices
+
+
 def _lipschitz(fn: RecordFunction, norm: float, tolerance: float, time_budget: float, compose: bool = True) -> BoundCertificate:
     start = time.perf_counter()
     _require_continuous(fn)
     _require_defined(fn, time_budget)
-    composed = _composed(fn, norm, None, tolerance, time_budget / 4) if compose else None
     label = {1.0: "1", 2.0: "2", math.inf: "inf"}[norm]
+    quadratic = _quadratic(fn, norm, None)
+    if quadratic is not None:  # exact up to rounding: no branch and bound
+        upper, point, value, converged, boxes = quadratic
+        return BoundCertificate(
+            quantity=f"sup ||grad {fn.name}||_{label}", upper=upper,
+            witness=Witness(_point(fn, point), value), box=_box_dict(fn), norm=norm,
+            converged=converged, boxes=boxes, elapsed=time.perf_counter() - start, tolerance=tolerance,
+        )
+    composed = _composed(fn, norm, None, tolerance, time_budget / 4) if compose else None
     if composed is not None and composed[3]:
         upper, point, value, converged, boxes = composed
     else:
@@ -610,7 +638,9 @@ def certify_partial(fn: RecordFunction, index: int, tolerance: float = 1e-3, tim
     start = time.perf_counter()
     _require_continuous(fn)
     _require_defined(fn, time_budget)
-    composed = _composed(fn, None, index, tolerance, time_budget / 4)
+    composed = _quadratic(fn, math.inf, index)
+    if composed is None:
+        composed = _composed(fn, None, index, tolerance, time_budget / 4)
     if composed is not None and composed[3]:
         upper, point, value, converged, boxes = composed
     else:
