@@ -1,30 +1,34 @@
-"""The individual filter on Dask at scale: one Rényi filter query over ``--rows`` records of ``--individuals`` people.
+"""The individual filter on Dask at scale: set-up and two Rényi filter queries over each of ``--rows`` sizes.
 
-    python bench/bench_scale_filter.py [--rows 10000000] [--individuals 1000000] [--json bench/results/scale_filter.json]
+    python bench/bench_scale_filter.py [--rows 10000000 100000000] [--rows-per-person 10]
+        [--ledger-individuals 100000000] [--json bench/results/scale_filter.json]
     python bench/bench_scale_filter.py --markdown bench/results/scale_filter.json   # the docs rows, from the JSON
 
 The data: age, weight, height (a few weights missing, imputed) and a person id drawn uniformly
-from ``--individuals`` ids, so a person's rows lie in many partitions; partitions of
+from ``rows / --rows-per-person`` ids, so a person's rows lie in many partitions; partitions of
 ``--partition-rows`` rows, each generated from ``numpy.random.default_rng([seed, i])`` on the
-worker that reads it (the frame is never materialised on the driver). A
+worker that reads it (streamed: the frame is never materialised, on the driver or anywhere). A
 :class:`~opendp_hybridad.individual.dask_filter.DaskIndividualFilter` (Rényi, alpha 8, budget 1,
 ``max_rows`` 8, so the people with more rows are cut across partitions) with a durable SQLite
 ledger in a temporary directory runs on a ``distributed.LocalCluster`` of ``--workers`` worker
-processes (one thread each). Timed once each: the set-up (the load pass: ids to the driver,
-hashed, numbered, cut) and one query of ``a*w/h**2`` (the values pass, the per-person sums,
-the charges, the ledger's charge, the total and OpenDP's noise), the ledger's charge alone, and
-the driver's peak resident memory (``ru_maxrss``; the scheduler runs in the driver process).
+processes (one thread each). Timed once each: the set-up (the hashing pass on the workers, the
+people's numbering) and two queries of ``a*w/h**2`` (the values pass, the buckets' per-person
+sums, the charges, the ledger's charge, the total and OpenDP's noise; the first query writes
+everyone into the ledger, the second updates them), the ledger's charge alone, and the peak
+resident memory of the driver and every worker process together (sampled every 0.1 s).
 Before that, on ``--check-rows`` rows, the Dask filter's pre-noise total and spent budgets are
 checked equal, bit for bit, to the pandas filter's.
 
-The 100M-individual estimate scales the measured per-individual ledger time and file size and
-the per-row driver memory linearly (the ledger's charge is a sort and a bucket rewrite per
-person, SQLite on the driver's disk).
+``--ledger-individuals N`` also charges the durable ledger alone for N people (random hashes),
+twice. The 10-billion-row figures are on paper: the per-partition costs of each task, measured
+in this process, times the partitions, over the worker threads, plus the ledger's per-person
+cost from the largest run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import sys
@@ -74,6 +78,38 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+class TreeMemory:
+    """Peak resident memory of this process and all its children (the LocalCluster's nannies and workers),
+    sampled every 0.1 s in a thread: the whole run's footprint on the machine."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self.me, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            total = 0
+            for proc in [self.me, *self.me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):  # a process that ended meanwhile
+                    total += proc.memory_info().rss
+            self.peak = max(self.peak, total)
+            self.stop.wait(0.1)
+
+    def __enter__(self) -> TreeMemory:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 def check(rows: int, per: int, individuals: int) -> dict:
     """The Dask filter against the pandas filter on the same data: totals and spent budgets bit for bit."""
     frame = pd.concat([partition(i, m, individuals) for i, m in enumerate(sizes(rows, per))], ignore_index=True)
@@ -90,20 +126,13 @@ def check(rows: int, per: int, individuals: int) -> dict:
             "retired": int(reference._m - reference.active())}
 
 
-def run(args) -> dict:
-    from distributed import Client, LocalCluster
-
-    results = {**bench_machine.record(sys.argv), "rows": args.rows, "individuals": args.individuals,
-               "partition_rows": args.partition_rows, "workers": args.workers, "load_before": bench_machine.load()}
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster), tempfile.TemporaryDirectory() as tmp:
-        per = max(1, args.check_rows // 4)
-        results["check"] = check(args.check_rows, per, max(1, args.check_rows // 10))
-        rss_before = peak_rss_mib()
-        frame = dask_frame(args.rows, args.partition_rows, args.individuals)
+def one_size(rows: int, individuals: int, args, tmp: str) -> dict:
+    """Set-up and two queries of the Dask filter over ``rows`` generated rows of ``individuals`` people."""
+    frame = dask_frame(rows, args.partition_rows, individuals)
+    with TreeMemory() as memory:
         start = time.perf_counter()
         flt = DaskIndividualFilter(frame, SCHEMA, budget=1.0, alpha=8.0, id_column="person", max_rows=8,
-                                   size_limit=args.rows, ledger=os.path.join(tmp, "ledger.sqlite"))
+                                   size_limit=rows, ledger=os.path.join(tmp, f"ledger{rows}.sqlite"))
         setup = time.perf_counter() - start
         charge_time: list[float] = []
         real_charge = flt.ledger.charge
@@ -115,47 +144,160 @@ def run(args) -> dict:
             return out
 
         flt.ledger.charge = timed_charge
-        start = time.perf_counter()
-        flt.sum(BMI, SCALE, label="bmi")
-        query = time.perf_counter() - start
-        people = int(flt._m)
-        ledger_bytes = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
-        results.update({"partitions": len(sizes(args.rows, args.partition_rows)), "people": people,
-                        "counted_rows": int(flt._codes.size), "setup_s": setup, "query_s": query,
-                        "ledger_charge_s": charge_time[0], "ledger_bytes": ledger_bytes,
-                        "driver_peak_rss_mib": peak_rss_mib(), "driver_rss_before_mib": rss_before,
-                        "admitted": flt.reports[-1].admitted})
-        flt.ledger.close()
-    per_person_s, per_person_bytes = results["ledger_charge_s"] / people, ledger_bytes / people
-    results["estimate_100M_individuals"] = {"ledger_charge_s": per_person_s * 1e8, "ledger_gib": per_person_bytes * 1e8 / 2**30}
+        queries = []
+        for label in ("first", "second"):  # the first writes everyone into the ledger; the second updates them
+            start = time.perf_counter()
+            flt.sum(BMI, SCALE, label=label)
+            queries.append(time.perf_counter() - start)
+    people = int(flt._m)
+    ledger_bytes = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp) if f.startswith(f"ledger{rows}."))
+    flt.ledger.close()
+    out = {"rows": rows, "individuals": individuals, "partitions": len(sizes(rows, args.partition_rows)), "people": people,
+           "buckets": flt._buckets, "setup_s": setup, "query_s": queries[0], "second_query_s": queries[1],
+           "ledger_charge_s": charge_time[0], "second_ledger_charge_s": charge_time[1], "ledger_bytes": ledger_bytes,
+           "peak_tree_mib": memory.peak / 2**20, "driver_peak_rss_mib": peak_rss_mib(),
+           "admitted": flt.reports[-1].admitted}
+    print(f"{rows:,d} rows, {people:,d} people: set-up {setup:.1f} s, queries {queries[0]:.1f} / {queries[1]:.1f} s "
+          f"(ledger charge {charge_time[0]:.1f} / {charge_time[1]:.1f} s), peak memory of driver and workers "
+          f"{out['peak_tree_mib']:.0f} MiB", file=sys.stderr)
+    return out
+
+
+def ledger_alone(individuals: int, tmp: str) -> dict:
+    """The durable ledger's first and second charge of ``individuals`` people (random hashes), on the driver's disk."""
+    from opendp_hybridad.individual.ledger import LedgerParameters, PrivacyLedger
+
+    rng = np.random.default_rng(7)
+    hashes = np.unique(rng.integers(0, 2**64 - 1, individuals, dtype=np.uint64))
+    rng.shuffle(hashes)
+    charges = rng.uniform(0.0, 0.1, hashes.size)
+    path = os.path.join(tmp, "ledger_alone.sqlite")
+    ledger = PrivacyLedger(path, LedgerParameters("renyi", 1.0, 8.0))
+    with TreeMemory() as memory:
+        times = []
+        for label in ("first", "second"):
+            t0 = time.perf_counter()
+            ledger.charge(hashes, charges, label=label, noise_scale=1.0, worst_case_charge=1.0)
+            times.append(time.perf_counter() - t0)
+    size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp) if f.startswith("ledger_alone."))
+    ledger.close()
+    print(f"ledger alone, {hashes.size:,d} people: charges {times[0]:.1f} / {times[1]:.1f} s, "
+          f"{size / 2**30:.2f} GiB, peak {memory.peak / 2**20:.0f} MiB", file=sys.stderr)
+    return {"people": int(hashes.size), "first_charge_s": times[0], "second_charge_s": times[1], "bytes": size,
+            "peak_mib": memory.peak / 2**20}
+
+
+def partition_costs(args) -> dict:
+    """Seconds per partition of ``--partition-rows`` rows for each task the filter runs (in this process, min of 3):
+    the set-up's hashing pass, a query's values pass, and a bucket's sums per row."""
+    from opendp_hybridad.frame.dask_engine import _ShippedKernel
+    from opendp_hybridad.individual import dask_filter as dfm
+    from opendp_hybridad.individual.ledger import IdHasher
+
+    rows, individuals = args.partition_rows, max(1, args.partition_rows // 10)
+    part = partition(0, rows, individuals)
+    domain = dask_filter_domain()
+    hash_pass = dfm._HashPass(domain, "person", IdHasher("0" * 16))
+    loaded = hash_pass(part, 0)
+    lo, hi = float(BMI.range().lower), float(BMI.range().upper)
+    values_pass = dfm._ValuesPass(domain, "person", [_ShippedKernel(BMI.compile())], [(lo, hi)], 64)
+    pieces = values_pass(part, loaded)[1:]
+    sums = dfm._BucketSums(8, 1)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return {"rows": rows, "hash_pass_s": best(lambda: hash_pass(part, 0)), "values_pass_s": best(lambda: values_pass(part, loaded)),
+            "bucket_s_per_row": best(lambda: sums(*[(p[0], p[1]) for p in pieces])) / rows}
+
+
+def dask_filter_domain():
+    from opendp_hybridad.frame.dask_engine import DaskFrameDomain
+
+    return DaskFrameDomain(SCHEMA, 10**12, None, ()).partition_domain()
+
+
+def paper_10b(costs: dict, ledger: dict | None, measured: list[dict], workers: int) -> dict:
+    """10 billion rows of 1 billion people, on paper: the measured per-partition costs times the partitions,
+    spread over ``workers`` worker threads, plus the driver's per-person costs scaled from the largest run."""
+    rows, people = 10**10, 10**9
+    partitions = rows / costs["rows"]
+    largest = max(measured, key=lambda r: r["rows"])
+    per_person_driver = largest["second_ledger_charge_s"] / largest["people"]  # the ledger's update dominates it
+    out = {"rows": rows, "people": people, "partitions": partitions}
+    for w in (workers, 100, 1000):
+        setup = partitions * costs["hash_pass_s"] / w
+        query = (partitions * costs["values_pass_s"] + rows * costs["bucket_s_per_row"]) / w
+        out[f"{w}_workers"] = {"setup_s": setup, "query_workers_s": query}
+    out["driver_query_s_per_person"] = per_person_driver
+    out["driver_query_s"] = per_person_driver * people
+    if ledger:
+        out["ledger_gib"] = ledger["bytes"] / ledger["people"] * people / 2**30
+    return out
+
+
+def run(args) -> dict:
+    from distributed import Client, LocalCluster
+
+    results = {**bench_machine.record(sys.argv), "partition_rows": args.partition_rows, "workers": args.workers,
+               "rows_per_person": args.rows_per_person, "load_before": bench_machine.load()}
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster), tempfile.TemporaryDirectory() as tmp:
+        per = max(1, args.check_rows // 4)
+        results["check"] = check(args.check_rows, per, max(1, args.check_rows // 10))
+        results["runs"] = [one_size(rows, max(1, rows // args.rows_per_person), args, tmp) for rows in args.rows]
+    with tempfile.TemporaryDirectory() as tmp:
+        results["ledger_alone"] = ledger_alone(args.ledger_individuals, tmp) if args.ledger_individuals else None
+    results["partition_costs"] = partition_costs(args)
+    results["paper_10b"] = paper_10b(results["partition_costs"], results["ledger_alone"], results["runs"], args.workers)
     results["load_after"] = bench_machine.load()
-    print(f"{args.rows:,d} rows, {people:,d} people: set-up {setup:.1f} s, query {query:.1f} s (ledger charge "
-          f"{results['ledger_charge_s']:.1f} s), driver peak RSS {results['driver_peak_rss_mib']:.0f} MiB", file=sys.stderr)
     return results
 
 
 def markdown(results: dict) -> str:
-    est = results["estimate_100M_individuals"]
-    c = results["check"]
-    return "\n".join([
-        bench_machine.header(results) + f" One Rényi individual-filter query (`a*w/h**2`, alpha 8, max_rows 8, durable "
+    c, costs, paper, led = results["check"], results["partition_costs"], results["paper_10b"], results["ledger_alone"]
+    lines = [
+        bench_machine.header(results) + f" Rényi individual-filter queries (`a*w/h**2`, alpha 8, max_rows 8, durable "
         f"SQLite ledger) on a LocalCluster of {results['workers']} worker processes (one thread each), partitions of "
-        f"{results['partition_rows']:,d} rows generated on the workers.", "",
-        "| rows | people | set-up s | query s | of which ledger charge s | driver peak RSS MiB | ledger file MiB |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {results['rows']:,d} | {results['people']:,d} | {results['setup_s']:.1f} | {results['query_s']:.1f} | "
-        f"{results['ledger_charge_s']:.1f} | {results['driver_peak_rss_mib']:.0f} | {results['ledger_bytes'] / 2**20:.0f} |",
-        "",
-        f"- Checked first on {c['rows']:,d} rows ({c['individuals']:,d} people, {c['partitions']} partitions, "
-        f"{c['retired']} retired): pre-noise totals and spent budgets identical to the pandas filter's, bit for bit.",
-        f"- Scaled linearly to 100M individuals: the ledger's first charge about {est['ledger_charge_s'] / 60:.0f} min and "
-        f"{est['ledger_gib']:.1f} GiB of SQLite on the driver.", ""])
+        f"{results['partition_rows']:,d} rows generated on the workers, one person per {results['rows_per_person']} rows "
+        "on average (ids uniform, so each person's rows lie in many partitions).", "",
+        "| rows | people | buckets | set-up s | first query s | of which ledger s | second query s | of which ledger s "
+        "| peak memory, driver and workers, MiB | ledger file MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results["runs"]:
+        lines.append(f"| {r['rows']:,d} | {r['people']:,d} | {r['buckets']} | {r['setup_s']:.1f} | {r['query_s']:.1f} | "
+                     f"{r['ledger_charge_s']:.1f} | {r['second_query_s']:.1f} | {r['second_ledger_charge_s']:.1f} | "
+                     f"{r['peak_tree_mib']:,.0f} | {r['ledger_bytes'] / 2**20:,.0f} |")
+    lines += ["", f"- Checked first on {c['rows']:,d} rows ({c['individuals']:,d} people, {c['partitions']} partitions, "
+              f"{c['retired']} retired): pre-noise totals and spent budgets identical to the pandas filter's, bit for bit."]
+    if led:
+        lines.append(f"- The ledger alone at {led['people']:,d} people (random hashes, durable SQLite on the driver's "
+                     f"disk): first charge {led['first_charge_s']:.1f} s, second {led['second_charge_s']:.1f} s, file "
+                     f"{led['bytes'] / 2**30:.2f} GiB, peak memory {led['peak_mib']:,.0f} MiB.")
+    w = results["workers"]
+    lines += [f"- Per partition of {costs['rows']:,d} rows (one thread, in process): hashing pass {costs['hash_pass_s']:.2f} s, "
+              f"values pass {costs['values_pass_s']:.2f} s, bucket sums {costs['bucket_s_per_row'] * 1e9:.0f} ns a row.",
+              f"- On paper, 10 billion rows of 1 billion people ({paper['partitions']:,.0f} partitions): set-up "
+              f"{paper[f'{w}_workers']['setup_s'] / 3600:.1f} h and the workers' share of a query "
+              f"{paper[f'{w}_workers']['query_workers_s'] / 3600:.1f} h on {w} worker threads; "
+              f"{paper['100_workers']['setup_s'] / 60:.1f} min and {paper['100_workers']['query_workers_s'] / 60:.1f} min "
+              f"on 100; {paper['1000_workers']['setup_s'] / 60:.1f} min and "
+              f"{paper['1000_workers']['query_workers_s'] / 60:.1f} min on 1,000; the driver's share (per-person arrays and "
+              f"the ledger's update, scaled from the largest run) about {paper['driver_query_s'] / 60:.0f} min a query"
+              + (f", and a ledger of {paper['ledger_gib']:.0f} GiB." if "ledger_gib" in paper else "."), ""]
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rows", type=int, default=10_000_000)
-    p.add_argument("--individuals", type=int, default=1_000_000)
+    p.add_argument("--rows", type=int, nargs="+", default=[10_000_000, 100_000_000])
+    p.add_argument("--rows-per-person", type=int, default=10)
+    p.add_argument("--ledger-individuals", type=int, default=0, help="also charge the ledger alone for this many people")
     p.add_argument("--partition-rows", type=int, default=1_000_000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--check-rows", type=int, default=100_000)

@@ -1,11 +1,11 @@
-"""The individual filter over a ``dask.dataframe``: the pandas filter's answers, charges and ledger, bit for bit.
+"""The individual filter over a ``dask.dataframe``: the pandas filter's answers, charges and ledger, bit for bit,
+with every per-row quantity computed and grouped on the workers.
 
 :class:`DaskIndividualFilter` is :class:`~opendp_hybridad.individual.filter.IndividualFilter`
 (Rényi, Feldman and Zrnic 2021; Gaussian DP, Smith and Thakurta 2022 and Koskela, Tobaben
-and Honkela 2023; add/remove of one individual only) whose frame is a Dask frame. The
-partitions are read and the per-record values computed on the workers, by the pandas
-path's own code; the individuals, their sums, charges, admissions and the ledger are the
-pandas path's code on the driver.
+and Honkela 2023; add/remove of one individual only) whose frame is a Dask frame. The driver
+holds per-person arrays only (hash, order, sums, charges: about 40 bytes a person); no
+per-row value ever reaches it.
 
 **The obstacle.** The filter's theorems need individual i's loss at each query to be a
 function of the history and of i's own rows alone, and the released totals with and
@@ -14,45 +14,59 @@ without i to differ by i's computed sum ``s_i`` plus at most the float allowance
 formed per partition and combined afterwards would make ``s_i`` depend on where the
 partition boundaries fall (a float sum depends on its grouping), hence on the other rows.
 
-**The design: no partial sum of a person is ever formed on a worker.** A pass over the
-partitions sends the driver, per partition and in partition order (``dask.compute`` of the
-partitions' delayed results returns them in that order, whatever worker ran them):
+**The design: each person's rows meet in one task, in frame order.** Every named row (kept by
+the missing-value policies, with an id) is keyed by the ledger's keyed 64-bit hash of its id
+(:class:`~opendp_hybridad.individual.ledger.IdHasher`, computed on the worker that reads the
+partition; without an id column the id is the row's position in the whole frame, as in the
+pandas path). A row goes to bucket ``(hash >> 32) mod B``, a rule of its own id alone, so all
+rows of one person (one hash) go to one bucket. Each partition's task splits its rows into B
+pieces, in row order; bucket b's task concatenates its pieces in partition order. So a bucket
+holds its people's rows in frame order (partition index, then position), and computes what the
+pandas path computes on the whole frame, restricted to them:
 
-1. the load pass (once): the partition's row count, its kept count, and the ids of its
-   kept rows that have one (:func:`~opendp_hybridad.individual.filter.counted_inputs`,
-   :func:`~opendp_hybridad.individual.filter.named_ids`: the pandas path's membership
-   check, missing-value policies and missing-id rule, applied to the partition);
-2. each query's pass: the same counts and, per kept row with an id, each of the query's
-   functions' clamped value (the pandas path's compiled kernel, ``value_clamped``, shipped by its
-   source as in :mod:`opendp_hybridad.frame.dask_engine`).
+1. set-up (once): the hashes of each partition's named rows are computed and persisted on the
+   workers (``dask.persist``: later passes do not hash again); each bucket numbers its people
+   by first appearance and returns their hashes and first global positions; the driver orders
+   all people by first position (the pandas path's numbering);
+2. each query's pass: each partition's task computes every function's clamped value of its
+   named rows (the pandas path's compiled kernel, ``value_clamped``, shipped by its source as in
+   :mod:`opendp_hybridad.frame.dask_engine`) and splits ``(hash, values)`` into the buckets;
+   each bucket cuts each person to their first ``max_rows`` rows (``cumcount`` in frame order)
+   and forms ``s_i`` with :func:`~opendp_hybridad.individual.charges.individual_sums` (one
+   sequential sum per person, in frame order), returning ``(hashes, sums)``.
+
+The driver receives per-person sums, computes the charges, commits them in the ledger (SQLite,
+on the driver: every charge committed before any total exists) and forms the total with
+``math.fsum`` over the admitted: the pandas path's code.
 
 **Theorem.** For a member frame, on a homogeneous cluster (every worker evaluates the
 kernel as the driver would; the assumption of the Dask engine), every query's ledger
 charges, admissions and pre-noise totals are those of the pandas filter on the
-concatenation of the partitions (the frame), bit for bit, whatever the partitioning.
+concatenation of the partitions (the frame), bit for bit, whatever the partitioning and
+whatever B.
 
 *Proof.* (a) Rows. The membership check, the missing-value policies and the missing-id
 rule are per-row rules (each row's verdict, kernel inputs and key depend on that row
-alone; ``ids.py`` keys each value on its own, by its exact value whatever its type, so
-the concatenated ids have the keys the whole frame's column has; partitions of different
-dtypes are joined as objects, so no value is cast on the way). So the driver's
-concatenation, in partition order, is the sequence of the pandas path's named rows in
-frame order: frame order is partition index, then position in the partition. (b)
-``max_rows``. The driver numbers individuals and cuts with the pandas path's own
-``IndividualFilter._index`` on that sequence: the same keyed hashes, the same numbering
-by first appearance, the same ``cumcount < max_rows`` in global order, hence the same
-counted rows of each person, even when a person's first ``max_rows`` rows straddle
-partitions. (c) Values. Each counted row's value is the kernel's elementwise value of
-that row's inputs (a per-record function), so the values array equals the pandas
-path's. (d) Sums and everything after. ``s_i`` is ``charges.individual_sums`` (one
-sequential sum per person in frame order) of the same codes and values: the same float.
-Sensitivities, losses, the ledger's ``charge`` (committed before the total is formed)
-and ``math.fsum`` over the admitted are the inherited pandas code on equal inputs. QED.
+alone; ``ids.py`` keys each value on its own, by its exact value whatever its type, and the
+keyed hash of a key is a function of the key), so each named row gets the hash the pandas
+path gives it. (b) People. Two rows are one person in the pandas path iff their hashes are
+equal (``pd.factorize`` of the hashes); equal hashes go to one bucket, so each bucket's
+factorisation of its rows' hashes finds exactly the pandas path's people among its rows,
+and the driver's order by first global position is the pandas numbering by first
+appearance. (c) ``max_rows``. A bucket's rows are its people's rows in frame order (the
+pieces keep row order and are joined in partition order), so ``cumcount < max_rows`` per
+hash marks each person's first ``max_rows`` rows in frame order: the pandas path's counted
+rows, even when they straddle partitions. (d) Values and sums. Each counted row's value is
+the kernel's elementwise value of that row's inputs, and ``numpy.bincount`` adds each
+person's counted values sequentially in the order given (frame order) starting from 0.0,
+as the pandas path does over the whole frame: the same float ``s_i``. (e) Everything
+after (sensitivities, losses, the ledger's ``charge``, ``math.fsum`` over the admitted) is
+the inherited pandas code on equal per-person inputs; the driver places each bucket's
+people at their global numbers, so the arrays are equal, not only as sets. QED.
 
 So the two paths' pre-noise totals differ by 0, and the pandas filter's argument
-(``docs/individual.md``, ``charges.py``'s float allowance) applies unchanged: ``s_i``
-is a sequential sum of i's counted values in frame order, a function of i's rows alone.
-The float allowance needs nothing more, and nothing depends on the partitioning.
+(``docs/individual.md``, ``charges.py``'s float allowance) applies unchanged: ``s_i`` is a
+sequential sum of i's counted values in frame order, a function of i's rows alone.
 
 **Totality.** Columns, dtypes and the id column are checked on the Dask metadata before
 any task. Each partition is checked as a member of the frame domain without ``size``
@@ -63,12 +77,13 @@ dataset raises where its neighbour (one individual added or removed) would not, 
 through the size limit, as in the pandas path. A frame whose partitions change between
 passes (a non-deterministic graph) is refused with ``SchemaMismatchError`` before any
 charge: every pass returns a digest of each partition's counted rows (typed id keys in
-order), which must match the load's; the theorem assumes the frame is one dataset (the
-same rows, in the same order, at every pass).
+order), which must match the set-up's, and each bucket's people must be the set-up's.
 
-**Cost.** Per query, the driver receives 8 bytes per counted row and function and holds
-the codes (8 bytes per row) and the cut mask; the ledger (SQLite) is on the driver. See
-docs/scale.md. Dask is imported only when a filter is built.
+**Cost.** Per query, one read of the partitions; the pieces hold 8 (1 + k) bytes per named
+row on the workers (k functions) until their bucket is summed; the persisted hashes hold 8
+bytes per named row on the workers; the driver receives 8 (1 + k) bytes per person. The
+ledger (SQLite) is on the driver. B is ``min(partitions, 64)``, so the graph has at most 64
+pieces per partition. See docs/scale.md. Dask is imported only when a filter is built.
 """
 
 from __future__ import annotations
@@ -80,10 +95,15 @@ import pandas as pd
 
 from opendp_hybridad.errors import DeclarationError, SchemaMismatchError
 from opendp_hybridad.frame.domain import FrameDomain
+from opendp_hybridad.individual import charges as _charges
 from opendp_hybridad.individual.filter import IndividualFilter, counted_inputs, named_ids
+from opendp_hybridad.individual.ledger import IdHasher
 from opendp_hybridad.symbolic.function import RecordFunction
 
 __all__ = ["DaskIndividualFilter"]
+
+MAX_BUCKETS = 64  # pieces per partition: the graph has partitions * buckets edges
+_POSITION_BITS = 40  # a row's global first position: partition index << 40 | position among its named rows
 
 
 def _row_digest(partition: pd.DataFrame, kept: np.ndarray, id_column: str | None) -> str:
@@ -110,56 +130,113 @@ def _row_digest(partition: pd.DataFrame, kept: np.ndarray, id_column: str | None
     return digest.hexdigest()
 
 
-class _IdsPass:
-    """One partition -> (rows, kept records, ids of the kept rows that have one (positions without an id
-    column), digest of its counted rows)."""
+def _buckets_of(hashes: np.ndarray, buckets: int) -> np.ndarray:
+    """Each row's bucket: a function of its hash alone, so one person's rows share a bucket."""
+    return ((hashes >> np.uint64(32)) % np.uint64(buckets)).astype(np.intp)
 
-    def __init__(self, domain: FrameDomain, id_column: str | None):
-        self.domain, self.id_column = domain, id_column
 
-    def __call__(self, partition: pd.DataFrame) -> tuple[int, int, Any, str]:
+def _split(buckets: int, hashes: np.ndarray, *columns: np.ndarray) -> tuple[tuple[np.ndarray, ...], ...]:
+    """Rows (given by their hashes and per-row arrays) split into ``buckets`` pieces, each in row order."""
+    which = _buckets_of(hashes, buckets)
+    order = np.argsort(which, kind="stable")  # stable: each piece keeps the rows' order
+    ends = np.searchsorted(which[order], np.arange(1, buckets + 1), side="left")
+    starts = np.concatenate([[0], ends[:-1]])
+    ordered = [hashes[order], *(c[order] for c in columns)]
+    return tuple(tuple(a[lo:hi] for a in ordered) for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+class _HashPass:
+    """One partition -> ((rows, kept records, digest of its counted rows), hashes of its named rows in row order)."""
+
+    def __init__(self, domain: FrameDomain, id_column: str | None, hasher: IdHasher):
+        self.domain, self.id_column, self.hasher = domain, id_column, hasher
+
+    def __call__(self, partition: pd.DataFrame, offset: int) -> tuple[tuple[int, int, str], np.ndarray]:
         _, kept = counted_inputs(partition, self.domain)
         digest = _row_digest(partition, kept, self.id_column)
-        if self.id_column is None:
-            return len(partition), int(kept.sum()), np.flatnonzero(kept), digest
-        ids, _ = named_ids(partition, self.id_column, kept)
-        return len(partition), int(kept.sum()), ids, digest
+        if self.id_column is None:  # the pandas path's ids: positions in the whole frame
+            ids = pd.Series(offset + np.flatnonzero(kept).astype(np.int64))
+        else:
+            ids, _ = named_ids(partition, self.id_column, kept)
+        return (len(partition), int(kept.sum()), digest), self.hasher.ids(ids)
+
+
+def _meta_of(loaded: tuple[tuple[int, int, str], np.ndarray]) -> tuple[int, int, str]:
+    return loaded[0]
+
+
+class _PeoplePieces:
+    """A partition's persisted hashes -> one piece per bucket: (hashes, global first positions), in row order."""
+
+    def __init__(self, buckets: int):
+        self.buckets = buckets
+
+    def __call__(self, loaded: tuple[Any, np.ndarray], index: int) -> tuple[tuple[np.ndarray, ...], ...]:
+        hashes = loaded[1]
+        positions = (np.int64(index) << np.int64(_POSITION_BITS)) + np.arange(hashes.size, dtype=np.int64)
+        return _split(self.buckets, hashes, positions)
+
+
+def _people(*pieces: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A bucket's people (pieces in partition order): their hashes by first appearance, and first global positions."""
+    hashes = np.concatenate([np.zeros(0, dtype=np.uint64), *(p[0] for p in pieces)])
+    positions = np.concatenate([np.zeros(0, dtype=np.int64), *(p[1] for p in pieces)])
+    codes, people = pd.factorize(hashes, sort=False)
+    first = np.zeros(len(people), dtype=np.intp)
+    if len(people):
+        first = np.unique(codes, return_index=True)[1]  # codes number people by first appearance
+    return np.asarray(people, dtype=np.uint64), positions[first]
 
 
 class _ValuesPass:
-    """One partition -> (rows, kept records, each function's clamped value of each kept row that has an id)."""
+    """One partition and its persisted hashes -> (rows, kept, digest) and one piece per bucket:
+    (hashes, each function's clamped value of each named row), in row order."""
 
-    def __init__(self, domain: FrameDomain, id_column: str | None, kernels: list[Any], bounds: list[tuple[float, float]]):
+    def __init__(self, domain: FrameDomain, id_column: str | None, kernels: list[Any], bounds: list[tuple[float, float]],
+                 buckets: int):
         self.domain, self.id_column, self.kernels, self.bounds = domain, id_column, kernels, bounds
+        self.buckets = buckets
 
-    def __call__(self, partition: pd.DataFrame) -> tuple[int, int, np.ndarray, str]:
+    def __call__(self, partition: pd.DataFrame, loaded: tuple[Any, np.ndarray]) -> tuple[Any, ...]:
         columns, kept = counted_inputs(partition, self.domain)
         digest = _row_digest(partition, kept, self.id_column)
-        rows = int(kept.sum())
+        meta = (len(partition), int(kept.sum()), digest)
         if self.id_column is not None:
             _, named = named_ids(partition, self.id_column, kept)
-            rows = int(named.sum())
             if not named.all():
                 columns = [c[named] for c in columns]
+        hashes = loaded[1]
+        rows = len(columns[0]) if columns else int(kept.sum())
+        if rows != hashes.size:  # another dataset than the set-up's: the digest differs too; the driver refuses
+            return (meta, *_split(self.buckets, np.zeros(0, dtype=np.uint64), np.zeros((0, len(self.kernels)))))
         values = np.zeros((rows, len(self.kernels)))
         with np.errstate(all="ignore"):
             for j, (kernel, (lower, upper)) in enumerate(zip(self.kernels, self.bounds, strict=True)):
                 values[:, j] = kernel.value_clamped(columns, lower, upper)
-        return len(partition), int(kept.sum()), values, digest
+        return (meta, *_split(self.buckets, hashes, values))
 
 
-def _concatenated(ids: list[pd.Series]) -> pd.Series:
-    """The partitions' ids in order, each value as it was: every partition joined as objects.
+class _BucketSums:
+    """A bucket's pieces (in partition order) -> its people's hashes (by first appearance) and their sums (m_b, k):
+    each person's first ``max_rows`` rows in frame order, summed sequentially in that order."""
 
-    ``pd.concat`` of an int64 and a float64 partition would cast the integers to float64
-    (``2**53 + 1`` would become ``2**53``, another person), and categoricals whose categories
-    differ by partition are cast the same way although every one prints as ``category`` (an
-    adversarial review merged two people so); as objects every value keeps its own exact
-    value, which is what ``ids.py`` keys.
-    """
-    if not ids:
-        return pd.Series([], dtype=object)
-    return pd.concat([pd.Series(np.asarray(part.astype(object)), dtype=object) for part in ids], ignore_index=True)
+    def __init__(self, max_rows: int, k: int):
+        self.max_rows, self.k = max_rows, k
+
+    def __call__(self, *pieces: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        hashes = np.concatenate([np.zeros(0, dtype=np.uint64), *(p[0] for p in pieces)])
+        values = np.concatenate([np.zeros((0, self.k)), *(p[1] for p in pieces)])
+        codes, people = pd.factorize(hashes, sort=False)
+        codes = codes.astype(np.intp)
+        m = len(people)
+        if m and codes.size:
+            counted = pd.Series(codes).groupby(codes).cumcount().to_numpy() < self.max_rows
+            if not counted.all():
+                codes, values = codes[counted], values[counted]
+        sums = np.zeros((m, self.k))
+        for j in range(self.k):
+            sums[:, j] = _charges.individual_sums(codes, m, np.ascontiguousarray(values[:, j]))
+        return np.asarray(people, dtype=np.uint64), sums
 
 
 class DaskIndividualFilter(IndividualFilter):
@@ -175,6 +252,8 @@ class DaskIndividualFilter(IndividualFilter):
     """
 
     def _load(self, frame: Any, id_column: str | None, max_rows: int) -> None:
+        import dask
+
         from opendp_hybridad.frame.dask_engine import DaskFrameDomain
 
         d = self.domain
@@ -188,67 +267,71 @@ class DaskIndividualFilter(IndividualFilter):
         self._spec = spec
         self._partition_domain = spec.partition_domain()
         self._id_column = id_column
-        parts = self._pass(_IdsPass(self._partition_domain, id_column))
-        self._layout = [p[3] for p in parts]  # each partition's counted rows (digest), checked at every pass
-        if id_column is None:
-            offsets = np.cumsum([0, *(p[0] for p in parts[:-1])], dtype=np.int64)
-            ids = pd.Series(np.concatenate([np.zeros(0, dtype=np.int64),
-                                            *(o + p[2] for o, p in zip(offsets, parts, strict=True))]))
-        else:
-            ids = _concatenated([p[2] for p in parts])
-        self._first = self._index(ids, id_column, max_rows)
+        self._max_rows = 1 if id_column is None else int(max_rows)
+        self._codes = None  # no per-row array on the driver
         self._columns = None
-        self._values: dict[tuple[int, float, float], np.ndarray] | None = None
-        self._query: list[RecordFunction] = []
+        parts = self._frame.to_delayed()
+        self._buckets = max(1, min(len(parts), MAX_BUCKETS))
+        offsets = [0] * len(parts)
+        if id_column is None:  # ids are positions in the whole frame: each partition's first row's position first
+            lengths = dask.compute(*[dask.delayed(len)(p) for p in parts])
+            offsets = np.cumsum([0, *lengths[:-1]], dtype=np.int64).tolist()
+        task = _HashPass(self._partition_domain, id_column, self.ledger.hasher())
+        loaded = [dask.delayed(task, pure=False)(p, o) for p, o in zip(parts, offsets, strict=True)]
+        self._loaded = list(dask.persist(*loaded))  # each partition's named rows' hashes, kept on the workers
+        split = _PeoplePieces(self._buckets)
+        pieces = [dask.delayed(split, nout=self._buckets)(x, i) for i, x in enumerate(self._loaded)]
+        metas, people = dask.compute([dask.delayed(_meta_of)(x) for x in self._loaded],
+                                     [dask.delayed(_people)(*(p[b] for p in pieces)) for b in range(self._buckets)])
+        self._check_counts(metas)
+        self._layout = [m[2] for m in metas]  # each partition's counted rows (digest), checked at every pass
+        hashes = np.concatenate([np.zeros(0, dtype=np.uint64), *(h for h, _ in people)])
+        first = np.concatenate([np.zeros(0, dtype=np.int64), *(f for _, f in people)])
+        order = np.argsort(first, kind="stable")  # people numbered by first appearance, as in the pandas path
+        number = np.empty(order.size, dtype=np.intp)
+        number[order] = np.arange(order.size, dtype=np.intp)
+        ends = np.cumsum([len(h) for h, _ in people])
+        self._bucket_people = [h for h, _ in people]  # each bucket's people, by first appearance in the bucket
+        self._bucket_numbers = np.split(number, ends[:-1])  # their global numbers
+        self._hashes = hashes[order]
+        self._m = int(hashes.size)
 
-    def _pass(self, task: Any) -> list[tuple[int, int, Any]]:
-        """``task`` on every partition (on the workers), in partition order; the totals checked against the domain."""
-        import dask
-
-        parts = list(dask.compute(*[dask.delayed(task, pure=False)(p) for p in self._frame.to_delayed()]))
-        rows = sum(int(p[0]) for p in parts)
+    def _check_counts(self, metas: list[tuple[int, int, str]]) -> None:
+        """The totals checked against the domain, before any charge."""
+        rows = sum(int(m[0]) for m in metas)
         if rows > self._spec.size_limit:
             raise SchemaMismatchError(f"the frame has more records than the domain's size limit {self._spec.size_limit}")
-        kept = sum(int(p[1]) for p in parts)
+        kept = sum(int(m[1]) for m in metas)
         if self._spec.size is not None and kept != self._spec.size:
             raise SchemaMismatchError(f"the domain has exactly {self._spec.size} records after the missing-value policies")
-        return parts
 
-    def _contributions(self, functions: list[RecordFunction]) -> tuple[np.ndarray, np.ndarray, float]:
-        """The pandas filter's, with every function's values computed in one pass over the partitions."""
-        for f in functions:
-            self._check_function(f)  # every function, before the one pass that computes them all
-        self._values = None
-        self._query = list(functions)
-        try:
-            return super()._contributions(functions)
-        finally:
-            self._values, self._query = None, []
-
-    def _record_values(self, function: RecordFunction, lower: float, upper: float) -> np.ndarray:
-        """The function's clamped value of each counted record, computed on the workers, in frame order.
-
-        At a query's first call, one pass computes the values of all its functions (each checked
-        by :meth:`_contributions` before).
-        """
-        if self._values is None:
-            self._values = self._pass_values(self._query or [function])
-        found = self._values.get((id(function), lower, upper))
-        return found if found is not None else self._pass_values([function])[(id(function), lower, upper)]
-
-    def _pass_values(self, functions: list[RecordFunction]) -> dict[tuple[int, float, float], np.ndarray]:
+    def _individual_sums(self, functions: list[RecordFunction], bounds: list[tuple[float, float]]) -> np.ndarray:
+        """The pandas filter's per-person sums, every function's in one pass over the partitions (on the workers)."""
         from opendp_hybridad.frame.dask_engine import _ShippedKernel
 
-        bounds = [(float(f.range().lower), float(f.range().upper)) for f in functions]  # as the pandas filter reads them
         kernels = [_ShippedKernel(f.compile()) for f in functions]
-        parts = self._pass(_ValuesPass(self._partition_domain, self._id_column, kernels, bounds))
-        if [p[3] for p in parts] != self._layout:
+        return self._pass(_ValuesPass(self._partition_domain, self._id_column, kernels, bounds, self._buckets))
+
+    def _pass(self, task: _ValuesPass) -> np.ndarray:
+        """One query's pass: values on the partitions, people's sums in the buckets; (m, k) in the people's numbering."""
+        import dask
+
+        k, buckets = len(task.kernels), self._buckets
+        outputs = [dask.delayed(task, nout=buckets + 1, pure=False)(p, x)
+                   for p, x in zip(self._frame.to_delayed(), self._loaded, strict=True)]
+        combine = _BucketSums(self._max_rows, k)
+        metas, per_bucket = dask.compute([o[0] for o in outputs],
+                                         [dask.delayed(combine)(*(o[1 + b] for o in outputs)) for b in range(buckets)])
+        self._check_counts(metas)
+        if [m[2] for m in metas] != self._layout:
             raise SchemaMismatchError("the frame's partitions changed between passes: the filter needs one dataset")
-        values = np.concatenate([np.zeros((0, len(functions))), *(p[2] for p in parts)])
-        if self._first is not None:
-            values = values[self._first]
-        return {(id(f), lo, hi): np.ascontiguousarray(values[:, j]) for j, (f, (lo, hi)) in enumerate(zip(functions, bounds,
-                                                                                                             strict=True))}
+        sums = np.zeros((self._m, k))
+        for (people, bucket_sums), known, numbers in zip(per_bucket, self._bucket_people, self._bucket_numbers,
+                                                         strict=True):
+            if not np.array_equal(people, known):
+                raise SchemaMismatchError("the frame's partitions changed between passes: the filter needs one dataset")
+            sums[numbers] = bucket_sums
+        return sums
 
     def record_columns(self) -> list[np.ndarray]:
         raise DeclarationError("per-record columns are not offered on Dask (they would be collected on the driver): "

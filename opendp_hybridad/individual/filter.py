@@ -179,20 +179,24 @@ class IndividualFilter:
 
     def _contributions(self, functions: list[RecordFunction]) -> tuple[np.ndarray, np.ndarray, float]:
         """Per-individual summed values (m, k), their l2 sensitivities (m,), and the worst-case sensitivity."""
-        k = len(functions)
-        sums = np.zeros((self._m, k))
-        max_abs, allowance = np.zeros(k), np.zeros(k)
-        for j, f in enumerate(functions):
-            self._check_function(f)
-            rng = f.range()
-            lo, hi = float(rng.lower), float(rng.upper)
-            max_abs[j] = max(abs(lo), abs(hi))
-            allowance[j] = _charges.float_allowance(self.domain.size_limit, self._max_rows, max_abs[j])
-            if self._m:
-                sums[:, j] = _charges.individual_sums(self._codes, self._m, self._record_values(f, lo, hi))
+        for f in functions:
+            self._check_function(f)  # every function, before any value is computed
+        bounds = [(float(f.range().lower), float(f.range().upper)) for f in functions]
+        max_abs = np.array([max(abs(lo), abs(hi)) for lo, hi in bounds])
+        allowance = np.array([_charges.float_allowance(self.domain.size_limit, self._max_rows, m) for m in max_abs])
+        sums = self._individual_sums(functions, bounds)
         sensitivity = _charges.sensitivities(sums, allowance)
         worst_case = _charges.worst_case_sensitivity(self._max_rows, max_abs, allowance)
         return sums, sensitivity, worst_case
+
+    def _individual_sums(self, functions: list[RecordFunction], bounds: list[tuple[float, float]]) -> np.ndarray:
+        """(m, k): each individual's sequential sum, in frame order, of each function's clamped values of their
+        counted rows (:func:`~opendp_hybridad.individual.charges.individual_sums`)."""
+        sums = np.zeros((self._m, len(functions)))
+        if self._m:
+            for j, (f, (lo, hi)) in enumerate(zip(functions, bounds, strict=True)):
+                sums[:, j] = _charges.individual_sums(self._codes, self._m, self._record_values(f, lo, hi))
+        return sums
 
     def _check_function(self, function: Any) -> None:
         """Refuse what is not a RecordFunction over the filter's schema (before any of its values is computed)."""
@@ -234,7 +238,7 @@ class IndividualFilter:
         self.reports.append(_report.query_report(label, noise_scale, charges, admitted, worst_charge))
         # a correctly rounded sum: independent of order and of zero terms, so an
         # individual who left changes no later answer, bit for bit
-        return np.array([math.fsum(sums[admitted, j]) for j in range(sums.shape[1])])
+        return np.array([math.fsum(sums[admitted, j].tolist()) for j in range(sums.shape[1])])
 
     def sum_rows(self, values: np.ndarray, row_bound: float, noise_scale: float, label: str = "") -> np.ndarray:
         """Noisy sum of per-record vectors (records, k), each clipped to l2 norm ``row_bound``.

@@ -197,6 +197,35 @@ def _distinct(hashes: np.ndarray) -> bool:
     return bool(np.all(ordered[1:] != ordered[:-1]))
 
 
+@dataclass(frozen=True)
+class IdHasher:
+    """The ledger's keyed id hash, alone: the one home of how an id becomes the 64-bit hash the ledger records.
+
+    Picklable (it holds the ledger's salt and nothing else), so a distributed engine's workers hash
+    the ids of their own partitions (:mod:`~opendp_hybridad.individual.dask_filter`): a value's hash
+    depends on that value alone (its canonical typed key, ``ids.py``), so hashing a part of a column
+    gives the hashes the whole column has.
+    """
+
+    salt: str
+
+    def keys(self, keys: pd.Series) -> np.ndarray:
+        """Keyed 64-bit hashes of canonical id keys (:func:`ids.id_keys` output)."""
+        return pd.util.hash_pandas_object(pd.Series(keys, dtype=object).astype(str), index=False,
+                                          hash_key=self.salt).to_numpy(dtype=np.uint64)
+
+    def ids(self, ids: Any) -> np.ndarray:
+        """Keyed 64-bit hashes of individual ids, through the canonical typed encoding (``ids.py``)."""
+        ids = (ids if isinstance(ids, pd.Series) else pd.Series(list(ids))).reset_index(drop=True)
+        # encoded a chunk at a time: each key is a Python string (about 70 bytes), so encoding a
+        # hundred million ids at once would need tens of GB; a key never depends on other rows
+        out = np.empty(len(ids), dtype=np.uint64)
+        for start in range(0, len(ids), ID_CHUNK):
+            part = ids.iloc[start:start + ID_CHUNK].reset_index(drop=True)
+            out[start:start + len(part)] = self.keys(_ids.id_keys(part))
+        return out
+
+
 class PrivacyLedger:
     """Per-individual privacy loss, persisted in SQLite (``":memory:"`` for experiments).
 
@@ -649,19 +678,15 @@ class PrivacyLedger:
 
     def hash_keys(self, keys: pd.Series) -> np.ndarray:
         """Keyed 64-bit hashes of canonical id keys (:func:`ids.id_keys` output)."""
-        return pd.util.hash_pandas_object(pd.Series(keys, dtype=object).astype(str), index=False,
-                                          hash_key=self.salt).to_numpy(dtype=np.uint64)
+        return self.hasher().keys(keys)
 
     def hash_ids(self, ids: Any) -> np.ndarray:
         """Keyed 64-bit hashes of individual ids, through the canonical typed encoding (``ids.py``)."""
-        ids = (ids if isinstance(ids, pd.Series) else pd.Series(list(ids))).reset_index(drop=True)
-        # encoded a chunk at a time: each key is a Python string (about 70 bytes), so encoding a
-        # hundred million ids at once would need tens of GB; a key never depends on other rows
-        out = np.empty(len(ids), dtype=np.uint64)
-        for start in range(0, len(ids), ID_CHUNK):
-            part = ids.iloc[start:start + ID_CHUNK].reset_index(drop=True)
-            out[start:start + len(part)] = self.hash_keys(_ids.id_keys(part))
-        return out
+        return self.hasher().ids(ids)
+
+    def hasher(self) -> IdHasher:
+        """This ledger's id hashing alone (picklable, no file or connection): what workers need to hash ids."""
+        return IdHasher(self.salt)
 
     def charge(self, hashes: np.ndarray, charges: np.ndarray, *, label: str = "", noise_scale: float = math.nan,
                worst_case_charge: float = math.nan) -> np.ndarray:

@@ -265,3 +265,56 @@ def test_rows_reordered_between_passes_are_refused_before_any_charge(client):
         with pytest.raises(SchemaMismatchError, match="changed between passes"):
             flt.exact_sum_vector([W], 1.0)
     assert np.all(flt.spent() == 0.0)
+
+
+@pytest.mark.parametrize("buckets", [1, 2, 5])
+def test_any_number_of_buckets_gives_the_pandas_answers(client, monkeypatch, buckets):
+    # each person's rows meet in one bucket, in frame order, whatever the number of buckets: a bucket rule that
+    # split a person (or an order that was not the frame's) would change the max_rows cut or a sequential sum
+    from opendp_hybridad.individual import dask_filter
+
+    monkeypatch.setattr(dask_filter, "MAX_BUCKETS", buckets)
+    frame = _records()
+    kwargs = {"budget": 3.0, "alpha": 4.0, "id_column": "person", "max_rows": 5, "size_limit": 1000}
+    flt = DaskIndividualFilter(_uneven(frame, PARTITIONINGS[3]), SCHEMA, **kwargs)
+    assert flt._buckets == buckets
+    _compare(IndividualFilter(frame, SCHEMA, **kwargs), flt, [([XY, Z], 20.0), ([XY], 10.0), ([Z], 8.0)])
+
+
+def test_the_driver_holds_per_person_arrays_only(client):
+    # 2,000 rows of 20 people: no array the filter keeps on the driver has a row per record
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"x": rng.uniform(-5, 5, 2000), "y": rng.uniform(0, 3, 2000), "z": rng.uniform(-1, 1, 2000),
+                          "person": rng.integers(0, 20, 2000)})
+    flt = DaskIndividualFilter(_uneven(frame, [500, 1000, 1500]), SCHEMA, budget=5.0, alpha=2.0, id_column="person",
+                               max_rows=200, size_limit=5000)
+    flt.exact_sum_vector([XY, Z], 30.0)
+
+    def arrays(value):
+        if isinstance(value, np.ndarray):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from arrays(v)
+
+    held = [a for v in vars(flt).values() for a in arrays(v)]
+    assert held and max(a.shape[0] for a in held) == flt._m == 20
+    assert flt._codes is None and flt._columns is None
+
+
+def test_ids_are_hashed_once_at_set_up_not_at_each_query(client, monkeypatch):
+    import dask
+
+    from opendp_hybridad.individual.ledger import IdHasher
+
+    calls = []
+    real = IdHasher.ids
+    monkeypatch.setattr(IdHasher, "ids", lambda self, ids: calls.append(len(ids)) or real(self, ids))
+    frame = _records(300)
+    with dask.config.set(scheduler="synchronous"):  # the counter lives in this process
+        flt = DaskIndividualFilter(_uneven(frame, [100, 200]), SCHEMA, budget=5.0, alpha=2.0, id_column="person",
+                                   size_limit=1000)
+        hashed = len(calls)
+        flt.exact_sum_vector([XY], 30.0)
+        flt.exact_sum_vector([Z], 30.0)
+    assert hashed == 3 and len(calls) == 3  # one call per partition, at set-up only
