@@ -122,3 +122,18 @@ def test_every_python_block_in_the_docs_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # blocks may write a ledger file
     for block in blocks:
         exec(compile(block, str(DOCS), "exec"), {"__name__": "__docs__"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 6), max_size=60), st.integers(1, 5))
+def test_first_rows_keeps_each_individuals_first_rows_in_order(codes, max_rows):
+    codes = np.array(codes, dtype=np.intp)
+    seen: dict[int, int] = {}
+    expected = []
+    for c in codes.tolist():  # brute force: a counter per individual
+        expected.append(seen.get(c, 0) < max_rows)
+        seen[c] = seen.get(c, 0) + 1
+    got = charges.first_rows(codes, 7, max_rows)
+    np.testing.assert_array_equal(got, np.array(expected, dtype=bool))
+    fallback = pd.Series(codes).groupby(codes).cumcount().to_numpy() < max_rows  # the path without numba
+    np.testing.assert_array_equal(got, fallback)

@@ -73,6 +73,49 @@ def individual_sums(codes: np.ndarray, individuals: int, values: np.ndarray) -> 
     return np.bincount(codes, weights=values, minlength=individuals)
 
 
+def first_rows(codes: np.ndarray, individuals: int, max_rows: int) -> np.ndarray:
+    """Mask of the rows each individual counts: their first ``max_rows`` rows in the order given.
+
+    ``codes[r]`` numbers row r's individual (``0 <= codes < individuals``). A per-person rule:
+    row r's verdict depends on the rows of r's individual before it, and on nothing else. One
+    pass with a counter per individual (numba when installed, else pandas' ``cumcount``; the
+    same mask either way).
+    """
+    codes = np.asarray(codes, dtype=np.intp)
+    if codes.size == 0:
+        return np.ones(0, dtype=bool)
+    kernel = _first_rows_kernel()
+    if kernel is not None:
+        return kernel(codes, int(individuals), int(max_rows))
+    import pandas as pd
+
+    return pd.Series(codes).groupby(codes).cumcount().to_numpy() < max_rows
+
+
+_FIRST_ROWS: list = []
+
+
+def _first_rows_kernel():
+    """The compiled counter loop of :func:`first_rows`, built once per process (None without numba)."""
+    if not _FIRST_ROWS:
+        try:
+            import numba
+        except ImportError:
+            _FIRST_ROWS.append(None)
+        else:
+            def loop(codes, individuals, max_rows):  # pragma: no cover - compiled
+                seen = np.zeros(individuals, dtype=np.int64)
+                out = np.empty(codes.size, dtype=np.bool_)
+                for r in range(codes.size):
+                    c = codes[r]
+                    out[r] = seen[c] < max_rows
+                    seen[c] += 1
+                return out
+
+            _FIRST_ROWS.append(numba.njit(cache=False, nogil=True)(loop))
+    return _FIRST_ROWS[0]
+
+
 def sensitivities(sums: np.ndarray, allowances: np.ndarray) -> np.ndarray:
     """Per individual: ``||s_i||_2 + ||allowances||_2``, rounded up (``sums`` is (individuals, k))."""
     sums = np.asarray(sums, dtype=np.float64)

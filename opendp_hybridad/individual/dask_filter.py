@@ -132,14 +132,14 @@ def _row_digest(partition: pd.DataFrame, kept: np.ndarray, id_column: str | None
 
 def _buckets_of(hashes: np.ndarray, buckets: int) -> np.ndarray:
     """Each row's bucket: a function of its hash alone, so one person's rows share a bucket."""
-    return ((hashes >> np.uint64(32)) % np.uint64(buckets)).astype(np.intp)
+    return ((hashes >> np.uint64(32)) % np.uint64(buckets)).astype(np.uint8)  # buckets <= MAX_BUCKETS < 256
 
 
 def _split(buckets: int, hashes: np.ndarray, *columns: np.ndarray) -> tuple[tuple[np.ndarray, ...], ...]:
     """Rows (given by their hashes and per-row arrays) split into ``buckets`` pieces, each in row order."""
     which = _buckets_of(hashes, buckets)
-    order = np.argsort(which, kind="stable")  # stable: each piece keeps the rows' order
-    ends = np.searchsorted(which[order], np.arange(1, buckets + 1), side="left")
+    order = np.argsort(which, kind="stable")  # stable: each piece keeps the rows' order (radix sort on uint8)
+    ends = np.searchsorted(which[order], np.arange(1, buckets + 1, dtype=np.intp), side="left")
     starts = np.concatenate([[0], ends[:-1]])
     ordered = [hashes[order], *(c[order] for c in columns)]
     return tuple(tuple(a[lo:hi] for a in ordered) for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True))
@@ -230,7 +230,7 @@ class _BucketSums:
         codes = codes.astype(np.intp)
         m = len(people)
         if m and codes.size:
-            counted = pd.Series(codes).groupby(codes).cumcount().to_numpy() < self.max_rows
+            counted = _charges.first_rows(codes, m, self.max_rows)
             if not counted.all():
                 codes, values = codes[counted], values[counted]
         sums = np.zeros((m, self.k))

@@ -149,7 +149,7 @@ class IndividualFilter:
         codes, hashes = codes.astype(np.intp), np.asarray(hashes, dtype=np.uint64)
         first = None
         if id_column is not None and codes.size:
-            first = pd.Series(codes).groupby(codes).cumcount().to_numpy() < max_rows
+            first = _charges.first_rows(codes, int(hashes.size), max_rows)
             if first.all():
                 first = None
             else:
