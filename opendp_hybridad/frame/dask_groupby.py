@@ -27,25 +27,25 @@ within the float bound below.
 
 The float bound. ``N`` the most records a member's sum adds (the domain's kept ``size`` if
 fixed, else its ``size_limit``), ``M = max(|L|, |U|)``, ``u = 2^-53``, ``k = ceil(log2 N)``,
-``g = k u / (1 - k u)``, ``G`` the number of public keys, ``S_g`` the exact sum of group ``g``'s
+``g = k u / (1 - k u)``, ``G`` the number of public keys, ``S_i`` the exact sum of group ``i``'s
 computed (clamped) values, which are the pandas path's.
 
-1. Partition ``j`` holds ``n_gj`` records of group ``g``; their pairwise sum passes each term
-   through at most ``ceil(log2 n_gj) <= k`` roundings, so it is within ``g n_gj M`` of their exact
+1. Partition ``j`` holds ``n_ij`` records of group ``i``; their pairwise sum passes each term
+   through at most ``ceil(log2 n_ij) <= k`` roundings, so it is within ``g n_ij M`` of their exact
    sum (Higham 2002, Lemma 3.1 and section 4.2). A group spread over many partitions only adds
    terms to the sum over ``j``; since every kept record lies in at most one group and one
-   partition, ``sum_g sum_j n_gj <= N``: all partials of all groups together are within
+   partition, ``sum_i sum_j n_ij <= N``: all partials of all groups together are within
    ``g N M`` of the exact sums, in l1 (so in l2, ``||e||_2 <= ||e||_1``). This is the argument of
-   the pandas group-by's relaxation (``sum_g n_g <= N``) with ``n_g`` split into ``n_gj``: the
+   the pandas group-by's relaxation (``sum_i n_i <= N``) with ``n_i`` split into ``n_ij``: the
    pandas map's :func:`~opendp_hybridad.frame.aggregate.sum_relaxation` (``2 g' N M``,
    ``u' = 2^-52``) covers it for both neighbours, whatever the partitioning.
-2. Group ``g``'s partials are added exactly and rounded once to nearest: its exact combination
-   ``P_g`` has ``|P_g| <= n_g M (1 + g)`` (``n_g = sum_j n_gj``), so the rounding moves it by at most
-   ``u |P_g| + TINY / 2``; over all groups, in l1 (and so in l2), at most
+2. Group ``i``'s partials are added exactly and rounded once to nearest: its exact combination
+   ``P_i`` has ``|P_i| <= n_i M (1 + g)`` (``n_i = sum_j n_ij``), so the rounding moves it by at most
+   ``u |P_i| + TINY / 2``; over all groups, in l1 (and so in l2), at most
    ``u N M (1 + g) + G TINY / 2`` per dataset.
 
 So each dataset's computed vector is within ``g N M + u N M (1 + g) + G TINY / 2`` (l1 and l2) of
-``(S_g)_g``; the pandas group-by's map bounds ``||S(D) - S(D')||`` by its ``d_in`` term and adds the
+``(S_i)_i``; the pandas group-by's map bounds ``||S(D) - S(D')||`` by its ``d_in`` term and adds the
 pairwise part for both neighbours; the Dask map is the pandas map (called as it is) plus
 :func:`~opendp_hybridad.frame.dask_engine.reduction_relaxation` ``(N, M, roundings=G) =
 2 u N M (1 + g) + G TINY``, rounded up (docs/soundness.md, "The distributed sum" and its
