@@ -11,9 +11,10 @@ Facts the operations rest on (IEEE 754-2008, binary64, round to nearest even):
 * ``+ - * / sqrt`` are correctly rounded: the float result ``r`` of the real ``x``
   satisfies ``|r - x| <= ulp(x) / 2``, so ``nextafter(r, +inf) >= x``
   (this also holds for subnormal results and for overflow to ``inf``);
-* a result can be *exact*; we check exactness (TwoSum for sums, an exact rational
-  comparison for products, quotients and square roots) and step only when needed, so
-  exact constants stay exact;
+* a result can be *exact*; we check exactness (TwoSum for sums; TwoProduct for products,
+  quotients and square roots, see :func:`two_product`; an exact rational comparison only
+  where a result leaves the normal range) and step only when needed, so exact constants
+  stay exact;
 * the two floats around a real ``t`` are at most ``max(2u|t|, TINY)`` apart, so a
   correctly rounded result moved one float outward is within ``4u|t| + 2 TINY`` of
   ``t`` (Higham 2002, Theorem 2.2 with gradual underflow: ``fl(t) = t(1 + d) + e``,
@@ -50,14 +51,16 @@ TINY = 2.0**-1074
 LIBM_PAD = 2.0**-46
 
 
-def up(x: float) -> float:
+# the per-step bound calls up() and add_up() a few hundred times a step: the library function and the
+# infinities are bound as defaults (local names) instead of looked up in the module each call
+def up(x: float, _next=math.nextafter, _inf=math.inf) -> float:
     """The next float above ``x`` (a bound above a round-to-nearest result)."""
-    return math.nextafter(x, math.inf)
+    return _next(x, _inf)
 
 
-def down(x: float) -> float:
+def down(x: float, _next=math.nextafter, _inf=-math.inf) -> float:
     """The next float below ``x``."""
-    return math.nextafter(x, -math.inf)
+    return _next(x, _inf)
 
 
 def round_up(x: Fraction | int) -> float:
@@ -79,14 +82,13 @@ def _exact(x: float) -> Fraction:
     return Fraction(x)
 
 
-def add_up(a: float, b: float) -> float:
+def add_up(a: float, b: float, _finite=math.isfinite, _next=math.nextafter, _inf=math.inf) -> float:
     """``a + b`` rounded up (TwoSum tells whether the float sum fell short of the real one)."""
     s = a + b
-    if not math.isfinite(s):
+    if not _finite(s):
         return s
     bb = s - a
-    err = (a - (s - bb)) + (b - bb)
-    return up(s) if err > 0 else s
+    return _next(s, _inf) if (a - (s - bb)) + (b - bb) > 0 else s
 
 
 def add_down(a: float, b: float) -> float:
@@ -108,14 +110,92 @@ def sum_up(values: Iterable[float]) -> float:
     return s if Fraction(s) >= sum(map(Fraction, values), Fraction(0)) else up(s)
 
 
+#: Veltkamp's splitting constant for binary64: 2^27 + 1 (Dekker 1971; Ogita, Rump and Oishi 2005, Algorithm 3.2)
+_SPLITTER = 134217729.0
+#: products, quotients and results at least this large are in the normal range with a binade to spare
+_SAFE_NORMAL = 2.0**-1021
+
+
+def _split(a: float) -> tuple[float, float]:
+    """Veltkamp's splitting: ``a = hi + lo`` exactly, each half with at most 26 significant bits (``|a| <= 2^995``)."""
+    c = _SPLITTER * a
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+def two_product_dekker(a: float, b: float) -> tuple[float, float]:
+    """Dekker's TwoProduct: ``(x, y)`` with ``x = fl(a b)`` and ``x + y = a b`` exactly (real arithmetic).
+
+    Ogita, Rump and Oishi, *Accurate sum and dot product*, SIAM J. Sci. Comput. 26 (2005),
+    Algorithm 3.3 and Theorem 3.4 (after Dekker, Numer. Math. 18, 1971): exact for binary64 round
+    to nearest provided nothing overflows (the splitting needs ``|a|, |b| <= 2^995``) and nothing
+    underflows (Boldo, IJCAR 2006: ``e_a + e_b >= e_min + p - 1``).
+    The callers here pass mantissas of magnitude in ``[1/2, 2]`` (:func:`math.frexp`), for which
+    both conditions hold with hundreds of binades to spare.
+    """
+    x = a * b
+    a_hi, a_lo = _split(a)
+    b_hi, b_lo = _split(b)
+    return x, a_lo * b_lo - (((x - a_hi * b_hi) - a_lo * b_hi) - a_hi * b_lo)
+
+
+def two_product_fma(a: float, b: float) -> tuple[float, float]:
+    """TwoProduct with a fused multiply-add (Python 3.13+): ``y = fma(a, b, -x)`` is ``a b - x`` exactly.
+
+    The error of a rounded product is a float when it does not underflow (Boldo and Daumas 2003;
+    Ogita, Rump and Oishi 2005, Algorithm 3.5), and an fma rounds ``a b - x`` once, so it returns it.
+    Same domain as :func:`two_product_dekker`.
+    """
+    x = a * b
+    return x, math.fma(a, b, -x)  # type: ignore[attr-defined]  # Python 3.13+
+
+
+#: the TwoProduct in use: with an fma where the interpreter has one (3.13+), else Dekker's
+two_product = two_product_fma if hasattr(math, "fma") else two_product_dekker
+
+
+def _product_error_sign(a: float, b: float, p: float) -> int | None:
+    """The sign of ``a b - p`` (real) for ``p = fl(a b)``, finite ``a, b``, from floats alone; None off the safe range.
+
+    Lemma: write ``a = m_a 2^(e_a)``, ``b = m_b 2^(e_b)`` with ``|m_a|, |m_b|`` in ``[1/2, 1)``
+    (:func:`math.frexp`, exact also for subnormals) and ``E = e_a + e_b``. If ``|p| >= 2^-1021``,
+    the real ``a b`` and ``p`` lie in the normal range, where rounding to nearest commutes with
+    scaling by ``2^E``: ``p = fl(m_a m_b) 2^E`` (checked as well). TwoProduct gives
+    ``m_a m_b = x + y`` exactly with ``x = fl(m_a m_b)`` (:func:`two_product`; no underflow:
+    ``|m_a m_b| >= 1/4``), so ``a b - p = y 2^E`` has the sign of ``y``. Otherwise (an underflowing
+    product, ``p`` zero or near the subnormals) None: the caller compares exactly.
+    """
+    if not abs(p) >= _SAFE_NORMAL:
+        return None
+    ma, ea = math.frexp(a)
+    mb, eb = math.frexp(b)
+    x, y = two_product(ma, mb)
+    try:
+        if math.ldexp(x, ea + eb) != p:  # cannot happen under IEEE 754 round to nearest; then the exact comparison
+            return None
+    except OverflowError:  # pragma: no cover - as above
+        return None
+    return (y > 0) - (y < 0)
+
+
 def mul_up(a: float, b: float) -> float:
-    """``a * b`` rounded up, any signs; ``0 * inf`` is 0 (no change times any distance)."""
+    """``a * b`` rounded up, any signs; ``0 * inf`` is 0 (no change times any distance).
+
+    The float product ``p`` is returned when it is not below the real one, else the next float
+    above. The comparison: :func:`_product_error_sign` (TwoProduct, no rational built) wherever
+    ``|p| >= 2^-1021``; exact rationals below that (underflow). Identical results to the exact
+    comparison (tested against :class:`fractions.Fraction`). An overflowing product is IEEE's
+    ``+-inf`` (callers bound non-negative quantities; ``-inf`` is no upper bound).
+    """
     if a == 0 or b == 0:
         return 0.0
     p = a * b
     if not math.isfinite(p):
         return p
-    return p if Fraction(p) >= _exact(a) * _exact(b) else up(p)
+    sign = _product_error_sign(a, b, p)
+    if sign is None:
+        return p if Fraction(p) >= _exact(a) * _exact(b) else up(p)
+    return p if sign <= 0 else up(p)
 
 
 def mul_down(a: float, b: float) -> float:
@@ -123,14 +203,53 @@ def mul_down(a: float, b: float) -> float:
     return -mul_up(-a, b)
 
 
+def _quotient_error_sign(a: float, b: float, q: float) -> int | None:
+    """The sign of ``a / b - q`` (real) for ``q = fl(a / b)``, finite ``a`` and ``b != 0``; None off the safe range.
+
+    Lemma: with ``a = m_a 2^(e_a)``, ``b = m_b 2^(e_b)`` (:func:`math.frexp`) and
+    ``|q| >= 2^-1021``, ``q = q' 2^(e_a - e_b)`` for ``q' = fl(m_a / m_b)`` (rounding commutes with
+    scaling in the normal range; checked as well), ``|q'|`` in ``[1/2, 2]``. TwoProduct gives
+    ``q' m_b = x + y`` exactly (no underflow). ``x = m_a (1 + d)`` with ``|d| <= 3u``, so
+    ``m_a - x`` is a float, exactly (Sterbenz's lemma; Higham 2002, Theorem 2.5), and the
+    residual ``r = m_a - q' m_b = (m_a - x) - y`` is one rounded sum of two floats, whose sign
+    is exact (round to nearest keeps the sign and, with gradual underflow, never rounds a
+    nonzero sum of floats to 0). ``a / b - q = (r / m_b) 2^(e_a - e_b)``: the sign of ``r m_b``.
+    The exactness of the division residual is classical (Bohlender, Walter, Kornerup and
+    Matula 1991; Boldo and Daumas 2003).
+    """
+    if not abs(q) >= _SAFE_NORMAL:
+        return None
+    ma, ea = math.frexp(a)
+    mb, eb = math.frexp(b)
+    qm = ma / mb
+    try:
+        if math.ldexp(qm, ea - eb) != q:  # cannot happen under IEEE 754 round to nearest; then the exact comparison
+            return None
+    except OverflowError:  # pragma: no cover - as above
+        return None
+    x, y = two_product(qm, mb)
+    r = (ma - x) - y
+    r_sign = (r > 0) - (r < 0)
+    return r_sign if mb > 0 else -r_sign
+
+
 def div_up(a: float, b: float) -> float:
-    """``a / b`` rounded up (``b != 0``), checked in exact rational arithmetic."""
+    """``a / b`` rounded up (``b != 0``): the float quotient, or the next float above when it fell short.
+
+    Decided by :func:`_quotient_error_sign` (TwoProduct and Sterbenz, no rational built) wherever
+    ``|a / b| >= 2^-1021``, in exact rationals below that; identical results to the exact comparison.
+    """
     if b == 0:
         raise ZeroDivisionError("div_up by zero")
     q = a / b
     if not math.isfinite(q) or not math.isfinite(b):
         return q
-    return q if Fraction(q) >= _exact(a) / _exact(b) else up(q)
+    if a == 0:
+        return q
+    sign = _quotient_error_sign(a, b, q)
+    if sign is None:
+        return q if Fraction(q) >= _exact(a) / _exact(b) else up(q)
+    return q if sign <= 0 else up(q)
 
 
 def div_down(a: float, b: float) -> float:
@@ -138,14 +257,41 @@ def div_down(a: float, b: float) -> float:
     return -div_up(-a, b)
 
 
+def _square_excess_sign(x: float, r: float) -> int | None:
+    """The sign of ``r^2 - x`` (real) for ``r = fl(sqrt(x))``, finite ``x > 0``; None if a check fails.
+
+    Lemma: ``x = m 2^(2k)`` with ``m`` in ``[1/2, 2)`` (:func:`math.frexp`, exact for subnormals too,
+    the exponent made even). ``sqrt(x)`` lies in ``[2^-537, 2^512]``, the normal range, so
+    ``r = r' 2^k`` with ``r' = fl(sqrt(m))`` (checked as well). TwoProduct gives ``r'^2 = h + l``
+    exactly; ``h = m (1 + d)``, ``|d| <= 3u``, so ``h - m`` is exact (Sterbenz), and the sign of the
+    rounded sum ``(h - m) + l`` is the sign of ``r'^2 - m``, i.e. of ``r^2 - x`` (as in
+    :func:`_quotient_error_sign`).
+    """
+    m, e = math.frexp(x)
+    if e & 1:
+        m, e = 2.0 * m, e - 1
+    rm = math.sqrt(m)
+    if math.ldexp(rm, e // 2) != r:  # cannot happen with a correctly rounded sqrt; then the exact comparison
+        return None
+    h, low = two_product(rm, rm)
+    d = (h - m) + low
+    return (d > 0) - (d < 0)
+
+
 def sqrt_up(x: float) -> float:
-    """``sqrt(x)`` rounded up (``x >= 0``)."""
+    """``sqrt(x)`` rounded up (``x >= 0``): the float root, or the next float above when its square falls short.
+
+    Decided by :func:`_square_excess_sign` (TwoProduct and Sterbenz, no rational built).
+    """
     if x < 0:
         raise ValueError("sqrt_up of a negative number")
     r = math.sqrt(x)
-    if not math.isfinite(r):
+    if not math.isfinite(r) or x == 0:
         return r
-    return r if Fraction(r) ** 2 >= _exact(x) else up(r)
+    sign = _square_excess_sign(x, r)
+    if sign is None:
+        return r if Fraction(r) ** 2 >= _exact(x) else up(r)
+    return r if sign >= 0 else up(r)
 
 
 def sqrt_down(x: float) -> float:
@@ -153,9 +299,12 @@ def sqrt_down(x: float) -> float:
     if x < 0:
         raise ValueError("sqrt_down of a negative number")
     r = math.sqrt(x)
-    if not math.isfinite(r):
+    if not math.isfinite(r) or x == 0:
         return r
-    return r if Fraction(r) ** 2 <= _exact(x) else down(r)
+    sign = _square_excess_sign(x, r)
+    if sign is None:
+        return r if Fraction(r) ** 2 <= _exact(x) else down(r)
+    return r if sign <= 0 else down(r)
 
 
 def norm2_up(values: Iterable[float]) -> float:
@@ -248,8 +397,9 @@ def check_gradual_underflow() -> None:
         )
 
 
+@functools.lru_cache(maxsize=4096)
 def gamma(n: int) -> float:
-    """Higham's ``gamma_n = n u / (1 - n u)`` (float64, ``u = 2^-53``), rounded up.
+    """Higham's ``gamma_n = n u / (1 - n u)`` (float64, ``u = 2^-53``), rounded up; cached (DP-SGD reads it every step).
 
     A float64 sum or dot product of ``n`` terms, in any order, is within
     ``gamma_n sum |terms|`` of the exact one (Higham 2002, Lemma 3.1 and section 3.1).
@@ -262,6 +412,7 @@ def gamma(n: int) -> float:
     return round_up(nu / (1 - nu))
 
 
+@functools.lru_cache(maxsize=4096)
 def underflow_allowance(entries: int, terms: int) -> float:
     """``sqrt(entries) terms TINY``: the l2 norm of what gradual underflow can add to ``entries`` sums of ``terms`` products.
 
@@ -269,6 +420,7 @@ def underflow_allowance(entries: int, terms: int) -> float:
     with an absolute error of at most ``TINY / 2`` (Higham 2002, section 2.1, model (2.8));
     carried through at most ``terms - 1`` additions (a factor ``1 + gamma < 2``), each sum gains
     at most ``terms TINY``, and ``entries`` such sums at most ``sqrt(entries)`` times that in l2.
+    Cached: a pure function of two counts, which every per-step bound reads.
     """
     if entries <= 0 or terms <= 0:
         return 0.0
@@ -287,10 +439,16 @@ def gamma_factor_up(n: int) -> float:
     return add_up(1.0, gamma(n))
 
 
+@functools.lru_cache(maxsize=4096)
+def _float_norm_constants(n: int) -> tuple[float, float]:
+    """``(1 + gamma_(n+2), sqrt(2 n TINY))``, each rounded up, for :func:`_float_norm_bound` (cached per size)."""
+    return gamma_factor_up(n + 2), up(math.sqrt(2.0 * n * TINY))  # 2 n TINY is exact (a multiple of TINY); sqrt correctly rounded
+
+
 def _float_norm_bound(root: float, n: int) -> float:
     """``root (1 + gamma_(n+2)) + sqrt(2 n TINY)``, each step one float outward of a correctly rounded result."""
-    hidden = up(math.sqrt(2.0 * n * TINY))  # 2 n TINY is exact (a multiple of TINY); sqrt correctly rounded
-    return up(up(root * gamma_factor_up(n + 2)) + hidden)
+    factor, hidden = _float_norm_constants(n)
+    return up(up(root * factor) + hidden)
 
 
 def float_norm2_up(x: np.ndarray) -> float:
@@ -301,20 +459,25 @@ def float_norm2_up(x: np.ndarray) -> float:
     one, and the square root rounds once, so
     ``||x|| <= sqrt(fl(x . x)) (1 + gamma_(n+2)) + sqrt(2 n TINY)``, every operation moved one
     float up (:func:`up` of a correctly rounded result is not below the exact one). A sum that
-    overflows gives ``inf``, a bound still.
+    overflows gives ``inf``, a bound still. (``math.sqrt`` and ``np.sqrt`` are both IEEE's
+    correctly rounded square root: the same float.)
     """
     flat = np.asarray(x, dtype=np.float64).reshape(-1)
     if flat.size == 0:
         return 0.0
-    return _float_norm_bound(float(np.sqrt(np.dot(flat, flat))), flat.size)
+    return _float_norm_bound(math.sqrt(float(np.dot(flat, flat))), flat.size)
 
 
 def float_max_row_norm2_up(rows: np.ndarray) -> float:
-    """An upper bound on the largest l2 norm of the rows of a 2-d array (:func:`float_norm2_up` per row)."""
+    """An upper bound on the largest l2 norm of the rows of a 2-d array (:func:`float_norm2_up` per row).
+
+    The square root of the largest computed sum of squares: a correctly rounded square root is
+    nondecreasing, so it is the largest of the rows' roots (NaN stays NaN).
+    """
     rows = np.asarray(rows, dtype=np.float64)
     if rows.size == 0:
         return 0.0
-    return _float_norm_bound(float(np.sqrt(np.einsum("ij,ij->i", rows, rows)).max()), rows.shape[1])
+    return _float_norm_bound(math.sqrt(float(np.einsum("ij,ij->i", rows, rows).max())), rows.shape[1])
 
 
 def round_up_to_slots(value: float, per_octave: int) -> float:
