@@ -115,6 +115,8 @@ class MLP:
         self._parts = [part for layer, act in zip(layers, activations, strict=True) for part in (layer, Elementwise(act))]
         # every kernel and the bound's recursion: the parts', run by Sequential (dense at even indices)
         self._seq = Sequential(self._parts, loss, input_bound=self.input_bound, label_bound=self.label_bound)
+        #: (Sequential's step bound, its dense-layer record): the last per-step bound, returned again while it holds
+        self._last_step_bound: tuple[ModelBound, ModelBound] | None = None
 
     # -- the boundary: (W, b) per dense layer <-> one tuple per part ------------------------------------
     @staticmethod
@@ -254,8 +256,19 @@ class MLP:
         return self._per_layer(self._seq.certified_bound(None if params is None else self._seq_params(params)))
 
     def step_bound(self, params) -> ModelBound:
-        """:meth:`Sequential.step_bound`: the bound at these (public) weights from norms rounded up to slots, cached."""
-        return self._per_layer(self._seq.step_bound(self._seq_params(params)))
+        """:meth:`Sequential.step_bound`: the bound at these (public) weights from norms rounded up to slots, cached.
+
+        The dense layers' record of the last bound Sequential gave is kept, so a step whose
+        rounded norms did not move returns it without a copy (the records are the same values;
+        like Sequential's cached record, it is shared: read it, do not edit it).
+        """
+        bound = self._seq.step_bound(self._seq_params(params))
+        last = getattr(self, "_last_step_bound", None)
+        if last is not None and last[0] is bound:
+            return last[1]
+        mine = self._per_layer(bound)
+        self._last_step_bound = (bound, mine)
+        return mine
 
     def rounding_bound(self, params) -> ModelBound:
         """A cheaper bound with these (public) weights, for the forward error of clipped rows each step.

@@ -127,13 +127,15 @@ class ActivationBound:
     computed_unit: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
-        for name in ("norm", "unit", "error"):
-            object.__setattr__(self, name, as_bound(float(getattr(self, name))))
-        if self.computed_unit is None:
-            object.__setattr__(self, "computed_unit", as_bound(add_up(self.unit, self.error)))
-        else:
-            object.__setattr__(self, "computed_unit", as_bound(float(self.computed_unit)))
+        # written out field by field: the per-step bound builds a few of these every step
+        setter = object.__setattr__
+        setter(self, "shape", tuple(map(int, self.shape)))
+        norm, unit, error = as_bound(float(self.norm)), as_bound(float(self.unit)), as_bound(float(self.error))
+        setter(self, "norm", norm)
+        setter(self, "unit", unit)
+        setter(self, "error", error)
+        computed = self.computed_unit
+        setter(self, "computed_unit", as_bound(add_up(unit, error) if computed is None else float(computed)))
 
     @property
     def size(self) -> int:
@@ -159,9 +161,10 @@ class DeltaBound:
     error: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
-        object.__setattr__(self, "norm", as_bound(float(self.norm)))
-        object.__setattr__(self, "error", as_bound(float(self.error)))
+        setter = object.__setattr__
+        setter(self, "shape", tuple(map(int, self.shape)))
+        setter(self, "norm", as_bound(float(self.norm)))
+        setter(self, "error", as_bound(float(self.error)))
 
 
 @dataclass(frozen=True)
@@ -184,8 +187,11 @@ class GradientBound:
     norm_absolute_error: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("squared", "error", "norm_relative_error", "norm_absolute_error"):
-            object.__setattr__(self, name, as_bound(float(getattr(self, name))))
+        setter = object.__setattr__
+        setter(self, "squared", as_bound(float(self.squared)))
+        setter(self, "error", as_bound(float(self.error)))
+        setter(self, "norm_relative_error", as_bound(float(self.norm_relative_error)))
+        setter(self, "norm_absolute_error", as_bound(float(self.norm_absolute_error)))
 
 
 #: the share of a parameter-free part: nothing
