@@ -11,6 +11,7 @@ form, the continuity proof and Lipschitz certificates consult.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -134,11 +135,153 @@ def _sigmoid_slopes(e: sympy.Mul) -> list[sympy.Expr] | None:
     return rest + slopes
 
 
+def _exp_sum(e: sympy.Expr) -> bool:
+    """Whether ``e`` is a sum of terms ``number * exp(v)`` or numbers, with at least one exponential."""
+    if not isinstance(e, sympy.Add):
+        return False
+    found = False
+    for term in e.args:
+        if term.is_Number:
+            continue
+        _, rest = term.as_coeff_Mul()
+        if not isinstance(rest, sympy.exp):
+            return False
+        found = True
+    return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _times_exp(total: sympy.Expr, w: sympy.Expr) -> sympy.Expr:
+    """``total * exp(-w)`` for a sum of ``number * exp(v)`` and numbers, term by term: ``sum c exp(v - w)``.
+
+    Built without sympy's evaluation of each ``exp`` (its assumption queries cost most of a softmax
+    Hessian's lowering); only ``v - w`` is evaluated, so that a field cancels. Cached: a Hessian of a
+    log-sum-exp asks for the same ``(S, x_i)`` in every entry of row i.
+    """
+    out = []
+    for term in total.args:
+        if term.is_Number:
+            coeff, v = term, sympy.Integer(0)
+        else:
+            coeff, rest = term.as_coeff_Mul()
+            v = rest.args[0]
+        d = v - w
+        factor = sympy.Integer(1) if d == 0 else sympy.exp(d, evaluate=False)
+        out.append(factor if coeff == 1 else sympy.Mul(coeff, factor, evaluate=False))
+    return sympy.Add(*out, evaluate=False)
+
+
+def exp_ratio_form(e: sympy.Expr) -> list[sympy.Expr] | None:
+    """The factors of ``e`` (a product) with each ``exp(w) / S`` written as ``1 / sum_j c_j exp(v_j - w)``, or None.
+
+    ``S = sum_j c_j exp(v_j)`` (plus constants, ``v = 0``) is a sum of exponentials in the denominator;
+    ``exp(w) / S = 1 / (S exp(-w))`` is an identity (``S != 0`` where ``e`` is defined, ``exp(w) > 0``),
+    and distributing ``exp(-w)`` over ``S`` leaves ``w`` inside each exponent, where it cancels against
+    ``v_j`` (softmax: ``exp(x_i) / sum_j exp(x_j) = 1 / sum_j exp(x_j - x_i)``). The interval extension
+    of the original has ``x_i`` in the numerator and the denominator, independently widened (the
+    dependency problem, Moore, Kearfott and Cloud 2009, section 5.3): a softmax share on
+    ``[-1, 1]^n`` encloses to ``[e^-2/n, e^2/n]``-ish products, while the rewritten form, monotone in
+    each difference, is the exact image of the differences' ranges. Exponentials ``exp(k w)`` with a
+    positive integer ``k`` count as ``k`` copies of ``exp(w)``; with ``m`` copies of ``S`` in the
+    denominator and ``q <= m`` copies of exponentials, each copy is paired with one ``S``; with more
+    copies than ``S``'s, their total ``W`` is split evenly (``exp(W) / S^m = (exp(W/m) / S)^m``).
+    """
+    if not isinstance(e, sympy.Mul):
+        return None
+    denominator = None
+    exps: list[sympy.Expr] = []
+    rest: list[sympy.Expr] = []
+    for factor in e.args:
+        base, expo = factor.as_base_exp()
+        if isinstance(factor, sympy.exp):
+            exps.append(factor.args[0])
+        elif denominator is None and expo.is_Integer and int(expo) < 0 and _exp_sum(base):
+            denominator = (base, -int(expo))
+        else:
+            rest.append(factor)
+    if denominator is None or not exps:
+        return None
+    total, m = denominator
+    copies: list[sympy.Expr] = []
+    for w in exps:
+        k, inner = w.as_coeff_Mul()
+        if k.is_Integer and 0 < int(k) <= m:
+            copies += [inner] * int(k)
+        else:
+            copies.append(w)
+    # sympy's evaluation of powers and products of sums asks assumption queries that cost most of a
+    # Hessian's lowering: the rewritten form is built unevaluated (the tape lowers it factor by factor)
+    if len(copies) > m:
+        share = sympy.Add(*exps) / m
+        return [*rest, sympy.Pow(_times_exp(total, share), -m, evaluate=False)]
+    counts: dict[sympy.Expr, int] = {}
+    for w in copies:
+        counts[w] = counts.get(w, 0) + 1
+    paired = [sympy.Pow(_times_exp(total, w), -k, evaluate=False) for w, k in counts.items()]
+    left = m - len(copies)
+    if left:
+        paired.append(sympy.Pow(total, -left, evaluate=False))
+    # a list of factors, not an unevaluated Mul: Mul of one factor is that factor, whose args are not factors
+    return rest + paired
+
+
+def _logistic_pairs(e: sympy.Add) -> list[sympy.Expr] | None:
+    """The terms of ``e`` with each pair ``c P`` and ``-c P^2`` written as ``c (1/4 - (P - 1/2)^2)``, or None.
+
+    An identity (``P - P^2 = 1/4 - (P - 1/2)^2``) in which ``P`` occurs once, so its enclosure is the
+    exact image of ``P``'s (at most ``c/4``) rather than the difference of two independent enclosures:
+    the slope ``p (1 - p)`` of a softmax share in the Hessian of a log-sum-exp, as for the sigmoid.
+    Terms are first put in :func:`exp_ratio_form` (so ``exp(x)/S`` and ``exp(2x)/S^2`` become ``P``
+    and ``P^2`` of one ``P``).
+    """
+    terms = []
+    for t in e.args:
+        r = exp_ratio_form(t)
+        terms.append(t if r is None else r[0] if len(r) == 1 else sympy.Mul(*r, evaluate=False))
+    split = [_coeff_and_rest(t) for t in terms]
+    shapes = [p.as_base_exp() for _, p in split]
+    # (coefficient, base, exponent) -> the terms of that shape, so the pairing is linear in the terms
+    index: dict[tuple, list[int]] = {}
+    for k, ((c, _), (b, x)) in enumerate(zip(split, shapes, strict=True)):
+        index.setdefault((c, b, x), []).append(k)
+    used = [False] * len(terms)
+    out: list[sympy.Expr] = []
+    changed = False
+    for i, (ci, pi) in enumerate(split):
+        if used[i] or ci == 0 or pi == 1:
+            continue
+        base, expo = shapes[i]
+        for j in index.get((-ci, base, 2 * expo), []):
+            if j != i and not used[j]:
+                used[i] = used[j] = True
+                centred = sympy.Pow(sympy.Add(pi, -_HALF, evaluate=False), 2, evaluate=False)
+                slope = sympy.Add(_QUARTER, sympy.Mul(-1, centred, evaluate=False), evaluate=False)
+                out.append(slope if ci == 1 else sympy.Mul(ci, slope, evaluate=False))
+                changed = True
+                break
+    if not changed:
+        return None
+    # a list, not an unevaluated Add: Add of one term is that term, whose own args are not terms
+    return out + [t for t, u in zip(terms, used, strict=True) if not u]
+
+
+def _coeff_and_rest(t: sympy.Expr) -> tuple[sympy.Expr, sympy.Expr]:
+    """``(c, P)`` with ``t = c P``, ``c`` a number (unevaluated products included)."""
+    if isinstance(t, sympy.Mul) and t.args and t.args[0].is_Number:
+        rest = t.args[1:]
+        return t.args[0], rest[0] if len(rest) == 1 else sympy.Mul(*rest, evaluate=False)
+    if t.is_Number:
+        return t, sympy.Integer(1)
+    return sympy.Integer(1), t
+
+
 class Tape:
     """Lowers sympy expressions over ``variables`` into a shared list of :class:`Node` s."""
 
-    def __init__(self, variables: list[sympy.Symbol]):
+    def __init__(self, variables: list[sympy.Symbol], rewrite: bool = True):
         self.variables = list(variables)
+        #: the enclosure-tightening identities (:func:`exp_ratio_form`, :func:`_logistic_pairs`)
+        self.rewrite = rewrite
         self.nodes: list[Node] = []
         self._memo: dict[Any, int] = {}
         self._index = {v: i for i, v in enumerate(self.variables)}
@@ -191,12 +334,18 @@ class Tape:
                 raise UnsupportedExpressionError(f"constant {e} is not a finite real number")
             return self._const(e)
         if isinstance(e, sympy.Add):
+            paired = _logistic_pairs(e) if self.rewrite else None
+            if paired is not None:
+                return self._fold_terms(e, paired)
             return self._fold("add", e)
         if isinstance(e, sympy.Mul):
             args = list(e.args)
             if args[0] == -1:
                 rest = sympy.Mul(*args[1:], evaluate=False) if len(args) > 2 else args[1]
                 return self._emit(None, Node("neg", (self._lower(rest),), None, e))
+            ratio = exp_ratio_form(e) if self.rewrite else None
+            if ratio is not None:
+                return self._fold_factors(e, ratio)
             rewritten = _sigmoid_slopes(e)
             if rewritten is not None:
                 return self._fold_factors(e, rewritten)
@@ -245,6 +394,14 @@ class Tape:
             acc = self._emit((op, acc, nxt), Node(op, (acc, nxt), None, e))
         return acc
 
+    def _fold_terms(self, e: sympy.Expr, terms: list[sympy.Expr]) -> int:
+        """The sum of ``terms`` (sympy expressions equal in sum to ``e``), folded left."""
+        ids = [self._lower(a) for a in terms]
+        acc = ids[0]
+        for nxt in ids[1:]:
+            acc = self._emit(("add", acc, nxt), Node("add", (acc, nxt), None, e))
+        return acc
+
     def _fold_factors(self, e: sympy.Expr, factors: list[sympy.Expr]) -> int:
         ids = [self._lower(a) for a in factors]
         acc = ids[0]
@@ -262,12 +419,15 @@ class Tape:
                     return self._const(sympy.Integer(1))
                 if n == 1:
                     return b
-                pos = b if abs(n) == 1 else self._emit(("powi", b, abs(n)), Node("powi", (b,), abs(n), base ** abs(n)))
+                # the source (for messages) unevaluated: sympy's evaluation of a power of a sum asks
+                # assumption queries that cost most of the lowering of a softmax Hessian
+                pos = b if abs(n) == 1 else self._emit(("powi", b, abs(n)),
+                                                       Node("powi", (b,), abs(n), sympy.Pow(base, abs(n), evaluate=False)))
                 if n > 0:
                     return pos
                 return self._emit(("recip", pos), Node("recip", (pos,), None, e))
             if expo.q == 2 and abs(expo.p) == 1:
-                root = self._emit(("sqrt", b), Node("sqrt", (b,), None, sympy.sqrt(base)))
+                root = self._emit(("sqrt", b), Node("sqrt", (b,), None, sympy.Pow(base, _HALF, evaluate=False)))
                 if expo.p > 0:
                     return root
                 return self._emit(("recip", root), Node("recip", (root,), None, e))
