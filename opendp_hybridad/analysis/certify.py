@@ -60,15 +60,18 @@ class _Enclosure:
     where ``y[j]``'s own expression is proven smooth on that box.
     """
 
-    def __init__(self, fn: RecordFunction, outputs: list[sympy.Expr], rows: list[list[sympy.Expr]]):
+    def __init__(self, fn: RecordFunction, outputs: list[sympy.Expr], rows: list[list[sympy.Expr]],
+                 built: tuple[Tape, list[int], list[list[int | None]]] | None = None):
         self.fn = fn
         self.n = len(fn.names)
-        self.outputs = list(outputs)
-        self.tape = Tape(list(fn.symbols))
-        self.y = [self.tape.add_output(e) for e in outputs]
-        self.d: list[list[int | None]] = []
-        for row in rows:
-            self.d.append([None if to_sympy(x, "a derivative") == 0 else self.tape.add_output(x) for x in row])
+        if built is not None:  # the outputs and their derivatives already on a tape (:mod:`.derivatives`)
+            self.tape, self.y, self.d = built
+        else:
+            self.tape = Tape(list(fn.symbols))
+            self.y = [self.tape.add_output(e) for e in outputs]
+            self.d = []
+            for row in rows:
+                self.d.append([None if to_sympy(x, "a derivative") == 0 else self.tape.add_output(x) for x in row])
         self.evaluator = iv.IntervalEvaluator(self.tape)
         self._static = statically_smooth(self.tape)
         self._points: iv.IntervalEvaluator | None = None
@@ -189,14 +192,40 @@ class RangeObjective:
         return self.enc.explain(node)
 
 
+#: networks (an activation op, and a tape of at least this many nodes) get their derivatives on the tape
+#: (:mod:`.derivatives`): sympy's tree derivatives repeat every hidden unit's slope in each of the n^2
+#: Hessian entries, and cost most of the two seconds (1.8 s for the 6-4-3-1 network's Hessian). Other
+#: functions keep sympy's: cheap there, simplified (cancelled terms, collected factors), and lowered
+#: through the tape's rewrites (softmax ratios), which the chain rule on the tape does not produce
+TAPE_DERIVATIVES_MIN_NODES = 40
+_ACTIVATIONS = ("tanh", "sigmoid", "softplus")
+
+
+def _derivative_tape(fn: RecordFunction, component: int | None):
+    from opendp_hybridad.analysis.derivatives import derivative_tape
+
+    probe = Tape(list(fn.symbols))
+    root = probe.add_output(fn.expr)
+    if root + 1 < TAPE_DERIVATIVES_MIN_NODES or not any(probe.nodes[i].op in _ACTIVATIONS for i in range(root + 1)):
+        return None
+    return derivative_tape(fn, component)
+
+
 class GradientObjective:
     """Maximise ``||grad f||_p`` (``component`` None) or ``|df/dx_j|`` (``component`` j)."""
 
-    def __init__(self, fn: RecordFunction, norm: float = 2.0, component: int | None = None):
-        grad = list(fn.gradient().values())
-        hess = [list(r) for r in fn.hessian().tolist()]
+    def __init__(self, fn: RecordFunction, norm: float = 2.0, component: int | None = None, tape_derivatives: bool = True):
         self.norm = norm
         self.component = component
+        built = _derivative_tape(fn, component) if tape_derivatives else None
+        if built is not None:
+            from opendp_hybridad.analysis.derivatives import FloatTape
+
+            self.enc = _Enclosure(fn, [], [], built=built)
+            self._g = FloatTape(built[0], built[1])
+            return
+        grad = list(fn.gradient().values())
+        hess = [list(r) for r in fn.hessian().tolist()]
         if component is None:
             self.enc = _Enclosure(fn, grad, hess)
         else:
