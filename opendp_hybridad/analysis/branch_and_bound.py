@@ -32,6 +32,12 @@ from opendp_hybridad.errors import SoundnessError, UnboundedError
 _MIN_RELATIVE_WIDTH = 2.0**-40
 
 
+#: the share of a time budget kept for the witness polish (the refinement stops before it)
+POLISH_SHARE = 0.05
+#: the polish always gets this long (a witness close to the supremum is what a converged check measures)
+POLISH_MIN_SECONDS = 0.02
+
+
 @dataclass
 class BoxBounds:
     upper: np.ndarray          # (boxes,) proven upper bound of the objective on each box
@@ -75,7 +81,7 @@ def centres(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def _polish(objective: Objective, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-            iterations: int = 400) -> tuple[np.ndarray, float]:
+            iterations: int = 400, deadline: float = np.inf) -> tuple[np.ndarray, float]:
     """Compass search from ``x0`` inside the box: a better witness, never part of a bound.
 
     Each iteration evaluates the ``2n`` points ``x +- step_i e_i`` (clipped to the box) in one
@@ -99,7 +105,7 @@ def _polish(objective: Objective, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray
     x = np.clip(x0, lo, hi)
     best = float(values(x[None, :])[0])
     for _ in range(iterations):
-        if not np.any(step > floor):
+        if not np.any(step > floor) or time.perf_counter() > deadline:
             break
         with np.errstate(all="ignore"):
             candidates = np.clip(np.vstack([x + eye * step, x - eye * step]), lo, hi)
@@ -130,8 +136,13 @@ def maximize(
     Refines until ``upper - witness <= max(tolerance * |witness|, atol)`` or the
     time budget or box budget runs out. Raises :class:`UnboundedError` when some
     part of the box cannot be enclosed even after subdivision.
+
+    The time budget covers the whole call: refinement stops at ``1 - POLISH_SHARE`` of it (each batch
+    sized from the measured cost per box so that it ends by then), and the witness polish gets the rest.
     """
     start = time.perf_counter()
+    deadline = start + time_budget
+    refine_until = start + (1.0 - POLISH_SHARE) * time_budget
     lo = np.asarray(lo, dtype=float)
     hi = np.asarray(hi, dtype=float)
     root_width = hi - lo
@@ -203,6 +214,7 @@ def maximize(
 
     push(lo[None, :], hi[None, :])
     evaluated = 1
+    per_box = 0.0
     converged = False
     while heap:
         top = -heap[0][0]
@@ -211,11 +223,16 @@ def maximize(
         if np.isfinite(upper) and upper - best_value <= max(tolerance * abs(best_value), atol):
             converged = True
             break
-        if time.perf_counter() - start > time_budget or evaluated > max_boxes:
+        now = time.perf_counter()
+        if now > refine_until or evaluated > max_boxes:
             break
+        # larger batches amortise numpy's per-call cost once the partition is big; none runs past the
+        # refinement's end (at the cost per box measured so far; two children per split box)
+        size = min(max(batch, len(heap) // 16, 1), 512, len(heap))
+        if per_box > 0:
+            size = max(1, min(size, int((refine_until - now) / (2 * per_box))))
         child_lo, child_hi = [], []
-        # larger batches amortise numpy's per-call cost once the partition is big
-        for _ in range(min(max(batch, len(heap) // 16, 1), 512, len(heap))):
+        for _ in range(size):
             neg_ub, _, blo, bhi, bad, score = heapq.heappop(heap)
             rel = np.where(splittable, (bhi - blo) / np.where(splittable, root_width, 1.0), 0.0)
             if not np.any(rel > _MIN_RELATIVE_WIDTH):
@@ -233,8 +250,10 @@ def maximize(
             child_lo += [blo, right_lo]
             child_hi += [left_hi, bhi]
         if child_lo:
+            t_push = time.perf_counter()
             push(np.array(child_lo), np.array(child_hi))
             evaluated += len(child_lo)
+            per_box = (time.perf_counter() - t_push) / len(child_lo)
 
     upper = max([-h[0] for h in heap[:1]] + [u for u, _ in leaves] + [-np.inf])
     if not np.isfinite(upper):
@@ -244,7 +263,7 @@ def maximize(
         raise objective.explain(-1)
 
     if polish and np.isfinite(best_value):
-        x, v = _polish(objective, best_point, lo, hi)
+        x, v = _polish(objective, best_point, lo, hi, deadline=max(deadline, time.perf_counter() + POLISH_MIN_SECONDS))
         if proven:  # a float gain elsewhere: prove it (a float value is never kept as the witness)
             moved = np.isfinite(v) and v > best_value and not np.array_equal(x, best_point)
             v = float(objective.lower_bound(x[None, :])[0]) if moved else -np.inf
