@@ -183,8 +183,9 @@ def mul_up(a: float, b: float) -> float:
 
     The float product ``p`` is returned when it is not below the real one, else the next float
     above. The comparison: :func:`_product_error_sign` (TwoProduct, no rational built) wherever
-    ``|p| >= 2^-1021``; exact rationals below that (underflow). Identical results to the exact
-    comparison (tested against :class:`fractions.Fraction`). An overflowing product is IEEE's
+    ``|p| >= 2^-1021`` and both operands are floats; exact rationals otherwise (underflow, or an
+    int operand whose value may not be a float). Identical results to the exact comparison
+    (tested against :class:`fractions.Fraction`). An overflowing product is IEEE's
     ``+-inf`` (callers bound non-negative quantities; ``-inf`` is no upper bound).
     """
     if a == 0 or b == 0:
@@ -192,7 +193,8 @@ def mul_up(a: float, b: float) -> float:
     p = a * b
     if not math.isfinite(p):
         return p
-    sign = _product_error_sign(a, b, p)
+    # floats only: an int (or other number) is compared exactly, as its value may not be a float
+    sign = _product_error_sign(a, b, p) if isinstance(a, float) and isinstance(b, float) else None
     if sign is None:
         return p if Fraction(p) >= _exact(a) * _exact(b) else up(p)
     return p if sign <= 0 else up(p)
@@ -246,7 +248,7 @@ def div_up(a: float, b: float) -> float:
         return q
     if a == 0:
         return q
-    sign = _quotient_error_sign(a, b, q)
+    sign = _quotient_error_sign(a, b, q) if isinstance(a, float) and isinstance(b, float) else None
     if sign is None:
         return q if Fraction(q) >= _exact(a) / _exact(b) else up(q)
     return q if sign <= 0 else up(q)
@@ -288,7 +290,7 @@ def sqrt_up(x: float) -> float:
     r = math.sqrt(x)
     if not math.isfinite(r) or x == 0:
         return r
-    sign = _square_excess_sign(x, r)
+    sign = _square_excess_sign(x, r) if isinstance(x, float) else None
     if sign is None:
         return r if Fraction(r) ** 2 >= _exact(x) else up(r)
     return r if sign >= 0 else up(r)
@@ -301,7 +303,7 @@ def sqrt_down(x: float) -> float:
     r = math.sqrt(x)
     if not math.isfinite(r) or x == 0:
         return r
-    sign = _square_excess_sign(x, r)
+    sign = _square_excess_sign(x, r) if isinstance(x, float) else None
     if sign is None:
         return r if Fraction(r) ** 2 <= _exact(x) else down(r)
     return r if sign <= 0 else down(r)

@@ -185,3 +185,13 @@ def test_the_cached_counts_are_the_uncached_values():
         value = rd.underflow_allowance(entries, terms)
         assert Fraction(value) >= Fraction(terms) * Fraction(TINY) * (Fraction(root) if root else Fraction(math.sqrt(entries)))
         assert value == rd.underflow_allowance.__wrapped__(entries, terms)
+
+
+def test_int_operands_whose_value_is_not_a_float_are_compared_exactly():
+    """``2^60 + 1`` becomes ``2^60`` as a float: the float-only path would miss the ``+3`` of the product."""
+    big = 2**60 + 1
+    assert rd.mul_up(big, 3.0) == rd.round_up(Fraction(big) * 3) > float(big) * 3.0
+    assert rd.mul_down(-big, 3.0) == rd.round_down(Fraction(-big) * 3)
+    assert rd.div_up(big, 1.0) == rd.round_up(Fraction(big)) > float(big)
+    assert Fraction(rd.sqrt_up(2**106 + 1)) ** 2 >= 2**106 + 1
+    assert Fraction(rd.sqrt_down(2**106 - 1)) ** 2 <= 2**106 - 1
