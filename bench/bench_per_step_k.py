@@ -12,7 +12,10 @@ cached by scale); and a non-private loop over the same number of batches of the 
 (``gradient_sum`` and the update in numpy). Reported: seconds per step (min and median over the
 rounds, interleaved after one warm-up), the ratio of medians to the non-private loop, and how many
 noise tables each per-step run built (each is an exact 128-bit alias table, built once per scale
-and process: the warm-up run fills the cache, so timed runs show the steady state).
+and process: the warm-up run fills the cache, so timed runs show the steady state). Also recorded
+(and shown when the JSON has them): per-step K's median over global K's, and how many times each
+per-step run computed the certified chain bound (the plan's global bound once, then each step whose
+rounded weight norms left their slots; the other steps read the cache).
 """
 
 from __future__ import annotations
@@ -37,12 +40,22 @@ def _measure(batch: int, x: np.ndarray, y: np.ndarray, args) -> dict:
                             clip=3.0, granularity=granularity) for name, granularity in (("global K", "global"), ("per-step K", "step"))}
     steps = trainers["global K"].plan(N).steps
     builds: list[int] = []
+    recomputations: list[int] = []
+    chain = model._seq._bound_from_norms  # counted: one call per recomputation of the chain bound (a cache miss)
+    calls = [0]
+
+    def counted(norms):
+        calls[0] += 1
+        return chain(norms)
+
+    model._seq._bound_from_norms = counted
 
     def fit(name: str, trainer: DPSGD) -> None:
-        before = noise_module._table.cache_info().misses
+        before, before_calls = noise_module._table.cache_info().misses, calls[0]
         trainer.fit(x, y, seed=1)
         if name == "per-step K":
             builds.append(noise_module._table.cache_info().misses - before)
+            recomputations.append(calls[0] - before_calls)
 
     def non_private() -> None:
         params = model.init(np.random.default_rng(1))
@@ -58,8 +71,14 @@ def _measure(batch: int, x: np.ndarray, y: np.ndarray, args) -> dict:
     for name, r in v.items():
         print(f"batch {batch:>4d} {name:<24s} min {r['min_s'] * 1e3:7.3f} median {r['median_s'] * 1e3:7.3f} ms/step  "
               f"ratio {r['ratio_of_medians']:.2f}")
+    over_global = v["per-step K"]["median_s"] / v["global K"]["median_s"]
     print(f"    noise tables built by per-step runs (warm-up first): {builds}")
-    return {"batch": batch, "steps": steps, "variants": v, "tables_built_per_run": builds, "load_after": bench_machine.load()}
+    print(f"    chain bounds computed by per-step runs (warm-up first; the plan's global one included): {recomputations}, "
+          f"{steps} steps each")
+    print(f"    per-step K over global K (ratio of medians): {over_global:.2f}")
+    return {"batch": batch, "steps": steps, "variants": v, "tables_built_per_run": builds,
+            "chain_recomputations_per_run": recomputations, "per_step_over_global": over_global,
+            "load_after": bench_machine.load()}
 
 
 def run(args) -> dict:
@@ -88,6 +107,11 @@ def markdown(results: dict) -> str:
     for run in results["runs"]:
         lines.append(f"- batch {run['batch']}: noise tables built by the per-step runs, warm-up first: "
                      f"{', '.join(map(str, run['tables_built_per_run']))}.")
+        if "chain_recomputations_per_run" in run:  # recorded since the float-only rounding (older JSON: not shown)
+            lines.append(f"- batch {run['batch']}: per-step K over global K (ratio of medians) "
+                         f"{run['per_step_over_global']:.2f}; chain bounds computed by the per-step runs (the plan's global "
+                         f"one included), warm-up first: {', '.join(map(str, run['chain_recomputations_per_run']))} "
+                         f"(of {run['steps']} steps).")
     return "\n".join(lines) + "\n"
 
 
