@@ -61,13 +61,13 @@ class _Enclosure:
     """
 
     def __init__(self, fn: RecordFunction, outputs: list[sympy.Expr], rows: list[list[sympy.Expr]],
-                 built: tuple[Tape, list[int], list[list[int | None]]] | None = None):
+                 built: tuple[Tape, list[int], list[list[int | None]]] | None = None, rewrite: bool = True):
         self.fn = fn
         self.n = len(fn.names)
         if built is not None:  # the outputs and their derivatives already on a tape (:mod:`.derivatives`)
             self.tape, self.y, self.d = built
         else:
-            self.tape = Tape(list(fn.symbols))
+            self.tape = Tape(list(fn.symbols), rewrite=rewrite)
             self.y = [self.tape.add_output(e) for e in outputs]
             self.d = []
             for row in rows:
@@ -165,10 +165,10 @@ def _columns(points: np.ndarray) -> list[np.ndarray]:
 class RangeObjective:
     """Maximise ``sign * f``."""
 
-    def __init__(self, fn: RecordFunction, sign: float):
+    def __init__(self, fn: RecordFunction, sign: float, rewrite: bool = True):
         grad = list(fn.gradient().values())
         self.sign = sign
-        self.enc = _Enclosure(fn, [fn.expr], [grad])
+        self.enc = _Enclosure(fn, [fn.expr], [grad], rewrite=rewrite)
         self._f = numpy_callable([fn.expr], list(fn.symbols))
 
     def enclose(self, lo: np.ndarray, hi: np.ndarray) -> BoxBounds:
@@ -214,9 +214,11 @@ def _derivative_tape(fn: RecordFunction, component: int | None):
 class GradientObjective:
     """Maximise ``||grad f||_p`` (``component`` None) or ``|df/dx_j|`` (``component`` j)."""
 
-    def __init__(self, fn: RecordFunction, norm: float = 2.0, component: int | None = None, tape_derivatives: bool = True):
+    def __init__(self, fn: RecordFunction, norm: float = 2.0, component: int | None = None, tape_derivatives: bool = True,
+                 rewrite: bool = True):
         self.norm = norm
         self.component = component
+        self.rewrite = rewrite
         built = _derivative_tape(fn, component) if tape_derivatives else None
         if built is not None:
             from opendp_hybridad.analysis.derivatives import FloatTape
@@ -227,9 +229,9 @@ class GradientObjective:
         grad = list(fn.gradient().values())
         hess = [list(r) for r in fn.hessian().tolist()]
         if component is None:
-            self.enc = _Enclosure(fn, grad, hess)
+            self.enc = _Enclosure(fn, grad, hess, rewrite=rewrite)
         else:
-            self.enc = _Enclosure(fn, [grad[component]], [hess[component]])
+            self.enc = _Enclosure(fn, [grad[component]], [hess[component]], rewrite=rewrite)
         self._g = numpy_callable(grad if component is None else [grad[component]], list(fn.symbols))
 
     def enclose(self, lo: np.ndarray, hi: np.ndarray) -> BoxBounds:
@@ -397,8 +399,10 @@ def certify_range(fn: RecordFunction, tolerance: float = 1e-3, time_budget: floa
     """Certified ``[min f, max f]`` over the box (each end proven; witnesses at the extremes found)."""
     lo, hi = _box_arrays(fn)
     atol = 1e-12
-    top = maximize(RangeObjective(fn, +1.0), lo, hi, tolerance=tolerance, atol=atol, time_budget=time_budget / 2)
-    bottom = maximize(RangeObjective(fn, -1.0), lo, hi, tolerance=tolerance, atol=atol, time_budget=time_budget / 2)
+    top = _with_plain_fallback(lambda rewrite: RangeObjective(fn, +1.0, rewrite=rewrite), lo, hi, tolerance=tolerance,
+                               atol=atol, time_budget=time_budget / 2)
+    bottom = _with_plain_fallback(lambda rewrite: RangeObjective(fn, -1.0, rewrite=rewrite), lo, hi, tolerance=tolerance,
+                                  atol=atol, time_budget=time_budget / 2)
     return RangeCertificate(
         lower=-bottom.upper,
         upper=top.upper,
@@ -500,10 +504,23 @@ def _infinite_slope(fn: RecordFunction, err: UnboundedError) -> UnboundedError |
     return None
 
 
+def _with_plain_fallback(make, lo: np.ndarray, hi: np.ndarray, **kwargs) -> MaxResult:
+    """``maximize(make(rewrite=True))``, and where that cannot enclose (an ``exp(v - w)`` of the tape's
+    softmax rewrite overflowing where ``exp(v)`` does not), the same on the plain tape: a rewrite may
+    tighten a certificate, never refuse one the plain tape gives."""
+    try:
+        return maximize(make(True), lo, hi, **kwargs)
+    except UnboundedError:
+        return maximize(make(False), lo, hi, **kwargs)
+
+
 def _maximize_gradient(fn: RecordFunction, objective: GradientObjective, **kwargs) -> MaxResult:
     lo, hi = _box_arrays(fn)
     try:
-        return maximize(objective, lo, hi, **kwargs)
+        if not objective.rewrite:
+            return maximize(objective, lo, hi, **kwargs)
+        return _with_plain_fallback(lambda rewrite: objective if rewrite else GradientObjective(
+            fn, objective.norm, objective.component, rewrite=False), lo, hi, **kwargs)
     except UnboundedError as err:
         better = _infinite_slope(fn, err)
         if better is None:

@@ -278,9 +278,12 @@ def _coeff_and_rest(t: sympy.Expr) -> tuple[sympy.Expr, sympy.Expr]:
 class Tape:
     """Lowers sympy expressions over ``variables`` into a shared list of :class:`Node` s."""
 
-    def __init__(self, variables: list[sympy.Symbol], rewrite: bool = True):
+    def __init__(self, variables: list[sympy.Symbol], rewrite: bool = False):
         self.variables = list(variables)
-        #: the enclosure-tightening identities (:func:`exp_ratio_form`, :func:`_logistic_pairs`)
+        #: the enclosure-tightening identities (:func:`exp_ratio_form`, :func:`_logistic_pairs`). Off by
+        #: default: ``exp(v - w)`` can overflow where ``exp(v)`` and ``exp(w)`` do not (``y - x = 800``
+        #: with ``y = 700``), so a rewritten tape may fail to enclose where the plain one succeeds; the
+        #: certificates' objectives use it and fall back to the plain tape on such a failure
         self.rewrite = rewrite
         self.nodes: list[Node] = []
         self._memo: dict[Any, int] = {}

@@ -159,7 +159,10 @@ def certify_affine(g: AffineGradient, lo: np.ndarray, hi: np.ndarray, norm: floa
             if best is None or value > best[0]:
                 best = (value, point)
         assert best is not None
-        return VertexResult(round_up(best[0]), best[1], round_down(best[0]), 2 * len(rows))
+        upper = round_up(best[0])
+        if not math.isfinite(upper):  # beyond the float range: no finite certificate (the general path says why)
+            return None
+        return VertexResult(upper, best[1], round_down(best[0]), 2 * len(rows))
     # the sides on which the gradient depends (a zero column of A: that field does not move it)
     sides = [k for k in range(n) if hi[k] > lo[k] and any(g.A[j][k] != 0 for j in rows)]
     if len(sides) > MAX_VERTEX_SIDES:

@@ -139,6 +139,20 @@ def test_wide_quadratic_falls_back_and_stays_sound():
     assert res is not None and res.upper == 8.0
 
 
+def test_a_gradient_beyond_the_float_range_is_refused_not_infinite():
+    # 1e300 x y on this box: df/dx = 1e300 y = 1e600 (audit attack_certificates.py case 64: K_inf was inf)
+    schema = hd.Schema(x=(1e-300, 2e-300), y=(1e300, 1e300))
+    x, y = schema.symbols()
+    fn = schema.function(1e300 * x * y)
+    g = vertex.affine_gradient(fn)
+    lo, hi = np.array([1e-300, 1e300]), np.array([2e-300, 1e300])
+    assert vertex.certify_affine(g, lo, hi, math.inf) is None
+    assert vertex.certify_affine(g, lo, hi, math.inf, component=0) is None
+    assert vertex.certify_affine(g, lo, hi, 2.0) is None
+    with pytest.raises(hd.UnboundedError):
+        fn.lipschitz(norm=math.inf, time_budget=0.2)
+
+
 def test_suite_quadratic_form_is_exact():
     import os
     import sys
