@@ -107,10 +107,34 @@ def _check_metric(input_metric: Any, id_column: str | None) -> None:
         raise
 
 
+# the filter of each kind of frame domain, by the domain's class name (imported when a filter is built):
+# a new engine is a filter module plus a line here
+FILTERS = {
+    "FrameDomain": "opendp_hybridad.individual.filter:IndividualFilter",
+    "DaskFrameDomain": "opendp_hybridad.individual.dask_filter:DaskIndividualFilter",
+}
+
+
+def filter_for(domain: Any) -> type[IndividualFilter]:
+    """The filter class for a frame domain: pandas and polars frames, or Dask frames (``make_dask_frame_domain``)."""
+    import importlib
+
+    path = FILTERS.get(type(domain).__name__)
+    if path is None:
+        raise DeclarationError(f"no individual filter for a {type(domain).__name__}")
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def make_individual_filter(input_domain: Any, input_metric: Any, *, budget: float, kind: str = "renyi",
                            alpha: float | None = None, ledger: str = ":memory:", id_column: str | None = None,
                            max_rows: int = 1024):
-    """Measurement: frame -> queryable of noisy sums with per-individual accounting (see module docstring)."""
+    """Measurement: frame -> queryable of noisy sums with per-individual accounting (see module docstring).
+
+    ``input_domain`` from ``make_frame_domain`` (pandas or polars frames) or from
+    ``make_dask_frame_domain`` (Dask frames: the filter is
+    :class:`~opendp_hybridad.individual.dask_filter.DaskIndividualFilter`, same guarantee and charges).
+    """
     import opendp.prelude as dp
 
     # make_user_measurement needs both, new_queryable and the Gaussian noise contrib: asked before any work
@@ -150,9 +174,11 @@ def make_individual_filter(input_domain: Any, input_metric: Any, *, budget: floa
     else:
         raise DeclarationError("kind must be 'renyi' or 'gdp'")
 
+    filter_class = filter_for(domain)
+
     def open_filter(frame: Any) -> Any:
-        flt = IndividualFilter(frame, domain, budget=budget, kind=kind, alpha=alpha, ledger=ledger,
-                               id_column=id_column, max_rows=max_rows)
+        flt = filter_class(frame, domain, budget=budget, kind=kind, alpha=alpha, ledger=ledger,
+                           id_column=id_column, max_rows=max_rows)
 
         def transition(query: Any, _is_internal: bool) -> Any:
             if not isinstance(query, IndividualQuery):

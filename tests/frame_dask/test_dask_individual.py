@@ -318,3 +318,30 @@ def test_ids_are_hashed_once_at_set_up_not_at_each_query(client, monkeypatch):
         flt.exact_sum_vector([XY], 30.0)
         flt.exact_sum_vector([Z], 30.0)
     assert hashed == 3 and len(calls) == 3  # one call per partition, at set-up only
+
+
+def test_make_individual_filter_over_a_dask_domain_charges_as_the_pandas_measurement(client, tmp_path):
+    import opendp.prelude as dp
+
+    from opendp_hybridad.frame import make_frame_domain
+    from opendp_hybridad.frame.dask_engine import make_dask_frame_domain
+    from opendp_hybridad.individual.ledger import LedgerParameters, PrivacyLedger
+    from opendp_hybridad.individual.measurement import IndividualQuery, individual_distance, make_individual_filter
+
+    dp.enable_features("contrib", "honest-but-curious")
+    frame = _records()
+    spent = []
+    for name, domain, data in (("pandas", make_frame_domain(SCHEMA, size_limit=1000), frame),
+                               ("dask", make_dask_frame_domain(SCHEMA, size_limit=1000), _uneven(frame, [100, 300]))):
+        path = str(tmp_path / f"{name}.sqlite")
+        meas = make_individual_filter(domain, individual_distance("person"), kind="renyi", alpha=4.0, budget=3.0,
+                                      ledger=path, id_column="person", max_rows=7)
+        assert meas.map(1)(4.0) == 3.0
+        queryable = meas(data)
+        for functions, scale in (([XY], 10.0), ([XY, Z], 8.0)):
+            assert np.isfinite(queryable(IndividualQuery(tuple(functions), noise_scale=scale))).all()
+        ledger = PrivacyLedger.open(path, LedgerParameters("renyi", 3.0, 4.0))
+        spent.append(np.sort(ledger.spent()))
+        ledger.close()
+    np.testing.assert_array_equal(spent[0], spent[1])
+    assert spent[0].max() > 0
