@@ -1,6 +1,6 @@
 """Adversarial audit of per-step K with float-only outward rounding (rounding.py: TwoProduct instead of Fraction).
 
-Run: ``python bench/audits/attack_per_step_k.py [--quick]`` (about two minutes; ``--quick`` about 30 s).
+Run: ``python bench/audits/attack_per_step_k.py [--quick]`` (about 15 s on an idle core; ``--quick`` about 5 s).
 Exits 1 on a violation, 0 when none is found.
 
 The claim under attack: ``mul_up``/``mul_down``, ``div_up``/``div_down`` and ``sqrt_up``/``sqrt_down``
