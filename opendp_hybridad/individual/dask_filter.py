@@ -76,8 +76,13 @@ path's :class:`~opendp_hybridad.errors.SchemaMismatchError`; no member raises, s
 dataset raises where its neighbour (one individual added or removed) would not, except
 through the size limit, as in the pandas path. A frame whose partitions change between
 passes (a non-deterministic graph) is refused with ``SchemaMismatchError`` before any
-charge: every pass returns a digest of each partition's counted rows (typed id keys in
-order), which must match the set-up's, and each bucket's people must be the set-up's.
+charge: every pass returns, per partition, its row count, kept count and a SHA-256 digest of
+its counted rows (the kept rows' kernel inputs and the named rows' typed id keys in order, or
+the kept positions; every part length-prefixed, so the byte stream is injective), which must
+equal the set-up's; each query's read must also be the read its persisted hashes came from
+(hashes recomputed after a lost worker come from a re-read); without an id column, the
+lengths that placed the positions must be the hash pass's; and each bucket's people must be
+the set-up's. So the filter's theorem, which assumes one dataset, applies to what is charged.
 
 **Cost.** Per query, one read of the partitions; the pieces hold 8 (1 + k) bytes per named
 row on the workers (k functions) until their bucket is summed; the persisted hashes hold 8
@@ -106,27 +111,38 @@ MAX_BUCKETS = 64  # pieces per partition: the graph has partitions * buckets edg
 _POSITION_BITS = 40  # a row's global first position: partition index << 40 | position among its named rows
 
 
-def _row_digest(partition: pd.DataFrame, kept: np.ndarray, id_column: str | None) -> str:
-    """SHA-256 of the partition's counted rows as the filter sees them: each named row's typed id key
-    (``ids.py``) in order, or the kept positions without an id column. Every pass returns it, so a
-    graph that gives other rows, or the same rows in another order, at a later pass is refused
-    before any charge (an adversarial review reordered rows between passes: a count check alone
-    let values be charged to other people)."""
+def _row_digest(partition: pd.DataFrame, kept: np.ndarray, columns: list[np.ndarray], id_column: str | None) -> str:
+    """SHA-256 of the partition's counted rows as the filter sees them: the kept rows' kernel inputs
+    (``columns``, schema order) and each named row's typed id key (``ids.py``) in order, or the kept
+    positions without an id column; every part length-prefixed, so two different row sets never give
+    one byte stream. Every pass returns it, so a graph that gives other rows, other values, or the
+    same rows in another order at a later pass is refused before any charge (adversarial reviews
+    reordered rows between passes, changed values under the same ids, and joined keys containing
+    NUL into one stream: each let a value be charged to another person or to nobody)."""
     import hashlib
 
     from opendp_hybridad.individual.ids import id_keys
 
     digest = hashlib.sha256()
+
+    def part(data: bytes) -> None:
+        digest.update(len(data).to_bytes(8, "little") + data)
+
+    for column in columns:
+        part(np.ascontiguousarray(column, dtype=np.float64).tobytes())
     if id_column is None:
-        digest.update(np.flatnonzero(kept).astype(np.int64).tobytes())
+        part(np.flatnonzero(kept).astype(np.int64).tobytes())
         return digest.hexdigest()
     ids, _ = named_ids(partition, id_column, kept)
     values = np.asarray(ids.to_numpy()) if not isinstance(ids.dtype, pd.CategoricalDtype) else None
     if values is not None and values.dtype.kind in "iufbMm":  # fixed-width values: their bytes say which and in what order
-        digest.update(values.dtype.str.encode() + b"\0" + np.ascontiguousarray(values).tobytes())
+        part(values.dtype.str.encode())
+        part(np.ascontiguousarray(values).tobytes())
         return digest.hexdigest()
-    for key in id_keys(pd.Series(np.asarray(ids.astype(object)), dtype=object)):
-        digest.update(key.encode("utf-8", "surrogatepass") + b"\0")
+    keys = id_keys(pd.Series(np.asarray(ids.astype(object)), dtype=object))
+    part(str(len(keys)).encode())
+    for key in keys:
+        part(key.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
 
@@ -152,8 +168,8 @@ class _HashPass:
         self.domain, self.id_column, self.hasher = domain, id_column, hasher
 
     def __call__(self, partition: pd.DataFrame, offset: int) -> tuple[tuple[int, int, str], np.ndarray]:
-        _, kept = counted_inputs(partition, self.domain)
-        digest = _row_digest(partition, kept, self.id_column)
+        columns, kept = counted_inputs(partition, self.domain)
+        digest = _row_digest(partition, kept, columns, self.id_column)
         if self.id_column is None:  # the pandas path's ids: positions in the whole frame
             ids = pd.Series(offset + np.flatnonzero(kept).astype(np.int64))
         else:
@@ -199,16 +215,16 @@ class _ValuesPass:
 
     def __call__(self, partition: pd.DataFrame, loaded: tuple[Any, np.ndarray]) -> tuple[Any, ...]:
         columns, kept = counted_inputs(partition, self.domain)
-        digest = _row_digest(partition, kept, self.id_column)
-        meta = (len(partition), int(kept.sum()), digest)
+        meta = (len(partition), int(kept.sum()), _row_digest(partition, kept, columns, self.id_column))
+        if meta != loaded[0]:  # not the read the persisted hashes came from (e.g. recomputed after a worker was lost)
+            return ((*meta, "hashes of another read"),
+                    *_split(self.buckets, np.zeros(0, dtype=np.uint64), np.zeros((0, len(self.kernels)))))
         if self.id_column is not None:
             _, named = named_ids(partition, self.id_column, kept)
             if not named.all():
                 columns = [c[named] for c in columns]
         hashes = loaded[1]
-        rows = len(columns[0]) if columns else int(kept.sum())
-        if rows != hashes.size:  # another dataset than the set-up's: the digest differs too; the driver refuses
-            return (meta, *_split(self.buckets, np.zeros(0, dtype=np.uint64), np.zeros((0, len(self.kernels)))))
+        rows = hashes.size  # the same read as the hashes' (checked above): one hash per named row
         values = np.zeros((rows, len(self.kernels)))
         with np.errstate(all="ignore"):
             for j, (kernel, (lower, upper)) in enumerate(zip(self.kernels, self.bounds, strict=True)):
@@ -272,7 +288,7 @@ class DaskIndividualFilter(IndividualFilter):
         self._columns = None
         parts = self._frame.to_delayed()
         self._buckets = max(1, min(len(parts), MAX_BUCKETS))
-        offsets = [0] * len(parts)
+        offsets, lengths = [0] * len(parts), ()
         if id_column is None:  # ids are positions in the whole frame: each partition's first row's position first
             lengths = dask.compute(*[dask.delayed(len)(p) for p in parts])
             offsets = np.cumsum([0, *lengths[:-1]], dtype=np.int64).tolist()
@@ -284,7 +300,9 @@ class DaskIndividualFilter(IndividualFilter):
         metas, people = dask.compute([dask.delayed(_meta_of)(x) for x in self._loaded],
                                      [dask.delayed(_people)(*(p[b] for p in pieces)) for b in range(self._buckets)])
         self._check_counts(metas)
-        self._layout = [m[2] for m in metas]  # each partition's counted rows (digest), checked at every pass
+        if id_column is None and [m[0] for m in metas] != list(lengths):  # positions from another read's lengths
+            raise SchemaMismatchError("the frame's partitions changed between passes: the filter needs one dataset")
+        self._layout = list(metas)  # each partition's rows, kept rows and digest of its counted rows, checked at every pass
         hashes = np.concatenate([np.zeros(0, dtype=np.uint64), *(h for h, _ in people)])
         first = np.concatenate([np.zeros(0, dtype=np.int64), *(f for _, f in people)])
         order = np.argsort(first, kind="stable")  # people numbered by first appearance, as in the pandas path
@@ -323,7 +341,7 @@ class DaskIndividualFilter(IndividualFilter):
         metas, per_bucket = dask.compute([o[0] for o in outputs],
                                          [dask.delayed(combine)(*(o[1 + b] for o in outputs)) for b in range(buckets)])
         self._check_counts(metas)
-        if [m[2] for m in metas] != self._layout:
+        if list(metas) != self._layout:  # every partition: the same rows, kept rows, values and ids as at set-up
             raise SchemaMismatchError("the frame's partitions changed between passes: the filter needs one dataset")
         sums = np.zeros((self._m, k))
         for (people, bucket_sums), known, numbers in zip(per_bucket, self._bucket_people, self._bucket_numbers,

@@ -53,6 +53,8 @@ from opendp_hybridad.symbolic.function import RecordFunction
 from opendp_hybridad.symbolic.schema import Schema
 
 #: why the filter accepts only adding or removing one individual
+MAX_ROWS_LIMIT = 2**32  # rows counted per person: gamma(max_rows) and the per-person counters stay far in range
+
 REFUSAL = (
     "the individual filter accepts only adding or removing one individual (symmetric distance), not {name}: "
     "under {name} the person is in both neighbouring datasets with different data, so their admission, which "
@@ -103,8 +105,8 @@ class IndividualFilter:
             raise DeclarationError("the Renyi filter needs a finite order alpha > 1")
         if not (isinstance(budget, (int, float)) and budget > 0 and math.isfinite(budget)):
             raise DeclarationError("the per-individual budget must be a positive finite number")
-        if not (isinstance(max_rows, (int, np.integer)) and max_rows >= 1):
-            raise DeclarationError("max_rows must be a positive whole number")
+        if not (isinstance(max_rows, (int, np.integer)) and 1 <= max_rows <= MAX_ROWS_LIMIT):
+            raise DeclarationError(f"max_rows must be a whole number from 1 to {MAX_ROWS_LIMIT}")
         domain = FrameDomain(schema) if isinstance(schema, Schema) else as_frame_domain(schema)
         if size_limit is not None:
             domain = FrameDomain(domain.schema, size_limit)
@@ -148,8 +150,8 @@ class IndividualFilter:
         codes, hashes = pd.factorize(self.ledger.hash_ids(ids), sort=False)
         codes, hashes = codes.astype(np.intp), np.asarray(hashes, dtype=np.uint64)
         first = None
-        if id_column is not None and codes.size:
-            first = _charges.first_rows(codes, int(hashes.size), max_rows)
+        if codes.size:  # without an id column too: two positions whose hashes collide are one person, cut to 1 row
+            first = _charges.first_rows(codes, int(hashes.size), self._max_rows)
             if first.all():
                 first = None
             else:

@@ -345,3 +345,104 @@ def test_make_individual_filter_over_a_dask_domain_charges_as_the_pandas_measure
         ledger.close()
     np.testing.assert_array_equal(spent[0], spent[1])
     assert spent[0].max() > 0
+
+
+# -- regressions from the second adversarial review (bench/audits/attack_dask_filter_v2.py) ---------------------------
+ONE = hd.Schema(x=(-5, 5))
+X = hd.RecordFunction("x", ONE)
+
+
+def _flaky(reads: dict, *by_read: pd.DataFrame):
+    """A delayed partition whose n-th read is ``by_read[min(n, len) - 1]``."""
+    import dask
+
+    def read() -> pd.DataFrame:
+        reads["n"] += 1
+        return by_read[min(reads["n"], len(by_read)) - 1]
+
+    return dask.delayed(read, pure=False)()
+
+
+def _refused_before_any_charge(flt: DaskIndividualFilter) -> None:
+    with pytest.raises(SchemaMismatchError, match="changed between passes"):
+        flt.exact_sum_vector([X], 1.0)
+    assert flt.ledger.summary()["queries"] == 0
+
+
+def test_values_that_change_under_the_same_ids_are_refused():
+    import dask
+
+    reads = {"n": 0}
+    first, later = pd.DataFrame({"x": [1.0, 0.0], "person": [1, 2]}), pd.DataFrame({"x": [5.0, 0.0], "person": [1, 2]})
+    with dask.config.set(scheduler="synchronous"):
+        frame = dd.from_delayed([_flaky(reads, first, later)], meta=first.iloc[:0], verify_meta=False)
+        _refused_before_any_charge(DaskIndividualFilter(frame, ONE, budget=100.0, alpha=2.0, id_column="person",
+                                                        size_limit=10))
+
+
+def test_ids_whose_keys_join_into_one_byte_stream_are_told_apart():
+    # "a\0s:b", "c" and "a", "b\0s:c": NUL-joined keys gave one digest, so the query's values went to the set-up's ids
+    import dask
+
+    reads = {"n": 0}
+    before = pd.DataFrame({"x": [5.0, 0.0], "person": ["a\0s:b", "c"]})
+    after = pd.DataFrame({"x": [5.0, 0.0], "person": ["a", "b\0s:c"]})
+    with dask.config.set(scheduler="synchronous", **{"dataframe.convert-string": False}):
+        frame = dd.from_delayed([_flaky(reads, before, after)], meta=before.iloc[:0], verify_meta=False)
+        _refused_before_any_charge(DaskIndividualFilter(frame, ONE, budget=100.0, alpha=2.0, id_column="person",
+                                                        size_limit=10))
+
+
+def test_positions_from_another_read_than_the_hashes_are_refused():
+    # no id column: the length pass saw 2 rows in partition 0, later reads 3, so positions overlapped
+    import dask
+
+    reads = {"n": 0}
+    two, three = pd.DataFrame({"x": [1.0, 2.0]}), pd.DataFrame({"x": [1.0, 2.0, 3.0]})
+    with dask.config.set(scheduler="synchronous"):
+        frame = dd.from_delayed([_flaky(reads, two, three), dask.delayed(lambda: pd.DataFrame({"x": [4.0, 5.0]}))()],
+                                meta=two.iloc[:0], verify_meta=False)
+        with pytest.raises(SchemaMismatchError, match="changed between passes"):
+            DaskIndividualFilter(frame, ONE, budget=100.0, alpha=2.0, size_limit=10)
+
+
+def test_persisted_hashes_recomputed_from_another_read_are_refused():
+    # a lost worker's persisted hashes are recomputed from a re-read with the rows swapped; the query's own read is
+    # the set-up's: pairing the two charged one person's value to another (simulated by re-persisting the hashes)
+    import dask
+
+    from opendp_hybridad.individual import dask_filter
+
+    reads = {"n": 0}
+    original = pd.DataFrame({"x": [5.0, 0.0], "person": [1, 2]})
+    swapped = pd.DataFrame({"x": [0.0, 5.0], "person": [2, 1]})
+    with dask.config.set(scheduler="synchronous"):
+        frame = dd.from_delayed([_flaky(reads, original, swapped, original)], meta=original.iloc[:0],
+                                verify_meta=False)
+        flt = DaskIndividualFilter(frame, ONE, budget=100.0, alpha=2.0, id_column="person", size_limit=10)
+        task = dask_filter._HashPass(flt._partition_domain, "person", flt.ledger.hasher())
+        flt._loaded = list(dask.persist(*[dask.delayed(task, pure=False)(p, 0) for p in flt._frame.to_delayed()]))
+        _refused_before_any_charge(flt)
+
+
+def test_without_an_id_column_colliding_positions_are_one_person_on_both_paths(monkeypatch):
+    # a 64-bit collision (forced here): rows with one hash are one person, cut to max_rows = 1, on pandas and Dask alike
+    import dask
+
+    from opendp_hybridad.individual.ledger import IdHasher
+
+    monkeypatch.setattr(IdHasher, "keys", lambda self, keys: np.zeros(len(keys), dtype=np.uint64))
+    frame = pd.DataFrame({"x": [1.0, 2.0, 4.0]})
+    reference = IndividualFilter(frame, ONE, budget=100.0, alpha=2.0, size_limit=10)
+    with dask.config.set(scheduler="synchronous"):
+        flt = DaskIndividualFilter(_uneven(frame, [2]), ONE, budget=100.0, alpha=2.0, size_limit=10)
+        _compare(reference, flt, [([X], 1.0)])
+    assert reference.exact_sum_vector([X], 1.0)[0] == 1.0  # the first row only
+
+
+def test_max_rows_beyond_the_limit_is_refused_at_declaration_whatever_the_data():
+    from opendp_hybridad.individual.filter import MAX_ROWS_LIMIT
+
+    for data in (pd.DataFrame({"x": [1.0], "person": [1]}), pd.DataFrame({"x": [], "person": []})):
+        with pytest.raises(DeclarationError, match="max_rows"):
+            IndividualFilter(data, ONE, budget=1.0, alpha=2.0, id_column="person", max_rows=MAX_ROWS_LIMIT + 1)
