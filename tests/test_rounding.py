@@ -258,3 +258,25 @@ def test_round_up_to_slots_is_the_formula_it_replaced():
             assert round_up_to_slots(float(value), slots) == old
     with pytest.raises(ValueError):
         round_up_to_slots(1.0, 3)
+
+
+def test_results_past_the_largest_float_stay_on_the_right_side():
+    # a per-step-K review noticed: a negative product, sum or quotient past -max rounded "up" to -inf, below the real
+    # result; the float above it is -max (and the float below a positive one past max is max)
+    import sys
+    from fractions import Fraction
+
+    from opendp_hybridad.analysis import rounding as r
+
+    big = sys.float_info.max
+    cases = [(r.mul_up, -big, 2.0, lambda a, b: a * b), (r.add_up, -big, -big, lambda a, b: a + b),
+             (r.div_up, -big, 0.5, lambda a, b: a / b), (r.sub_up, -big, big, lambda a, b: a - b)]
+    for op, a, b, exact in cases:
+        got = op(a, b)
+        assert got == -big and Fraction(got) >= exact(Fraction(a), Fraction(b))
+    downs = [(r.mul_down, big, 2.0, lambda a, b: a * b), (r.add_down, big, big, lambda a, b: a + b),
+             (r.div_down, big, 0.5, lambda a, b: a / b)]
+    for op, a, b, exact in downs:
+        got = op(a, b)
+        assert got == big and Fraction(got) <= exact(Fraction(a), Fraction(b))
+    assert r.mul_up(big, 2.0) == float("inf") and r.add_up(float("-inf"), 1.0) == float("-inf")  # unchanged

@@ -44,6 +44,7 @@ import numpy as np
 
 #: u for binary64 round-to-nearest: |fl(x) - x| <= u |x| for normal results
 UNIT_ROUNDOFF = 2.0**-53
+_MAX_FLOAT = 1.7976931348623157e308  # the largest finite float
 #: the smallest positive subnormal: the absolute error allowance of an underflowing result
 TINY = 2.0**-1074
 #: relative padding of library functions (exp, log, tanh, pow, ...): 2^-46 is 64 ulp,
@@ -86,7 +87,8 @@ def add_up(a: float, b: float, _finite=math.isfinite, _next=math.nextafter, _inf
     """``a + b`` rounded up (TwoSum tells whether the float sum fell short of the real one)."""
     s = a + b
     if not _finite(s):
-        return s
+        # a finite sum past -max rounds to -inf, which is below it: -max is the float above
+        return -_MAX_FLOAT if s == -_inf and _finite(a) and _finite(b) else s
     bb = s - a
     return _next(s, _inf) if (a - (s - bb)) + (b - bb) > 0 else s
 
@@ -186,13 +188,15 @@ def mul_up(a: float, b: float) -> float:
     ``|p| >= 2^-1021`` and both operands are floats; exact rationals otherwise (underflow, or an
     int operand whose value may not be a float). Identical results to the exact comparison
     (tested against :class:`fractions.Fraction`). An overflowing product is IEEE's
-    ``+-inf`` (callers bound non-negative quantities; ``-inf`` is no upper bound).
+    ``+inf``; a negative one past the largest float is ``-max`` (the float above it; IEEE's
+    ``-inf`` would be below the real product).
     """
     if a == 0 or b == 0:
         return 0.0
     p = a * b
     if not math.isfinite(p):
-        return p
+        # a finite product past -max rounds to -inf, which is below it: -max is the float above
+        return -_MAX_FLOAT if p == -math.inf and math.isfinite(a) and math.isfinite(b) else p
     # floats only: an int (or other number) is compared exactly, as its value may not be a float
     sign = _product_error_sign(a, b, p) if isinstance(a, float) and isinstance(b, float) else None
     if sign is None:
@@ -245,7 +249,8 @@ def div_up(a: float, b: float) -> float:
         raise ZeroDivisionError("div_up by zero")
     q = a / b
     if not math.isfinite(q) or not math.isfinite(b):
-        return q
+        # a finite quotient past -max rounds to -inf, which is below it: -max is the float above
+        return -_MAX_FLOAT if q == -math.inf and math.isfinite(a) and math.isfinite(b) else q
     if a == 0:
         return q
     sign = _quotient_error_sign(a, b, q) if isinstance(a, float) and isinstance(b, float) else None
