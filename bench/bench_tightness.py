@@ -29,10 +29,11 @@ from tightness_suite import CASES, function_of, true_lipschitz
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=os.path.dirname(__file__))
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=root)
+        # from the repository root: a pathspec is relative to the working directory (from bench/ it never matched)
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "opendp_hybridad/analysis"], capture_output=True,
-                               text=True, check=True, cwd=os.path.dirname(__file__)).stdout.strip()
+                               text=True, check=True, cwd=root).stdout.strip()
         return out.stdout.strip() + ("+analysis-edits" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

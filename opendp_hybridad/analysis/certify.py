@@ -508,9 +508,12 @@ def _with_plain_fallback(make, lo: np.ndarray, hi: np.ndarray, **kwargs) -> MaxR
     """``maximize(make(rewrite=True))``, and where that cannot enclose (an ``exp(v - w)`` of the tape's
     softmax rewrite overflowing where ``exp(v)`` does not), the same on the plain tape: a rewrite may
     tighten a certificate, never refuse one the plain tape gives."""
+    objective = make(True)
     try:
-        return maximize(make(True), lo, hi, **kwargs)
+        return maximize(objective, lo, hi, **kwargs)
     except UnboundedError:
+        if not objective.enc.tape.rewritten:  # the plain tape already: the same failure again
+            raise
         return maximize(make(False), lo, hi, **kwargs)
 
 

@@ -234,6 +234,8 @@ def _logistic_pairs(e: sympy.Add) -> list[sympy.Expr] | None:
     Terms are first put in :func:`exp_ratio_form` (so ``exp(x)/S`` and ``exp(2x)/S^2`` become ``P``
     and ``P^2`` of one ``P``).
     """
+    if _exp_sum(e):  # a sum of exponentials (a softmax denominator, lowered many times): nothing to pair
+        return None
     terms = []
     for t in e.args:
         r = exp_ratio_form(t)
@@ -285,6 +287,8 @@ class Tape:
         #: with ``y = 700``), so a rewritten tape may fail to enclose where the plain one succeeds; the
         #: certificates' objectives use it and fall back to the plain tape on such a failure
         self.rewrite = rewrite
+        #: how many sub-expressions a rewrite changed (0: the tape is the plain one)
+        self.rewritten = 0
         self.nodes: list[Node] = []
         self._memo: dict[Any, int] = {}
         self._index = {v: i for i, v in enumerate(self.variables)}
@@ -339,6 +343,7 @@ class Tape:
         if isinstance(e, sympy.Add):
             paired = _logistic_pairs(e) if self.rewrite else None
             if paired is not None:
+                self.rewritten += 1
                 return self._fold_terms(e, paired)
             return self._fold("add", e)
         if isinstance(e, sympy.Mul):
@@ -348,6 +353,7 @@ class Tape:
                 return self._emit(None, Node("neg", (self._lower(rest),), None, e))
             ratio = exp_ratio_form(e) if self.rewrite else None
             if ratio is not None:
+                self.rewritten += 1
                 return self._fold_factors(e, ratio)
             rewritten = _sigmoid_slopes(e)
             if rewritten is not None:

@@ -32,7 +32,7 @@ CASES = [
     X * sp.exp(Y) / (sp.Rational(1, 2) + sp.exp(Y) + sp.exp(Z)) + Z**2,
     sp.exp(X) / (1 + sp.exp(X) + sp.exp(Y)) - sp.exp(2 * X) / (1 + sp.exp(X) + sp.exp(Y)) ** 2 + X * Y,
     5 * X - 5 * X**2,  # c P - c P^2 with P a field
-    sp.exp(X) - sp.exp(2 * X),  # P = exp(x): exp(2x) is its square
+    3 / (1 + Y**2) - 3 / (1 + Y**2) ** 2,  # P = 1 / (1 + y^2)
 ]
 
 _MP = {"sigmoid": lambda v: 1 / (1 + mpmath.exp(-v)), "softplus": lambda v: mpmath.log(1 + mpmath.exp(v))}
@@ -107,6 +107,12 @@ def test_overflowing_rewrite_falls_back_to_the_plain_tape():
     x, y = schema.symbols()
     f = schema.function(sp.exp(x) / (sp.exp(x) + sp.exp(y)))
     assert not Tape([x, y]).rewrite
+    plain = Tape([x, y], rewrite=True)
+    plain.add_output(sp.exp(x) + y)
+    assert plain.rewritten == 0
+    rewritten = Tape([x, y], rewrite=True)
+    rewritten.add_output(f.expr)
+    assert rewritten.rewritten == 1
     rng = f.range(time_budget=0.5)
     assert rng.lower >= 0 and rng.upper <= 1e-300  # the share is below e^(x - y) <= e^-700
     cert = f.lipschitz(time_budget=0.5)
