@@ -50,8 +50,8 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "opacus": ("bench_opacus.py", [], ["--batch", "16", "--repeats", "2", "--threads", "1"]),
     "opacus_cnn": ("bench_opacus_cnn.py", [], ["--batches", "8", "--rounds", "1", "--warmup", "0"]),
     "scale": ("bench_scale.py", [], ["--rows", "200000", "--rounds", "1", "--partition-rows", "50000"]),
-    "scale_filter": ("bench_scale_filter.py", [], ["--rows", "200000", "--individuals", "20000", "--partition-rows", "50000",
-                                                   "--check-rows", "10000"]),
+    "scale_filter": ("bench_scale_filter.py", ["--ledger-individuals", "100000000"],
+                     ["--rows", "200000", "--partition-rows", "50000", "--check-rows", "10000"]),
     "tumult": ("bench_tumult.py", [], ["--rows", "200000", "--map-rows", "20000", "--rounds", "1", "--partition-rows", "50000"]),
 }
 
