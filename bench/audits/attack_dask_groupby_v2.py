@@ -46,7 +46,6 @@ the error ratio). This one goes where that audit did not:
 from __future__ import annotations
 
 import argparse
-import datetime
 import decimal
 import itertools
 import random
@@ -99,7 +98,7 @@ def parts_frame(parts: list[pd.DataFrame]) -> Any:
 def outcome(query: Any, frame: Any) -> tuple[Any, BaseException | None]:
     try:
         return query(frame), None
-    except Exception as exc:  # noqa: BLE001 - the audit classifies every exception
+    except Exception as exc:
         return None, exc
 
 
@@ -120,7 +119,7 @@ def missing(value: Any) -> bool:
         return True
     try:
         return bool(value != value)  # NaN (float, numpy, Decimal quiet NaN), NaT
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -131,7 +130,7 @@ def true_group(value: Any, keys: list[Any]) -> int:
         try:
             if hash(value) == hash(key) and bool(value == key):
                 return i
-        except Exception:  # noqa: BLE001 - not this key
+        except Exception:
             continue
     return -1
 
@@ -202,7 +201,7 @@ def attack_failing_graphs() -> None:
     for bad, shown, quoted in ((b"id-\xff" + SECRET.encode(), "b'id-\\xff...'", ("0xff",)),
                                ("caf\udce9-" + SECRET, "'caf\\udce9...'", ("udce9",))):
         added = pd.concat([rows, pd.DataFrame({"x": [0.75], "g": pd.Series([bad], dtype=object)})], ignore_index=True)
-        for convert in (None, True):  # None: Dask's default
+        for convert in (None, True, False):  # None: Dask's default
             settings = {} if convert is None else {"dataframe.convert-string": convert}
             with dask.config.set(settings):
                 d0, d1 = dd.from_pandas(rows, npartitions=2), dd.from_pandas(added, npartitions=2)
@@ -210,9 +209,15 @@ def attack_failing_graphs() -> None:
             for name, query in queries():
                 COUNT["checks"] += 1
                 out0, exc0 = outcome(query, d0)
-                out1, exc1 = outcome(query, d1)
-                if (exc0 is None) != (exc1 is None):
-                    failed = exc1 if exc1 is not None else exc0
+                _out1, exc1 = outcome(query, d1)
+                failed = exc1 if exc1 is not None else exc0
+                if (exc0 is None) != (exc1 is None) and convert is not False and is_schema_mismatch(failed) \
+                        and SECRET not in str(failed):
+                    # docs/scale.md, "Dask's string conversion": the conversion runs in the partition tasks, a key
+                    # it cannot convert makes D' uncomputable, hence not a member, refused without its message
+                    note(f"[key {shown}, {label}] {name}: D' cannot be computed under Dask's string conversion and is "
+                         f"refused as a non-member (documented), without the private value")
+                elif (exc0 is None) != (exc1 is None):
                     violation(f"[key {shown}, {label}] {name}: neighbours (one record with that key added, not a "
                               f"public key) behave differently: D -> {out0}, D' -> {type(failed).__name__} "
                               f"({innermost(failed)!r}); the pandas group-by on D' answers {reference(added)}")
@@ -245,7 +250,12 @@ def attack_dtype_flip() -> None:
                     continue
                 d = distance(o0, o1, p)
                 limit = Fraction(query.map(1)) ** p
-                if d > limit:
+                if d > limit and convert is None:
+                    # docs/scale.md, "Dask's string conversion": the guarantee is for the frame Dask delivers, and
+                    # from_pandas with the conversion on is not a per-record step (documented, with the way out)
+                    note(f"[dtype flip, {label}] {name} l{p}: end to end from the pandas frames the outputs differ by "
+                         f"{float(d)} > map(1) {float(limit)}; the delivered frames differ in every key (documented)")
+                elif d > limit:
                     violation(f"[dtype flip, {label}] {name} l{p}: dd.from_pandas(D) -> {o0}, dd.from_pandas(D + one "
                               f"record keyed 'x') -> {o1}: distance{'^2' if p == 2 else ''} {float(d)} > map(1)"
                               f"{'^2' if p == 2 else ''} {float(limit)} (end to end from the pandas frames; the Dask "
@@ -297,7 +307,7 @@ def attack_label_dtypes(rng: random.Random, cases: int) -> None:
         counts_q = dg.make_dask_grouped_count_of(dom, sym, "g", keys)
         frame = parts_frame(parts)
         # the records as the partitions deliver them (convert-string may turn object keys into text: documented)
-        delivered = [p for p in dask.compute(*frame.to_delayed())]
+        delivered = list(dask.compute(*frame.to_delayed()))
         truth_sums, truth_counts = exact_groups(delivered, keys, -1.0, 1.0)
         COUNT["checks"] += 1
         s, exc = outcome(sums_q, frame)
@@ -346,7 +356,7 @@ class Declaration:
 
 def random_records(rng: random.Random, decl: Declaration, n: int) -> list[tuple[float, Any]]:
     pool = value_pool(decl.m)
-    key_pool = decl.keys + ["out", None, float("nan")]
+    key_pool = [*decl.keys, "out", None, float("nan")]
     favourite = rng.sample(decl.keys, min(3, len(decl.keys)))
     rows = []
     for _ in range(n):
@@ -409,7 +419,7 @@ def neighbour(rng: random.Random, decl: Declaration, rows: list[tuple[float, Any
             return "remove last", rows[:-1]
         i = rng.randint(0, len(rows))
         new = (rng.choice(value_pool(decl.m)), rng.choice(decl.keys))
-        return f"add {new!r} at {i}", rows[:i] + [new] + rows[i:]
+        return f"add {new!r} at {i}", [*rows[:i], new, *rows[i:]]
     if not rows:
         return "same", rows
     i = rng.randrange(len(rows))
@@ -446,7 +456,7 @@ def attack_numbers(rng: random.Random, cases: int) -> None:
              for (m, n, g) in [(1.0, 24, 96), (3.5, 40, 7), (1e300, 30, 5), (2.0**-1060, 16, 3), (1e-300, 20, 40)]
              for rel in ("sym", "change") for p in (1, 2)]
     worst = 0.0
-    for case in range(cases):
+    for _case in range(cases):
         decl = rng.choice(decls)
         n = rng.randint(0, decl.size_limit)
         rows = cancelling_records(rng, decl, n) if rng.random() < 0.35 else random_records(rng, decl, n)
@@ -547,8 +557,11 @@ def attack_cluster(rng: random.Random, cases: int) -> None:
                  f"message: {SECRET in str(exc)} (outside the module's assumption that keys survive pickling)")
         d0, d1 = dd.from_pandas(rows, npartitions=2), dd.from_pandas(added, npartitions=2)
         COUNT["checks"] += 1
-        (o0, x0), (o1, x1) = outcome(query, d0), outcome(query, d1)
-        if (x0 is None) != (x1 is None):
+        (o0, x0), (_o1, x1) = outcome(query, d0), outcome(query, d1)
+        if (x0 is None) != (x1 is None) and is_schema_mismatch(x1 or x0) and SECRET not in str(x1 or x0):
+            note(f"[cluster, default convert-string] {name}: D' (+ one record keyed b'\\xff') cannot be computed and "
+                 f"is refused as a non-member (documented)")
+        elif (x0 is None) != (x1 is None):
             violation(f"[cluster, default convert-string] {name}: D -> {o0}, D' (+ one record keyed b'\\xff') -> "
                       f"{type(x1 or x0).__name__} ({innermost(x1 or x0)!r})")
 

@@ -242,11 +242,30 @@ class _Reduction:
     def __call__(self, frame: Any) -> tuple[int, list[float]]:
         """``(kept records, [total of each plan])``; a non-member raises :class:`SchemaMismatchError`."""
         self.spec.check_metadata(frame)  # columns and dtypes, before any task
-        parts = frame[self.wanted].map_partitions(self.partition, meta=self.partition.meta(),
-                                                  enforce_metadata=False).compute()
+        parts = computed(frame[self.wanted].map_partitions(self.partition, meta=self.partition.meta(),
+                                                           enforce_metadata=False).compute)
         kept = check_totals(self.spec, parts["rows"], parts["kept"])
         totals = [exact_total(parts[f"s{j}"].to_numpy()) for j in range(len(self.partition.plans))]
         return kept, totals
+
+
+def computed(run: Any) -> Any:
+    """``run()`` (a ``dask.compute`` or ``persist`` of partition tasks); a task that fails means a non-member.
+
+    Our own per-partition checks raise :class:`SchemaMismatchError` naming a column; any other
+    exception from the graph (a partition that cannot be read or converted, e.g. by Dask's
+    ``dataframe.convert-string`` step, which runs inside the partition tasks) means the frame
+    cannot be computed, so it is not a member of the domain: it is re-raised as
+    :class:`SchemaMismatchError` with its type only, since its message may quote a private
+    value (an adversarial review found ``could not convert string to float: '<the value>'``).
+    """
+    try:
+        return run()
+    except SchemaMismatchError:
+        raise
+    except Exception as exc:  # any failure of the user's graph: a non-member, told without its message
+        raise SchemaMismatchError(f"a partition of the frame could not be computed ({type(exc).__name__}): the frame is "
+                                  "not a member of the domain") from None
 
 
 def check_totals(spec: DaskFrameDomain, rows: Any, kept: Any) -> int:

@@ -83,6 +83,7 @@ from opendp_hybridad.frame.dask_engine import (
     _space,
     _user_transformation,
     check_totals,
+    computed,
     exact_total,
     reduction_relaxation,
 )
@@ -134,7 +135,8 @@ class _GroupedReduction:
         import dask
 
         self.spec.check_metadata(frame)  # columns, dtypes and the key column, before any task
-        parts = dask.compute(*[dask.delayed(self.partition, pure=False)(p) for p in frame[self.wanted].to_delayed()])
+        parts = computed(lambda: dask.compute(*[dask.delayed(self.partition, pure=False)(p)
+                                                for p in frame[self.wanted].to_delayed()]))
         check_totals(self.spec, [p[0] for p in parts], [p[1] for p in parts])
         counts = [sum(p[2][g] for p in parts) for g in range(self.size)]  # Python integers: exact
         sums = []

@@ -270,7 +270,7 @@ class DaskIndividualFilter(IndividualFilter):
     def _load(self, frame: Any, id_column: str | None, max_rows: int) -> None:
         import dask
 
-        from opendp_hybridad.frame.dask_engine import DaskFrameDomain
+        from opendp_hybridad.frame.dask_engine import DaskFrameDomain, computed
 
         d = self.domain
         spec = DaskFrameDomain(d.schema, d.size_limit, d.size, d.labels)
@@ -290,15 +290,16 @@ class DaskIndividualFilter(IndividualFilter):
         self._buckets = max(1, min(len(parts), MAX_BUCKETS))
         offsets, lengths = [0] * len(parts), ()
         if id_column is None:  # ids are positions in the whole frame: each partition's first row's position first
-            lengths = dask.compute(*[dask.delayed(len)(p) for p in parts])
+            lengths = computed(lambda: dask.compute(*[dask.delayed(len)(p) for p in parts]))
             offsets = np.cumsum([0, *lengths[:-1]], dtype=np.int64).tolist()
         task = _HashPass(self._partition_domain, id_column, self.ledger.hasher())
         loaded = [dask.delayed(task, pure=False)(p, o) for p, o in zip(parts, offsets, strict=True)]
-        self._loaded = list(dask.persist(*loaded))  # each partition's named rows' hashes, kept on the workers
+        self._loaded = list(computed(lambda: dask.persist(*loaded)))  # each partition's named rows' hashes, on the workers
         split = _PeoplePieces(self._buckets)
         pieces = [dask.delayed(split, nout=self._buckets)(x, i) for i, x in enumerate(self._loaded)]
-        metas, people = dask.compute([dask.delayed(_meta_of)(x) for x in self._loaded],
-                                     [dask.delayed(_people)(*(p[b] for p in pieces)) for b in range(self._buckets)])
+        metas, people = computed(lambda: dask.compute(
+            [dask.delayed(_meta_of)(x) for x in self._loaded],
+            [dask.delayed(_people)(*(p[b] for p in pieces)) for b in range(self._buckets)]))
         self._check_counts(metas)
         if id_column is None and [m[0] for m in metas] != list(lengths):  # positions from another read's lengths
             raise SchemaMismatchError("the frame's partitions changed between passes: the filter needs one dataset")
@@ -334,12 +335,14 @@ class DaskIndividualFilter(IndividualFilter):
         """One query's pass: values on the partitions, people's sums in the buckets; (m, k) in the people's numbering."""
         import dask
 
+        from opendp_hybridad.frame.dask_engine import computed
+
         k, buckets = len(task.kernels), self._buckets
         outputs = [dask.delayed(task, nout=buckets + 1, pure=False)(p, x)
                    for p, x in zip(self._frame.to_delayed(), self._loaded, strict=True)]
         combine = _BucketSums(self._max_rows, k)
-        metas, per_bucket = dask.compute([o[0] for o in outputs],
-                                         [dask.delayed(combine)(*(o[1 + b] for o in outputs)) for b in range(buckets)])
+        metas, per_bucket = computed(lambda: dask.compute(
+            [o[0] for o in outputs], [dask.delayed(combine)(*(o[1 + b] for o in outputs)) for b in range(buckets)]))
         self._check_counts(metas)
         if list(metas) != self._layout:  # every partition: the same rows, kept rows, values and ids as at set-up
             raise SchemaMismatchError("the frame's partitions changed between passes: the filter needs one dataset")

@@ -376,3 +376,24 @@ def test_total_on_neighbours():
             pairs.append((_uneven(base, [50, 120]), _uneven(grown, [50, 120])))
     for release in releases:
         assert assert_total_on_neighbours(release, pairs) == len(odd)
+
+
+def test_a_partition_that_cannot_be_computed_is_refused_without_its_message():
+    # adversarial review: a column whose metadata says float64 but whose task fails to convert quoted the private value
+    from opendp_hybridad.errors import SchemaMismatchError
+
+    schema = hd.Schema(x=hd.Field(-1, 1))
+    src = pd.DataFrame({"x": pd.Series(["0.5", "SECRET-4711"], dtype=object), "g": ["a", "b"]})
+    with dask.config.set({"dataframe.convert-string": False}):
+        frame = dd.from_pandas(src, npartitions=1)
+        frame["x"] = frame["x"].astype("float64")
+    grouped = de.make_dask_frame_domain(schema, size_limit=100, labels={"g": "drop"})
+    plain = de.make_dask_frame_domain(schema, size_limit=100)
+    for query in (dg.make_dask_grouped_count_of(grouped, dp.symmetric_distance(), "g", ["a", "b"]),
+                  dg.make_dask_grouped_sum_of(grouped, dp.symmetric_distance(), hd.RecordFunction("x", schema), "g",
+                                              ["a", "b"]),
+                  de.make_dask_sum_of(plain, dp.symmetric_distance(), hd.RecordFunction("x", schema))):
+        with pytest.raises(Exception) as info:
+            query(frame)
+        assert "SECRET" not in str(info.value) and "could not be computed" in str(info.value)
+        assert isinstance(info.value, SchemaMismatchError) or "SchemaMismatchError" in str(info.value)
