@@ -34,8 +34,8 @@ _MIN_RELATIVE_WIDTH = 2.0**-40
 
 #: the share of a time budget kept for the witness polish (the refinement stops before it)
 POLISH_SHARE = 0.05
-#: the polish always gets this long (a witness close to the supremum is what a converged check measures)
-POLISH_MIN_SECONDS = 0.02
+#: the polish always gets this long, even past the budget (a few compass steps)
+POLISH_MIN_SECONDS = 0.002
 
 
 @dataclass
@@ -229,8 +229,8 @@ def maximize(
         # larger batches amortise numpy's per-call cost once the partition is big; none runs past the
         # refinement's end (at the cost per box measured so far; two children per split box)
         size = min(max(batch, len(heap) // 16, 1), 512, len(heap))
-        if per_box > 0:
-            size = max(1, min(size, int((refine_until - now) / (2 * per_box))))
+        if per_box > 0:  # 3 per_box per split box: two children, and a margin for the cost's spread
+            size = max(1, min(size, int((refine_until - now) / (3 * per_box))))
         child_lo, child_hi = [], []
         for _ in range(size):
             neg_ub, _, blo, bhi, bad, score = heapq.heappop(heap)
