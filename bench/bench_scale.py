@@ -142,15 +142,23 @@ def partition_cost(rows: int) -> dict:
     return {"rows": rows, "generate_s": best(lambda: partition(0, rows)), "task_s": best(lambda: task(part))}
 
 
+def duration(seconds: float) -> str:
+    """Seconds in the unit that reads best."""
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    return f"{seconds / 60:.3g} min" if seconds < 7200 else f"{seconds / 3600:.3g} h"
+
+
 def paper_10b(cost: dict) -> str:
     """10 billion rows on paper: the per-partition task times the partitions, over worker threads."""
     partitions = 10**10 / cost["rows"]
     each = cost["task_s"]
     return (f"- On paper, 10 billion rows ({partitions:,.0f} partitions of {cost['rows']:,d} rows): one partition's task "
             f"took {each:.3f} s here (generating it {cost['generate_s']:.3f} s more), so a release is about "
-            f"{partitions * each / 2 / 60:.0f} min of task time on 2 worker threads, {partitions * each / 100:.0f} s on 100 "
-            f"and {partitions * each / 1000:.1f} s on 1,000 (data already on the workers; reading it from storage adds "
-            f"its own time), plus one partial sum per partition combined exactly on the driver.")
+            f"{duration(partitions * each / 2)} of task time on 2 worker threads, {duration(partitions * each / 100)} on "
+            f"100 and {duration(partitions * each / 1000)} on 1,000 with the data already in the workers' memory (reading "
+            f"it from storage adds its own time: generating it here would add {duration(partitions * cost['generate_s'] / 2)} "
+            f"on 2), plus one partial sum per partition combined exactly on the driver.")
 
 
 def markdown(results: dict) -> str:
