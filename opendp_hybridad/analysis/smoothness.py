@@ -253,7 +253,8 @@ def exact(expr: sympy.Basic) -> sympy.Basic:
     for f in floats:
         _, man, exp, bc = f._mpf_
         if man and not -1200 <= exp + bc <= 1200:
-            raise ValueError(f"float constant {f} is far outside the double range")
+            # the exponent, not the value: formatting a Float with a 100-digit exponent raises itself
+            raise ValueError(f"a float constant is far outside the double range (binary exponent {exp + bc})")
     return expr.xreplace({f: sympy.Rational(f) for f in floats})
 
 
