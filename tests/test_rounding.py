@@ -280,3 +280,20 @@ def test_results_past_the_largest_float_stay_on_the_right_side():
         got = op(a, b)
         assert got == big and Fraction(got) <= exact(Fraction(a), Fraction(b))
     assert r.mul_up(big, 2.0) == float("inf") and r.add_up(float("-inf"), 1.0) == float("-inf")  # unchanged
+
+
+def test_int_operands_past_two_to_the_53_are_bounded_by_the_exact_result():
+    # a review found mul_up(a, b) and div_up(a, b) below the exact result for ints a >= 2^53 (a is rounded to a float
+    # before the product is: double rounding can fall more than the one float up() steps); sqrt_up likewise
+    import random
+    from fractions import Fraction
+
+    from opendp_hybridad.analysis import rounding as r
+
+    rng = random.Random(1)
+    for _ in range(3000):
+        a, b = rng.randrange(2**53, 2**60), rng.uniform(0.5, 1.0)
+        assert Fraction(r.mul_up(a, b)) >= Fraction(a) * Fraction(b)
+        assert Fraction(r.div_up(a, b)) >= Fraction(a) / Fraction(b)
+        assert Fraction(r.mul_down(a, b)) <= Fraction(a) * Fraction(b)
+        assert Fraction(r.sqrt_up(a)) ** 2 >= a

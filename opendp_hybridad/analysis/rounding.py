@@ -200,7 +200,10 @@ def mul_up(a: float, b: float) -> float:
     # floats only: an int (or other number) is compared exactly, as its value may not be a float
     sign = _product_error_sign(a, b, p) if isinstance(a, float) and isinstance(b, float) else None
     if sign is None:
-        return p if Fraction(p) >= _exact(a) * _exact(b) else up(p)
+        # an int operand is rounded to a float before the product is: p may fall more than one float
+        # short (double rounding), so the bound is the exact product rounded up, not up(p)
+        exact = _exact(a) * _exact(b)
+        return p if Fraction(p) >= exact else round_up(exact)
     return p if sign <= 0 else up(p)
 
 
@@ -255,7 +258,8 @@ def div_up(a: float, b: float) -> float:
         return q
     sign = _quotient_error_sign(a, b, q) if isinstance(a, float) and isinstance(b, float) else None
     if sign is None:
-        return q if Fraction(q) >= _exact(a) / _exact(b) else up(q)
+        exact = _exact(a) / _exact(b)  # round_up, not up(q): an int operand may round twice (as in mul_up)
+        return q if Fraction(q) >= exact else round_up(exact)
     return q if sign <= 0 else up(q)
 
 
@@ -297,7 +301,10 @@ def sqrt_up(x: float) -> float:
         return r
     sign = _square_excess_sign(x, r) if isinstance(x, float) else None
     if sign is None:
-        return r if Fraction(r) ** 2 >= _exact(x) else up(r)
+        exact = _exact(x)
+        while Fraction(r) ** 2 < exact:  # an int x may round twice (to a float, then its root): step until above
+            r = up(r)
+        return r
     return r if sign >= 0 else up(r)
 
 

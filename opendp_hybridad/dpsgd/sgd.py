@@ -857,7 +857,7 @@ def make_dp_sgd(trainer: DPSGD, n: int, measure: str = "approx", *, max_size: in
         raise DeclarationError("the Renyi-curve form is for OpenDP's noise; the table sampler's guarantee is (epsilon, delta)")
 
     curve_of_units = plan.accounting.curve
-    units = float(curve_of_units.units(plan.accounting.total_steps))
+    units = curve_of_units.units(plan.accounting.total_steps)  # an int: mul_up rounds the exact product up
     sigma = plan.noise_multiplier
 
     def curve_map(d_in: Any) -> Any:
