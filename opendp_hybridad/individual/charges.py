@@ -20,6 +20,7 @@ for the relation the filter accepts (adding or removing one individual):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -92,28 +93,24 @@ def first_rows(codes: np.ndarray, individuals: int, max_rows: int) -> np.ndarray
     return pd.Series(codes).groupby(codes).cumcount().to_numpy() < max_rows
 
 
-_FIRST_ROWS: list = []
-
-
+@functools.cache
 def _first_rows_kernel():
     """The compiled counter loop of :func:`first_rows`, built once per process (None without numba)."""
-    if not _FIRST_ROWS:
-        try:
-            import numba
-        except ImportError:
-            _FIRST_ROWS.append(None)
-        else:
-            def loop(codes, individuals, max_rows):  # pragma: no cover - compiled
-                seen = np.zeros(individuals, dtype=np.int64)
-                out = np.empty(codes.size, dtype=np.bool_)
-                for r in range(codes.size):
-                    c = codes[r]
-                    out[r] = seen[c] < max_rows
-                    seen[c] += 1
-                return out
+    try:
+        import numba
+    except ImportError:
+        return None
 
-            _FIRST_ROWS.append(numba.njit(cache=False, nogil=True)(loop))
-    return _FIRST_ROWS[0]
+    def loop(codes, individuals, max_rows):  # pragma: no cover - compiled
+        seen = np.zeros(individuals, dtype=np.int64)
+        out = np.empty(codes.size, dtype=np.bool_)
+        for r in range(codes.size):
+            c = codes[r]
+            out[r] = seen[c] < max_rows
+            seen[c] += 1
+        return out
+
+    return numba.njit(cache=False, nogil=True)(loop)
 
 
 def sensitivities(sums: np.ndarray, allowances: np.ndarray) -> np.ndarray:

@@ -108,6 +108,7 @@ from opendp_hybridad.symbolic.function import RecordFunction
 __all__ = ["DaskIndividualFilter"]
 
 MAX_BUCKETS = 64  # pieces per partition: the graph has partitions * buckets edges
+_CHANGED = "the frame's partitions changed between passes: the filter needs one dataset"
 _POSITION_BITS = 40  # a row's global first position: partition index << 40 | position among its named rows
 
 
@@ -270,7 +271,7 @@ class DaskIndividualFilter(IndividualFilter):
     def _load(self, frame: Any, id_column: str | None, max_rows: int) -> None:
         import dask
 
-        from opendp_hybridad.frame.dask_engine import DaskFrameDomain, computed
+        from opendp_hybridad.frame.dask_engine import DaskFrameDomain, check_totals, computed
 
         d = self.domain
         spec = DaskFrameDomain(d.schema, d.size_limit, d.size, d.labels)
@@ -300,9 +301,9 @@ class DaskIndividualFilter(IndividualFilter):
         metas, people = computed(lambda: dask.compute(
             [dask.delayed(_meta_of)(x) for x in self._loaded],
             [dask.delayed(_people)(*(p[b] for p in pieces)) for b in range(self._buckets)]))
-        self._check_counts(metas)
+        check_totals(self._spec, [m[0] for m in metas], [m[1] for m in metas])
         if id_column is None and [m[0] for m in metas] != list(lengths):  # positions from another read's lengths
-            raise SchemaMismatchError("the frame's partitions changed between passes: the filter needs one dataset")
+            raise SchemaMismatchError(_CHANGED)
         self._layout = list(metas)  # each partition's rows, kept rows and digest of its counted rows, checked at every pass
         hashes = np.concatenate([np.zeros(0, dtype=np.uint64), *(h for h, _ in people)])
         first = np.concatenate([np.zeros(0, dtype=np.int64), *(f for _, f in people)])
@@ -315,15 +316,6 @@ class DaskIndividualFilter(IndividualFilter):
         self._hashes = hashes[order]
         self._m = int(hashes.size)
 
-    def _check_counts(self, metas: list[tuple[int, int, str]]) -> None:
-        """The totals checked against the domain, before any charge."""
-        rows = sum(int(m[0]) for m in metas)
-        if rows > self._spec.size_limit:
-            raise SchemaMismatchError(f"the frame has more records than the domain's size limit {self._spec.size_limit}")
-        kept = sum(int(m[1]) for m in metas)
-        if self._spec.size is not None and kept != self._spec.size:
-            raise SchemaMismatchError(f"the domain has exactly {self._spec.size} records after the missing-value policies")
-
     def _individual_sums(self, functions: list[RecordFunction], bounds: list[tuple[float, float]]) -> np.ndarray:
         """The pandas filter's per-person sums, every function's in one pass over the partitions (on the workers)."""
         from opendp_hybridad.frame.dask_engine import _ShippedKernel
@@ -335,7 +327,7 @@ class DaskIndividualFilter(IndividualFilter):
         """One query's pass: values on the partitions, people's sums in the buckets; (m, k) in the people's numbering."""
         import dask
 
-        from opendp_hybridad.frame.dask_engine import computed
+        from opendp_hybridad.frame.dask_engine import check_totals, computed
 
         k, buckets = len(task.kernels), self._buckets
         outputs = [dask.delayed(task, nout=buckets + 1, pure=False)(p, x)
@@ -343,14 +335,14 @@ class DaskIndividualFilter(IndividualFilter):
         combine = _BucketSums(self._max_rows, k)
         metas, per_bucket = computed(lambda: dask.compute(
             [o[0] for o in outputs], [dask.delayed(combine)(*(o[1 + b] for o in outputs)) for b in range(buckets)]))
-        self._check_counts(metas)
+        check_totals(self._spec, [m[0] for m in metas], [m[1] for m in metas])
         if list(metas) != self._layout:  # every partition: the same rows, kept rows, values and ids as at set-up
-            raise SchemaMismatchError("the frame's partitions changed between passes: the filter needs one dataset")
+            raise SchemaMismatchError(_CHANGED)
         sums = np.zeros((self._m, k))
         for (people, bucket_sums), known, numbers in zip(per_bucket, self._bucket_people, self._bucket_numbers,
                                                          strict=True):
             if not np.array_equal(people, known):
-                raise SchemaMismatchError("the frame's partitions changed between passes: the filter needs one dataset")
+                raise SchemaMismatchError(_CHANGED)
             sums[numbers] = bucket_sums
         return sums
 

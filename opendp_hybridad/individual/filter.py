@@ -52,9 +52,10 @@ from opendp_hybridad.relations import AddRemove, relation_of
 from opendp_hybridad.symbolic.function import RecordFunction
 from opendp_hybridad.symbolic.schema import Schema
 
-#: why the filter accepts only adding or removing one individual
-MAX_ROWS_LIMIT = 2**32  # rows counted per person: gamma(max_rows) and the per-person counters stay far in range
+#: rows counted per person at most: gamma(max_rows) and the per-person counters stay far in range
+MAX_ROWS_LIMIT = 2**32
 
+#: why the filter accepts only adding or removing one individual
 REFUSAL = (
     "the individual filter accepts only adding or removing one individual (symmetric distance), not {name}: "
     "under {name} the person is in both neighbouring datasets with different data, so their admission, which "
@@ -183,7 +184,7 @@ class IndividualFilter:
         """Per-individual summed values (m, k), their l2 sensitivities (m,), and the worst-case sensitivity."""
         for f in functions:
             self._check_function(f)  # every function, before any value is computed
-        bounds = [(float(f.range().lower), float(f.range().upper)) for f in functions]
+        bounds = [(float(r.lower), float(r.upper)) for r in (f.range() for f in functions)]
         max_abs = np.array([max(abs(lo), abs(hi)) for lo, hi in bounds])
         allowance = np.array([_charges.float_allowance(self.domain.size_limit, self._max_rows, m) for m in max_abs])
         sums = self._individual_sums(functions, bounds)

@@ -263,7 +263,7 @@ class MLP:
         like Sequential's cached record, it is shared: read it, do not edit it).
         """
         bound = self._seq.step_bound(self._seq_params(params))
-        last = getattr(self, "_last_step_bound", None)
+        last = self._last_step_bound
         if last is not None and last[0] is bound:
             return last[1]
         mine = self._per_layer(bound)

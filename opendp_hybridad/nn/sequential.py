@@ -38,7 +38,6 @@ gets its delta scaled by the clip factor before :meth:`Layer.accumulate`, as bef
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -65,9 +64,6 @@ from opendp_hybridad.nn.layers import Activation, Loss
 from opendp_hybridad.nn.parts.activation import Elementwise
 from opendp_hybridad.nn.protocol import NO_GRADIENT, ActivationBound, DeltaBound, GradientBound, Layer, ModelBound, Shape, as_bound
 from opendp_hybridad.nn.registry import layer_kind
-
-#: Higham's gamma_n, cached (the per-step bound reads it every step)
-_gamma = functools.lru_cache(maxsize=None)(gamma)
 
 #: per-step bounds round each weight norm up to one of this many values per octave (at most 1.6% larger), then cache
 STEP_NORM_SLOTS = 64
@@ -162,7 +158,7 @@ def chain_bound(parts: Sequence[Layer], inp: ActivationBound, norms: Sequence[tu
         absolute = add_up(absolute, g.norm_absolute_error)
     if counted > 1:
         # the parts' squared norms summed in a fixed order: counted - 1 roundings of non-negative terms
-        g_sum = _gamma(counted - 1)
+        g_sum = gamma(counted - 1)
         relative = add_up(relative, up(g_sum * add_up(1.0, relative)))
         absolute = up(absolute * add_up(1.0, g_sum))
     bound = ModelBound(as_bound(sqrt_up(total) if total == total else math.inf),
@@ -333,7 +329,7 @@ class Sequential:
         rows = x.reshape(x.shape[0], -1)
         d = rows.shape[1]
         with np.errstate(over="ignore", invalid="ignore"):
-            squares = up_array(np.einsum("ij,ij->i", rows, rows) * add_up(1.0, _gamma(d + 2)))
+            squares = up_array(np.einsum("ij,ij->i", rows, rows) * add_up(1.0, gamma(d + 2)))
             norms = up_array(np.sqrt(up_array(squares + up(float(d) * TINY))))
         outside = norms > R
         if not outside.any():
