@@ -19,11 +19,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from opendp_hybridad.analysis.symmetry import canonical
 from opendp_hybridad.errors import SoundnessError, UnboundedError
 
 #: boxes narrower than this (relative to the root box, in every splittable
@@ -130,6 +132,7 @@ def maximize(
     max_boxes: int = 400_000,
     samples: int = 256,
     polish: bool = True,
+    symmetric: Sequence[Sequence[int]] = (),
 ) -> MaxResult:
     """Certified ``sup objective`` over the box ``[lo, hi]``.
 
@@ -139,6 +142,20 @@ def maximize(
 
     The time budget covers the whole call: refinement stops at ``1 - POLISH_SHARE`` of it (each batch
     sized from the measured cost per box so that it ends by then), and the witness polish gets the rest.
+
+    ``symmetric``: groups of directions the objective is invariant under permuting
+    (:mod:`.symmetry` proves them; the root box must be invariant too: equal sides within a
+    group). Each new box is replaced by its canonical permutation and dropped if that was seen
+    before. Proof that the bound still covers the root box: let ``W(b)`` be the sum of the side
+    widths of ``b`` (the same for all permutations of ``b``). Every box ``b`` ever formed is
+    covered, i.e. ``sup_b F <= `` the returned bound: a box left in the queue or the leaves is
+    counted; a split box is the union of its children; a box collapsed onto a face holds its
+    supremum on the face; a permuted box ``P b`` has ``sup_{P b} F = sup_b F`` by invariance; a
+    dropped box is a permutation of a box seen earlier. The last step refers to a box that is
+    not an ancestor (a strict descendant has a strictly smaller ``W``, so it cannot be a
+    permutation of its ancestor), and along any chain of these steps ``W`` never grows and drops
+    at every split, so the chain cannot return to where it began: every box is covered, the root
+    first of all.
     """
     start = time.perf_counter()
     deadline = start + time_budget
@@ -147,6 +164,9 @@ def maximize(
     hi = np.asarray(hi, dtype=float)
     root_width = hi - lo
     splittable = root_width > 0
+    # a group whose sides differ is not a symmetry of the box: ignored (only a proven one may drop boxes)
+    symmetric = [list(g) for g in symmetric
+                 if len(g) > 1 and np.all(lo[list(g)] == lo[g[0]]) and np.all(hi[list(g)] == hi[g[0]])]
     rng = np.random.default_rng(0)  # witness search only: never privacy noise
 
     proven = hasattr(objective, "lower_bound")
@@ -206,7 +226,20 @@ def maximize(
                 break
         return blo, bhi, ub, bad, score
 
+    seen: set[bytes] = set()
+
     def push(blo: np.ndarray, bhi: np.ndarray) -> None:
+        if symmetric:  # one box per orbit (docstring): canonical permutations, each formed once
+            blo, bhi = canonical(blo.copy(), bhi.copy(), symmetric)
+            fresh = []
+            for k in range(blo.shape[0]):
+                key = blo[k].tobytes() + bhi[k].tobytes()
+                if key not in seen:
+                    seen.add(key)
+                    fresh.append(k)
+            if not fresh:
+                return
+            blo, bhi = blo[fresh], bhi[fresh]
         blo, bhi, ub, bad, score = bound(blo, bhi)
         for k in range(blo.shape[0]):
             u = float(ub[k]) if bad[k] < 0 else np.inf

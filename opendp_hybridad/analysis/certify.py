@@ -42,6 +42,7 @@ from opendp_hybridad.analysis.branch_and_bound import _MIN_RELATIVE_WIDTH, BoxBo
 from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertificate, Witness
 from opendp_hybridad.analysis.rounding import gamma
 from opendp_hybridad.analysis.smoothness import JUMP, OP_CLASS, possible_jump, smooth_masks, statically_smooth
+from opendp_hybridad.analysis.symmetry import symmetric_groups
 from opendp_hybridad.analysis.tape import Tape
 from opendp_hybridad.compile.codegen import numpy_callable
 from opendp_hybridad.errors import DeclarationError, NotLipschitzError, SoundnessError, UnboundedError
@@ -399,10 +400,11 @@ def certify_range(fn: RecordFunction, tolerance: float = 1e-3, time_budget: floa
     """Certified ``[min f, max f]`` over the box (each end proven; witnesses at the extremes found)."""
     lo, hi = _box_arrays(fn)
     atol = 1e-12
+    groups = _symmetry(fn)
     top = _with_plain_fallback(lambda rewrite: RangeObjective(fn, +1.0, rewrite=rewrite), lo, hi, tolerance=tolerance,
-                               atol=atol, time_budget=time_budget / 2)
+                               atol=atol, time_budget=time_budget / 2, symmetric=groups)
     bottom = _with_plain_fallback(lambda rewrite: RangeObjective(fn, -1.0, rewrite=rewrite), lo, hi, tolerance=tolerance,
-                                  atol=atol, time_budget=time_budget / 2)
+                                  atol=atol, time_budget=time_budget / 2, symmetric=groups)
     return RangeCertificate(
         lower=-bottom.upper,
         upper=top.upper,
@@ -517,8 +519,15 @@ def _with_plain_fallback(make, lo: np.ndarray, hi: np.ndarray, **kwargs) -> MaxR
         return maximize(make(False), lo, hi, **kwargs)
 
 
+def _symmetry(fn: RecordFunction, fixed: int | None = None) -> list[list[int]]:
+    """The field groups ``f`` is proven symmetric in (:mod:`.symmetry`), none containing ``fixed``."""
+    return symmetric_groups(fn.expr, list(fn.symbols), [fn.schema.fields[n] for n in fn.names], fixed)
+
+
 def _maximize_gradient(fn: RecordFunction, objective: GradientObjective, **kwargs) -> MaxResult:
     lo, hi = _box_arrays(fn)
+    # ||grad f||_p is invariant where f is; |df/dx_j| where the permutation fixes j
+    kwargs.setdefault("symmetric", _symmetry(fn, objective.component))
     try:
         if not objective.rewrite:
             return maximize(objective, lo, hi, **kwargs)
