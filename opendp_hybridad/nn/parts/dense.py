@@ -57,6 +57,41 @@ _gamma_cached = functools.lru_cache(maxsize=None)(gamma)
 _matmul = np.matmul
 
 
+_INT32_MAX = 2**31 - 1
+
+
+@functools.cache
+def _dgemm():
+    """scipy's BLAS ``dgemm`` (imported on first use), or None where scipy cannot give it."""
+    try:
+        from scipy.linalg.blas import dgemm
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return None
+    return dgemm
+
+
+def _add_product(g: np.ndarray, delta: np.ndarray, x: np.ndarray) -> bool:
+    """``g += delta^T x`` in place through BLAS gemm with ``beta = 1``; False (``g`` untouched) where it cannot.
+
+    ``g`` (out, in) C-contiguous is ``g^T`` (in, out) Fortran-contiguous, which gemm updates in
+    place: ``g^T <- 1 * x^T delta + 1 * g^T`` (``x^T`` is Fortran-contiguous when ``x`` is C-contiguous,
+    and ``delta`` is passed as ``delta^T`` with ``trans_b``), so no operand is copied. Multiplying by
+    ``alpha = 1`` and ``beta = 1`` is exact: each entry is the old value plus one product per row, summed
+    in BLAS's order. Refused (False) unless every operand is float64 with the layout above and every
+    dimension fits scipy's 32-bit BLAS integers; a result that gemm did not write in place (it would
+    have copied ``g``) is copied back, so ``g`` always ends up holding the sum.
+    """
+    dgemm = _dgemm()
+    if (dgemm is None or g.dtype != np.float64 or delta.dtype != np.float64 or x.dtype != np.float64
+            or not (g.flags.c_contiguous and g.flags.writeable and delta.flags.c_contiguous and x.flags.c_contiguous)
+            or g.ndim != 2 or max(g.shape + delta.shape + x.shape) > _INT32_MAX):
+        return False
+    result = dgemm(1.0, x.T, delta.T, beta=1.0, c=g.T, trans_b=1, overwrite_c=1)
+    if not np.may_share_memory(result, g):  # bounds only: a copy would not overlap g at all
+        g[...] = result.T
+    return True
+
+
 def _use_compiled_update() -> bool:
     # the switch lives in nn.layers (tests turn it off there to compare the numpy path)
     from opendp_hybridad.nn import layers
@@ -258,12 +293,30 @@ class Dense(Layer):
 
     def accumulate(self, params: Params, x: np.ndarray, cache: None, delta: np.ndarray, out: tuple[np.ndarray, ...],
                    first: bool) -> None:
+        """``gW (+)= delta^T x`` and ``gb (+)= sum_i delta_i``, written in place (``first``: over what was there).
+
+        Each entry stays a float sum over the block's rows of one product ``delta_ij x_ik`` per
+        example (the protocol's contract), added to what the earlier blocks left: the first block
+        writes the product straight into ``gW`` (no temporary, no 8 MB copy for a 1024x784 layer);
+        later blocks add theirs with BLAS gemm and ``beta = 1`` (:func:`_add_product`), so ``gW`` is
+        read and written once by the product instead of a temporary and a second pass. Only the
+        summation order differs from ``gW + delta^T x``, and the float-sum bound holds for any order.
+        A ``_matmul`` put in by tests (another summation order) is used as it is, through a temporary.
+        """
         gW, gb = out
+        if _matmul is not np.matmul:
+            if first:
+                gW[...] = _matmul(delta.T, x)
+            else:
+                gW += _matmul(delta.T, x)
+        elif first or not _add_product(gW, delta, x):
+            if first:
+                np.matmul(delta.T, x, out=gW)
+            else:
+                gW += np.matmul(delta.T, x)
         if first:
-            gW[...] = _matmul(delta.T, x)
             np.sum(delta, axis=0, out=gb)
         else:
-            gW += _matmul(delta.T, x)
             gb += delta.sum(axis=0)
 
     # -- certified bounds (module docstring) ---------------------------------------------------------
