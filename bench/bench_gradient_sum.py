@@ -8,9 +8,21 @@ the batch's plain gradient written by hand in numpy (forward, backward, one prod
 what a non-private step computes); ``MLP.gradient_sum(clip=None)`` (ours, no clipping); and
 ``MLP.gradient_sum(clip=C)`` with C the median per-example norm, so half the examples are clipped
 (ours: per-example norms as ||delta|| ||a||, then the clipped sum as one product per layer, rows in
-cache-sized blocks). Every variant once per round, rounds interleaved after two warm-up rounds,
-with one BLAS thread and with the default threads; min, median and the ratio of medians to numpy.
-The issue's goal: the clipped sum at most 1.0x the hand-written numpy gradient.
+equal blocks of rows, each product written in place); and the same clipped sum into a preallocated
+``out`` (what DP-SGD calls: one flat vector reused every step). Every variant once per round, rounds
+interleaved after two warm-up rounds, with one BLAS thread and with the default threads; min, median
+and the ratio of medians to numpy. The issue's goal: the clipped sum at most 1.0x the hand-written
+numpy gradient.
+
+What is compared: the numpy gradient and ours with ``out=None`` both allocate their results (8.5 MB
+here); ours into ``out`` does not, as in DP-SGD. Each timed call is preceded by an untimed call of the
+same variant (``interleaved(settle=True)``), so each is timed in its own steady state: what the
+previous variant allocated and freed (glibc returns a large free top of the heap to the system, and
+the next call faults those pages in again, about 2.5 us per 4 KiB page on the reference VM) is not
+charged to the next one. Within a variant's own calls such faults do count: with ``out=None``, the
+fresh result plus a block's temporaries can exceed glibc's trim threshold, and each call then faults
+its pages in again (about 3,700 faults, 9 ms, per 256-row call on the reference machine), which the
+``out`` variant does not pay.
 """
 
 from __future__ import annotations
@@ -53,7 +65,7 @@ def run(args) -> dict:
     model = MLP(layers, [Tanh()] * (len(layers) - 1) + [Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
     params = model.init(rng)
     results = {**bench_machine.record(sys.argv), "network": "-".join(map(str, WIDTHS)), "parameters": model.num_parameters,
-               "rounds": args.rounds, "warmup": 2, "load_before": bench_machine.load(), "runs": []}
+               "rounds": args.rounds, "warmup": 2, "settle": True, "load_before": bench_machine.load(), "runs": []}
     for batch in args.batches:
         x = rng.uniform(-1, 1, (batch, WIDTHS[0]))
         y = rng.integers(0, WIDTHS[-1], batch)
@@ -63,12 +75,15 @@ def run(args) -> dict:
         for (gW, gb), (nW, nb) in zip(ours, numpy_gradient(params, x, y), strict=True):
             np.testing.assert_allclose(gW, nW, rtol=1e-9, atol=1e-9)
             np.testing.assert_allclose(gb, nb, rtol=1e-9, atol=1e-9)
+        out = np.empty(model.num_parameters)
         variants = {NUMPY: lambda x=x, y=y: numpy_gradient(params, x, y),
                     "ours, no clipping": lambda x=x, y=y: model.gradient_sum(params, x, y, clip=None),
-                    "ours, clipped at the median norm": lambda x=x, y=y, C=C: model.gradient_sum(params, x, y, clip=C)}
+                    "ours, clipped at the median norm": lambda x=x, y=y, C=C: model.gradient_sum(params, x, y, clip=C),
+                    "ours, clipped at the median norm, into out (DP-SGD)":
+                        lambda x=x, y=y, C=C, out=out: model.gradient_sum(params, x, y, clip=C, out=out)}
         for label in args.threads:
             with bench_machine.threads(bench_machine.THREAD_SETTINGS[label]) as counts:
-                v = bench_machine.summary(bench_machine.interleaved(variants, args.rounds, 2), NUMPY)
+                v = bench_machine.summary(bench_machine.interleaved(variants, args.rounds, 2, settle=True), NUMPY)
             results["runs"].append({"batch": batch, "threads": label, "thread_counts": counts, "clip": C, "variants": v,
                                     "load_after": bench_machine.load()})
             for name, r in v.items():
@@ -81,7 +96,8 @@ def run(args) -> dict:
 def markdown(results: dict) -> str:
     lines = [bench_machine.header(results) + f" Gradient sums on the {results['network']} tanh MLP ({results['parameters']:,} "
              f"parameters), softmax cross-entropy, float64; {results['rounds']} rounds after {results['warmup']} warm-up, "
-             "interleaved; ratio = median over the hand-written numpy gradient's median (below 1: ours faster). Ours "
+             "interleaved, each timed call after an untimed one of the same variant; "
+             "ratio = median over the hand-written numpy gradient's median (below 1: ours faster). Ours "
              "runs BLAS on one thread whatever the setting (threadpoolctl, in nn/sequential.py).", "",
              "| batch | threads | variant | min ms | median ms | ratio of medians |", "|---:|---|---|---:|---:|---:|"]
     for run in results["runs"]:
