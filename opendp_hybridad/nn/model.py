@@ -224,8 +224,8 @@ class MLP:
     def gradient_sum(self, params, x, y, clip: float | None = None, out: np.ndarray | None = None):
         """``sum_i c_i g_i`` with ``c_i = min(1, clip / ||g_i||)`` (no clipping if ``clip`` is None): one product per layer.
 
-        :meth:`Sequential.gradient_sum`: blocks of rows sized so a block's activations stay
-        in cache (about 256 KB per array). How BLAS orders the sums inside a product (and
+        :meth:`Sequential.gradient_sum`: equal blocks of rows whose activations fit in about
+        7 MiB, each product written into ``out`` in place. How BLAS orders the sums inside a product (and
         so the last bits of an example's row) may depend on the block; the float-sum bound
         of DP-SGD does not care: every computed row is within the proven forward error of
         the exact one (:attr:`ModelBound.rounding`, :meth:`ModelBound.row_error`), and the
