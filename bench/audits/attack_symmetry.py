@@ -42,10 +42,9 @@ warnings.filterwarnings("ignore")
 np.seterr(all="ignore")
 
 import opendp_hybridad as hd  # noqa: E402
-from opendp_hybridad.analysis import certify as C  # noqa: E402
+from opendp_hybridad.analysis import certify as C  # noqa: E402, N812
 from opendp_hybridad.analysis.branch_and_bound import BoxBounds, maximize  # noqa: E402
 from opendp_hybridad.analysis.symmetry import symmetric_groups  # noqa: E402
-from opendp_hybridad.errors import SoundnessError  # noqa: E402
 
 VIOLATIONS: list[str] = []
 HELD: list[str] = []
@@ -78,7 +77,7 @@ def run(check) -> None:
     print(f"    [{check.__name__}: {time.time() - t0:.1f}s]")
 
 
-class reduction:
+class reduction:  # noqa: N801 - used as a lower-case context manager
     """Context manager: the symmetry reduction on (the library's) or off (``_symmetry`` -> [])."""
 
     def __init__(self, on: bool):
@@ -98,7 +97,7 @@ def _groups(fn, fixed=None):
 def _attempt(call):
     try:
         return call(), None
-    except Exception as exc:  # noqa: BLE001 - every refusal is compared with and without the reduction
+    except Exception as exc:  # every refusal is compared with and without the reduction
         return None, exc
 
 
@@ -170,7 +169,7 @@ class _NoWitness:
 
 
 def check_one_ulp_split_maximize() -> None:
-    schema, expr, truth, c = _ulp_function()
+    schema, expr, truth, _ = _ulp_function()
     fn = hd.RecordFunction(expr, schema, name="f")
     lo, hi = C._box_arrays(fn)
     groups = _groups(fn)
@@ -339,7 +338,7 @@ def _truths_mp(fn, grid: int, rng) -> dict[str, object]:
 
 def _compare(label: str, fn, out, truths) -> None:
     for kind, res in out.items():
-        (vw, ew), (vo, eo) = res[True], res[False]
+        (vw, ew), (_, eo) = res[True], res[False]
         if ew is not None and eo is None:
             violated("high", f"{label}: {kind} refused only with the reduction", f"{type(ew).__name__}: {str(ew)[:160]}")
             continue
