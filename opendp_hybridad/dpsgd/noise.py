@@ -5,24 +5,61 @@ coordinate to the grid ``g = 2^k`` and add ``g Z`` with ``Z`` a discrete Gaussia
 scale ``s = std / g`` on the integers (Canonne, Kamath and Steinke 2020). Outputs are
 integers times a power of two, so they carry no floating-point side channel
 (Mironov 2012). OpenDP draws ``Z`` by exact rejection sampling, about 11 to 46
-microseconds a coordinate; here it is drawn from a table:
+microseconds a coordinate; here it is drawn from tables.
 
-* the pmf ``p_z`` is evaluated in long double (float64 where that is all there is) for
-  ``|z| <= 10 s`` (the tail beyond has mass below ``2 e^-50 / sqrt(2 pi)``, about 1e-22),
-  turned into integers ``N_z = floor(p_z 2^128)`` whose total is padded to exactly
-  ``2^128`` at ``z = 0``. The pmf is symmetric and so are the ``N_z``, and ``N_0`` is
-  then even, so ``|Z|`` has the integer masses ``H_0 = N_0 / 2``, ``H_k = N_k`` over
-  ``2^127`` and a uniform sign bit gives ``Z`` (half the table: it is read at random
-  and is mostly out of cache after a training step, so its size sets the speed);
-* each coordinate's 64-bit word gives the sign (top bit), one of ``2^r`` columns of an
-  alias table for ``|Z|`` (Walker 1977, built exactly in integers with Vose's method,
-  1991; the next ``r`` bits) and the top ``63 - r`` bits of a uniform ``(127 - r)``-bit
-  ``u``, compared with the column's threshold: below it the column, otherwise its
-  alias. The bits come from OpenSSL's CSPRNG (``RAND_bytes``), the generator OpenDP's
-  own samplers use. The next 64 bits of ``u`` are drawn only when its top bits tie the
-  threshold's (probability about ``2^(r-63)``), because they cannot change any other answer.
+**The masses.** The pmf ``p_z`` is evaluated in long double (float64 where that is all
+there is) for ``|z| <= zmax = ceil(10 s)`` (the tail beyond has mass below
+``2 e^-50 / sqrt(2 pi)``, about 1e-22), turned into integers ``N_z = floor(p_z 2^128)``
+whose total is padded to exactly ``2^128`` at ``z = 0``. The ``N_z`` are symmetric and
+``N_0`` is then even, so ``|Z|`` has the integer masses ``H_0 = N_0 / 2``, ``H_k = N_k``
+over ``2^127``, and a uniform sign bit gives ``Z`` with ``P(Z = z) = N_z / 2^128``.
 
-So ``Z`` is drawn from exactly ``N_z / 2^128`` (``H_k / 2^127`` times one half for each sign), whose statistical distance ``eta`` from
+**The tables (bins plus a residual).** One alias table over all ``zmax + 1`` values
+(``2^17`` columns or more) is read at random positions and is mostly out of cache after
+a training step, so it set the sampler's speed. Instead, with ``m`` bits of bin width
+(``m = max(0, bitlen(zmax) - 12)``), ``|Z|`` is split into bins ``b`` of the ``2^m``
+values ``b 2^m .. b 2^m + 2^m - 1`` (``H_k = 0`` past ``zmax``), and every mass into a
+flat part and a residual: ``H_k = B_b + R_k`` with ``0 <= B_b <= min_{k in b} H_k`` and
+``R_k >= 0``. The ``B_b`` start at the bin minima and some are lowered (the ``R_k`` of
+their bin raised alike) until the residual total is exactly ``R = 2^rho``, a power of two
+(``rho`` the bit length of the minimal residual total minus one, at least ``bitlen(zmax)``:
+lowering ``B_b`` by ``t`` raises ``R`` by ``t 2^m``, and ``R`` is a multiple of ``2^m``, so
+this is exact and at most doubles ``R``). Then
+
+* an alias table of ``2^c <= 2^13`` columns (Walker 1977, built exactly in integers with
+  Vose's method, 1991) over the outcomes "bin ``b``" with mass ``B_b`` and "residual" with
+  mass ``2^(rho - m)``, which sum to exactly ``2^(127 - m)``; it is a few kilobytes and
+  stays in the level-1 cache;
+* bin ``b`` gives ``|Z| = b 2^m + o`` with ``o`` uniform on ``m`` bits;
+* "residual" gives ``|Z| = k`` from a second exact alias table over the ``R_k`` (total
+  ``2^rho``, ``2^bitlen(zmax)`` columns of 24 bytes), read by ``2^(rho - 127)`` of the
+  draws: the minimal residual is about ``2^m 2 / (s sqrt(2 pi))`` (0.2 to 0.3 % with the
+  default grid), at most doubled, so some 40 of 10 thousand coordinates.
+
+*Proof that the distribution is unchanged.* An alias table with ``2^c`` columns of
+capacity ``2^L`` gives outcome ``i`` with probability exactly ``mass_i / 2^(L + c)``
+when its column is uniform and ``u`` is uniform on ``[0, 2^L)`` (column ``j`` is kept
+when ``u < T_j``, else its alias; the construction is checked in integers). So
+``P(|Z| = k) = (B_b / 2^(127 - m)) 2^-m + (2^(rho - m) / 2^(127 - m)) (R_k / 2^rho)
+= (B_b + R_k) / 2^127 = H_k / 2^127`` for ``k`` in bin ``b``: the masses of the single
+table this replaces, hence the same statistical distance and accounting. The tests
+recompute every ``H_k`` from the tables' integers and decode chosen words (ties at every
+level) with an independent implementation.
+
+**The random words.** Each coordinate reads one 32-bit word: the sign (top bit), the
+column (``c`` bits), the offset ``o`` (``m`` bits) and the top ``q = 31 - c - m`` bits of
+``u``. Thresholds are stored left-aligned in 128 bits (``T' = T 2^(128 - L)``; a full
+column, ``T = 2^L``, as ``2^128 - 1`` with itself as alias), and ``u < T`` iff
+``U < T'`` for any ``U`` whose top ``L`` bits are ``u``, so ``u`` is compared lazily: its
+top ``q`` bits decide unless they equal ``T'``'s (probability ``2^-q``, ``q >= 8``, about
+``2^-14`` here), and then two more words give the rest of ``U`` (the exact 128-bit
+comparison). A residual draw takes three more words (column, then a 128-bit ``U``). These
+extra words come, in coordinate order, from a second stream of 64-bit words; the bits
+come from OpenSSL's CSPRNG (``RAND_bytes``), the generator OpenDP's own samplers use.
+Every bit is used at most once, so the outcome is an exact function of independent
+uniform bits.
+
+So ``Z`` is drawn from exactly ``N_z / 2^128``, whose statistical distance ``eta`` from
 the discrete Gaussian is bounded at construction (:attr:`statistical_distance`):
 the evaluation of ``exp(-z^2 / 2 s^2)`` (exponent rounding, at most 2 ulp of it,
 and 4 ulp for exp), normalisation, the integer floors and the truncated tail. A run
@@ -30,11 +67,9 @@ that draws ``m`` coordinates is within ``m eta`` of the ideal mechanism, so an
 ``(epsilon, delta)`` guarantee of the ideal becomes ``(epsilon, delta + (1 + e^epsilon) m eta)``
 (:meth:`delta_penalty`).
 
-A draw costs one gather from a table of ``2^r`` 64-bit words (threshold top bits and
-alias packed together). Where numba is installed a compiled kernel (:mod:`.noise_kernel`)
-does it in two passes, about 4 ns a coordinate with the table in cache and 10 ns right
-after a training step has evicted it; numpy's vector operations take about 15 to 20 ns.
-Both give the same output for the same random bits.
+Where numba is installed a compiled kernel (:mod:`.noise_kernel`) does it in one pass
+(ties and residual draws inline); numpy's vector operations are the fallback. Both give
+the same output for the same random words.
 """
 
 from __future__ import annotations
@@ -69,6 +104,7 @@ except ImportError:  # pragma: no cover
 _U = float(np.finfo(np.longdouble).epsneg)  # unit roundoff of the pmf's arithmetic (2^-64 on x86, 2^-53 where long double is double)
 _TAILS = 10.0
 _MAX_COLUMN_BITS = 22
+_TOP_COLUMN_BITS = 12  # at most 2^12 bins: a top table of 16 KiB, and residual draws 0.2 to 0.4 % of the draws
 _M64 = (1 << 64) - 1
 #: every table is checked against this at construction, so a run can state its delta before training
 #: (about 1e-17 with x86 long double, 1e-14 where long double is float64)
@@ -86,9 +122,9 @@ class DiscreteGaussianSampler:
         self.k = math.floor(math.log2(std / resolution)) if k is None else int(k)
         self.grid = 2.0**self.k
         self.scale = std / self.grid  # s, in grid units
-        table = _table(self.scale)
-        self.zmax, self._r, self._packed, self._threshold_low = table.zmax, table.r, table.packed, table.threshold_low
-        self.statistical_distance = table.statistical_distance
+        self._tables = _table(self.scale)
+        self.zmax = self._tables.zmax
+        self.statistical_distance = self._tables.statistical_distance
         from opendp_hybridad.dpsgd.noise_kernel import compiled_noisy_lattice
 
         self._kernel = None if backend == "numpy" else compiled_noisy_lattice()
@@ -102,46 +138,63 @@ class DiscreteGaussianSampler:
 
     def masses(self) -> list[int]:
         """``N_z`` for ``z = -zmax..zmax``: the sampler returns ``z`` with probability exactly ``N_z / 2^128``."""
-        return _integer_pmf(self.scale).masses  # recomputed (exact, deterministic): the cache keeps only the table
+        return _integer_pmf(self.scale).masses  # recomputed (exact, deterministic): the cache keeps only the tables
 
     def magnitude_masses(self) -> list[int]:
-        """``H_k`` for ``k = 0..zmax``, the alias table's masses: ``|Z| = k`` with probability ``H_k / 2^127``."""
+        """``H_k`` for ``k = 0..zmax``, the tables' masses: ``|Z| = k`` with probability ``H_k / 2^127``."""
         return _integer_pmf(self.scale).magnitudes
+
+    @staticmethod
+    def _fresh(count: int) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` 32-bit words and a stream of extra 64-bit words, from one call to the CSPRNG."""
+        # ties and residual draws take about 0.012 words a coordinate on average; the kernel settles
+        # as many as these words cover at 5 words each (more are drawn if short: rare)
+        extra = 64 + 5 * (count // 64)
+        buffer = _random_bytes(8 * extra + 4 * count)
+        return (np.frombuffer(buffer, dtype=np.uint32, offset=8 * extra, count=count),
+                np.frombuffer(buffer, dtype=np.uint64, count=extra))
 
     def integers(self, count: int) -> np.ndarray:
         """``count`` draws of ``Z`` (int64)."""
-        bits = np.frombuffer(_random_bytes(8 * count), dtype=np.uint64)
-        index = self.lookup(bits)
-        return np.where(bits >> np.uint64(63), -index, index)
+        bits, extra = self._fresh(count)
+        index = self.lookup(bits, extra)
+        return np.where(bits >> np.uint32(31), -index, index)
 
     def lookup(self, bits: np.ndarray, low: np.ndarray | None = None) -> np.ndarray:
-        """``|Z|`` for each 64-bit draw: column ``j`` (the ``r`` bits below the sign bit) if ``u < T_j``, else its alias.
+        """``|Z|`` for each word of ``bits`` (numpy; the kernel's rule, see the module's docstring).
 
-        ``u`` is the draw's remaining ``63 - r`` bits followed by 64 more; those are read
-        from ``low`` or, when ``low`` is None, drawn only where the top bits tie ``T_j``'s.
+        ``bits``: uint32 words (uint64: their top 32 bits). ``low``: the stream of extra
+        64-bit words ties and residual draws take, in coordinate order (:class:`_Stream`).
         """
-        r = self._r
-        column = ((bits >> np.uint64(63 - r)) & np.uint64((1 << r) - 1)).astype(np.intp)
-        word = self._packed[column]
-        top = bits & np.uint64((1 << (63 - r)) - 1)
-        threshold = word >> np.uint64(r)
-        alias = (word & np.uint64((1 << r) - 1)).astype(np.intp)
-        index = np.where(top < threshold, column, alias)
-        for t in np.flatnonzero(top == threshold):  # about 2^(r-63) of the draws: the next 64 bits decide
-            index[t] = self._settle_tie(int(bits[t]), None if low is None else int(low[t]))
+        t = self._tables
+        w = _words32(bits).astype(np.uint64)
+        column = ((w >> np.uint64(31 - t.c)) & np.uint64((1 << t.c) - 1)).astype(np.intp)
+        word = t.top[column].astype(np.uint64)
+        top = w & np.uint64((1 << t.q) - 1)
+        threshold = word >> np.uint64(t.c)
+        outcome = np.where(top < threshold, column, (word & np.uint64((1 << t.c) - 1)).astype(np.intp))
+        index = (outcome << t.m) | ((w >> np.uint64(t.q)) & np.uint64((1 << t.m) - 1)).astype(np.intp)
+        stream = _Stream(low)
+        for i in np.flatnonzero((top == threshold) | (outcome == t.bins)).tolist():  # rare, in coordinate order
+            index[i] = self._settle(int(w[i]), stream)
         return index
 
-    def _column(self, bits: int) -> int:
-        return (bits >> (63 - self._r)) & ((1 << self._r) - 1)
-
-    def _settle_tie(self, bits: int, low: int | None) -> int:
-        """``|Z|`` for a draw whose top bits tie its column's threshold: compare the next 64 bits of ``u``."""
-        column = self._column(bits)
-        if low is None:
-            low = int(np.frombuffer(_random_bytes(8), dtype=np.uint64)[0])
-        if low < int(self._threshold_low[column]):
-            return column
-        return int(self._packed[column]) & ((1 << self._r) - 1)
+    def _settle(self, word: int, stream: _Stream) -> int:
+        """``|Z|`` for a word whose top bits tie its column's threshold or whose outcome is the residual (Python ints)."""
+        t = self._tables
+        column = (word >> (31 - t.c)) & ((1 << t.c) - 1)
+        packed = int(t.top[column])
+        top, threshold = word & ((1 << t.q) - 1), packed >> t.c
+        outcome = column if top < threshold else packed & ((1 << t.c) - 1)
+        if top == threshold:  # U = these q bits, then 64 - q bits of one extra word and all of a second
+            e1, e2 = stream.take(2)
+            u = (top << (128 - t.q)) | ((e1 >> t.q) << 64) | e2
+            outcome = column if u < (int(t.top_hi[column]) << 64 | int(t.top_lo[column])) else packed & ((1 << t.c) - 1)
+        if outcome != t.bins:
+            return (outcome << t.m) | ((word >> t.q) & ((1 << t.m) - 1))
+        e1, e2, e3 = stream.take(3)  # the residual table: a column, then a 128-bit U
+        hi, lo, alias = t.residual[e1 >> (64 - t.r)].tolist()
+        return e1 >> (64 - t.r) if (e2 << 64 | e3) < (hi << 64 | lo) else alias
 
     def __call__(self, values: np.ndarray, *, in_place: bool = False) -> np.ndarray:
         """``g (round(values / g) + Z)``, one fresh ``Z`` per coordinate: exact in float64 while ``|values| / g < 2^52``.
@@ -151,43 +204,51 @@ class DiscreteGaussianSampler:
         """
         x = np.ascontiguousarray(values, dtype=np.float64)
         out = x if in_place and x is values else None
-        return self.add(x, np.frombuffer(_random_bytes(8 * x.size), dtype=np.uint64), out=out)
+        bits, extra = self._fresh(x.size)
+        return self._add(x, bits, _Stream(extra, secure=True), out)
 
     def add(self, values: np.ndarray, bits: np.ndarray, low: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """The mechanism given its random words: ``g (round(values / g) + Z)`` with ``Z`` looked up from ``bits``.
 
-        ``bits`` holds one uniform 64-bit word per coordinate (its top bit is the sign);
-        ``low`` the next 64 bits for ties (drawn fresh when None, as :meth:`lookup`).
+        ``bits`` holds one uniform word per coordinate: uint32, or uint64 whose top 32
+        bits are used (the sign is the top bit). ``low``: the extra 64-bit words that ties
+        and residual draws take, in coordinate order; fresh CSPRNG words when None. A
+        given ``low`` that runs out continues with words of numpy's generator seeded by it
+        (deterministic, for seeded experiments and tests; the private path never passes one).
         Either backend gives the same output for the same words. ``out`` (may be
         ``values``) receives the result. A value too large for the grid, or NaN, raises
         before anything is written.
         """
         x = np.ascontiguousarray(values, dtype=np.float64)
+        return self._add(x, _words32(bits), _Stream(low), out)
+
+    def _add(self, x: np.ndarray, bits: np.ndarray, stream: _Stream, out: np.ndarray | None) -> np.ndarray:
         limit = 2.0**52 * self.grid
         bad = ValueError("the values are too large for this grid (or not finite)")
+        if bits.size != x.size:
+            raise ValueError("one random word per coordinate")
+        t = self._tables
         if self._kernel is not None:
             flat = x.reshape(-1)
             result = np.empty(x.size) if out is None else out.reshape(-1)
-            ties = np.empty(min(x.size, 64), dtype=np.int64)  # ties are about 2^(r-63) of the draws
             start = 0
             while True:
-                count, stop = self._kernel(flat, bits, start, self._packed, self._r, self.grid, limit, result, ties)
+                extra, position = stream.array()
+                stop, position = self._kernel(flat, bits, start, t.top, t.top_hi, t.top_lo, t.c, t.m, t.q, t.bins,
+                                              t.residual, t.r, self.grid, limit, result, extra, position)
                 if stop < 0:
                     raise bad
-                for t in ties[:count].tolist():
-                    # the kernel wrote the column; the next 64 bits of u decide between it and its alias
-                    word = int(bits[t])
-                    change = self._settle_tie(word, None if low is None else int(low[t])) - self._column(word)
-                    result[t] += (-change if word >> 63 else change) * self.grid  # integers times g: exact
+                stream.used(position)
                 if stop >= x.size:
                     break
-                start = stop  # a stop before the end follows a full buffer of ties at a later index: always progress
+                stream.refill()  # the extra words left might not cover the coordinate at stop: nothing from it on is written
+                start = stop
             return result.reshape(x.shape)
         if x.size and not (-limit < x.min() and x.max() < limit):  # NaN fails both
             raise bad
-        index = self.lookup(bits, low)
+        index = self.lookup(bits, stream)
         lattice = np.rint(x * (1.0 / self.grid)) if out is None else np.rint(x * (1.0 / self.grid), out=out)
-        lattice += np.where(bits >> np.uint64(63), -index, index).reshape(x.shape)
+        lattice += np.where(bits >> np.uint32(31), -index, index).reshape(x.shape)
         lattice *= self.grid
         return lattice
 
@@ -198,13 +259,78 @@ class DiscreteGaussianSampler:
         return distance_penalty(epsilon, mul_up(float(coordinates), self.statistical_distance))
 
 
+def _words32(bits: np.ndarray) -> np.ndarray:
+    """One 32-bit word per coordinate: uint32 as given, uint64 by their top 32 bits."""
+    b = np.asarray(bits).reshape(-1)
+    if b.dtype == np.uint32:
+        return np.ascontiguousarray(b)
+    if b.dtype == np.uint64:
+        return (b >> np.uint64(32)).astype(np.uint32)
+    raise TypeError("the random words must be uint32 or uint64")
+
+
+class _Stream:
+    """The extra 64-bit words that ties and residual draws take, in coordinate order.
+
+    Refilled from the CSPRNG when it began as fresh words (or none); a given array that
+    runs out continues with the raw output of numpy's generator seeded by that array, so
+    seeded runs and tests stay deterministic. Refills never change the order of the words.
+    """
+
+    def __init__(self, words: np.ndarray | _Stream | None, secure: bool = False):
+        if isinstance(words, _Stream):  # already a stream (the numpy path passes its own on)
+            self.__dict__.update(words.__dict__)
+            return
+        self._secure = secure or words is None
+        self._words = np.ascontiguousarray(np.empty(0, dtype=np.uint64) if words is None else words, dtype=np.uint64).reshape(-1)
+        self._seed = None if self._secure else [self._words.size, *self._words.tolist()]
+        self._rng: np.random.Generator | None = None
+        self._position = 0
+
+    def array(self) -> tuple[np.ndarray, int]:
+        return self._words, self._position
+
+    def used(self, position: int) -> None:
+        self._position = position
+
+    def refill(self) -> None:
+        count = 256  # at least the 5 words one coordinate can take
+        if self._secure:
+            more = np.frombuffer(_random_bytes(8 * count), dtype=np.uint64)
+        else:
+            if self._rng is None:
+                self._rng = np.random.default_rng(self._seed)
+            more = self._rng.bit_generator.random_raw(count).astype(np.uint64)
+        self._words = np.concatenate([self._words[self._position:], more])
+        self._position = 0
+
+    def take(self, count: int) -> list[int]:
+        while self._position + count > self._words.size:
+            self.refill()
+        out = self._words[self._position:self._position + count].tolist()
+        self._position += count
+        return out
+
+
 @dataclass(frozen=True)
 class _Table:
-    """What a sampler draws from (kept in a cache): the exact integer masses are recomputed on demand."""
+    """What a sampler draws from (kept in a cache): the exact integer masses are recomputed on demand.
+
+    ``top``: ``2^c`` uint32 words ``(T' >> (128 - q)) << c | alias`` of the bins-and-residual
+    table; ``top_hi``, ``top_lo``: its left-aligned 128-bit thresholds ``T'`` (read on ties);
+    ``residual``: the residual table over ``2^r`` columns (outcome ``bins`` of the top), one record
+    ``(T'_hi, T'_lo, alias)`` of uint64 a column, so that a residual draw reads one cache line (mostly).
+    """
     zmax: int
     r: int
-    packed: np.ndarray
-    threshold_low: np.ndarray
+    m: int
+    c: int
+    q: int
+    bins: int
+    top: np.ndarray
+    top_hi: np.ndarray
+    top_lo: np.ndarray
+    residual: np.ndarray
     statistical_distance: float
 
 
@@ -218,7 +344,8 @@ class _IntegerPmf:
     p: np.ndarray
 
 
-#: noise tables kept per process: each up to 4 MiB (2^18 columns of two 64-bit words). Per-step bounds
+#: noise tables kept per process: each up to 6 MiB (the residual table's 2^18 columns of 24 bytes; the top one is 80 KiB
+#: at most, 4 bytes a column read by every draw and 16 on ties). Per-step bounds
 #: visit one noise scale per slot their sensitivity passes through (64 slots per octave of the std);
 #: 8 was too few for a run whose sensitivity moved over 13 slots (every step rebuilt a table)
 TABLE_CACHE_SIZE = 32
@@ -252,7 +379,7 @@ def _integer_pmf(scale: float) -> _IntegerPmf:
 def _table(scale: float) -> _Table:
     pmf = _integer_pmf(scale)
     zmax, deficit, exponent, p = pmf.zmax, pmf.deficit, pmf.exponent, pmf.p
-    r, packed, threshold_low = _alias_table(pmf.magnitudes, total_bits=127)
+    tables = _tables(pmf.magnitudes, zmax)
     # statistical distance from the discrete Gaussian, bounded generously (no factor 1/2):
     # relative error per weight of at most (2 |exponent| + 8) u (the exponent's roundings
     # and exp), the total's from those and (log2 n + 1) u of summation, one rounding in
@@ -272,7 +399,7 @@ def _table(scale: float) -> _Table:
     distance = sum_up([float_part, floors, round_up(Fraction(abs(deficit), 2**128)), tail])
     if distance > STATISTICAL_DISTANCE_BOUND:
         raise DeclarationError("this table is further from the discrete Gaussian than the bound every run reports")
-    return _Table(zmax, r, packed, threshold_low, distance)
+    return _Table(zmax, *tables, statistical_distance=distance)
 
 
 def _floor_times_2_128(p: np.ndarray) -> list[int]:
@@ -290,20 +417,21 @@ def _floor_times_2_128(p: np.ndarray) -> list[int]:
     return [(h << 64) | w for h, w in zip(high, low, strict=True)]
 
 
-def _alias_table(masses: list[int], total_bits: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """An exact alias table for integer masses summing to ``2^total_bits``, over ``2^r`` columns.
+def _alias(masses: list[int], total_bits: int, column_bits: int) -> tuple[list[int], list[int]]:
+    """An exact alias table for integer masses summing to ``2^total_bits``, over ``2^column_bits`` columns.
 
-    Column ``j`` has capacity ``2^(total_bits - r)``; it keeps ``T_j`` for entry ``j`` and
-    gives the rest to its alias (Vose 1991, in integers, so ``P(j) = N_j / 2^total_bits``
-    exactly). Returns ``r``, words ``(T_j >> 64) << r | alias_j`` and the low 64 bits of
-    each ``T_j``. A full column (``T_j`` = capacity) is its own alias.
+    Column ``j`` has capacity ``2^L``, ``L = total_bits - column_bits``; it keeps ``T_j`` for
+    entry ``j`` and gives the rest to its alias (Vose 1991, in integers, so with a uniform
+    column and ``u`` uniform on ``[0, 2^L)``, ``P(i) = mass_i / 2^total_bits`` exactly).
+    Returns the thresholds left-aligned in 128 bits, ``T_j 2^(128 - L)`` (a full column,
+    its own alias, as ``2^128 - 1``: every ``U`` below it keeps ``j``, and ``U = 2^128 - 1``
+    goes to the alias, ``j`` too), and the aliases.
     """
-    r = max(1, (len(masses) - 1).bit_length())
-    columns = 1 << r
-    capacity = 1 << (total_bits - r)
-    top_bits = total_bits - r - 64  # the bits of u in the draw's own word
-    if top_bits < 1:
-        raise DeclarationError("too many columns for the bits of one word")
+    columns = 1 << column_bits
+    capacity_bits = total_bits - column_bits
+    if not (0 <= capacity_bits <= 128 and len(masses) <= columns and sum(masses) == 1 << total_bits):
+        raise AssertionError("an alias table needs masses summing to 2^total_bits over enough columns")  # cannot happen
+    capacity = 1 << capacity_bits
     mass = list(masses) + [0] * (columns - len(masses))
     threshold, alias = [capacity] * columns, list(range(columns))
     small = [j for j in range(columns) if mass[j] < capacity]
@@ -317,12 +445,59 @@ def _alias_table(masses: list[int], total_bits: int) -> tuple[int, np.ndarray, n
             small.append(big)
     if any(mass[j] != capacity for j in small + large):
         raise AssertionError("the masses do not sum to 2^total_bits")  # exact integers: cannot happen
-    for j in small + large:  # full columns: their own alias, threshold all ones (a tie is resolved to j either way)
+    for j in small + large:  # full columns: their own alias
         threshold[j], alias[j] = capacity, j
-    top = [min(t >> 64, (1 << top_bits) - 1) for t in threshold]
-    packed = (np.array(top, dtype=np.uint64) << np.uint64(r)) | np.array(alias, dtype=np.uint64)
-    low = np.array([t & _M64 if t < capacity else _M64 for t in threshold], dtype=np.uint64)
-    return r, packed, low
+    aligned = [(t << (128 - capacity_bits)) if t < capacity else (1 << 128) - 1 for t in threshold]
+    return aligned, alias
+
+
+def _split(aligned: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([t >> 64 for t in aligned], dtype=np.uint64), np.array([t & _M64 for t in aligned], dtype=np.uint64))
+
+
+def _tables(magnitudes: list[int], zmax: int) -> tuple:
+    """The bins-and-residual tables for ``|Z|`` (masses ``H_k`` summing to ``2^127``): see the module's docstring.
+
+    Returns ``r, m, c, q, bins, top, top_hi, top_lo, residual``.
+    """
+    r = max(1, zmax.bit_length())  # 2^r > zmax: the residual table's columns
+    m = max(0, r - _TOP_COLUMN_BITS)  # bins of 2^m values, few enough that the top table stays in the level-1 cache
+    width = 1 << m
+    bins = -(-(zmax + 1) // width)
+    h = list(magnitudes) + [0] * (bins * width - len(magnitudes))  # H_k = 0 past zmax: the last bin's floor is 0 if it is partial
+    flat = [min(h[b * width:(b + 1) * width]) for b in range(bins)]
+    residual = [h[k] - flat[k >> m] for k in range(len(h))]
+    minimal = sum(residual)  # a multiple of 2^m (2^127 minus 2^m times the flat masses)
+    if minimal:
+        rho = max(r, (minimal - 1).bit_length())  # the residual total, raised to 2^rho (at most doubled, or to 2^r)
+        lower = ((1 << rho) - minimal) >> m  # exact: both terms are multiples of 2^m (rho >= r > m)
+        for b in range(bins):  # lowered from the first bins, whose flat parts are the largest
+            t = min(flat[b], lower)
+            flat[b] -= t
+            for k in range(b * width, (b + 1) * width):
+                residual[k] += t
+            lower -= t
+            if not lower:
+                break
+        if lower or sum(residual) != 1 << rho:
+            raise AssertionError("the residual total is not a power of two")  # 2^rho <= 2^127: cannot happen
+        outcomes = [*flat, 1 << (rho - m)]
+        res_aligned, res_alias = _alias(residual[: zmax + 1], rho, r)
+    else:  # every bin flat (m = 0, say): no residual outcome
+        outcomes, res_aligned, res_alias = flat, [], []
+    if any(h[k] != flat[k >> m] + residual[k] for k in range(len(h))) or sum(outcomes) != 1 << (127 - m):
+        raise AssertionError("the split does not add up")  # exact integers: cannot happen
+    c = max(1, (len(outcomes) - 1).bit_length())
+    q = 31 - c - m
+    if q < 1:
+        raise DeclarationError("too many columns for the bits of one word")  # m <= 10 and c <= 13: cannot happen
+    aligned, alias = _alias(outcomes, 127 - m, c)
+    top = np.array([((t >> (128 - q)) << c) | a for t, a in zip(aligned, alias, strict=True)], dtype=np.uint32)
+    top_hi, top_lo = _split(aligned)
+    residual_records = np.empty((len(res_alias), 3), dtype=np.uint64)
+    residual_records[:, 0], residual_records[:, 1] = _split(res_aligned)
+    residual_records[:, 2] = res_alias
+    return r, m, c, q, bins, top, top_hi, top_lo, residual_records
 
 
 def gaussian_std_for(sensitivity: float, noise_multiplier: float, dimension: int, resolution: int = 2**13) -> tuple[float, int]:
