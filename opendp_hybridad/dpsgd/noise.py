@@ -104,6 +104,7 @@ except ImportError:  # pragma: no cover
 _U = float(np.finfo(np.longdouble).epsneg)  # unit roundoff of the pmf's arithmetic (2^-64 on x86, 2^-53 where long double is double)
 _TAILS = 10.0
 _MAX_COLUMN_BITS = 22
+_TOO_LARGE = "the values are too large for this grid (or not finite)"
 _TOP_COLUMN_BITS = 12  # at most 2^12 bins: a top table of 16 KiB, and residual draws 0.2 to 0.4 % of the draws
 _M64 = (1 << 64) - 1
 #: every table is checked against this at construction, so a run can state its delta before training
@@ -125,6 +126,8 @@ class DiscreteGaussianSampler:
         self._tables = _table(self.scale)
         self.zmax = self._tables.zmax
         self.statistical_distance = self._tables.statistical_distance
+        t = self._tables
+        self._kernel_tables = (t.top, t.top_hi, t.top_lo, t.c, t.m, t.q, t.bins, t.residual, t.r)
         from opendp_hybridad.dpsgd.noise_kernel import compiled_noisy_lattice
 
         self._kernel = None if backend == "numpy" else compiled_noisy_lattice()
@@ -224,20 +227,17 @@ class DiscreteGaussianSampler:
 
     def _add(self, x: np.ndarray, bits: np.ndarray, stream: _Stream, out: np.ndarray | None) -> np.ndarray:
         limit = 2.0**52 * self.grid
-        bad = ValueError("the values are too large for this grid (or not finite)")
         if bits.size != x.size:
             raise ValueError("one random word per coordinate")
-        t = self._tables
         if self._kernel is not None:
             flat = x.reshape(-1)
             result = np.empty(x.size) if out is None else out.reshape(-1)
             start = 0
             while True:
                 extra, position = stream.array()
-                stop, position = self._kernel(flat, bits, start, t.top, t.top_hi, t.top_lo, t.c, t.m, t.q, t.bins,
-                                              t.residual, t.r, self.grid, limit, result, extra, position)
+                stop, position = self._kernel(flat, bits, start, *self._kernel_tables, self.grid, limit, result, extra, position)
                 if stop < 0:
-                    raise bad
+                    raise ValueError(_TOO_LARGE)
                 stream.used(position)
                 if stop >= x.size:
                     break
@@ -245,7 +245,7 @@ class DiscreteGaussianSampler:
                 start = stop
             return result.reshape(x.shape)
         if x.size and not (-limit < x.min() and x.max() < limit):  # NaN fails both
-            raise bad
+            raise ValueError(_TOO_LARGE)
         index = self.lookup(bits, stream)
         lattice = np.rint(x * (1.0 / self.grid)) if out is None else np.rint(x * (1.0 / self.grid), out=out)
         lattice += np.where(bits >> np.uint32(31), -index, index).reshape(x.shape)
@@ -282,7 +282,9 @@ class _Stream:
             self.__dict__.update(words.__dict__)
             return
         self._secure = secure or words is None
-        self._words = np.ascontiguousarray(np.empty(0, dtype=np.uint64) if words is None else words, dtype=np.uint64).reshape(-1)
+        if words is None:
+            words = np.empty(0, dtype=np.uint64)
+        self._words = words if secure else np.ascontiguousarray(words, dtype=np.uint64).reshape(-1)  # secure: _fresh's own
         self._seed = None if self._secure else [self._words.size, *self._words.tolist()]
         self._rng: np.random.Generator | None = None
         self._position = 0

@@ -57,11 +57,12 @@ def compiled_noisy_lattice() -> Callable | None:
         uq, um, uc = np.uint64(q), np.uint64(m), np.uint64(c)
         outcome_residual = np.uint64(bins)
         inverse = 1.0 / grid  # a power of two: exact
-        # ties and residual draws (about 0.2 to 0.4 % of the coordinates) are written with z = 0 here
-        # and settled after the loop, at most 5 extra words each: as many as the words left cover
+        # ties and residual draws (about 0.4 % of the coordinates) get z = 0 here and are settled
+        # after the loops, at most 5 extra words each: as many as the words left cover
         special = np.empty(max(0, (extra.size - position) // 5), dtype=np.int64)
         count = 0
         stop = n
+        zs = np.empty(n, dtype=np.float64)  # the drawn integers; the rounding loop below then vectorises
         for i in range(n):
             b = np.uint64(bits[i])
             column = (b >> shift) & column_mask
@@ -75,16 +76,20 @@ def compiled_noisy_lattice() -> Callable | None:
             outcome = alias ^ ((column ^ alias) & keep)
             index = (outcome << um) | ((b >> uq) & offset_mask)
             if (u == threshold) | (outcome == outcome_residual):  # rare: predicted not taken
-                if count == special.size:
+                # no early exit from the loop (about 4 us per 10 thousand words faster): past the
+                # capacity, only the first such coordinate is kept, and the loops below stop there
+                if count < special.size:
+                    special[count] = i
+                elif count == special.size:
                     stop = i
-                    break
-                special[count] = i
                 count += 1
                 index = np.uint64(0)
             # no branch on the sign: it is a coin flip, and a branch would mispredict half the time;
             # an integer, so z = 0 adds +0.0 and a rounded -0.0 comes out as +0.0 (no sign leak)
-            z = np.int64(index) * (np.int64(1) - np.int64(2) * np.int64(b >> np.uint64(31)))
-            out[i] = (np.rint(values[i] * inverse) + np.float64(z)) * grid
+            zs[i] = np.float64(np.int64(index) * (np.int64(1) - np.int64(2) * np.int64(b >> np.uint64(31))))
+        count = min(count, special.size)
+        for i in range(stop):
+            out[i] = (np.rint(values[i] * inverse) + zs[i]) * grid
         # the special coordinates in order, taking the extra words as the numpy path does: first ties
         # and the residual draws' columns (no table miss), then every residual record in a loop of
         # independent loads (the residual table is large and out of cache: the misses overlap)
