@@ -149,7 +149,8 @@ def maximize(
     before. Proof that the bound still covers the root box: let ``W(b)`` be the sum of the side
     widths of ``b`` (the same for all permutations of ``b``). Every box ``b`` ever formed is
     covered, i.e. ``sup_b F <= `` the returned bound: a box left in the queue or the leaves is
-    counted; a split box is the union of its children; a box collapsed onto a face holds its
+    counted; a split box is the union of its children (each strictly narrower: a side is split
+    only at a midpoint strictly inside it); a box collapsed onto a face holds its
     supremum on the face; a permuted box ``P b`` has ``sup_{P b} F = sup_b F`` by invariance; a
     dropped box is a permutation of a box seen earlier. The last step refers to a box that is
     not an ancestor (a strict descendant has a strictly smaller ``W``, so it cannot be a
@@ -268,14 +269,22 @@ def maximize(
         for _ in range(size):
             neg_ub, _, blo, bhi, bad, score = heapq.heappop(heap)
             rel = np.where(splittable, (bhi - blo) / np.where(splittable, root_width, 1.0), 0.0)
-            if not np.any(rel > _MIN_RELATIVE_WIDTH):
+            with np.errstate(all="ignore"):
+                mids = 0.5 * (blo + bhi)
+                mids = np.where(np.isfinite(mids), mids, 0.5 * blo + 0.5 * bhi)  # ends near the float range
+            # a direction splits only where its rounded midpoint lies strictly inside: on a side one ulp wide
+            # the midpoint rounds onto an end, and one "child" would be the parent itself (audit:
+            # attack_symmetry.py; the symmetry reduction's proof needs every split to shrink the box)
+            splits = (rel > _MIN_RELATIVE_WIDTH) & (blo < mids) & (mids < bhi)
+            if not np.any(splits):
                 if bad >= 0:
                     raise objective.explain(bad)
                 leaves.append((-neg_ub, bad))
                 continue
-            usable = np.isfinite(score) & (rel > _MIN_RELATIVE_WIDTH)
-            d = int(np.argmax(np.where(usable, score, -1.0))) if bad < 0 and np.any(usable & (score > 0)) else int(np.argmax(rel))
-            mid = 0.5 * (blo[d] + bhi[d])
+            usable = np.isfinite(score) & splits
+            d = (int(np.argmax(np.where(usable, score, -1.0))) if bad < 0 and np.any(usable & (score > 0))
+                 else int(np.argmax(np.where(splits, rel, -1.0))))
+            mid = mids[d]
             left_hi = bhi.copy()
             left_hi[d] = mid
             right_lo = blo.copy()

@@ -155,3 +155,43 @@ def test_library_uses_the_groups_it_finds(monkeypatch):
         g = t * (1 - t**2) / s
         best = max(best, float(np.linalg.norm(g)))
     assert cert.upper >= best
+
+
+class _WithheldWitness:
+    """A range objective with every point value withheld: only the partition's bound is tested."""
+
+    def __init__(self, fn: hd.RecordFunction):
+        self.inner = RangeObjective(fn, +1.0)
+
+    def enclose(self, lo, hi):
+        from opendp_hybridad.analysis.branch_and_bound import BoxBounds
+
+        b = self.inner.enclose(lo, hi)
+        return BoxBounds(b.upper, b.bad, b.split_score, np.full(lo.shape[0], -np.inf), b.shrink)
+
+    def value(self, points):
+        return np.full(points.shape[0], -np.inf)
+
+    def lower_bound(self, points):
+        return np.full(points.shape[0], -np.inf)
+
+    def explain(self, bad):
+        return self.inner.explain(bad)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_one_ulp_side_is_never_split_onto_itself(symmetric):
+    # audit attack_symmetry.py: on a side one ulp wide the rounded midpoint is an end, so one "child" was
+    # the parent itself; with the reduction that child's key was already seen and the box left the
+    # partition (a bound below the truth). The truth here is exact: f(c, c, 3e6) = 0 in rationals.
+    X, M = 2.0**22, 10**6
+    c = sp.Rational(X + 0.25 + math.ulp(X))  # an odd mantissa, between the floats a one-ulp box keeps
+    schema = hd.Schema({"x0": (X, X + 1.0), "x1": (X, X + 1.0), "x2": (3.0 * M, 3.0 * M)})
+    x0, x1, x2 = schema.symbols()
+    fn = hd.RecordFunction(-sp.Abs(x0 - c) - sp.Abs(x1 - c) + x2 / 3 - M, schema, name="f")
+    assert fn.expr.xreplace({x0: c, x1: c, x2: 3 * M}) == 0
+    lo, hi = certify_module._box_arrays(fn)
+    groups = [[0, 1]] if symmetric else []
+    res = maximize(_WithheldWitness(fn), lo, hi, tolerance=0.0, time_budget=1.0, symmetric=groups)
+    assert sp.Rational(res.upper) >= 0
+    assert sp.Rational(certify_module.certify_range(fn, tolerance=0.0, time_budget=1.0).upper) >= 0
