@@ -22,6 +22,9 @@ or an objective whose enclosures keep a gap above ``atol``). Through the public 
 (``certify_range(tolerance=0)``) the witness then exceeds the lowered bound and the certificate
 is refused with SoundnessError (it is certified without the reduction); through ``maximize``
 with an objective that has no witness the bound is returned silently below the truth.
+Fixed in the next commit: a side splits only where its rounded midpoint lies strictly inside it
+(``tests/analysis/test_symmetry.py::test_a_one_ulp_side_is_never_split_onto_itself``); the audit
+now exits 0.
 """
 
 from __future__ import annotations
