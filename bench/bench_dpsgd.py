@@ -7,7 +7,9 @@
 
 (b) One step of ``auto`` mode with K <= C (no per-example norms, default table-sampler
     noise, update and projection) against a non-private numpy step (same batched gradient
-    sum and update, no noise), over batch sizes; and OpenDP's own sampler for scale.
+    sum and update, no noise), over batch sizes; and OpenDP's own sampler for scale. The
+    noise alone and the update with projection are timed too: with the non-private step they
+    bound the private step's ratio.
     The float margin is how much the noise's sensitivity exceeds the exact one to cover
     the float64 sum with any BLAS (``computed_sum_sensitivity``).
 (c) Building the per-example kernels and the certified bound (with the forward error
@@ -65,6 +67,12 @@ def step_comparison(width: int = 128, batches: tuple[int, ...] = (64, 128, 256, 
         def noise_alone(noise=noise, flat=zeros):
             return noise(flat)
 
+        released = noise(zeros)
+
+        def update_and_projection(trainer=trainer, released=released):  # what DPSGD.step does after the noise
+            direction, scale = trainer.optimizer.update(released, trainer.batch_size, None, trainer.optimizer.init(size))
+            return model.apply_step(params, direction, trainer.schedule(0) * scale, project=trainer._projects)
+
         margin = noise.sum_sensitivity / trainer.sensitivity - 1  # S + 2 N e + 2 N gamma_N (S + e), relative to S
         insecure = np.random.default_rng(1)
 
@@ -72,7 +80,7 @@ def step_comparison(width: int = 128, batches: tuple[int, ...] = (64, 128, 256, 
             return rng.standard_normal(size)
 
         setups.append((batch, {"non-private step": non_private, "private step": private, "noise alone": noise_alone,
-                               "numpy standard_normal": numpy_gaussian}, margin))
+                               "update and projection": update_and_projection, "numpy standard_normal": numpy_gaussian}, margin))
     for label in thread_settings:
         with bench_machine.threads(bench_machine.THREAD_SETTINGS[label]) as counts:
             for batch, variants, margin in setups:
@@ -121,6 +129,11 @@ def build_times(models: int | None = None) -> list[dict]:
     return rows
 
 
+def _median_us(variants: dict, name: str) -> str:
+    """A variant's median in microseconds, or a dash for results recorded before it was timed."""
+    return f"{variants[name]['median_s'] * 1e6:.1f}" if name in variants else "-"
+
+
 def markdown(results: dict) -> str:
     s = results["step"]
     lines = [bench_machine.header(results) + f" (b) One DP-SGD step of {s['network']} ({s['parameters']:,} parameters), auto "
@@ -129,17 +142,20 @@ def markdown(results: dict) -> str:
              "interleaved; ratio = private median / non-private median. Noise floor = (non-private + noise alone) / non-private, "
              "medians: the ratio a step would have if the noise draw were its only cost beyond the non-private step. numpy's "
              "own `standard_normal` for the same coordinates (a float Gaussian, neither secure nor exact) is timed for scale. "
+             "Update and projection: the optimizer step and the projection onto the certified weight set that `DPSGD.step` "
+             "runs after the noise (the non-private step's update is a plain numpy subtraction). "
              "The float margin is how much the noise's sensitivity exceeds the exact one to cover the float64 sum with any BLAS.", "",
              "| threads | batch | non-private min ms | non-private median ms | private min ms | private median ms | "
-             "ratio of medians | noise alone us | noise floor | numpy standard_normal us | float margin |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "ratio of medians | noise alone us | noise floor | update and projection us | numpy standard_normal us | float margin |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in s["runs"]:
         v = r["variants"]
         n, p, noise = v["non-private step"], v["private step"], v["noise alone"]
         floor = (n["median_s"] + noise["median_s"]) / n["median_s"]
         lines.append(f"| {r['threads']} | {r['batch']} | {n['min_s'] * 1e3:.3f} | {n['median_s'] * 1e3:.3f} | {p['min_s'] * 1e3:.3f} | "
                      f"{p['median_s'] * 1e3:.3f} | {p['ratio_of_medians']:.2f} | {noise['median_s'] * 1e6:.1f} | {floor:.2f} | "
-                     f"{v['numpy standard_normal']['median_s'] * 1e6:.1f} | {r['float_margin']:.2e} |")
+                     f"{_median_us(v, 'update and projection')} | {v['numpy standard_normal']['median_s'] * 1e6:.1f} | "
+                     f"{r['float_margin']:.2e} |")
     lines += ["", f"OpenDP's own sampler (`noise='opendp'`, grid 2^-30 of the std) for the same {s['parameters']:,} coordinates: "
               f"{s['opendp_noise_s'] * 1e3:.1f} ms, best of 3 ({s['opendp_noise_s'] / s['parameters'] * 1e6:.1f} us per coordinate).",
               "", "(c) Building the per-example kernels and the certified bound (one run each, default threads):", "",
