@@ -343,3 +343,24 @@ def test_values_the_grid_cannot_hold_are_refused(backend):
             sampler(values, in_place=True)
         np.testing.assert_array_equal(values[:2], [0.0, 1.0])  # nothing written before the error
     assert sampler(np.zeros(0)).shape == (0,)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_fresh_noise_refills_its_extra_words_from_the_csprng(backend, monkeypatch):
+    """Short of extra words, the private paths draw more from the CSPRNG, never from a seeded generator."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    import opendp_hybridad.dpsgd.noise as noise_module
+
+    sampler = DiscreteGaussianSampler(3.0, backend=backend)
+    fresh = DiscreteGaussianSampler._fresh
+    monkeypatch.setattr(DiscreteGaussianSampler, "_fresh", staticmethod(lambda count: (fresh(count)[0], fresh(0)[1][:1])))
+    seeded = []
+    monkeypatch.setattr(noise_module.np.random, "default_rng", lambda *a, **k: seeded.append(a) or np.random.Generator(np.random.PCG64(0)))
+    drawn = []
+    real = noise_module._random_bytes
+    monkeypatch.setattr(noise_module, "_random_bytes", lambda n: drawn.append(n) or real(n))
+    z = sampler.integers(20_000)
+    y = sampler(np.zeros(20_000))
+    assert not seeded and len(drawn) > 4  # refills came from the CSPRNG
+    assert np.all(np.abs(z) <= sampler.zmax) and np.all(np.abs(y / sampler.grid) <= sampler.zmax)

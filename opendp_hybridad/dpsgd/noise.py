@@ -161,7 +161,7 @@ class DiscreteGaussianSampler:
     def integers(self, count: int) -> np.ndarray:
         """``count`` draws of ``Z`` (int64)."""
         bits, extra = self._fresh(count)
-        index = self.lookup(bits, extra)
+        index = self.lookup(bits, _Stream(extra, secure=True))  # refilled from the CSPRNG if short
         return np.where(bits >> np.uint32(31), -index, index)
 
     def lookup(self, bits: np.ndarray, low: np.ndarray | None = None) -> np.ndarray:
