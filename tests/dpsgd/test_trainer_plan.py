@@ -172,3 +172,15 @@ def test_progress_is_a_tqdm_bar_with_the_proven_epsilon_and_no_training_loss(cap
     printed = [float(v) for v in re.findall(r"epsilon \(RDP\) ([0-9.]+)", err)]
     assert printed[-1] == float(f"{trainer.epsilon(50)['epsilon']:.3f}") == float(f"{history.epsilon:.3f}")
     assert "loss" not in err.replace("validation loss", "")
+
+
+def test_progress_bar_ends_at_the_last_step_when_it_moves_in_strides(capsys):
+    # 405 steps: the bar moves every 2 steps (1/200 of the run), and must still end at 405/405
+    trainer = DPSGD(_mlp(), noise_multiplier=1.0, batch_size=10, epochs=81, learning_rate=0.1)
+    x, y = _data(trainer.model, 50)
+    _, history = trainer.fit(x, y, progress=True, seed=0)
+    err = capsys.readouterr().err
+    assert history.steps_run == 405
+    assert "405/405" in err and "100%" in err
+    # a line every 405 // 10 = 40 steps, and one at the last step
+    assert len(re.findall(r"epsilon \(RDP\)", err)) == 405 // 40 + 1
