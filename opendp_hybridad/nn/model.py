@@ -182,8 +182,21 @@ class MLP:
         return self._dense(self._seq.project(self._seq_params(params)))
 
     def apply_step(self, params, step: np.ndarray, scale: float, project: bool = True):
-        """``params - scale * step`` (``step`` flat, layer by layer as :meth:`gradient_sum` writes it), projected if ``project``."""
-        return self._dense(self._seq.apply_step(self._seq_params(params), step, scale, project))
+        """``params - scale * step`` (``step`` flat, layer by layer as :meth:`gradient_sum` writes it), projected if ``project``.
+
+        The weights of :meth:`Sequential.apply_step <opendp_hybridad.nn.sequential.Sequential.apply_step>`
+        on the per-part list, computed layer by layer here (each dense layer reads its slice of
+        ``step``; the activations have no parameters): a training step runs this, and the
+        conversions to and from the per-part list cost a few microseconds on a small model.
+        """
+        step = np.asarray(step, dtype=np.float64)
+        if step.ndim != 1 or len(params) != len(self.layers):  # Sequential's handling (and errors)
+            return self._dense(self._seq.apply_step(self._seq_params(params), step, scale, project))
+        out, offset = [], 0
+        for layer, (W, b) in zip(self.layers, params, strict=True):
+            out.append(layer.apply_flat_step(W, b, step, offset, scale, project))
+            offset += layer.in_features * layer.out_features + layer.out_features
+        return out
 
     # -- closed forms -----------------------------------------------------------------------
     def closed_form(self) -> str:

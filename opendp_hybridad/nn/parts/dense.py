@@ -50,6 +50,7 @@ from opendp_hybridad.analysis.rounding import (
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.protocol import ActivationBound, DeltaBound, GradientBound, Layer, Params, Shape, as_bound
 from opendp_hybridad.nn.registry import register_layer
+from opendp_hybridad.nn.update_kernel import compiled_dense_update
 
 _gamma_cached = functools.lru_cache(maxsize=None)(gamma)
 
@@ -92,11 +93,22 @@ def _add_product(g: np.ndarray, delta: np.ndarray, x: np.ndarray) -> bool:
     return True
 
 
-def _use_compiled_update() -> bool:
-    # the switch lives in nn.layers (tests turn it off there to compare the numpy path)
-    from opendp_hybridad.nn import layers
+def _compiled() -> tuple | None:
+    """The compiled update kernels, or None where numba is missing or tests switched them off.
 
-    return layers._USE_COMPILED_UPDATE
+    The switch lives in nn.layers (tests turn it off there to compare the numpy path); the
+    module is looked up once, not imported on every step (an import statement costs about half
+    a microsecond even when the module is loaded).
+    """
+    global _layers_module
+    if _layers_module is None:
+        from opendp_hybridad.nn import layers
+
+        _layers_module = layers
+    return compiled_dense_update() if _layers_module._USE_COMPILED_UPDATE else None
+
+
+_layers_module = None
 
 
 def _finite(a: np.ndarray) -> np.ndarray:
@@ -145,32 +157,55 @@ class Dense(Layer):
                    project: bool) -> tuple[np.ndarray, np.ndarray]:
         """``(W - scale step_W, b - scale step_b)``, projected back onto the certified set if ``project``.
 
-        The same update as :meth:`project` of the plain update, in one compiled pass per
-        array where numba is installed (:mod:`opendp_hybridad.nn.update_kernel`); where the
-        ball shrinks the weights, the factor can differ from :meth:`project`'s in the last bit
-        (their sums of squares add in different orders), and both land inside the ball.
+        The same update as :meth:`project` of the plain update, in one compiled call per layer
+        where numba is installed (:meth:`_compiled_step`); where the ball shrinks the weights,
+        the factor can differ from :meth:`project`'s in the last bits (their sums of squares add
+        in different orders, each within ``gamma_n`` of the exact sum), and both land inside the ball.
         """
-        from opendp_hybridad.nn.update_kernel import compiled_subtract_scaled
-
-        kernel = compiled_subtract_scaled() if _use_compiled_update() else None
-        if kernel is None or not project:
+        if not project or _compiled() is None:
             new_W, new_b = W - scale * step_W.reshape(W.shape), b - scale * step_b
             return self.project(new_W, new_b) if project else (new_W, new_b)
-        # C order for the outputs whatever the inputs' layout, so reshape(-1) is a view the kernel writes through
-        new_W, new_b = np.empty(W.shape), np.empty(b.shape)
-        squares, largest = kernel(np.ascontiguousarray(W, dtype=np.float64).reshape(-1), np.ascontiguousarray(step_W).reshape(-1),
-                                  scale, new_W.reshape(-1))
-        squares_b, largest_b = kernel(np.ascontiguousarray(b, dtype=np.float64), np.ascontiguousarray(step_b), scale, new_b)
+        return self._compiled_step(W, b, np.ascontiguousarray(step_W, dtype=np.float64).reshape(-1),
+                                   np.ascontiguousarray(step_b, dtype=np.float64).reshape(-1), scale)
+
+    def apply_flat_step(self, W: np.ndarray, b: np.ndarray, step: np.ndarray, offset: int, scale: float,
+                        project: bool) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`apply_step` with this layer's step at ``step[offset:]`` (``W``'s entries, then ``b``'s) of a flat vector.
+
+        The per-step path of :meth:`MLP.apply_step <opendp_hybridad.nn.model.MLP.apply_step>`:
+        the same weights as :meth:`apply_step` on the two slices, with fewer Python calls. A
+        subclass with its own :meth:`apply_step` gets it called.
+        """
+        end = offset + W.size
+        if not project or type(self).apply_step is not Dense.apply_step or _compiled() is None:
+            return self.apply_step(W, b, step[offset:end], step[end:end + b.size], scale, project)
+        return self._compiled_step(W, b, step[offset:end], step[end:end + b.size], scale)
+
+    def _compiled_step(self, W: np.ndarray, b: np.ndarray, step_W: np.ndarray, step_b: np.ndarray,
+                       scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`project` of the plain update, through the compiled kernel (flat float64 steps).
+
+        The kernel writes ``W - scale step_W`` (numpy's arithmetic, operation for operation)
+        and returns the float sums of squares; only where both are finite does it clip to the
+        boxes (the bias's, and the weights' unless they have a ball), which is ``np.clip``'s
+        result exactly. A NaN or infinite entry, or squares that overflow, send the plain update
+        to :meth:`project`, the careful path (the same answer for every dataset). A ball shrinks
+        by :meth:`_ball_shrink` of the sum, whose proof holds for any summation order, each
+        product rounded as numpy's ``W * shrink``.
+        """
+        update, scale_in_place = _compiled()
+        W = np.ascontiguousarray(W, dtype=np.float64)
+        b = np.ascontiguousarray(b, dtype=np.float64)
+        new_W, new_b = np.empty(W.shape), np.empty(b.shape)  # C order, which the kernel writes through
+        ball = self.norm_ball
+        squares, squares_b = update(W, b, step_W, step_b, float(scale), -1.0 if ball else float(self.weight_bound),
+                                    float(self.bias_bound), new_W, new_b)
         if not (math.isfinite(squares) and math.isfinite(squares_b)):  # an entry overflowed or is NaN: the careful path
             return self.project(new_W, new_b)
-        if self.norm_ball:
+        if ball:
             shrink = self._ball_shrink(squares, W.size)
             if shrink < 1.0:
-                new_W *= shrink
-        elif not largest <= self.weight_bound:
-            np.clip(new_W, -self.weight_bound, self.weight_bound, out=new_W)
-        if not largest_b <= self.bias_bound:
-            np.clip(new_b, -self.bias_bound, self.bias_bound, out=new_b)
+                scale_in_place(new_W, shrink)
         return new_W, new_b
 
     def _ball_shrink(self, squares: float, size: int) -> float:
@@ -246,7 +281,7 @@ class Dense(Layer):
 
     def update(self, params: Params, step: np.ndarray, scale: float, project: bool) -> Params:
         W, b = params
-        return self.apply_step(W, b, step[:W.size], step[W.size:W.size + b.size], scale, project)
+        return self.apply_flat_step(W, b, step, 0, scale, project)
 
     def witness_params(self, rng: np.random.Generator, input_shape: Shape | None = None) -> Params:
         if self.norm_ball:
