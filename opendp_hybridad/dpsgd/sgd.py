@@ -517,27 +517,52 @@ class DPSGD:
         goes to the noise untouched; the optimizer (``state``: its state, updated in place;
         ``index``: the step, for the schedule) only reads the noisy sum.
         """
-        summer = plan.gradient_sum if plan is not None else self._summer(getattr(noise, "max_terms", self.batch_size))
-        clip = summer.clipping_needed if clip is None else clip
-        if len(x_batch) > getattr(noise, "max_terms", math.inf):
+        max_terms = getattr(noise, "max_terms", None)
+        if len(x_batch) > (math.inf if max_terms is None else max_terms):
             raise AccountingError(f"a batch of {len(x_batch)} examples is larger than the noise covers ({noise.max_terms}); "
                                   "build it with noise_function(..., max_terms=n)")
-        t0 = time.perf_counter()
-        flat = np.empty(int(self.model.num_parameters))  # every entry is written: the first block's products, or 0 for no rows
-        summer(params, x_batch, y_batch, clip, flat)
-        t1 = time.perf_counter()
-        noisy = noise(flat, in_place=True)  # flat is ours: the released vector takes its place
-        t2 = time.perf_counter()
+        if plan is not None:
+            summer, optimizer, schedule = plan.gradient_sum, plan.optimizer, plan.learning_rate
+            clip = summer.clipping_needed if clip is None else clip
+            projects, size = summer.projects, int(self.model.num_parameters)
+        else:
+            summer, clipping_needed, projects, size = self._step_summer(self.batch_size if max_terms is None else max_terms)
+            optimizer, schedule = self.optimizer, self.schedule
+            clip = clipping_needed if clip is None else clip
         if history is not None:
+            t0 = time.perf_counter()
+        flat = np.empty(size)  # every entry is written: the first block's products, or 0 for no rows
+        summer(params, x_batch, y_batch, clip, flat)
+        if history is not None:
+            t1 = time.perf_counter()
+        noisy = noise(flat, in_place=True)  # flat is ours: the released vector takes its place
+        if history is not None:
+            t2 = time.perf_counter()
             history.gradient_seconds += t1 - t0
             history.noise_seconds += t2 - t1
         # post-processing of the released sum (optim.py); K (global) holds only on the certified weight
         # set, so the weights are projected back there whenever K is relied on, whatever the optimizer did
-        optimizer = plan.optimizer if plan is not None else self.optimizer
-        schedule = plan.learning_rate if plan is not None else self.schedule
-        state = optimizer.init(flat.size) if state is None else state
+        state = optimizer.init(size) if state is None else state
         direction, scale = optimizer.update(noisy, self.batch_size, lambda: _flatten(params), state)
-        return self.model.apply_step(params, direction, schedule(index) * scale, project=summer.projects)
+        return self.model.apply_step(params, direction, schedule(index) * scale, project=projects)
+
+    def _step_summer(self, max_terms: int) -> tuple[GradientSum, bool, bool, int]:
+        """``(self._summer(max_terms), its clipping_needed, its projects, the parameter count)``, for :meth:`step` without a plan.
+
+        Kept from the last call while every field it was built from is the same object (model,
+        bound) or value (a step costs about 1-2 us less on a small model than rebuilding it); any change to
+        the trainer's mode, clip, bound, model or batch sizes builds it afresh, so the sum and
+        the projection always follow the trainer's current declaration.
+        """
+        # the model and the bound by identity (objects), the declared numbers by value
+        values = (self.mode, self.clip, self.granularity, max_terms, self.physical_batch_size)
+        cached = self.__dict__.get("_step_summer_cache")
+        if cached is None or cached[0] is not self.model or cached[1] is not self.bound or cached[2] != values:
+            summer = self._summer(max_terms)
+            cached = (self.model, self.bound, values, (summer, summer.clipping_needed, summer.projects,
+                                                       int(self.model.num_parameters)))
+            self.__dict__["_step_summer_cache"] = cached
+        return cached[3]
 
     def _resumed(self, resume: Any) -> tuple[int, bool, dict[str, Any]]:
         """The steps, privacy flag and optimizer state of the run(s) ``resume`` (a Checkpoint or TrainingHistory) records."""

@@ -111,6 +111,20 @@ def _compiled() -> tuple | None:
 _layers_module = None
 
 
+@functools.lru_cache(maxsize=1024)
+def _ball_constants(radius: float, size: int) -> tuple[float, float, float]:
+    """``(n TINY, 1 + gamma_(n+2), radius - sqrt(n) TINY)`` for :meth:`Dense._ball_shrink`, each rounded outward.
+
+    ``n TINY >= n TINY / 2`` bounds what underflowed squares hide, with room for the rounding of
+    the sum; the factor is rounded up; the target radius less ``sqrt(n) TINY`` (what products
+    that underflow can add back, :func:`~opendp_hybridad.analysis.rounding.underflow_allowance`)
+    is rounded down, each operation one float outward.
+    """
+    hidden = float(size) * TINY
+    reserve = up(up(math.sqrt(size)) * TINY)
+    return hidden, gamma_factor_up(size + 2), down(radius - reserve)
+
+
 def _finite(a: np.ndarray) -> np.ndarray:
     """``a`` with its NaN and infinite entries replaced by 0 (a copy only when there are any)."""
     a = np.asarray(a, dtype=np.float64)
@@ -162,11 +176,11 @@ class Dense(Layer):
         the factor can differ from :meth:`project`'s in the last bits (their sums of squares add
         in different orders, each within ``gamma_n`` of the exact sum), and both land inside the ball.
         """
-        if not project or _compiled() is None:
+        if not project or _compiled() is None:  # the numpy path (and the reference the compiled one is tested against)
             new_W, new_b = W - scale * step_W.reshape(W.shape), b - scale * step_b
             return self.project(new_W, new_b) if project else (new_W, new_b)
         return self._compiled_step(W, b, np.ascontiguousarray(step_W, dtype=np.float64).reshape(-1),
-                                   np.ascontiguousarray(step_b, dtype=np.float64).reshape(-1), scale)
+                                   np.ascontiguousarray(step_b, dtype=np.float64).reshape(-1), scale, _compiled())
 
     def apply_flat_step(self, W: np.ndarray, b: np.ndarray, step: np.ndarray, offset: int, scale: float,
                         project: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -177,12 +191,13 @@ class Dense(Layer):
         subclass with its own :meth:`apply_step` gets it called.
         """
         end = offset + W.size
-        if not project or type(self).apply_step is not Dense.apply_step or _compiled() is None:
+        kernels = _compiled() if project and type(self).apply_step is Dense.apply_step else None
+        if kernels is None:
             return self.apply_step(W, b, step[offset:end], step[end:end + b.size], scale, project)
-        return self._compiled_step(W, b, step[offset:end], step[end:end + b.size], scale)
+        return self._compiled_step(W, b, step[offset:end], step[end:end + b.size], scale, kernels)
 
-    def _compiled_step(self, W: np.ndarray, b: np.ndarray, step_W: np.ndarray, step_b: np.ndarray,
-                       scale: float) -> tuple[np.ndarray, np.ndarray]:
+    def _compiled_step(self, W: np.ndarray, b: np.ndarray, step_W: np.ndarray, step_b: np.ndarray, scale: float,
+                       kernels: tuple) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`project` of the plain update, through the compiled kernel (flat float64 steps).
 
         The kernel writes ``W - scale step_W`` (numpy's arithmetic, operation for operation)
@@ -193,7 +208,7 @@ class Dense(Layer):
         by :meth:`_ball_shrink` of the sum, whose proof holds for any summation order, each
         product rounded as numpy's ``W * shrink``.
         """
-        update, scale_in_place = _compiled()
+        update, scale_in_place = kernels
         W = np.ascontiguousarray(W, dtype=np.float64)
         b = np.ascontiguousarray(b, dtype=np.float64)
         new_W, new_b = np.empty(W.shape), np.empty(b.shape)  # C order, which the kernel writes through
@@ -222,14 +237,12 @@ class Dense(Layer):
         the factor is 0: zero weights are inside every ball.
         """
         # every step runs this: up / down of a correctly rounded result (one float outward) instead
-        # of the exactness checks of mul_up and friends; the same bounds, a little looser
-        hidden = float(size) * TINY  # >= n TINY / 2, with room for the rounding of the sum
-        norm_up = up(math.sqrt(up(up(squares + hidden) * gamma_factor_up(size + 2))))
+        # of the exactness checks of mul_up and friends; the same bounds, a little looser. The
+        # terms that depend on the layer alone are computed once (_ball_constants)
+        hidden, factor, target = _ball_constants(self.weight_bound, size)
+        norm_up = up(math.sqrt(up(up(squares + hidden) * factor)))
         if not norm_up > self.weight_bound:
             return 1.0
-        # radius less sqrt(n) TINY (underflow_allowance(size, 1)), each operation one float outward: every step runs this
-        reserve = up(up(math.sqrt(size)) * TINY)
-        target = down(self.weight_bound - reserve)
         shrink = down(down(target / norm_up) * (1.0 - 8.0 * UNIT_ROUNDOFF)) if target > 0 else 0.0
         return shrink if shrink > 0 else 0.0
 
