@@ -69,9 +69,10 @@ def step_comparison(width: int = 128, batches: tuple[int, ...] = (64, 128, 256, 
 
         released = noise(zeros)
 
-        def update_and_projection(trainer=trainer, released=released):  # what DPSGD.step does after the noise
+        # what DPSGD.step does after the noise (the projection flag read once, as step keeps it between steps)
+        def update_and_projection(trainer=trainer, released=released, projects=trainer._projects):
             direction, scale = trainer.optimizer.update(released, trainer.batch_size, None, trainer.optimizer.init(size))
-            return model.apply_step(params, direction, trainer.schedule(0) * scale, project=trainer._projects)
+            return model.apply_step(params, direction, trainer.schedule(0) * scale, project=projects)
 
         margin = noise.sum_sensitivity / trainer.sensitivity - 1  # S + 2 N e + 2 N gamma_N (S + e), relative to S
         insecure = np.random.default_rng(1)
