@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from opendp_hybridad.dpsgd.noise import DiscreteGaussianSampler, gaussian_noise_for
+from opendp_hybridad.errors import DeclarationError
 
 N = 60_000
 
@@ -364,3 +365,61 @@ def test_fresh_noise_refills_its_extra_words_from_the_csprng(backend, monkeypatc
     y = sampler(np.zeros(20_000))
     assert not seeded and len(drawn) > 4  # refills came from the CSPRNG
     assert np.all(np.abs(z) <= sampler.zmax) and np.all(np.abs(y / sampler.grid) <= sampler.zmax)
+
+
+def test_huge_grid_settled_draws_add_like_the_main_loop():
+    # audit attack_noise_tables.py: at a grid near 2^1023 the kernel added a tie's or residual draw's z
+    # as rint(x/g) g + z g, which overflows where numpy's (rint(x/g) + z) g does not
+    numba_sampler = DiscreteGaussianSampler(1.7e308, backend="auto")
+    if numba_sampler.backend != "numba":
+        pytest.skip("numba is not installed")
+    numpy_sampler = DiscreteGaussianSampler(1.7e308, backend="numpy")
+    assert numba_sampler.k >= 1007
+    rng = np.random.default_rng(11)
+    n = 50_000  # about 0.4 % residual draws: some 200, most with |z| above 2^13
+    values = np.full(n, -(2.0**1023))
+    bits = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+    low = rng.integers(0, 2**63, 4 * n, dtype=np.uint64)
+    a = numba_sampler.add(values, bits, low=low)
+    b = numpy_sampler.add(values, bits, low=low)
+    assert np.array_equal(a, b)
+    assert np.isfinite(b).sum() > n // 4  # the comparison covers finite outputs, not only overflows
+
+
+def test_a_grid_below_the_normal_range_is_refused_and_the_smallest_one_works():
+    # audit attack_noise_tables.py: below 2^-1022 the inverse of the grid is inf and every output was a sign
+    with pytest.raises(DeclarationError, match="too small"):
+        DiscreteGaussianSampler(1e-306)
+    with pytest.raises(DeclarationError):
+        DiscreteGaussianSampler(1.0, k=-1023)
+    smallest = DiscreteGaussianSampler(2.0**-1009)  # k = -1022
+    assert smallest.k == -1022
+    values = np.array([0.0, 1e-300, -1e-300, -0.0, 5e-324])
+    out = smallest(values)
+    assert np.all(np.isfinite(out))
+    # integers times the grid, within a few std of the values
+    assert np.all(np.abs(out - values) < 20 * smallest.std)
+    assert np.all(out / smallest.grid == np.rint(out / smallest.grid))
+
+
+def test_csprng_requests_are_split_below_the_one_call_limit(monkeypatch):
+    # audit attack_noise_tables.py: RAND_bytes takes a C int, so one call for more than ~5e8 coordinates
+    # raised; the sampler now asks in chunks (a small chunk here, the same rule)
+    from opendp_hybridad.dpsgd import noise
+
+    calls: list[int] = []
+    source = np.random.default_rng(5)
+
+    def recording(n: int) -> bytes:
+        calls.append(n)
+        return source.bytes(n)
+
+    monkeypatch.setattr(noise, "_random_bytes", recording)
+    monkeypatch.setattr(noise, "_CSPRNG_CHUNK", 1000)
+    data = noise._csprng_bytes(3500)
+    assert len(data) == 3500 and calls == [1000, 1000, 1000, 500]
+    assert data == np.random.default_rng(5).bytes(3500)  # in order, nothing dropped or repeated
+    calls.clear()
+    sampler = DiscreteGaussianSampler(3.0)
+    out = sampler(np.zeros(700))  # 4 bytes a coordinate and the extra words: more than one chunk
+    assert len(calls) > 1 and max(calls) <= 1000 and np.all(np.isfinite(out))

@@ -101,6 +101,18 @@ try:  # OpenSSL's DRBG, as in OpenDP; the operating system's generator where Pyt
 except ImportError:  # pragma: no cover
     _random_bytes = os.urandom
 
+#: the most bytes asked of the CSPRNG in one call (RAND_bytes takes a C int: under 2^31)
+_CSPRNG_CHUNK = 2**30
+
+
+def _csprng_bytes(count: int) -> bytes:
+    """``count`` bytes from the CSPRNG, in calls of at most :data:`_CSPRNG_CHUNK` bytes (a model of
+    more than about 5e8 parameters asks for more than one call can give)."""
+    if count <= _CSPRNG_CHUNK:
+        return _random_bytes(count)
+    return b"".join(_random_bytes(min(_CSPRNG_CHUNK, count - start)) for start in range(0, count, _CSPRNG_CHUNK))
+
+
 _U = float(np.finfo(np.longdouble).epsneg)  # unit roundoff of the pmf's arithmetic (2^-64 on x86, 2^-53 where long double is double)
 _TAILS = 10.0
 _MAX_COLUMN_BITS = 22
@@ -121,6 +133,11 @@ class DiscreteGaussianSampler:
         if not (std > 0 and math.isfinite(std)):
             raise DeclarationError("std must be a positive finite number")
         self.k = math.floor(math.log2(std / resolution)) if k is None else int(k)
+        if not -1022 <= self.k <= 1023:
+            # 1 / grid must be a normal float, exact: below 2^-1022 it is inf and every output would
+            # be a sign (audit attack_noise_tables.py); the std is declared, so this is data-independent
+            raise DeclarationError("std is too small for a float64 grid (the grid 2^k needs k >= -1022)"
+                                   if self.k < -1022 else "the grid 2^k needs k <= 1023")
         self.grid = 2.0**self.k
         self.scale = std / self.grid  # s, in grid units
         self._tables = _table(self.scale)
@@ -154,7 +171,7 @@ class DiscreteGaussianSampler:
         # kernel settles as many as these words cover at 5 words each, 0.8 % + 12, and draws more if
         # short (for 10 thousand coordinates, 80 or more of them: some 7 standard deviations above the mean)
         extra = 64 + 5 * (count // 128)
-        buffer = _random_bytes(8 * extra + 4 * count)
+        buffer = _csprng_bytes(8 * extra + 4 * count)
         return (np.frombuffer(buffer, dtype=np.uint32, offset=8 * extra, count=count),
                 np.frombuffer(buffer, dtype=np.uint64, count=extra))
 
@@ -347,8 +364,9 @@ class _IntegerPmf:
     p: np.ndarray
 
 
-#: noise tables kept per process: each up to 6 MiB (the residual table's 2^18 columns of 24 bytes; the top one is 80 KiB
-#: at most, 4 bytes a column read by every draw and 16 on ties). Per-step bounds
+#: noise tables kept per process: 6 MiB each at the default grid (the residual table's 2^18 columns of 24 bytes; the
+#: top one is 80 KiB at most, 4 bytes a column read by every draw and 16 on ties), up to 96 MiB at the largest scale a
+#: table takes (2^22 columns: a noise multiplier times sqrt(dimension) of about 2e5 or more). Per-step bounds
 #: visit one noise scale per slot their sensitivity passes through (64 slots per octave of the std);
 #: 8 was too few for a run whose sensitivity moved over 13 slots (every step rebuilt a table)
 TABLE_CACHE_SIZE = 32

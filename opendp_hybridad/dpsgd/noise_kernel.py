@@ -123,7 +123,10 @@ def compiled_noisy_lattice() -> Callable | None:
                 result[k] = np.uint64(j) if (e2 < hi) | ((e2 == hi) & (e3 < lo)) else residual[j, 2]
             i = special[k]
             z = np.int64(result[k]) * (np.int64(1) - np.int64(2) * np.int64(np.uint64(bits[i]) >> np.uint64(31)))
-            out[i] += np.float64(z) * grid  # out[i] holds rint(values[i] / grid) grid: integers times g, exact
+            # out[i] holds rint(values[i] / grid) grid; scaled back to the integer first, so the sum is
+            # (rint + z) g like the main loop's and numpy's: rint g + z g could overflow where it does not
+            # (a grid near 2^1023; audit attack_noise_tables.py)
+            out[i] = (out[i] * inverse + np.float64(z)) * grid
         return start + stop, position
 
     return noisy_lattice
