@@ -9,8 +9,8 @@ clip is the exact ``min``/``max`` of ``np.clip``, so both paths give the same we
 sums of squares may be added in another order than numpy's (the loop vectoriser splits them
 into lanes), which Higham's ``gamma_n`` bounds like any other order (so a ball's shrink factor
 may differ from numpy's path in the last bits, within about ``n u`` relative; both land inside the ball).
-:func:`compiled_subtract_scaled` is the older per-array kernel (kept for callers outside the
-dense layer).
+:func:`compiled_subtract_scaled` is the older per-array kernel, which the dense layer no longer
+calls (bench/audits/attack_update_kernel.py still audits it).
 """
 
 from __future__ import annotations
