@@ -40,6 +40,7 @@ import sympy
 from opendp_hybridad.analysis import interval as iv
 from opendp_hybridad.analysis.branch_and_bound import _MIN_RELATIVE_WIDTH, BoxBounds, MaxResult, centres, maximize
 from opendp_hybridad.analysis.certificate import BoundCertificate, RangeCertificate, Witness
+from opendp_hybridad.analysis.network import SlopeVertices
 from opendp_hybridad.analysis.rounding import gamma
 from opendp_hybridad.analysis.smoothness import JUMP, OP_CLASS, possible_jump, smooth_masks, statically_smooth
 from opendp_hybridad.analysis.symmetry import symmetric_groups
@@ -76,6 +77,9 @@ class _Enclosure:
         self.evaluator = iv.IntervalEvaluator(self.tape)
         self._static = statically_smooth(self.tape)
         self._points: iv.IntervalEvaluator | None = None
+        #: the node enclosures (box rows) of the last ``enclose``, for the slope-vertex bound (:mod:`.network`)
+        self.boxes_L: list[np.ndarray] = []
+        self.boxes_H: list[np.ndarray] = []
 
     def enclose(self, lo: np.ndarray, hi: np.ndarray, derivatives: bool = False) -> tuple[np.ndarray, ...]:
         """Returns ylo, yhi (outputs, boxes), bad (outputs, boxes), derivative magnitudes (outputs, boxes, n),
@@ -88,6 +92,8 @@ class _Enclosure:
         nb = lo.shape[0]
         centre = centres(lo, hi)
         L, H, B = self.evaluator.evaluate(np.vstack([lo, centre]), np.vstack([hi, centre]))
+        self.boxes_L = [x[:nb] for x in L]
+        self.boxes_H = [x[:nb] for x in H]
         smooth = smooth_masks(self.tape, self.y, L, H, rows=slice(0, nb), static=self._static)
         m = len(self.y)
         ylo = np.empty((m, nb))
@@ -226,7 +232,9 @@ class GradientObjective:
 
             self.enc = _Enclosure(fn, [], [], built=built)
             self._g = FloatTape(built[0], built[1])
+            self.vertices = SlopeVertices.detect(self.enc.tape, self.enc.tape.outputs[0])
             return
+        self.vertices = None
         grad = list(fn.gradient().values())
         hess = [list(r) for r in fn.hessian().tolist()]
         if component is None:
@@ -243,6 +251,16 @@ class GradientObjective:
             ylo, yhi, bad, dmag, clo, chi = self.enc.enclose(lo, hi)
         mag = np.maximum(np.abs(ylo), np.abs(yhi))  # (components, boxes)
         upper = _norm_upper(mag, self.norm)
+        if self.vertices is not None:
+            # the gradient is multilinear in the units' slopes: its norm's sup over the box of slopes is at a vertex
+            s_lo, s_hi = self.vertices.slopes(self.enc.boxes_L, self.enc.boxes_H)
+            vm = self.vertices.magnitudes(s_lo, s_hi)  # (boxes, vertices, n)
+            if self.component is not None:
+                vm = vm[:, :, [self.component]]
+            nbx, nv, _ = vm.shape
+            comps = vm.reshape(nbx * nv, -1).T
+            vertex_upper = _norm_upper(comps, self.norm).reshape(nbx, nv).max(axis=1)
+            upper = np.minimum(upper, vertex_upper)
         anybad = np.where((bad >= 0).any(axis=0), bad.max(axis=0), -1)
         # split where the bound of the largest components loosens most
         with np.errstate(all="ignore"):
