@@ -147,6 +147,26 @@ def test_mlp_apply_step_is_the_per_part_update(norm_ball):
         np.testing.assert_array_equal(plain[1][0], params[1][0] - scale * step[117:144].reshape(3, 9))
 
 
+def test_a_subclass_with_its_own_update_keeps_it_in_an_mlp():
+    """SpectralDense (a spectral ball, its own apply_step and project): MLP's loop must not take Dense's kernel."""
+    from opendp_hybridad.nn.parts.lipschitz import SpectralDense
+
+    model = MLP([SpectralDense(8, 6, 0.5, 0.1), Dense(6, 2, 0.2, 0.05, norm_ball=True)], [Tanh(), Identity()],
+                SoftmaxCrossEntropy(), input_bound=1.0)
+    rng = np.random.default_rng(8)
+    params = model.init(rng)
+    step = rng.normal(0, 1, model.num_parameters)
+    (sW, sb), (dW, db) = model.apply_step(params, step, 2.0)
+    eW, eb = model.layers[0].apply_step(*params[0], step[:48], step[48:54], 2.0, True)
+    np.testing.assert_array_equal(sW, eW)
+    np.testing.assert_array_equal(sb, eb)
+    assert np.linalg.norm(sW, 2) <= 0.5  # its spectral ball (a Frobenius-ball shrink would leave it elsewhere)
+    _check_step(model.layers[1], params[1][0], params[1][1], step[54:], 2.0)
+    fW, fb = model.layers[1].apply_flat_step(*params[1], step, 54, 2.0, True)
+    np.testing.assert_array_equal(dW, fW)
+    np.testing.assert_array_equal(db, fb)
+
+
 def test_mlp_apply_step_refuses_a_short_step():
     model = _mlp(True)
     params = model.init(np.random.default_rng(7))
