@@ -267,7 +267,8 @@ class DiscreteGaussianSampler:
         index = self.lookup(bits, stream)
         lattice = np.rint(x * (1.0 / self.grid)) if out is None else np.rint(x * (1.0 / self.grid), out=out)
         lattice += np.where(bits >> np.uint32(31), -index, index).reshape(x.shape)
-        lattice *= self.grid
+        with np.errstate(over="ignore"):  # a grid near 2^1023 can overflow to inf, silently as in the kernel
+            lattice *= self.grid
         return lattice
 
     def delta_penalty(self, epsilon: float, coordinates: int) -> float:
