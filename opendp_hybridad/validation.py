@@ -61,6 +61,28 @@ def positive_finite(name: str, value: Any, limit: float | None = None) -> float:
     return out
 
 
+def set_bound(name: str, value: Any) -> float:
+    """A declared weight set's radius or box side (``|W| <= value``) as a float no larger than it.
+
+    A finite non-negative int or float (not a bool); an int that is not a double is rounded
+    *down* (``float(2**53 + 3)`` rounds up to ``2^53 + 4``, and weights clipped to that would
+    leave the declared set): the set the library then certifies and projects onto is a subset
+    of the one declared, so every bound over it holds for what training can reach.
+    """
+    if isinstance(value, (bool, *_numpy_types("bool_"))) or not isinstance(
+            value, (int, float, *_numpy_types("floating", "integer"))):
+        raise DeclarationError(f"{name} must be a finite non-negative number")
+    if isinstance(value, (int, *_numpy_types("integer"))):
+        from opendp_hybridad.analysis.rounding import round_down
+
+        out = round_down(int(value)) if value >= 0 else -1.0
+    else:
+        out = float(value)
+    if not (math.isfinite(out) and out >= 0):
+        raise DeclarationError(f"{name} must be a finite non-negative number")
+    return out
+
+
 def probability(name: str, value: Any) -> float:
     """``value`` as a float strictly between 0 and 1 (e.g. delta)."""
     out = real(name, value)

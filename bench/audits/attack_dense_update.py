@@ -36,6 +36,11 @@ changed after construction (the certified bound comes from the Sequential built 
 the new loop projects with ``self.layers``). (7) int bounds above 2^53. (8) 10^6-entry balls.
 (9) Conv/Embedding proxies. (10) the ``_ball_shrink`` proof's gamma factor (exact rationals).
 
+Fixed since (the audit exits 0): MLP copies its lists and projects onto the layers it was certified with;
+bounds are floats no larger than declared (``validation.set_bound``); both paths apply a step in float64;
+a step of the wrong length is refused; ``_ball_shrink`` puts its gamma factor on the root (the note in (10)
+still prints the constant's comparison for the record).
+
 Results at c335c51 (numba 0.68.1, llvmlite 0.50, numpy 2.4.6, AVX-512 host):
 
 * VIOLATION (new in 52b4776, breaks the privacy guarantee): ``MLP.apply_step`` projects with

@@ -102,7 +102,8 @@ class MLP:
         for prev, nxt in itertools.pairwise(layers):
             if prev.out_features != nxt.in_features:
                 raise DeclarationError("consecutive layers must agree on their widths")
-        self.layers, self.activations, self.loss = layers, activations, loss
+        # copies: a caller who edits its lists afterwards (to build another model) must not change this one
+        self.layers, self.activations, self.loss = list(layers), list(activations), loss
         bound = np.broadcast_to(np.asarray(input_bound, dtype=float), (layers[0].in_features,))
         if not np.all(np.isfinite(bound) & (bound >= 0)):
             raise DeclarationError("input_bound must be finite and non-negative")
@@ -113,6 +114,9 @@ class MLP:
         self._input_bound.setflags(write=False)  # the certified K is over this box: not to be edited in place
         self._label_bound = float(label_bound)
         self._parts = [part for layer, act in zip(layers, activations, strict=True) for part in (layer, Elementwise(act))]
+        #: the dense layers the bound is certified over (the update projects onto these, whatever
+        #: happens to ``self.layers`` later: audit attack_dense_update.py)
+        self._certified_layers = tuple(self._parts[0::2])
         # every kernel and the bound's recursion: the parts', run by Sequential (dense at even indices)
         self._seq = Sequential(self._parts, loss, input_bound=self.input_bound, label_bound=self.label_bound)
         #: (Sequential's step bound, its dense-layer record): the last per-step bound, returned again while it holds
@@ -190,10 +194,13 @@ class MLP:
         conversions to and from the per-part list cost a few microseconds on a small model.
         """
         step = np.asarray(step, dtype=np.float64)
-        if step.ndim != 1 or len(params) != len(self.layers):  # Sequential's handling (and errors)
+        if step.size != self.num_parameters:  # a programming error, the same for every dataset
+            raise ValueError(f"the step has {step.size} entries; the model has {self.num_parameters} parameters")
+        layers = self._certified_layers
+        if step.ndim != 1 or len(params) != len(layers):  # Sequential's handling (and errors)
             return self._dense(self._seq.apply_step(self._seq_params(params), step, scale, project))
         out, offset = [], 0
-        for layer, (W, b) in zip(self.layers, params, strict=True):
+        for layer, (W, b) in zip(layers, params, strict=True):
             out.append(layer.apply_flat_step(W, b, step, offset, scale, project))
             offset += layer.in_features * layer.out_features + layer.out_features
         return out

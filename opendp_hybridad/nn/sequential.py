@@ -302,6 +302,8 @@ class Sequential:
 
     def apply_step(self, params, step: np.ndarray, scale: float, project: bool = True):
         """``params - scale * step`` (``step`` flat, part by part as :meth:`gradient_sum` writes it), projected if ``project``."""
+        if np.size(step) != self.num_parameters:  # a programming error, the same for every dataset
+            raise ValueError(f"the step has {np.size(step)} entries; the model has {self.num_parameters} parameters")
         out, offset = [], 0
         for p, ps, size in zip(self.parts, params, self._sizes, strict=True):
             out.append(tuple(p.update(tuple(ps), step[offset:offset + size], scale, project)) if size else tuple(ps))

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from opendp_hybridad import validation
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.layers import Activation, Identity, Logistic, Loss, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
 from opendp_hybridad.nn.layers import TemperedSigmoid as TemperedSigmoidActivation
@@ -121,8 +122,8 @@ class WeightSet:
             value = getattr(self, name)
             if value is None and name == "bias_bound":
                 continue
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
-                raise DeclarationError(f"WeightSet: {name} must be a finite non-negative number")
+            # as a float no larger than declared (validation.set_bound)
+            object.__setattr__(self, name, validation.set_bound(f"WeightSet: {name}", value))
         if not isinstance(self.norm_ball, bool):
             raise DeclarationError("WeightSet: norm_ball must be True or False")
 

@@ -232,3 +232,49 @@ def test_the_checks_catch_nan_and_inf_kept_off_the_careful_path(monkeypatch, nor
     _broken(monkeypatch, hide_nan=True)
     with pytest.raises(AssertionError):
         test_nan_and_infinite_updates_take_the_careful_path(norm_ball, math.inf)
+
+
+def test_the_update_projects_onto_the_layers_the_model_was_certified_with():
+    # audit attack_dense_update.py: MLP kept the caller's list, and apply_step projected with it, so editing
+    # the list afterwards (to build another model) changed what the first model projected onto
+    layers = [Dense(3, 4, 1.0, 1.0), Dense(4, 2, 1.0, 1.0)]
+    model = MLP(layers, [Tanh(), Identity()], SoftmaxCrossEntropy())
+    layers[1] = Dense(4, 2, 100.0, 1.0)
+    step = np.zeros(26)
+    step[16:24] = 100 * np.array([-1, -1, -1, -1, 1, 1, 1, 1])
+    new = model.apply_step([(np.zeros((4, 3)), np.zeros(4)), (np.zeros((2, 4)), np.zeros(2))], step, 1.0)
+    assert np.abs(new[1][0]).max() <= 1.0
+    assert model.layers[1].weight_bound == 1.0
+
+
+def test_an_int_bound_past_2_53_is_kept_as_a_float_no_larger():
+    # audit attack_dense_update.py: float(2**53 + 3) rounds up to 2^53 + 4, and weights clipped there left the set
+    layer = Dense(1, 1, 2**53 + 3, 2**53 + 3)
+    assert Fraction(layer.weight_bound) <= 2**53 + 3 and Fraction(layer.bias_bound) <= 2**53 + 3
+    W, b = layer.apply_step(np.array([[2.0**53 + 6]]), np.array([2.0**53 + 6]), np.zeros(1), np.zeros(1), 1.0, True)
+    assert Fraction(float(W[0, 0])) <= 2**53 + 3 and Fraction(float(b[0])) <= 2**53 + 3
+    W2, b2 = layer.project(np.array([[2.0**53 + 6]]), np.array([2.0**53 + 6]))
+    assert Fraction(float(W2[0, 0])) <= 2**53 + 3 and Fraction(float(b2[0])) <= 2**53 + 3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.longdouble, ">f8", np.float16])
+def test_a_step_of_any_float_dtype_is_applied_in_float64_by_both_paths(dtype):
+    layer = Dense(3, 1, 10.0, 10.0)
+    W, b = np.array([[0.1, 0.2, 0.3]]), np.array([0.7])
+    step = np.array([1 / 3, 1 / 7, 1 / 11, 1 / 13]).astype(dtype)
+    fast = layer.update((W, b), step, 0.1, True)
+    reference = (W - 0.1 * step[:3].astype(np.float64).reshape(1, 3), b - 0.1 * step[3:].astype(np.float64))
+    assert np.array_equal(fast[0], reference[0]) and np.array_equal(fast[1], reference[1])
+    careful = layer.apply_step(W, b, step[:3], step[3:], 0.1, False)
+    assert np.array_equal(careful[0], reference[0]) and np.array_equal(careful[1], reference[1])
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_a_step_of_the_wrong_length_is_refused_by_every_path(delta, monkeypatch):
+    model = MLP([Dense(5, 3, 0.5, 0.1), Dense(3, 2, 2.0, 1.0, norm_ball=True)], [Tanh(), Identity()], SoftmaxCrossEntropy())
+    params = model.init(np.random.default_rng(0))
+    step = np.zeros(model.num_parameters + delta)
+    with pytest.raises(ValueError, match="parameters"):
+        model.apply_step(params, step, 0.1)
+    with pytest.raises(ValueError, match="parameters"):
+        model._seq.apply_step(model._seq_params(params), step, 0.1)

@@ -93,6 +93,7 @@ from typing import Any
 
 import numpy as np
 
+from opendp_hybridad import validation
 from opendp_hybridad.analysis.rounding import (
     TINY,
     UNIT_ROUNDOFF,
@@ -252,10 +253,8 @@ class _ConvNd(Layer):
         object.__setattr__(self, "dilation", (1,) * self.nd)
         if self.groups != 1:
             raise DeclarationError(f"{name}: only groups=1 is supported")
-        for field_name in ("weight_bound", "bias_bound"):
-            value = getattr(self, field_name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
-                raise DeclarationError(f"{name}: {field_name} must be a finite non-negative number")
+        for field_name in ("weight_bound", "bias_bound"):  # as floats no larger than declared (validation.set_bound)
+            object.__setattr__(self, field_name, validation.set_bound(f"{name}: {field_name}", getattr(self, field_name)))
         if not isinstance(self.norm_ball, bool):
             raise DeclarationError(f"{name}: norm_ball must be True or False")
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from opendp_hybridad import validation
 from opendp_hybridad.analysis.rounding import (
     TINY,
     UNIT_ROUNDOFF,
@@ -150,10 +151,8 @@ class Dense(Layer):
     def __post_init__(self) -> None:
         if self.in_features < 1 or self.out_features < 1:
             raise DeclarationError("a dense layer needs at least one input and one output")
-        for name in ("weight_bound", "bias_bound"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise DeclarationError(f"{name} must be a finite non-negative number")
+        for name in ("weight_bound", "bias_bound"):  # as floats no larger than declared (validation.set_bound)
+            object.__setattr__(self, name, validation.set_bound(name, getattr(self, name)))
 
     @property
     def operator_bound(self) -> float:
@@ -176,6 +175,11 @@ class Dense(Layer):
         the factor can differ from :meth:`project`'s in the last bits (their sums of squares add
         in different orders, each within ``gamma_n`` of the exact sum), and both land inside the ball.
         """
+        # float64 throughout, whatever the step's dtype (float32, longdouble, big-endian): both paths compute
+        # the same float64 update (audit attack_dense_update.py)
+        scale = float(scale)
+        step_W = np.asarray(step_W, dtype=np.float64)
+        step_b = np.asarray(step_b, dtype=np.float64)
         if not project or _compiled() is None:  # the numpy path (and the reference the compiled one is tested against)
             new_W, new_b = W - scale * step_W.reshape(W.shape), b - scale * step_b
             return self.project(new_W, new_b) if project else (new_W, new_b)
@@ -191,10 +195,12 @@ class Dense(Layer):
         subclass with its own :meth:`apply_step` gets it called.
         """
         end = offset + W.size
+        if step.dtype != np.float64 or not step.dtype.isnative:
+            step = np.asarray(step, dtype=np.float64)  # as apply_step does (the kernel takes native float64)
         kernels = _compiled() if project and type(self).apply_step is Dense.apply_step else None
         if kernels is None:
             return self.apply_step(W, b, step[offset:end], step[end:end + b.size], scale, project)
-        return self._compiled_step(W, b, step[offset:end], step[end:end + b.size], scale, kernels)
+        return self._compiled_step(W, b, step[offset:end], step[end:end + b.size], float(scale), kernels)
 
     def _compiled_step(self, W: np.ndarray, b: np.ndarray, step_W: np.ndarray, step_b: np.ndarray, scale: float,
                        kernels: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -226,9 +232,10 @@ class Dense(Layer):
     def _ball_shrink(self, squares: float, size: int) -> float:
         """The factor that brings ``W`` inside the Frobenius ball, from its float sum of squares (1.0: already inside).
 
-        An upper bound on ``||W||``: a float sum of ``n`` squares (each rounded) in any order
-        is within ``gamma_n`` of the exact one (Higham 2002, 3.1), and squares that underflow
-        hide at most ``n TINY / 2`` more (2.1); the factor and the square root are rounded up.
+        An upper bound on ``||W||``: a float sum ``S^`` of ``n`` squares (each rounded) in any order
+        is at least ``(1 - gamma_n)`` times the exact one (Higham 2002, 3.1), and squares that
+        underflow hide at most ``n TINY / 2`` more (2.1), so ``||W|| <= sqrt(S^ + n TINY) (1 + gamma_n)``
+        (``1 / sqrt(1 - g) <= 1 + g`` for ``g <= 1/2``); the root and the product are rounded up.
         The shrink factor aims at the radius less ``sqrt(n) TINY`` (what products that underflow
         can add back, :func:`~opendp_hybridad.analysis.rounding.underflow_allowance`), is rounded
         down and then shrunk by ``2^-50 = 8 u``, which covers the rounding of each product
@@ -240,7 +247,11 @@ class Dense(Layer):
         # of the exactness checks of mul_up and friends; the same bounds, a little looser. The
         # terms that depend on the layer alone are computed once (_ball_constants)
         hidden, factor, target = _ball_constants(self.weight_bound, size)
-        norm_up = up(math.sqrt(up(up(squares + hidden) * factor)))
+        # ||W||^2 <= (S^ + hidden) / (1 - gamma_n) (Higham's gamma bounds S^ below by (1 - gamma_n) S), so
+        # ||W|| <= sqrt(S^ + hidden) (1 + gamma_n), as 1 / sqrt(1 - g) <= 1 + g for g <= 1/2: the factor
+        # goes on the root (on the squares, 1 + gamma_(n+2) fell below 1 / (1 - gamma_n) past n = 2^27;
+        # audit attack_dense_update.py)
+        norm_up = up(up(math.sqrt(up(squares + hidden))) * factor)
         if not norm_up > self.weight_bound:
             return 1.0
         shrink = down(down(target / norm_up) * (1.0 - 8.0 * UNIT_ROUNDOFF)) if target > 0 else 0.0

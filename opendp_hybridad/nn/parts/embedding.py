@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from opendp_hybridad import validation
 from opendp_hybridad.analysis.rounding import TINY, UNIT_ROUNDOFF, add_up, float_max_row_norm2_up, gamma, sqrt_up
 from opendp_hybridad.errors import DeclarationError
 from opendp_hybridad.nn.parts.conv import _prod_up, _sum_up, squared_norm_error
@@ -68,9 +69,8 @@ class Embedding(Layer):
             v = getattr(self, name)
             if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1):
                 raise DeclarationError(f"embedding: {name} must be a positive int")
-        w = self.weight_bound
-        if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0):
-            raise DeclarationError("embedding: weight_bound must be a finite non-negative number")
+        # as a float no larger than declared (validation.set_bound)
+        object.__setattr__(self, "weight_bound", validation.set_bound("embedding: weight_bound", self.weight_bound))
 
     def describe(self) -> str:
         return f"embedding({self.num_embeddings}x{self.dim})"
