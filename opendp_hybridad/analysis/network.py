@@ -40,6 +40,10 @@ from opendp_hybridad.analysis.tape import Tape
 ACTIVATIONS = ("tanh", "sigmoid", "softplus")
 #: the most activations (2^h vertices per box) handled
 MAX_UNITS = 10
+#: the most fields times vertices per box: each vertex's gradient is built over every field, so a box costs
+#: about n^2 2^h; past this one batch of boxes could outlast a certificate's budget (audit
+#: attack_network_bound.py: 512 boxes at n = 20, h = 10 took 44 s), and the path is not taken
+MAX_FIELDS_TIMES_VERTICES = 4096
 
 # an affine combination: (constant interval, {basis: coefficient interval}); basis ("x", k) or ("a", node)
 _Affine = tuple[tuple[float, float], dict[tuple[str, int], tuple[float, float]]]
@@ -127,7 +131,7 @@ class SlopeVertices:
                 form = ((0.0, 0.0), {("a", idx): (1.0, 1.0)})
             forms.append(form)
         top = forms[root]
-        if top is None or not units or len(units) > max_units:
+        if top is None or not units or len(units) > max_units or len(tape.variables) * 2**len(units) > MAX_FIELDS_TIMES_VERTICES:
             return None
         if not all(np.isfinite([lo for _, lo, _ in u.terms] + [hi for _, _, hi in u.terms]).all() for u in units):
             return None

@@ -148,3 +148,14 @@ def test_detection_refuses_non_networks():
     big, xs = _network(rng, 2, (11,), "tanh", skip=False)  # 2^11 vertices: left to the general path
     tape = Tape(xs)
     assert SlopeVertices.detect(tape, tape.add_output(big)) is None
+
+
+def test_detection_leaves_wide_networks_with_many_units_to_the_general_path():
+    # a box costs about n^2 2^h here (audit attack_network_bound.py): past n 2^h = 4096 the path is not taken
+    rng = np.random.default_rng(1)
+    wide, xs = _network(rng, 20, (8,), "tanh", skip=False)  # 20 * 2^8 = 5120
+    tape = Tape(xs)
+    assert SlopeVertices.detect(tape, tape.add_output(wide)) is None
+    edge, xs = _network(rng, 8, (9,), "tanh", skip=False)  # 8 * 2^9 = 4096
+    tape = Tape(xs)
+    assert SlopeVertices.detect(tape, tape.add_output(edge)) is not None
