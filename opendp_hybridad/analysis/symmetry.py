@@ -36,6 +36,33 @@ def _size(expr: sympy.Expr, limit: int) -> int:
     return count
 
 
+def _label(node: sympy.Basic) -> tuple:
+    """A node's operator and its number arguments: what a symbol's path through ``f`` records."""
+    return (type(node).__name__, tuple(sorted(str(a) for a in node.args if a.is_Number)))
+
+
+def _signatures(expr: sympy.Expr, symbols: Sequence[sympy.Symbol]) -> dict[sympy.Symbol, tuple]:
+    """Per symbol, the sorted multiset of its root-to-leaf paths (operators and their number arguments).
+
+    A permutation of symbols that leaves ``expr`` unchanged maps each symbol's paths onto its
+    image's, so symbols with different signatures cannot be swapped: a cheap filter before the
+    exact check (a network's inputs enter every unit with their own weights, and building the
+    swapped expression re-evaluates every activation: about 0.1 s a swap on a 10-input network).
+    """
+    wanted = set(symbols)
+    paths: dict[sympy.Symbol, list[tuple]] = {s: [] for s in symbols}
+    stack: list[tuple[sympy.Basic, tuple]] = [(expr, ())]
+    while stack:
+        node, path = stack.pop()
+        if node in wanted:
+            paths[node].append(path)
+            continue
+        if node.args:
+            here = (*path, _label(node))
+            stack.extend((a, here) for a in node.args)
+    return {s: tuple(sorted(p)) for s, p in paths.items()}
+
+
 def symmetric_groups(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], declarations: Sequence[object],
                      fixed: int | None = None) -> list[list[int]]:
     """Groups (of at least two field indices) that ``expr`` is proven invariant under permuting.
@@ -47,6 +74,7 @@ def symmetric_groups(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], declarat
     if len(symbols) < 2 or _size(expr, MAX_NODES) > MAX_NODES:
         return []
     free = expr.free_symbols
+    signature = _signatures(expr, symbols)
     groups: list[list[int]] = []
     placed: set[int] = set()
     for i in range(len(symbols)):
@@ -56,7 +84,7 @@ def symmetric_groups(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], declarat
         for k in range(i + 1, len(symbols)):
             if k in placed or k == fixed or declarations[k] != declarations[i]:
                 continue
-            if (symbols[i] in free) != (symbols[k] in free):
+            if (symbols[i] in free) != (symbols[k] in free) or signature[symbols[i]] != signature[symbols[k]]:
                 continue
             swapped = expr.xreplace({symbols[i]: symbols[k], symbols[k]: symbols[i]})  # simultaneous
             if swapped == expr:
