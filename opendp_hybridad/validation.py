@@ -69,17 +69,20 @@ def set_bound(name: str, value: Any) -> float:
     leave the declared set): the set the library then certifies and projects onto is a subset
     of the one declared, so every bound over it holds for what training can reach.
     """
+    refusal = DeclarationError(f"{name} must be a finite non-negative number")
     if isinstance(value, (bool, *_numpy_types("bool_"))) or not isinstance(
             value, (int, float, *_numpy_types("floating", "integer"))):
-        raise DeclarationError(f"{name} must be a finite non-negative number")
+        raise refusal
+    if not value >= 0:  # NaN fails too
+        raise refusal
     if isinstance(value, (int, *_numpy_types("integer"))):
         from opendp_hybridad.analysis.rounding import round_down
 
-        out = round_down(int(value)) if value >= 0 else -1.0
+        out = round_down(int(value))
     else:
         out = float(value)
-    if not (math.isfinite(out) and out >= 0):
-        raise DeclarationError(f"{name} must be a finite non-negative number")
+    if not math.isfinite(out):
+        raise refusal
     return out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import sympy
 
 #: expressions larger than this (tree nodes) are not checked: the swaps are linear in the size,
@@ -73,7 +74,6 @@ def symmetric_groups(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], declarat
     """
     if len(symbols) < 2 or _size(expr, MAX_NODES) > MAX_NODES:
         return []
-    free = expr.free_symbols
     signature = _signatures(expr, symbols)
     groups: list[list[int]] = []
     placed: set[int] = set()
@@ -84,7 +84,7 @@ def symmetric_groups(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], declarat
         for k in range(i + 1, len(symbols)):
             if k in placed or k == fixed or declarations[k] != declarations[i]:
                 continue
-            if (symbols[i] in free) != (symbols[k] in free) or signature[symbols[i]] != signature[symbols[k]]:
+            if signature[symbols[i]] != signature[symbols[k]]:  # (a symbol absent from f has no paths)
                 continue
             swapped = expr.xreplace({symbols[i]: symbols[k], symbols[k]: symbols[i]})  # simultaneous
             if swapped == expr:
@@ -95,14 +95,12 @@ def symmetric_groups(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], declarat
     return groups
 
 
-def canonical(lo, hi, groups: Sequence[Sequence[int]]):
+def canonical(lo: np.ndarray, hi: np.ndarray, groups: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Each box's intervals within each group sorted (upper end descending, then lower end descending).
 
     ``lo``, ``hi``: ``(boxes, fields)`` arrays, rewritten in place and returned. Two boxes
     that are permutations of each other within the groups get the same canonical form.
     """
-    import numpy as np
-
     for group in groups:
         g = np.asarray(group)
         sub_lo, sub_hi = lo[:, g], hi[:, g]
