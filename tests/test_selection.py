@@ -51,7 +51,47 @@ def test_fit_selects_batches_from_the_csprng_unless_seeded(monkeypatch):
     x, y = np.random.default_rng(0).uniform(-1, 1, (100, 2)), np.zeros(100, dtype=int)
     trainer = DPSGD(model, noise_multiplier=1.0, batch_size=10, epochs=1, learning_rate=0.1)
     trainer.fit(x, y)
-    assert len(calls) == trainer.epsilon(100)["steps"] and set(calls) == {8 * 100}  # one word per example per step
+    prefixes = [k for k in calls if k == 2 * 100]
+    ties = [k for k in calls if k != 2 * 100]
+    # a 16-bit prefix per example per step, and 6 more bytes (in a 64-bit word) only for prefixes that tie
+    assert len(prefixes) == trainer.epsilon(100)["steps"] and all(k % 8 == 0 and k <= 8 * 100 for k in ties)
     calls.clear()
     trainer.fit(x, y, seed=3)
     assert calls == []  # seeded: numpy's generator, reproducible
+
+
+class _Scripted:
+    """A byte source that plays back fixed bytes, recording each request (to check the selection's rule exactly)."""
+
+    def __init__(self, data: bytes):
+        self.data, self.at, self.requests = data, 0, []
+
+    def __call__(self, k: int) -> bytes:
+        self.requests.append(k)
+        out = self.data[self.at:self.at + k]
+        self.at += k
+        assert len(out) == k
+        return out
+
+
+def test_the_two_part_draw_selects_exactly_where_the_whole_64_bit_word_is_below_the_threshold(monkeypatch):
+    # the prefix and the tie's 48 bits are one word W = 2^48 prefix + low: the selection must be W < floor(q 2^64)
+    rng = np.random.default_rng(5)
+    for count, batch, n in ((4000, 37, 4000), (3000, 256, 60_000), (500, 1, 7), (2000, 1999, 2000)):
+        threshold = (batch << 64) // n
+        top = threshold >> 48
+        prefixes = rng.integers(0, 1 << 16, count, dtype=np.uint16)
+        prefixes[rng.random(count) < 0.3] = top  # many ties (about 0.002 % of draws in use): the rare path, often
+        tie_positions = np.flatnonzero(prefixes == top)
+        lows = rng.integers(0, 1 << 64, tie_positions.size, dtype=np.uint64, endpoint=False)
+        lows[::3] = np.uint64((threshold & ((1 << 48) - 1)) << 16)  # the low bits equal to the threshold's: not below
+        lows[1::7] = np.uint64(((threshold & ((1 << 48) - 1)) - 1) % (1 << 48) << 16)  # one below it
+        source = _Scripted(prefixes.tobytes() + lows.tobytes())
+        monkeypatch.setattr(selection, "_random_bytes", source)
+        chosen = BatchSelector().poisson(count, batch, n)
+        words = [int(p) << 48 for p in prefixes]  # non-ties: their low bits never decide
+        for k, position in enumerate(tie_positions):
+            words[position] = (int(top) << 48) | (int(lows[k]) >> 16)
+        expected = [i for i, w in enumerate(words) if w < threshold]
+        assert chosen.tolist() == expected, (count, batch, n)
+        assert source.at == len(source.data)  # every tie drew its word, nobody else did

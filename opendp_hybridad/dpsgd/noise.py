@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -94,23 +93,19 @@ from opendp_hybridad.analysis.rounding import (
     sqrt_up,
     sum_up,
 )
+from opendp_hybridad.dpsgd import csprng
 from opendp_hybridad.errors import DeclarationError
 
-try:  # OpenSSL's DRBG, as in OpenDP; the operating system's generator where Python lacks ssl
-    from ssl import RAND_bytes as _random_bytes
-except ImportError:  # pragma: no cover
-    _random_bytes = os.urandom
-
+#: OpenSSL's DRBG, as in OpenDP (the operating system's generator where Python lacks ssl); a module
+#: name so tests and audits can record the draws
+_random_bytes = csprng.random_bytes
 #: the most bytes asked of the CSPRNG in one call (RAND_bytes takes a C int: under 2^31)
-_CSPRNG_CHUNK = 2**30
+_CSPRNG_CHUNK = csprng.CHUNK
 
 
 def _csprng_bytes(count: int) -> bytes:
-    """``count`` bytes from the CSPRNG, in calls of at most :data:`_CSPRNG_CHUNK` bytes (a model of
-    more than about 5e8 parameters asks for more than one call can give)."""
-    if count <= _CSPRNG_CHUNK:
-        return _random_bytes(count)
-    return b"".join(_random_bytes(min(_CSPRNG_CHUNK, count - start)) for start in range(0, count, _CSPRNG_CHUNK))
+    """``count`` bytes from the CSPRNG (a model of more than about 5e8 parameters asks for more than one call can give)."""
+    return csprng.chunked(_random_bytes, count, _CSPRNG_CHUNK)
 
 
 _U = float(np.finfo(np.longdouble).epsneg)  # unit roundoff of the pmf's arithmetic (2^-64 on x86, 2^-53 where long double is double)
