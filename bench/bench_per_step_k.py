@@ -8,7 +8,9 @@ A 64-128-10 tanh MLP learns a random linear teacher on 12,800 synthetic rows (in
 mode with clip 3. Variants, each a whole ``fit`` (plan, batches, bounds, noise, updates): global K
 (the bound over the declared weight set, weights projected back onto it) and per-step K
 (``granularity="step"``: the bound at the current weights, cached by norm slots, its noise table
-cached by scale), each unseeded as a private run is (a seed would draw the Poisson batches from numpy's
+cached by scale) and clip mode (every step clips at C, the bound never computed: what per-step K costs
+once its bound exceeds C, as it does here from the first steps, the weights growing unprojected), each
+unseeded as a private run is (a seed would draw the Poisson batches from numpy's
 PCG64 instead of the operating system's generator: reproducible, not private, and about 2x slower
 per selection); and a non-private loop over the same number of batches of the same size
 (``gradient_sum`` and the update in numpy). Reported: seconds per step (min and median over the
@@ -17,7 +19,8 @@ noise tables each per-step run built (each is an exact 128-bit alias table, buil
 and process: the warm-up run fills the cache, so timed runs show the steady state). Also recorded
 (and shown when the JSON has them): per-step K's median over global K's, and how many times each
 per-step run computed the certified chain bound (the plan's global bound once, then each step whose
-rounded weight norms left their slots; the other steps read the cache).
+rounded weight norms left their slots; the other steps read the cache) and how many of its steps clipped
+(``K_t > C``: such a step computes the per-example norms, as clip mode does, on top of the bound).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 
 from opendp_hybridad.dpsgd import DPSGD
 from opendp_hybridad.dpsgd import noise as noise_module
+from opendp_hybridad.dpsgd import plan as plan_module
 from opendp_hybridad.nn import MLP, Dense, Identity, SoftmaxCrossEntropy, Tanh
 
 N = 12_800
@@ -38,8 +42,10 @@ N = 12_800
 def _measure(batch: int, x: np.ndarray, y: np.ndarray, args) -> dict:
     model = MLP([Dense(64, 128, 0.05, 0.05, norm_ball=True), Dense(128, 10, 0.05, 0.05, norm_ball=True)], [Tanh(), Identity()],
                 SoftmaxCrossEntropy(), input_bound=1 / 8)
-    trainers = {name: DPSGD(model, noise_multiplier=1.0, batch_size=batch, epochs=args.epochs, learning_rate=0.5, mode="auto",
-                            clip=3.0, granularity=granularity) for name, granularity in (("global K", "global"), ("per-step K", "step"))}
+    trainers = {name: DPSGD(model, noise_multiplier=1.0, batch_size=batch, epochs=args.epochs, learning_rate=0.5,
+                            clip=3.0, granularity=granularity, mode=mode)
+                for name, mode, granularity in (("global K", "auto", "global"), ("per-step K", "auto", "step"),
+                                                ("clip mode", "clip", "global"))}
     steps = trainers["global K"].plan(N).steps
     builds: list[int] = []
     recomputations: list[int] = []
@@ -51,13 +57,24 @@ def _measure(batch: int, x: np.ndarray, y: np.ndarray, args) -> dict:
         return chain(norms)
 
     model._seq._bound_from_norms = counted
+    clipped = [0]
+    step_bounds = plan_module.GradientSum.at
+
+    def counted_at(summer, params):  # counted: the steps whose bound says to clip
+        bounds = step_bounds(summer, params)
+        clipped[0] += bool(bounds.clip)
+        return bounds
+
+    plan_module.GradientSum.at = counted_at
+    clipped_steps: list[int] = []
 
     def fit(name: str, trainer: DPSGD) -> None:
-        before, before_calls = noise_module._table.cache_info().misses, calls[0]
+        before, before_calls, before_clipped = noise_module._table.cache_info().misses, calls[0], clipped[0]
         trainer.fit(x, y)  # unseeded: batches and initial weights from the CSPRNG, as in a private run
         if name == "per-step K":
             builds.append(noise_module._table.cache_info().misses - before)
             recomputations.append(calls[0] - before_calls)
+            clipped_steps.append(clipped[0] - before_clipped)
 
     def non_private() -> None:
         params = model.init(np.random.default_rng(1))
@@ -68,18 +85,24 @@ def _measure(batch: int, x: np.ndarray, y: np.ndarray, args) -> dict:
             params = [(W - 0.5 * gW / batch, b - 0.5 * gb / batch) for (W, b), (gW, gb) in zip(params, g, strict=True)]
 
     variants = {"non-private numpy loop": non_private, **{name: (lambda n=name, t=t: fit(n, t)) for name, t in trainers.items()}}
-    times = bench_machine.interleaved(variants, args.rounds, 1)
+    try:
+        times = bench_machine.interleaved(variants, args.rounds, 1)
+    finally:
+        plan_module.GradientSum.at = step_bounds
     v = bench_machine.summary({k: [t / steps for t in ts] for k, ts in times.items()}, "non-private numpy loop")
     for name, r in v.items():
         print(f"batch {batch:>4d} {name:<24s} min {r['min_s'] * 1e3:7.3f} median {r['median_s'] * 1e3:7.3f} ms/step  "
               f"ratio {r['ratio_of_medians']:.2f}")
     over_global = v["per-step K"]["median_s"] / v["global K"]["median_s"]
+    over_clip = v["per-step K"]["median_s"] / v["clip mode"]["median_s"]
     print(f"    noise tables built by per-step runs (warm-up first): {builds}")
     print(f"    chain bounds computed by per-step runs (warm-up first; the plan's global one included): {recomputations}, "
           f"{steps} steps each")
-    print(f"    per-step K over global K (ratio of medians): {over_global:.2f}")
+    print(f"    per-step K over global K (ratio of medians): {over_global:.2f}; over clip mode: {over_clip:.2f}")
+    print(f"    steps that clipped in per-step runs (warm-up first): {clipped_steps}, {steps} steps each")
     return {"batch": batch, "steps": steps, "variants": v, "tables_built_per_run": builds,
             "chain_recomputations_per_run": recomputations, "per_step_over_global": over_global,
+            "per_step_over_clip": over_clip, "clipped_steps_per_run": clipped_steps,
             "load_after": bench_machine.load()}
 
 
@@ -114,6 +137,10 @@ def markdown(results: dict) -> str:
                          f"{run['per_step_over_global']:.2f}; chain bounds computed by the per-step runs (the plan's global "
                          f"one included), warm-up first: {', '.join(map(str, run['chain_recomputations_per_run']))} "
                          f"(of {run['steps']} steps).")
+        if "clipped_steps_per_run" in run:
+            lines.append(f"- batch {run['batch']}: steps on which per-step K clipped (its bound above C), warm-up first: "
+                         f"{', '.join(map(str, run['clipped_steps_per_run']))} (of {run['steps']}); per-step K over clip "
+                         f"mode (ratio of medians) {run['per_step_over_clip']:.2f}.")
     return "\n".join(lines) + "\n"
 
 
