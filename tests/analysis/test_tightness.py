@@ -216,6 +216,19 @@ def test_truth_of_a_closed_form_case_is_attained():
     assert abs(truth.value - closed) < mpmath.mpf(10) ** -15 * closed
 
 
+def test_logsumexp_truth_is_the_best_vertex_not_one_field_at_the_top():
+    # regression: the suite took (1, -1, ..., -1) as the argmax for 20 fields too, where two fields at 1 give
+    # 0.34408 > 0.32512, and the multistart's best (0.33607, four at 1) was reported as the truth. The maximum
+    # is at a vertex (see _logsumexp_argmax); brute force over every count of fields at 1, in mpmath
+    case = next(c for c in CASES if c.name == "logsumexp, 20 fields")
+    e = mpmath.e
+    with mpmath.workdps(80):
+        best = max(mpmath.sqrt(k * e**2 + (20 - k) / e**2) / (k * e + (20 - k) / e) for k in range(21))
+    truth = true_lipschitz(case, starts=2, samples=200, newton=False)
+    assert abs(truth.value - best) < mpmath.mpf(10) ** -15 * best
+    assert case.closed_form() == [1.0, 1.0] + [-1.0] * 18
+
+
 def test_radial_partial_ignores_fields_outside_u():
     # regression: a field absent from u was summed into r = sum_(i != j) (x_i - m_i)^2, so the 2-d bound of
     # df/dv1 was taken on the wrong rectangle (1.29839 < 1.29849 at a point; the safety net refused it)
