@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,6 +134,8 @@ def maximize(
     samples: int = 256,
     polish: bool = True,
     symmetric: Sequence[Sequence[int]] = (),
+    cap: float = math.inf,
+    points: np.ndarray | None = None,
 ) -> MaxResult:
     """Certified ``sup objective`` over the box ``[lo, hi]``.
 
@@ -157,6 +160,11 @@ def maximize(
     permutation of its ancestor), and along any chain of these steps ``W`` never grows and drops
     at every split, so the chain cannot return to where it began: every box is covered, the root
     first of all.
+
+    ``cap``: an upper bound of the supremum over the root box proven elsewhere (by the caller's
+    own argument); the returned bound is the smaller of the two, and refinement stops once the
+    witness is within the tolerance of it. ``points``: more starting points for the witness
+    search (clipped to the box).
     """
     start = time.perf_counter()
     deadline = start + time_budget
@@ -171,7 +179,8 @@ def maximize(
     rng = np.random.default_rng(0)  # witness search only: never privacy noise
 
     proven = hasattr(objective, "lower_bound")
-    points = _initial_points(lo, hi, rng, samples)
+    starts = _initial_points(lo, hi, rng, samples)
+    points = starts if points is None else np.vstack([starts, np.clip(np.asarray(points, dtype=float), lo, hi)])
     values = objective.lower_bound(points) if proven else objective.value(points)
     values = np.where(np.isfinite(values), values, -np.inf)
     best = int(np.argmax(values))
@@ -253,7 +262,7 @@ def maximize(
     while heap:
         top = -heap[0][0]
         leaf_top = max((u for u, _ in leaves), default=-np.inf)
-        upper = max(top, leaf_top)
+        upper = min(max(top, leaf_top), cap)
         if np.isfinite(upper) and upper - best_value <= max(tolerance * abs(best_value), atol):
             converged = True
             break
@@ -303,6 +312,7 @@ def maximize(
         if worst:
             raise objective.explain(worst[0])
         raise objective.explain(-1)
+    upper = min(upper, cap)  # both proven (the caller's argument for cap)
 
     if polish and np.isfinite(best_value):
         x, v = _polish(objective, best_point, lo, hi, deadline=max(deadline, time.perf_counter() + POLISH_MIN_SECONDS))

@@ -616,6 +616,15 @@ def _composed(fn: RecordFunction, norm: float | None, component: int | None, tol
     return upper, point, value, converged, boxes
 
 
+def _separable(fn: RecordFunction):
+    """The bound of :mod:`.separable` (``K`` in the 2-norm, and a candidate witness) where ``f`` is an outer
+    function of a sum of one-field terms; None otherwise."""
+    from opendp_hybridad.analysis import separable
+
+    found = separable.find_separable(fn)
+    return None if found is None else separable.separable_bound(fn, found)
+
+
 def _radial_partial(fn: RecordFunction, b, index: int, tolerance: float,
                     time_budget: float) -> tuple[float, np.ndarray, float, bool, int] | None:
     """``sup |df/dx_index|`` for ``f = psi(a sum (x_i - m_i)^2 + c)``: a 2-d range (see
@@ -695,8 +704,11 @@ def _lipschitz(fn: RecordFunction, norm: float, tolerance: float, time_budget: f
     if composed is not None and composed[3]:
         upper, point, value, converged, boxes = composed
     else:
+        # a separable sum under an outer function: a proven cap for the search, and a start for its witness
+        separable = _separable(fn) if compose and norm == 2.0 else None
+        extra = {} if separable is None else {"cap": separable.upper, "points": separable.point[None, :]}
         res = _maximize_gradient(fn, GradientObjective(fn, norm), tolerance=tolerance,
-                                 time_budget=max(time_budget - (time.perf_counter() - start) - FINISH_SECONDS, 0.0))
+                                 time_budget=max(time_budget - (time.perf_counter() - start) - FINISH_SECONDS, 0.0), **extra)
         upper, point, value, converged, boxes = res.upper, res.witness_point, res.witness_value, res.converged, res.boxes
         if composed is not None:  # both are proven bounds: keep the smaller, and the larger witness
             upper = min(upper, composed[0])
