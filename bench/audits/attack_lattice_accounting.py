@@ -366,17 +366,17 @@ def section_g() -> None:
     print("G. notes (not counted as violations)")
     from opendp_hybridad.analysis.rounding import div_up
 
-    # the seeded selector compares numpy's 53-bit uniforms with the float batch/n: inclusion probability
-    # ceil(x 2^53) / 2^53 for x = fl(batch / n), which can exceed the accounted div_up(batch, n)
+    # the selector (seeded or not) includes an example when a 64-bit word is below floor(q 2^64): inclusion
+    # probability floor(batch 2^64 / n) / 2^64, never above the accounted div_up(batch, n) (an earlier seeded
+    # path compared 53-bit floats with fl(batch / n), which could exceed it; attack_selection.py checks the rule)
     examples = []
     for batch, n in ((1, 10), (1, 3), (7, 1000), (32, 3989), (256, 60000)):
-        x = batch / n
-        actual = Fraction(math.ceil(Fraction(x) * 2**53), 2**53)
+        actual = Fraction((batch << 64) // n, 2**64)
         accounted = Fraction(div_up(batch, n))
         if actual > accounted:
             examples.append((batch, n, float(actual), float(accounted), float(actual - accounted)))
-    print(f"   seeded BatchSelector.poisson (fit(seed=...) only; make_dp_sgd never seeds): inclusion probability "
-          f"above the accounted q for {len(examples)} of 5 (batch, n): e.g. {examples[:2]}")
+    print(f"   BatchSelector.poisson (seeded or not): inclusion probability above the accounted q for "
+          f"{len(examples)} of 5 (batch, n){': e.g. ' + str(examples[:2]) if examples else ''}")
 
 
 def main() -> int:

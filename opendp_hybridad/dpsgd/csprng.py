@@ -19,8 +19,9 @@ __all__ = ["CHUNK", "chunked", "random_bytes"]
 CHUNK = 2**30
 
 
-def chunked(source: Callable[[int], bytes], count: int, chunk: int = CHUNK) -> bytes:
-    """``count`` bytes from ``source``, in calls of at most ``chunk`` bytes."""
+def chunked(source: Callable[[int], bytes], count: int, chunk: int | None = None) -> bytes:
+    """``count`` bytes from ``source``, in calls of at most ``chunk`` bytes (default: :data:`CHUNK`, read at the call)."""
+    chunk = CHUNK if chunk is None else chunk
     if count <= chunk:
         return source(count)
     return b"".join(source(min(chunk, count - start)) for start in range(0, count, chunk))

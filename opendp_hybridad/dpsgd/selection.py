@@ -47,6 +47,8 @@ class BatchSelector:
         ``q = batch_size / n`` with ``n`` the *public* dataset size (default ``count``): under
         add/remove the actual number of examples is private, so the rate must not depend on it.
         """
+        # Python ints: a numpy integer would overflow in the shift below (np.int64(500) << 64 is 0)
+        count, batch_size = int(count), int(batch_size)
         n = count if n is None else int(n)
         threshold = (batch_size << 64) // n  # exact integer floor of q 2^64
         if threshold >= 1 << 64:
