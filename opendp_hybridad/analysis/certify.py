@@ -631,21 +631,46 @@ def _radial_partial(fn: RecordFunction, b, index: int, tolerance: float,
     :func:`.composition.radial_partial_function`), both ends, since ``|h| = max(h, -h)``."""
     from opendp_hybridad.analysis import composition as comp
 
+    return _partial_through(fn, index, tolerance, time_budget, lambda: comp.radial_partial_function(fn, b, index),
+                            lambda s_value, r_value: comp.radial_partial_witness(fn, b, index, s_value, r_value))
+
+
+def _separable_partial(fn: RecordFunction, index: int, tolerance: float,
+                       time_budget: float) -> tuple[float, np.ndarray, float, bool, int] | None:
+    """``sup |df/dx_index|`` for ``f = psi(c + sum_j phi_j(x_j))``: a 2-d range (see
+    :func:`.separable.partial_function`), both ends; None for any other ``f``."""
+    from opendp_hybridad.analysis import separable
+
+    found = separable.find_separable(fn)
+    if found is None:
+        return None
+    return _partial_through(fn, index, tolerance, time_budget, lambda: separable.partial_function(fn, found, index),
+                            lambda s_value, r_value: separable.partial_witness(fn, found, index, s_value, r_value))
+
+
+def _partial_through(fn: RecordFunction, index: int, tolerance: float, time_budget: float, make_h, witness_of
+                     ) -> tuple[float, np.ndarray, float, bool, int] | None:
+    """``sup |df/dx_index| <= sup |h|`` for a 2-d ``h(s, r)`` whose values include every value of the partial
+    (``make_h()``; None where there is none): both ends of h's certified range, and a witness point of
+    ``f``'s box (``witness_of(s, r)``) valued by its point enclosure."""
     try:
-        h = comp.radial_partial_function(fn, b, index)
+        h = make_h()
         if h is None:
             return None
         lo, hi = _box_arrays(h)
         sub_tol = tolerance / 8
         top = maximize(RangeObjective(h, +1.0), lo, hi, tolerance=sub_tol, atol=1e-300, time_budget=time_budget / 2)
-        bottom = maximize(RangeObjective(h, -1.0), lo, hi, tolerance=sub_tol, atol=1e-300, time_budget=time_budget / 2)
+        # sup |h| = max(sup h, sup -h): the second end needs only to be settled to within the tolerance of the
+        # first's witness (an absolute tolerance; its own relative one can be out of reach near 0)
+        bottom = maximize(RangeObjective(h, -1.0), lo, hi, tolerance=sub_tol, atol=max(sub_tol * abs(top.witness_value), 1e-300),
+                          time_budget=time_budget / 2)
     except (UnboundedError, DeclarationError):  # no 1-d bound (U not declarable, psi not enclosable): the general path
         return None
     upper = max(top.upper, bottom.upper)
     if not math.isfinite(upper):
         return None
     best = top if top.witness_value >= bottom.witness_value else bottom
-    point = comp.radial_partial_witness(fn, b, index, float(best.witness_point[0]), float(best.witness_point[1]))
+    point = witness_of(float(best.witness_point[0]), float(best.witness_point[1]))
     grad = list(fn.gradient().values())
     enc = _Enclosure(fn, [grad[index]], [[0] * len(fn.names)])
     wlo, whi = enc.at_points(point[None, :])
@@ -655,7 +680,7 @@ def _radial_partial(fn: RecordFunction, b, index: int, tolerance: float,
             f"internal check failed: a witness ({value!r}) exceeds the certified bound ({upper!r}); "
             "the certificate is refused (please report this expression)"
         )
-    converged = top.converged and bottom.converged and upper - value <= max(tolerance * abs(value), 1e-12)
+    converged = upper - value <= max(tolerance * abs(value), 1e-12)  # the bound meets the witness: nothing to refine
     return upper, point, value, converged, top.boxes + bottom.boxes
 
 
@@ -741,6 +766,8 @@ def certify_partial(fn: RecordFunction, index: int, tolerance: float = 1e-3, tim
     composed = _quadratic(fn, math.inf, index)
     if composed is None:
         composed = _composed(fn, None, index, tolerance, time_budget / 4)
+    if composed is None:
+        composed = _separable_partial(fn, index, tolerance, time_budget / 4)
     if composed is not None and composed[3]:
         upper, point, value, converged, boxes = composed
     else:

@@ -26,6 +26,11 @@ with their multiplicity. The bound is the maximum over the convex hull of the jo
 logsumexp in 20 fields it is within 1% of the truth). It needs ``f`` smooth on the box (checked
 statically, as for :mod:`.composition`) and every enclosure finite; otherwise no bound is given and
 the general path answers.
+
+A single partial is a 2-d problem: ``df/dx_j = psi'(c + phi_j(x_j) + r) phi_j'(x_j)`` with
+``r = sum_(i != j) phi_i(x_i)``, and since the other terms are independent of ``x_j`` the pairs
+``(x_j, r)`` fill ``X_j x R`` with ``R`` the sum of the other terms' ranges, enclosed outward
+(:func:`partial_function`); the certificate takes the range of that function on the rectangle.
 """
 
 from __future__ import annotations
@@ -249,3 +254,77 @@ def _lambda_grid(classes: list[_FieldClass]) -> np.ndarray:
     grid = np.concatenate([linear, geometric, -geometric, [0.0]])
     grid = grid[np.isfinite(grid)]
     return np.unique(grid)
+
+
+def partial_function(fn: RecordFunction, s: SeparableSum, index: int) -> RecordFunction | None:
+    """``h(s, r) = psi'(c + phi_j(s) + r) phi_j'(s)`` on ``[lo_j, hi_j] x R``, ``R`` an outward enclosure of the
+    other terms' sum ``r = sum_(i != j) phi_i(x_i)`` over the box (each term's range from its sub-intervals).
+
+    Every value of ``df/dx_j`` on the box is a value of ``h`` on that rectangle, so ``sup |df/dx_j| <= sup |h|``.
+    None where field ``j`` is absent (the general path proves 0) or an enclosure fails.
+    """
+    from opendp_hybridad.symbolic.schema import Schema
+
+    term = s.terms[index]
+    if term is None:
+        return None
+    dummy = sympy.Dummy("s", real=True)
+    others = _classes(fn, s, dummy)
+    if not all(_enclose_terms(c, dummy, 256) for c in others):
+        return None
+    c_lo, c_hi = exact_interval(s.constant) if s.constant != 0 else (0.0, 0.0)
+    r_lo, r_hi = c_lo, c_hi
+    for c in others:
+        k = float(len(c.members) - (index in c.members))
+        if k:
+            r_lo = add_down(r_lo, mul_down(k, float(c.value_lo.min())))
+            r_hi = add_up(r_hi, mul_up(k, float(c.value_hi.max())))
+    if not (math.isfinite(r_lo) and math.isfinite(r_hi)):
+        return None
+    bounds = fn.schema.bounds()
+    schema = Schema({"s": tuple(bounds[index]), "r": (r_lo, r_hi)})
+    s_sym, r_sym = schema.symbols()
+    field = list(fn.symbols)[index]
+    phi = term.xreplace({field: s_sym})
+    slope = sympy.diff(s.outer, s.t).xreplace({s.t: phi + r_sym})
+    return schema.function(slope * sympy.diff(phi, s_sym), name="separable partial")
+
+
+def partial_witness(fn: RecordFunction, s: SeparableSum, index: int, s_value: float, r_value: float) -> np.ndarray:
+    """A point with ``x_index = s_value`` and ``c + sum_(i != index) phi_i(x_i)`` close to ``r_value`` (float search).
+
+    Along the segment from the corner minimising each other term's end value to the one maximising it,
+    ``r`` is continuous, so bisection on a bracket reaches any value in between (only the witness depends on it).
+    """
+    bounds = fn.schema.bounds()
+    lo = np.array([b[0] for b in bounds], dtype=float)
+    hi = np.array([b[1] for b in bounds], dtype=float)
+    from opendp_hybridad.compile.codegen import numpy_callable  # the library's float evaluation (its own functions too)
+
+    symbols = list(fn.symbols)
+    rest = [k for k, t in enumerate(s.terms) if t is not None and k != index]
+    funcs = {k: numpy_callable([s.terms[k]], [symbols[k]]) for k in rest}
+
+    def term(k: int, value: float) -> float:
+        return float(np.asarray(funcs[k](np.array([value]))[0]).reshape(-1)[0])
+
+    def r_of(x: np.ndarray) -> float:
+        return sum(term(k, x[k]) for k in rest)
+
+    with np.errstate(all="ignore"):
+        start = np.array([lo[k] if term(k, lo[k]) <= term(k, hi[k]) else hi[k] for k in rest])
+    end = np.array([hi[k] if start[i] == lo[k] else lo[k] for i, k in enumerate(rest)])
+    constant = float(s.constant)
+    point = lo.copy()
+    a, b = 0.0, 1.0
+    with np.errstate(all="ignore"):
+        for _ in range(60):
+            mid = 0.5 * (a + b)
+            point[rest] = start + mid * (end - start)
+            if constant + r_of(point) < r_value:
+                a = mid
+            else:
+                b = mid
+        point[rest] = start + 0.5 * (a + b) * (end - start)
+    point[index] = min(max(s_value, lo[index]), hi[index])
+    return np.clip(point, lo, hi)

@@ -162,3 +162,47 @@ def test_maximize_keeps_a_cap_and_starts_from_given_points():
     with mpmath.workdps(30):
         top = float(mpmath.sqrt(e**2 + e**-2) / (e + 1 / e))
     assert capped.witness_value >= top * (1 - 1e-12)  # the given point (the argmax) is the witness's start
+
+
+def _partials_lower(expr: sp.Expr, syms: list[sp.Symbol], box: list[tuple[float, float]], rng: np.random.Generator) -> list:
+    """The largest ``|df/dx_j|`` per field at vertices and random points, at 50 digits (lower bounds)."""
+    grads = sp.lambdify(syms, [sp.diff(expr, s) for s in syms], modules=[_MP_NS, "mpmath"])
+    lo = np.array([b[0] for b in box])
+    hi = np.array([b[1] for b in box])
+    n = len(syms)
+    points = [lo + np.array(c) * (hi - lo) for c in itertools.product((0, 1), repeat=n)] if n <= 6 else \
+        [lo + rng.integers(0, 2, n) * (hi - lo) for _ in range(128)]
+    points += [lo + rng.random(n) * (hi - lo) for _ in range(100)]
+    best = [mpmath.mpf(0)] * n
+    with mpmath.workdps(50):
+        for p in points:
+            g = grads(*[mpmath.mpf(float(v)) for v in p])
+            best = [max(b, abs(c)) for b, c in zip(best, g, strict=True)]
+    return best
+
+
+@pytest.mark.parametrize("seed,n,outer,terms,widths", [c for c in CASES if c[1] <= 7])
+def test_partials_through_the_separable_sum_are_never_below_the_truth(seed, n, outer, terms, widths):
+    rng = np.random.default_rng(seed)
+    schema, expr = _case(rng, n, outer, terms, widths)
+    fn = schema.function(expr)
+    found = separable.find_separable(fn)
+    truths = _partials_lower(expr, list(fn.symbols), schema.bounds(), rng)
+    for j, name in enumerate(fn.names):
+        h = separable.partial_function(fn, found, j)
+        if h is not None:  # the 2-d function's range bounds the partial: its certified range, both ends
+            r = h.range(time_budget=0.3)
+            assert truths[j] <= max(r.upper, -r.lower), (expr, name)
+    parts = fn.partial_bounds(time_budget=0.3)
+    for j, name in enumerate(fn.names):
+        assert truths[j] <= parts[name].upper, (expr, name, float(truths[j]), parts[name].upper)
+
+
+def test_logsumexp_partials_are_the_largest_softmax_share():
+    schema = hd.Schema(**dict.fromkeys([f"x{i}" for i in range(20)], (-1, 1)))
+    fn = schema.function(sp.log(sum(sp.exp(x) for x in schema.symbols())))
+    e = mpmath.e
+    with mpmath.workdps(50):
+        truth = e / (e + 19 / e)  # one field at 1, the rest at -1
+    for cert in fn.partial_bounds().values():
+        assert truth <= cert.upper <= 1.001 * truth and cert.converged
