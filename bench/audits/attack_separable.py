@@ -25,14 +25,14 @@ So ``tanh(x + y + exp(400 + 10^-300) - exp(400))`` on ``[-1, 1]^2`` gets the cer
 while ``||grad f(0, 0)||_2 = sqrt(2)``. The same call hangs the certificate (past any time budget, memory
 growing) when ``N`` returns a number whose exact rational is astronomically large or small:
 ``exp(-exp(k))`` as the constant costs ``e^k`` work in ``sympy.Rational(N(...))`` (3.4 s at k = 20, never
-returns at k = 40). The uncommitted working-tree ``separable.partial_function`` (if present) has the same
+returns at k = 40). ``separable.partial_function`` (the separable partials of e9e823e, if present) has the same
 ``exact_interval(s.constant)`` and its partial bounds fail the same way; ``tape.py``'s ``powr`` lowering of a
 constant non-rational exponent (``x**(2 + c)``) calls ``exact_interval`` on a compound constant too (a
 pre-existing violation of the general path, reported separately).
 
 Sections:
   A. the constant: exact_interval on cancelling constants against 1500-digit values; the certificate, the
-     bound, the partial bounds (working tree) and the general path's powr on those constants.
+     bound, the partial bounds (e9e823e) and the general path's powr on those constants.
   B. cost: exact_interval / ``_separable`` / the certificate with ``exp(-exp(k))`` as the constant (one run in
      a subprocess under a timeout and a memory cap), and ``_separable`` on 40-200 fields of distinct terms.
   C. detection: shapes that must be refused (two-field terms, fields outside the sum, the sum under a kink or
@@ -256,7 +256,7 @@ def section_a() -> None:
     judge("sqrt(exp(10^-200) - 1 + x + y) (the bound alone; the certificate refuses)", fn, truth, [0.0, 0.0],
           bound.upper if bound else None, None, severity="high")
 
-    # the working tree's separable partial (uncommitted): the same exact_interval(s.constant)
+    # the separable partials (e9e823e, after the commit under audit): the same exact_interval(s.constant)
     if hasattr(separable, "partial_function"):
         fn = box.function(sp.tanh(x + y + C400))
         try:
@@ -266,7 +266,7 @@ def section_a() -> None:
             ups = {"x": f"refused ({type(exc).__name__})"}
         claim = ups.get("x")
         if isinstance(claim, float) and claim < 1.0:  # |df/dx(0, 0)| = sech^2(c) = 1 - 3e-253
-            violated("critical", "partial_bounds below the truth (uncommitted working-tree separable.partial_function)",
+            violated("critical", "partial_bounds below the truth (separable.partial_function, e9e823e)",
                      f"f = tanh(x + y + C400) on [-1, 1]^2: sup |df/dx| certified {claim!r} < |df/dx(0, 0)| = sech^2(5.2e-127) ~ 1")
         else:
             held("partial_bounds of tanh(x + y + C400)", f"{ups}")
@@ -574,8 +574,8 @@ def section_g() -> None:
     else:
         held("a (fake, too small) separable bound reaches the 2-norm certificate only", f"{results}")
     if hasattr(separable, "partial_function"):
-        note("certify_partial uses the separable sum in the working tree",
-             "uncommitted changes to certify.py add _separable_partial (separable.partial_function: a 2-d range of "
+        note("certify_partial uses the separable sum (e9e823e, after 35a67d7)",
+             "e9e823e adds _separable_partial to certify_partial (separable.partial_function: a 2-d range of "
              "psi'(c + phi_j(s) + r) phi_j'(s)); it is not the cap and is unaffected by the fake bound, but it encloses c "
              "with the same exact_interval(s.constant) (section A)")
     # the safety net: a cap below a proven witness is refused, not returned
