@@ -21,10 +21,11 @@ this is the quadratic form ``s^T diag(v) W W^T diag(v) s`` of the issue, whose m
 of slopes is at a vertex; unlike interval arithmetic it keeps the signs that make the hidden units'
 contributions to the gradient cancel.
 
-The slopes' enclosures come from the tape's interval enclosures of the nodes over the box (a
-mean-value form of each unit's argument about the box's centre was tried and changed no bound of the
-tightness suite: what is lost is that the vertices treat the slopes as independent): ``1 - T^2`` for ``T`` the enclosure of a tanh node, ``1/4 - (S - 1/2)^2`` for a
-sigmoid's, ``sigmoid(U)`` for softplus of ``U``.
+The slopes' enclosures come from the tape's interval enclosures of the nodes over the box: ``1 - T^2``
+for ``T`` the enclosure of a tanh node, ``1/4 - (S - 1/2)^2`` for a sigmoid's, ``sigmoid(U)`` for
+softplus of ``U``. (A mean-value form of each unit's argument about the box's centre was tried and
+changed no bound of the tightness suite: what is lost is that the vertices treat the slopes as
+independent.)
 """
 
 from __future__ import annotations
