@@ -17,6 +17,7 @@ import sympy as sp
 from test_smoothness import mp_function
 
 import opendp_hybridad as hd
+from opendp_hybridad.analysis import tape as tape_module
 from opendp_hybridad.compile.kernel import available_backends
 
 mpmath.mp.dps = 80
@@ -281,3 +282,35 @@ def test_a_nan_constant_is_refused_at_declaration():
     x = sp.Symbol("x")
     with pytest.raises(hd.UnsupportedExpressionError):  # was a TypeError from the tape
         hd.Schema(x=(0, 1)).function(x + sp.nan)
+
+
+def test_a_constant_that_cancels_past_sympys_precision_is_enclosed_op_by_op():
+    # audit attack_separable.py: sympy.N(exp(400 + 10^-300) - exp(400), 30) keeps no correct digit and still
+    # returns a number (-0.e+10 for about 5.2e-127), so a constant exponent (and the separable sum's constant,
+    # which made the certificate 4e-14 for a truth of sqrt(2)) was enclosed far from its value
+    c = sp.exp(400 + sp.Rational(1, 10**300)) - sp.exp(400)
+    lo, hi = tape_module.exact_interval(2 + c)
+    assert lo <= 2 <= hi  # the enclosure contains the value (2 + 5.2e-127), however wide it is
+    schema = hd.Schema(x=(2, 3))
+    (x,) = schema.symbols()
+    f = schema.function(x ** (2 + c))
+    try:  # sound: a bound at least the truth (6 at x = 3, 9 the range's top), or a refusal
+        assert f.lipschitz(time_budget=0.25).upper >= 6 * (1 - 1e-12)
+        assert f.range(time_budget=0.25).upper >= 9 * (1 - 1e-12)
+    except hd.UnboundedError:
+        pass
+    s2 = hd.Schema(x=(-1, 1), y=(-1, 1))
+    x, y = s2.symbols()
+    assert s2.function(sp.tanh(x + y + c)).lipschitz(time_budget=0.5).upper >= math.sqrt(2)
+    with mpmath.workdps(50):
+        truth = 3 * math.sqrt(2) * float(mpmath.sech(2 + mpmath.mpf(0)) ** 2)  # at (1, 1): 3 x^2 sech^2(x^3 + y^3)
+    assert s2.function(sp.tanh(x**3 + y**3 + c)).lipschitz(time_budget=0.5).upper >= truth
+
+
+def test_a_constant_whose_rational_would_not_fit_is_enclosed_without_building_it():
+    # exp(-exp(40)): sympy.N then Rational built a number with about 10^17 digits (never returned)
+    schema = hd.Schema(x=(-1, 1), y=(-1, 1))
+    x, y = schema.symbols()
+    lo, hi = tape_module.exact_interval(sp.exp(-sp.exp(40)))
+    assert lo == 0.0 and 0.0 < hi < 1e-300
+    assert schema.function(sp.tanh(x + y + sp.exp(-sp.exp(40)))).lipschitz(time_budget=0.25).upper >= math.sqrt(2)

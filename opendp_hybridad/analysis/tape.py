@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import sympy
 from sympy.core.relational import Relational
 
@@ -63,13 +64,35 @@ def exact_interval(value: sympy.Expr) -> tuple[float, float]:
             return (-_TINY, 0.0) if sign else (0.0, _TINY)
         rational = sympy.Rational(value)
         return exact_interval(rational)
-    # irrational constants (pi, E, sqrt(2), ...): 30 correct digits then widen
-    numeric = sympy.N(value, 30)
-    if not numeric.is_Number or not numeric.is_finite:
-        raise UnsupportedExpressionError(f"the constant {value} has no finite real value")
-    approx = sympy.Rational(numeric)
-    lo, hi = exact_interval(approx)
-    return down(lo), up(hi)
+    if value.is_NumberSymbol:
+        # pi, E, ...: sympy evaluates one such constant to the digits asked (no cancellation), then widen
+        numeric = sympy.N(value, 30)
+        if not numeric.is_Number or not numeric.is_finite:
+            raise UnsupportedExpressionError(f"the constant {value} has no finite real value")
+        lo, hi = exact_interval(sympy.Rational(numeric))
+        return down(lo), up(hi)
+    return _enclosed_constant(value)
+
+
+def _enclosed_constant(value: sympy.Expr) -> tuple[float, float]:
+    """An outward enclosure of a constant *expression* (``2 + exp(400 + 10^-300) - exp(400)``, ``exp(-exp(40))``),
+    lowered op by op and enclosed by the interval evaluator, as the tape encloses any other expression.
+
+    Not ``sympy.N``: its evaluation loses every digit to a cancellation past its working precision and still
+    returns a number (audit attack_separable.py: ``-0.e+10`` for about ``5e-127``), and building a rational
+    of ``exp(-exp(40))`` does not finish. Raises where the constant cannot be enclosed (not finite).
+    """
+    from opendp_hybridad.analysis.interval import IntervalEvaluator  # interval imports this module
+
+    if value.free_symbols:
+        raise UnsupportedExpressionError(f"{value} is not a constant")
+    tape = Tape([])
+    node = tape.add_output(value)
+    L, H, B = IntervalEvaluator(tape).evaluate(np.zeros((1, 0)), np.zeros((1, 0)))
+    lo, hi = float(L[node][0]), float(H[node][0])
+    if B[node][0] >= 0 or not (math.isfinite(lo) and math.isfinite(hi)):
+        raise UnsupportedExpressionError(f"the constant {value} could not be enclosed in finite floats")
+    return lo, hi
 
 
 _UNARY = {
