@@ -291,6 +291,8 @@ def partial_function(fn: RecordFunction, s: SeparableSum, index: int) -> RecordF
         return None
     dummy = sympy.Dummy("s", real=True)
     others = _classes(fn, s, dummy)
+    if len(others) > MAX_CLASSES:  # each field's partial encloses every other term: quadratic in the terms
+        return None
     if not all(_enclose_terms(c, dummy, 256) for c in others):
         return None
     c_lo, c_hi = _constant(s)
@@ -326,16 +328,20 @@ def partial_witness(fn: RecordFunction, s: SeparableSum, index: int, s_value: fl
 
     symbols = list(fn.symbols)
     rest = [k for k, t in enumerate(s.terms) if t is not None and k != index]
-    funcs = {k: numpy_callable([s.terms[k]], [symbols[k]]) for k in rest}
+    # one compiled function for every other term, of all the fields' columns (one compilation per partial)
+    terms = numpy_callable([s.terms[k] for k in rest], symbols) if rest else None
 
-    def term(k: int, value: float) -> float:
-        return float(np.asarray(funcs[k](np.array([value]))[0]).reshape(-1)[0])
+    def values(points: np.ndarray) -> np.ndarray:
+        """Each other term at each point: (points, terms)."""
+        out = terms(*[points[:, i] for i in range(points.shape[1])])
+        return np.column_stack([np.broadcast_to(np.asarray(v, dtype=float), (points.shape[0],)) for v in out])
 
     def r_of(x: np.ndarray) -> float:
-        return sum(term(k, x[k]) for k in rest)
+        return float(values(x[None, :]).sum())
 
     with np.errstate(all="ignore"):
-        start = np.array([lo[k] if term(k, lo[k]) <= term(k, hi[k]) else hi[k] for k in rest])
+        ends = values(np.vstack([lo, hi])) if rest else np.zeros((2, 0))
+        start = np.array([lo[k] if ends[0, i] <= ends[1, i] else hi[k] for i, k in enumerate(rest)])
     end = np.array([hi[k] if start[i] == lo[k] else lo[k] for i, k in enumerate(rest)])
     constant = float(s.constant)
     point = lo.copy()
