@@ -439,9 +439,9 @@ def _verdict(results: dict) -> str:
                 for r in results["runs"] if r["threads"] == "default"]
     return ("Faster than Opacus ghost? " + "; ".join(parts) + ". Default threads here means "
             f"torch {r0['torch_threads']} and BLAS/OpenMP " + ", ".join(f"{k} {v}" for k, v in r0["pool_threads"].items())
-            + " threads on a 2-core machine that other work kept busy: those rows measure contention as much as the code "
-              f"(ours takes {min(slowdown):.1f}-{max(slowdown):.1f}x its one-thread time there; `gradient_sum` runs BLAS on "
-              "one thread whatever the setting, so its default-threads rows differ from its one-thread rows by the load only), "
+            + " threads on a 2-core machine (its load in the header): those rows measure contention as much as the code "
+              f"(ours takes {min(slowdown):.1f}-{max(slowdown):.1f}x its one-thread time there; `gradient_sum` keeps BLAS on "
+              "one thread for blocks of fewer than 2^22 rows times parameters and on the caller's threads above), "
               "so the one-thread rows are the comparison to read.")
 
 
