@@ -79,7 +79,7 @@ def find_bottleneck(fn: RecordFunction) -> Bottleneck | None:
         # the shape first: a polynomial test is cheap next to rewriting all of f
         if not u.is_polynomial(*symbols):
             continue
-        if not _only_through(expr, u):
+        if not only_through(expr, u):
             continue
         outer = expr.xreplace({u: t})
         if outer.free_symbols - {t}:
@@ -94,13 +94,13 @@ def find_bottleneck(fn: RecordFunction) -> Bottleneck | None:
     return None
 
 
-def _only_through(expr: sympy.Basic, u: sympy.Expr) -> bool:
+def only_through(expr: sympy.Basic, u: sympy.Expr) -> bool:
     """Whether every field occurrence in ``expr`` lies inside an occurrence of ``u`` (a walk, no rebuilding)."""
     if expr == u:
         return True
     if expr.is_Symbol:
         return False
-    return all(_only_through(a, u) for a in expr.args)
+    return all(only_through(a, u) for a in expr.args)
 
 
 def _classify(u: sympy.Expr, outer: sympy.Expr, t: sympy.Symbol, symbols: list[sympy.Symbol]) -> Bottleneck | None:

@@ -43,6 +43,7 @@ import numpy as np
 import sympy
 
 from opendp_hybridad.analysis import interval as iv
+from opendp_hybridad.analysis.composition import only_through
 from opendp_hybridad.analysis.rounding import add_down, add_up, add_up_array, mul_down, mul_up, sqrt_up, up_array
 from opendp_hybridad.analysis.smoothness import statically_smooth
 from opendp_hybridad.analysis.tape import Tape, exact_interval
@@ -101,7 +102,7 @@ def find_separable(fn: RecordFunction) -> SeparableSum | None:
                 break
             (by_field.setdefault(next(iter(held)), []) if held else constant).append(arg)
         else:
-            if not _only_through(expr, u):
+            if not only_through(expr, u):
                 continue
             outer = expr.xreplace({u: t})
             if outer.free_symbols - {t} or not outer.has(t):
@@ -117,15 +118,6 @@ def find_separable(fn: RecordFunction) -> SeparableSum | None:
             terms = [sympy.Add(*by_field[s]) if s in by_field else None for s in symbols]
             return SeparableSum(u, outer, t, sympy.Add(*constant), terms)
     return None
-
-
-def _only_through(expr: sympy.Basic, u: sympy.Expr) -> bool:
-    """Whether every field occurrence in ``expr`` lies inside an occurrence of ``u``."""
-    if expr == u:
-        return True
-    if expr.is_Symbol:
-        return False
-    return all(_only_through(a, u) for a in expr.args)
 
 
 @dataclass
