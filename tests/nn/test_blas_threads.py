@@ -1,4 +1,4 @@
-"""Which gradient sums run BLAS on one thread: the small products only (a rule on public shapes)."""
+"""Which gradient sums keep the caller's BLAS threads: one block of large products (a rule on public shapes)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import itertools
 
 import numpy as np
 
-from opendp_hybridad.nn import MLP, Dense, Identity, SoftmaxCrossEntropy, Tanh
-from opendp_hybridad.nn import sequential
+from opendp_hybridad.nn import MLP, Dense, Identity, SoftmaxCrossEntropy, Tanh, sequential
 
 
 def _mlp(widths: tuple[int, ...]) -> MLP:
@@ -16,7 +15,7 @@ def _mlp(widths: tuple[int, ...]) -> MLP:
     return MLP(layers, [Tanh()] * (len(layers) - 1) + [Identity()], SoftmaxCrossEntropy(), input_bound=1.0)
 
 
-def test_small_products_run_on_one_blas_thread_and_large_ones_on_the_callers(monkeypatch):
+def test_one_block_of_large_products_keeps_the_callers_threads_and_anything_else_runs_on_one(monkeypatch):
     limited = []
 
     @contextlib.contextmanager
@@ -26,12 +25,13 @@ def test_small_products_run_on_one_blas_thread_and_large_ones_on_the_callers(mon
 
     monkeypatch.setattr(sequential, "_one_blas_thread", recording)
     rng = np.random.default_rng(0)
-    for widths, rows, expect_limited in (((64, 128, 10), 256, True), ((784, 256, 10), 256, False), ((64, 128, 10), 512, False)):
+    for widths, rows, expect_limited in (((64, 128, 10), 256, True), ((784, 256, 10), 256, False), ((64, 128, 10), 512, False),
+                                         ((784, 1024, 256, 10), 1024, True)):  # the last in several blocks
         model = _mlp(widths)
         params = model.init(rng)
         x, y = rng.uniform(-1, 1, (rows, widths[0])), rng.integers(0, widths[-1], rows)
         limited.clear()
         model.gradient_sum(params, x, y, clip=1.0)
-        block = model._seq._blocks(rows, model._seq._block_rows())[0]
-        product = (block[1] - block[0]) * model.num_parameters
-        assert bool(limited) == expect_limited == (product < sequential._THREADED_PRODUCT), (widths, rows, product)
+        blocks = model._seq._blocks(rows, model._seq._block_rows())
+        threaded = len(blocks) == 1 and rows * model.num_parameters >= sequential._THREADED_PRODUCT
+        assert bool(limited) == expect_limited == (not threaded), (widths, rows, len(blocks))
