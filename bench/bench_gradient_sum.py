@@ -98,8 +98,9 @@ def markdown(results: dict) -> str:
              f"parameters), softmax cross-entropy, float64; {results['rounds']} rounds after {results['warmup']} warm-up, "
              "interleaved, each timed call after an untimed one of the same variant; "
              "ratio = median over the hand-written numpy gradient's median (below 1: ours faster). "
-             + ("Ours runs BLAS on the caller's threads for blocks of 2^22 rows times parameters or more (all of these), "
-                "on one thread below (threadpoolctl, in nn/sequential.py)." if results.get("threaded_blocks")
+             + ("Ours keeps the caller's BLAS threads when the batch is one block of at least 2^22 rows times parameters "
+                "(batch 256 here) and runs BLAS on one thread otherwise (batch 1024: four blocks, the later ones added "
+                "through scipy's BLAS, a second thread pool; threadpoolctl, in nn/sequential.py)." if results.get("threaded_blocks")
                 else "Ours ran BLAS on one thread whatever the setting (threadpoolctl, in nn/sequential.py)."), "",
              "| batch | threads | variant | min ms | median ms | ratio of medians |", "|---:|---|---|---:|---:|---:|"]
     for run in results["runs"]:
