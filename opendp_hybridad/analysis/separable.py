@@ -175,6 +175,19 @@ def _constant(s: SeparableSum) -> tuple[float, float] | tuple[None, None]:
         return None, None
 
 
+def _sum_range(classes: list[_FieldClass], start: tuple[float, float], without: int | None = None
+               ) -> tuple[float, float] | tuple[None, None]:
+    """``start`` plus the range of the classes' terms summed over their fields (field ``without`` left out),
+    from each term's sub-interval enclosures, rounded outward; (None, None) where it is not finite."""
+    lo, hi = start
+    for c in classes:
+        k = float(len(c.members) - (without in c.members))
+        if k:
+            lo = add_down(lo, mul_down(k, float(c.value_lo.min())))
+            hi = add_up(hi, mul_up(k, float(c.value_hi.max())))
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else (None, None)
+
+
 def _h_upper(c: _FieldClass, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Upper bounds of ``h(lambda) = sup_t phi'(t)^2 + lambda phi(t)`` for each ``lambda``, and the argmax rows.
 
@@ -200,12 +213,8 @@ def separable_bound(fn: RecordFunction, s: SeparableSum) -> SeparableBound | Non
     if not classes or not all(_enclose_terms(c, dummy, sub_intervals) for c in classes):
         return None
     # W = [sum of the least phi_j, sum of the largest], rounded outward
-    w_lo, w_hi = 0.0, 0.0
-    for c in classes:
-        k = float(len(c.members))
-        w_lo = add_down(w_lo, mul_down(k, float(c.value_lo.min())))
-        w_hi = add_up(w_hi, mul_up(k, float(c.value_hi.max())))
-    if not (math.isfinite(w_lo) and math.isfinite(w_hi)):
+    w_lo, w_hi = _sum_range(classes, (0.0, 0.0))
+    if w_lo is None:
         return None
     # pieces of equal ratio where W is positive and spans more than a factor 4 (psi' of a log or a root moves
     # with the ratio), else of equal width; any increasing edges from w_lo to w_hi cover W
@@ -290,13 +299,8 @@ def partial_function(fn: RecordFunction, s: SeparableSum, index: int) -> RecordF
     c_lo, c_hi = _constant(s)
     if c_lo is None:
         return None
-    r_lo, r_hi = c_lo, c_hi
-    for c in others:
-        k = float(len(c.members) - (index in c.members))
-        if k:
-            r_lo = add_down(r_lo, mul_down(k, float(c.value_lo.min())))
-            r_hi = add_up(r_hi, mul_up(k, float(c.value_hi.max())))
-    if not (math.isfinite(r_lo) and math.isfinite(r_hi)):
+    r_lo, r_hi = _sum_range(others, (c_lo, c_hi), without=index)
+    if r_lo is None:
         return None
     bounds = fn.schema.bounds()
     schema = Schema({"s": tuple(bounds[index]), "r": (r_lo, r_hi)})

@@ -71,10 +71,11 @@ STEP_NORM_SLOTS = 64
 #: widest array of the 784-1024-256-10 MLP (256 rows), so the block's temporaries stay few and reused
 _BLOCK_BYTES = 7 * 1024 * 1024
 
-#: a block's rows times the parameters (about its weight-gradient products' multiply-adds) from which BLAS keeps
-#: the caller's threads: below it one thread (64-128-10 at 256 rows: 2.5e6, about 12% slower with 2 threads
-#: when the machine is quiet, and several times slower when it is busy); above it threads pay (1.07M parameters
-#: at 256 rows, 2.7e8: 1.6x faster with 2)
+#: rows times parameters (about the weight-gradient products' multiply-adds) from which a batch that is one
+#: block keeps the caller's BLAS threads (a batch of several blocks runs on one thread: see gradient_sum);
+#: below it one thread (64-128-10 at 256 rows: 2.5e6, about 12% slower with 2 threads when the machine is
+#: quiet, and several times slower when it is busy); above it threads pay (1.07M parameters at 256 rows,
+#: 2.7e8: 1.6x faster with 2)
 _THREADED_PRODUCT = 2**22
 
 _blas_libraries: list[Any] | None = None
