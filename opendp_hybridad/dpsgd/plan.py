@@ -32,6 +32,7 @@ import numpy as np
 from opendp_hybridad.accounting import delta_with_distance
 from opendp_hybridad.analysis.rounding import add_up, div_up, mul_up, sqrt_up
 from opendp_hybridad.dpsgd.accounting import DpSgdRdpCurve
+from opendp_hybridad.dpsgd.nearby_bounds import CLIPS, NearbyStepBounds
 from opendp_hybridad.dpsgd.optim import Optimizer, Schedule
 from opendp_hybridad.dpsgd.selection import BatchSelector
 from opendp_hybridad.errors import DeclarationError
@@ -191,6 +192,8 @@ class GradientSum:
     granularity: str
     max_terms: int
     physical_batch_size: int | None = None
+    #: per-step results by their rounded norms (:mod:`.nearby_bounds`); a cache, not part of the plan's value
+    nearby: NearbyStepBounds = field(default_factory=NearbyStepBounds, compare=False, repr=False)
 
     @property
     def clipping_needed(self) -> bool:
@@ -224,16 +227,39 @@ class GradientSum:
         return computed_sum_sensitivity(self.sensitivity, self.row_error(), self.max_terms)
 
     def at(self, params: Any) -> StepBound:
-        """The bounds for a step at these weights (public: released by earlier noisy steps, or the initial ones)."""
+        """The bounds for a step at these weights (public: released by earlier noisy steps, or the initial ones).
+
+        Per-step (``granularity="step"``, not clip mode): from the model's bound over every weight
+        with norms at most these weights' norms rounded up to slots (``K_t`` and ``e`` rounded up to
+        16 values per octave). A step whose ``K_t`` exceeds ``C`` clips, with ``e`` from the bound at
+        the norms rounded up to powers of two, as clip mode's. Results already computed at nearby
+        norms answer most steps without the chain (:mod:`.nearby_bounds`: the same result).
+        """
         if self.granularity == "step" and self.mode != "clip":
-            bound_t = self.model.step_bound(params)  # the bound at norms rounded up to slots: cached across steps
-            K_t = min(_round_up_16_per_octave(bound_t.upper), self.bound.upper if self.mode == "bound" else math.inf)
-            clip_now = self._clipping_needed(K_t)
-            return StepBound(clip_now, self._sensitivity(K_t), _round_up_16_per_octave(self.row_error(bound_t, clip_now)))
+            norms = self.model.step_norms(params)
+            known = self.nearby.read(norms)
+            if known is None:
+                known = self._step_at(norms)
+                self.nearby.add(norms, known)
+            return self._clipping_step(norms) if known is CLIPS else known
         if self.projects:
             return StepBound(self.clipping_needed, self.sensitivity, self.row_error())
         # clip mode: the weights are not kept in the declared set; e from their (public) norms
         return StepBound(True, self.clip_norm, _round_up_16_per_octave(self.model.rounding_bound(params).row_error(self.clip_norm)))
+
+    def _step_at(self, norms: Any) -> StepBound | str:
+        """The per-step bound at these rounded norms from the model's bound there (:data:`CLIPS` where it clips)."""
+        bound_t = self.model.bound_at(norms)
+        K_t = min(_round_up_16_per_octave(bound_t.upper), self.bound.upper if self.mode == "bound" else math.inf)
+        if self._clipping_needed(K_t):
+            return CLIPS
+        return StepBound(False, self._sensitivity(K_t), _round_up_16_per_octave(self.row_error(bound_t, False)))
+
+    def _clipping_step(self, norms: Any) -> StepBound:
+        """A step whose ``K_t`` exceeds ``C``: rows clipped at ``C``, ``e`` from the bound at the norms rounded up to
+        powers of two (valid: larger norms; ``e`` is about ``1e-12`` of the rows' scale, so the coarser key moves the
+        noise by nothing and changes rarely)."""
+        return StepBound(True, self.clip_norm, _round_up_16_per_octave(self.model.coarse_bound(norms).row_error(self.clip_norm)))
 
     def __call__(self, params: Any, x: np.ndarray, y: np.ndarray, clip: bool, out: np.ndarray) -> np.ndarray:
         """Write ``sum_i c_i g_i`` over the batch into ``out`` (flat, ``num_parameters``), chunk by chunk."""

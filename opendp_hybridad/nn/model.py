@@ -119,7 +119,7 @@ class MLP:
         self._certified_layers = tuple(self._parts[0::2])
         # every kernel and the bound's recursion: the parts', run by Sequential (dense at even indices)
         self._seq = Sequential(self._parts, loss, input_bound=self.input_bound, label_bound=self.label_bound)
-        #: (Sequential's step bound, its dense-layer record): the last per-step bound, returned again while it holds
+        #: (a bound of Sequential's, its dense-layer record): the last one read per step, returned again while it holds
         self._last_step_bound: tuple[ModelBound, ModelBound] | None = None
 
     # -- the boundary: (W, b) per dense layer <-> one tuple per part ------------------------------------
@@ -275,20 +275,31 @@ class MLP:
         """
         return self._per_layer(self._seq.certified_bound(None if params is None else self._seq_params(params)))
 
-    def step_bound(self, params) -> ModelBound:
-        """:meth:`Sequential.step_bound`: the bound at these (public) weights from norms rounded up to slots, cached.
-
-        The dense layers' record of the last bound Sequential gave is kept, so a step whose
-        rounded norms did not move returns it without a copy (the records are the same values;
-        like Sequential's cached record, it is shared: read it, do not edit it).
-        """
-        bound = self._seq.step_bound(self._seq_params(params))
+    def _shared_record(self, bound: ModelBound) -> ModelBound:
+        """:meth:`_per_layer` of a (cached, shared) bound of Sequential's, itself kept while Sequential returns the
+        same bound, so per-step reads make no copy (the records are the same values; read them, do not edit them)."""
         last = self._last_step_bound
         if last is not None and last[0] is bound:
             return last[1]
         mine = self._per_layer(bound)
         self._last_step_bound = (bound, mine)
         return mine
+
+    def step_norms(self, params) -> tuple[tuple[float, ...], ...]:
+        """:meth:`Sequential.step_norms`: the weight norms rounded up to slots (the key of :meth:`bound_at`)."""
+        return self._seq.step_norms(self._seq_params(params))
+
+    def bound_at(self, norms) -> ModelBound:
+        """:meth:`Sequential.bound_at`: the bound over every weight with norms at most ``norms``, cached."""
+        return self._shared_record(self._seq.bound_at(norms))
+
+    def coarse_bound(self, norms) -> ModelBound:
+        """:meth:`Sequential.coarse_bound`: the bound at ``norms`` rounded up to powers of two, cached."""
+        return self._shared_record(self._seq.coarse_bound(norms))
+
+    def step_bound(self, params) -> ModelBound:
+        """:meth:`Sequential.step_bound`: the bound at these (public) weights from norms rounded up to slots, cached."""
+        return self.bound_at(self.step_norms(params))
 
     def rounding_bound(self, params) -> ModelBound:
         """A cheaper bound with these (public) weights, for the forward error of clipped rows each step.
