@@ -111,7 +111,30 @@ def _measure(batch: int, x: np.ndarray, y: np.ndarray, args) -> dict:
         print(f"    {name}: noise tables built (warm-up first) {stats[name]['tables']}; chain bounds computed (the plan's "
               f"global one included) {stats[name]['chains']}; steps that clipped {stats[name]['clipped']}, {steps} steps "
               f"each; over global K {per_step[name]['over_global']:.2f}, over clip mode {per_step[name]['over_clip']:.2f}")
-    return {"batch": batch, "steps": steps, "variants": v, "per_step": per_step, "load_after": bench_machine.load()}
+    parts = _part_costs(model, chain)
+    print(f"    one chain bound {parts['chain_us']:.1f} us, one step's rounded norms {parts['step_norms_us']:.1f} us (medians)")
+    return {"batch": batch, "steps": steps, "variants": v, "per_step": per_step, "parts_us": parts,
+            "load_after": bench_machine.load()}
+
+
+def _part_costs(model: MLP, chain, calls: int = 500, rounds: int = 9) -> dict[str, float]:
+    """Median microseconds of what a per-step step adds to a global-K one: the weights' rounded norms (every step) and
+    the chain bound at them (the steps not read off nearby results)."""
+    import time
+
+    params = model.init(np.random.default_rng(3))
+    norms = model.step_norms(params)
+
+    def median_us(f) -> float:
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(calls):
+                f()
+            times.append((time.perf_counter() - start) / calls * 1e6)
+        return float(np.median(times))
+
+    return {"chain_us": median_us(lambda: chain(norms)), "step_norms_us": median_us(lambda: model.step_norms(params))}
 
 
 def run(args) -> dict:
@@ -144,6 +167,9 @@ def markdown(results: dict) -> str:
                          f"{', '.join(map(str, r['clipped_steps_per_run']))}; chain bounds computed (the plan's global one "
                          f"included) {', '.join(map(str, r['chain_computations_per_run']))}; noise tables built "
                          f"{', '.join(map(str, r['tables_built_per_run']))} (of {run['steps']} steps; warm-up run first).")
+        if "parts_us" in run:
+            lines.append(f"- batch {run['batch']}: one chain bound {run['parts_us']['chain_us']:.1f} us, one step's rounded "
+                         f"weight norms {run['parts_us']['step_norms_us']:.1f} us (medians of 9 rounds of 500 calls).")
     return "\n".join(lines) + "\n"
 
 
