@@ -1,6 +1,6 @@
 """Training with per-step K (the bound at the current weights) against global K and a non-private numpy loop.
 
-    python bench/bench_per_step_k.py [--batches 64 256] [--epochs 4] [--rounds 3] [--json bench/results/per_step_k.json]
+    python bench/bench_per_step_k.py [--batches 64 256] [--epochs 4] [--rounds 7] [--json bench/results/per_step_k.json]
     python bench/bench_per_step_k.py --markdown bench/results/per_step_k.json   # the docs section, from the JSON
 
 A 64-128-10 tanh MLP learns a random linear teacher on 12,800 synthetic rows (inputs in the box
@@ -177,7 +177,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     p.add_argument("--epochs", type=float, default=4)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=7)
     bench_machine.add_output_options(p)
     bench_machine.render_or_run(p.parse_args(), run, markdown)
 
