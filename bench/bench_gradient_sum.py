@@ -9,7 +9,8 @@ what a non-private step computes); ``MLP.gradient_sum(clip=None)`` (ours, no cli
 ``MLP.gradient_sum(clip=C)`` with C the median per-example norm, so half the examples are clipped
 (ours: per-example norms as ||delta|| ||a||, then the clipped sum as one product per layer, rows in
 equal blocks of rows, each product written in place); and the same clipped sum into a preallocated
-``out`` (what DP-SGD calls: one flat vector reused every step). Every variant once per round, rounds
+``out`` (what DP-SGD calls: one flat vector reused every step), and the unclipped sum into ``out``
+(its floor: what is left is the clipping, each example's norm and factor). Every variant once per round, rounds
 interleaved after two warm-up rounds, with one BLAS thread and with the default threads; min, median
 and the ratio of medians to numpy. The issue's goal: the clipped sum at most 1.0x the hand-written
 numpy gradient.
@@ -79,6 +80,8 @@ def run(args) -> dict:
         variants = {NUMPY: lambda x=x, y=y: numpy_gradient(params, x, y),
                     "ours, no clipping": lambda x=x, y=y: model.gradient_sum(params, x, y, clip=None),
                     "ours, clipped at the median norm": lambda x=x, y=y, C=C: model.gradient_sum(params, x, y, clip=C),
+                    "ours, no clipping, into out":
+                        lambda x=x, y=y, out=out: model.gradient_sum(params, x, y, clip=None, out=out),
                     "ours, clipped at the median norm, into out (DP-SGD)":
                         lambda x=x, y=y, C=C, out=out: model.gradient_sum(params, x, y, clip=C, out=out)}
         for label in args.threads:
