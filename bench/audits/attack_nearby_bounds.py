@@ -45,8 +45,19 @@ from opendp_hybridad.dpsgd import DPSGD
 from opendp_hybridad.dpsgd.nearby_bounds import CLIPS, NearbyStepBounds
 from opendp_hybridad.dpsgd.optim import SGD, Adam
 from opendp_hybridad.dpsgd.plan import StepBound
-from opendp_hybridad.nn import MLP, Dense, Flatten, Identity, Logistic, MeanSquaredError, Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh
-from opendp_hybridad.nn import TemperedSigmoid
+from opendp_hybridad.nn import (
+    MLP,
+    Dense,
+    Flatten,
+    Identity,
+    Logistic,
+    MeanSquaredError,
+    Sequential,
+    Sigmoid,
+    SoftmaxCrossEntropy,
+    Tanh,
+    TemperedSigmoid,
+)
 from opendp_hybridad.nn.layers import TemperedCrossEntropy
 from opendp_hybridad.nn.parts.conv import Conv2d
 from opendp_hybridad.nn.parts.embedding import Embedding
@@ -243,7 +254,7 @@ def check_weights(ms) -> None:
                         params = [tuple(a if k == 0 else np.full_like(a, 5e-324) for k, a in enumerate(part)) for part in params]
                     try:
                         got = summer.at(params)
-                    except Exception as error:  # noqa: BLE001 - any exception is a finding
+                    except Exception as error:
                         violation(f"D {name} {mode} C={clip} scale {scale}: at() raised {type(error).__name__}: {error}")
                         continue
                     want = expected(summer, summer.model.step_norms(params))

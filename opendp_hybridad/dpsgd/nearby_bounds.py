@@ -67,7 +67,7 @@ class NearbyStepBounds:
             return hit
         if self._norms is not None:
             v = _flat(norms)
-            if v.shape[0] == self._norms.shape[1]:
+            if 0 < v.shape[0] == self._norms.shape[1]:  # (no norms at all: every entry would be below and above)
                 below = (self._norms <= v).all(axis=1)
                 if (below & self._clips).any():
                     self.reads["clip"] += 1

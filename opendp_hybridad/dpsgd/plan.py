@@ -192,8 +192,10 @@ class GradientSum:
     granularity: str
     max_terms: int
     physical_batch_size: int | None = None
-    #: per-step results by their rounded norms (:mod:`.nearby_bounds`); a cache, not part of the plan's value
-    nearby: NearbyStepBounds = field(default_factory=NearbyStepBounds, compare=False, repr=False)
+    #: per-step results by their rounded norms (:mod:`.nearby_bounds`); a cache, not part of the plan's value, and
+    #: not an init field, so ``dataclasses.replace`` (another mode, C, model or bound) starts a fresh one (audit
+    #: attack_nearby_bounds.py: a shared cache answered a variant with the original's bounds)
+    nearby: NearbyStepBounds = field(default_factory=NearbyStepBounds, init=False, compare=False, repr=False)
 
     @property
     def clipping_needed(self) -> bool:

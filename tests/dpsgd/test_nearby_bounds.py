@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -131,3 +132,25 @@ def test_each_step_of_a_run_gets_what_computing_gives(mode, lr, clip):
         assert reads["sandwich"] > 0
     if mode == "auto" and lr >= 1.0:
         assert reads["clip"] > 0 and any(b.clip for b, _ in seen)
+
+
+def test_a_replaced_gradient_sum_starts_its_own_cache():
+    # adversarial review: the cache was an init field, so dataclasses.replace shared it, and an auto-mode variant of a
+    # bound-mode plan read the bound-mode result (S = the global K, below the certified K at these weights)
+    model = _model()
+    summer = DPSGD(model, noise_multiplier=1.0, batch_size=32, epochs=1, learning_rate=0.1, mode="bound", clip=1.0,
+                   granularity="step").plan(320).gradient_sum
+    params = [(W * 40.0, b + 0.3) for W, b in model.init(np.random.default_rng(0))]
+    summer.at(params)
+    variant = dataclasses.replace(summer, mode="auto", clip_norm=100.0)
+    assert variant.nearby is not summer.nearby
+    bounds = variant.at(params)
+    assert bounds == variant._step_at(model.step_norms(params))
+    assert bounds.sensitivity >= model.certified_bound(params).upper
+
+
+def test_no_norms_answer_only_their_own_key():
+    cache = NearbyStepBounds()
+    cache.add(((), ()), A)
+    assert cache.read(((),)) is None
+    assert cache.read(((), ())) == A
