@@ -55,6 +55,10 @@ class NearbyStepBounds:
         self._norms: np.ndarray | None = None  # (capacity, d), NaN where empty (neither below nor above anything)
         self._values: list[Any] = [None] * capacity
         self._clips = np.zeros(capacity, dtype=bool)
+        #: each norm's largest value over the entries added since the last reset (evicted ones too): where a step
+        #: exceeds it in some norm, no entry lies above it, and the sandwich is not looked for (growing weights)
+        self._top: np.ndarray | None = None
+        self._clip_entries = 0
         self._next = 0
         #: how each read was answered: "exact", "sandwich", "clip", or "computed" (the plan then adds it)
         self.reads = {"exact": 0, "sandwich": 0, "clip": 0, "computed": 0}
@@ -68,18 +72,24 @@ class NearbyStepBounds:
         if self._norms is not None:
             v = _flat(norms)
             if 0 < v.shape[0] == self._norms.shape[1]:  # (no norms at all: every entry would be below and above)
-                below = (self._norms <= v).all(axis=1)
-                if (below & self._clips).any():
-                    self.reads["clip"] += 1
-                    return CLIPS
-                above = (self._norms >= v).all(axis=1) & ~self._clips
-                below &= ~self._clips
-                if above.any() and below.any():
-                    lower = {self._values[i] for i in np.flatnonzero(below)}
-                    for i in np.flatnonzero(above):
-                        if self._values[i] in lower:
-                            self.reads["sandwich"] += 1
-                            return self._values[i]
+                below = None
+                if self._clip_entries:
+                    below = (self._norms <= v).all(axis=1)
+                    if (below & self._clips).any():
+                        self.reads["clip"] += 1
+                        return CLIPS
+                # a sandwich needs an entry at least as large in every norm: none where one exceeds every entry's
+                if not (v > self._top).any():
+                    if below is None:
+                        below = (self._norms <= v).all(axis=1)
+                    below &= ~self._clips
+                    above = (self._norms >= v).all(axis=1) & ~self._clips
+                    if above.any() and below.any():
+                        lower = {self._values[i] for i in np.flatnonzero(below)}
+                        for i in np.flatnonzero(above):
+                            if self._values[i] in lower:
+                                self.reads["sandwich"] += 1
+                                return self._values[i]
         self.reads["computed"] += 1
         return None
 
@@ -91,12 +101,16 @@ class NearbyStepBounds:
             self._exact.clear()
             self._keys = [None] * self.capacity
             self._clips[:] = False
+            self._clip_entries = 0
+            self._top = np.full(v.shape[0], -np.inf)
         i = self._next
         old = self._keys[i]
         if old is not None:
             self._exact.pop(old, None)
         self._keys[i], self._values[i] = norms, value
         self._norms[i] = v
+        np.fmax(self._top, v, out=self._top)  # (a NaN norm leaves the top as it was: NaN rows match nothing)
+        self._clip_entries += (value is CLIPS) - bool(self._clips[i])
         self._clips[i] = value is CLIPS
         self._exact[norms] = value
         self._next = (i + 1) % self.capacity
