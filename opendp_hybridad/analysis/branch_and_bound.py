@@ -136,6 +136,7 @@ def maximize(
     symmetric: Sequence[Sequence[int]] = (),
     cap: float = math.inf,
     points: np.ndarray | None = None,
+    known_lower: float = -math.inf,
 ) -> MaxResult:
     """Certified ``sup objective`` over the box ``[lo, hi]``.
 
@@ -164,7 +165,9 @@ def maximize(
     ``cap``: an upper bound of the supremum over the root box proven elsewhere (by the caller's
     own argument); the returned bound is the smaller of the two, and refinement stops once the
     witness is within the tolerance of it. ``points``: more starting points for the witness
-    search (clipped to the box).
+    search (clipped to the box). ``known_lower``: a value the supremum is known to reach (a witness found
+    elsewhere, e.g. in other coordinates); refinement also stops once the bound is within the tolerance of it.
+    It is used for that rule only: the returned witness is the objective's own.
     """
     start = time.perf_counter()
     deadline = start + time_budget
@@ -263,7 +266,8 @@ def maximize(
         top = -heap[0][0]
         leaf_top = max((u for u, _ in leaves), default=-np.inf)
         upper = min(max(top, leaf_top), cap)
-        if np.isfinite(upper) and upper - best_value <= max(tolerance * abs(best_value), atol):
+        reached = max(best_value, known_lower)
+        if np.isfinite(upper) and upper - reached <= max(tolerance * abs(reached), atol):
             converged = True
             break
         now = time.perf_counter()

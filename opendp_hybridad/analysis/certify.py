@@ -704,6 +704,38 @@ def _quadratic(fn: RecordFunction, norm: float, component: int | None) -> tuple[
     return res.upper, res.point, res.value, True, res.vertices
 
 
+#: the share of a certificate's remaining budget given to the search over a network's first-layer arguments
+#: (:mod:`.network_zspace`); the search over the fields gets the rest, with its bound as a cap, and finds the witness
+FIRST_LAYER_SHARE = 0.6
+
+
+def _first_layer_cap(fn: RecordFunction, objective: GradientObjective, tolerance: float,
+                     time_budget: float) -> tuple[float, int] | None:
+    """A proven bound on ``sup ||grad f||_2`` from branch and bound over the first layer's arguments, and its box
+    count (:mod:`.network_zspace`); None where ``f`` is no network narrowing at its first layer."""
+    from opendp_hybridad.analysis.network_zspace import FirstLayerObjective
+
+    lo, hi = _box_arrays(fn)
+    vertices = getattr(objective, "vertices", None)
+    if vertices is None:  # (a small network keeps sympy's derivatives, without the vertex bound: its structure here)
+        tape = Tape(list(fn.symbols))
+        vertices = SlopeVertices.detect(tape, tape.add_output(fn.expr))
+    z = FirstLayerObjective.detect(vertices, lo, hi)
+    if z is None or time_budget <= 0:
+        return None
+    # a witness's proven value, so the search over z can stop once its bound is within the tolerance of it
+    points = lo + np.random.default_rng(0).random((256, len(lo))) * (hi - lo)
+    with np.errstate(all="ignore"):
+        values = np.where(np.isfinite(v := objective.value(points)), v, -np.inf)
+    known = float(objective.lower_bound(points[[int(np.argmax(values))]])[0])
+    try:
+        res = maximize(z, z.root_lo, z.root_hi, tolerance=tolerance, time_budget=time_budget, polish=False,
+                       known_lower=known if math.isfinite(known) else -math.inf)
+    except UnboundedError:
+        return None
+    return (res.upper, res.boxes) if math.isfinite(res.upper) else None
+
+
 #: kept from a certificate's budget for what follows the search (the last compass step of the witness polish,
 #: the polished witness's proof, the certificate itself): 10-25 ms on the issue's networks
 FINISH_SECONDS = 0.04
@@ -732,9 +764,18 @@ def _lipschitz(fn: RecordFunction, norm: float, tolerance: float, time_budget: f
         # a separable sum under an outer function: a proven cap for the search, and a start for its witness
         separable = _separable(fn) if compose and norm == 2.0 else None
         extra = {} if separable is None else {"cap": separable.upper, "points": separable.point[None, :]}
-        res = _maximize_gradient(fn, GradientObjective(fn, norm), tolerance=tolerance,
+        objective = GradientObjective(fn, norm)
+        first_boxes = 0
+        if compose and norm == 2.0:  # a network narrowing at its first layer: a proven cap from the search over z
+            left = max(time_budget - (time.perf_counter() - start) - FINISH_SECONDS, 0.0)
+            first = _first_layer_cap(fn, objective, tolerance, FIRST_LAYER_SHARE * left)
+            if first is not None:
+                extra["cap"] = min(extra.get("cap", math.inf), first[0])
+                first_boxes = first[1]
+        res = _maximize_gradient(fn, objective, tolerance=tolerance,
                                  time_budget=max(time_budget - (time.perf_counter() - start) - FINISH_SECONDS, 0.0), **extra)
         upper, point, value, converged, boxes = res.upper, res.witness_point, res.witness_value, res.converged, res.boxes
+        boxes += first_boxes
         if composed is not None:  # both are proven bounds: keep the smaller, and the larger witness
             upper = min(upper, composed[0])
             if composed[2] > value:

@@ -119,6 +119,23 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
 
 
+#: the increasing activations :func:`activation` encloses
+ACTIVATION_OPS = ("tanh", "sigmoid", "softplus")
+
+
+def activation(op: str, a_lo: np.ndarray, a_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Enclosure of an increasing activation (tanh, sigmoid, softplus) over ``[a_lo, a_hi]``: its values at the ends,
+    padded outward for the library function's error (:data:`LIBM_PAD`), and clipped to its range."""
+    if op == "tanh":
+        return np.maximum(libm_down_array(np.tanh(a_lo)), -1.0), np.minimum(libm_up_array(np.tanh(a_hi)), 1.0)
+    if op == "sigmoid":
+        s_lo, s_hi = _sigmoid(a_lo), _sigmoid(a_hi)
+        return np.maximum(libm_down_array(s_lo), 0.0), np.minimum(libm_up_array(s_hi), 1.0)
+    if op == "softplus":
+        return np.maximum(libm_down_array(np.logaddexp(0.0, a_lo)), 0.0), libm_up_array(np.logaddexp(0.0, a_hi))
+    raise ValueError(f"not an activation: {op}")
+
+
 class IntervalEvaluator:
     """Evaluates every node of a :class:`Tape` over a batch of boxes."""
 
@@ -216,13 +233,8 @@ class IntervalEvaluator:
         if op == "log":
             invalid = a_lo <= 0
             return libm_down_array(np.log(np.maximum(a_lo, TINY))), libm_up_array(np.log(a_hi)), invalid
-        if op == "tanh":
-            return np.maximum(libm_down_array(np.tanh(a_lo)), -1.0), np.minimum(libm_up_array(np.tanh(a_hi)), 1.0), None
-        if op == "sigmoid":
-            s_lo, s_hi = _sigmoid(a_lo), _sigmoid(a_hi)
-            return np.maximum(libm_down_array(s_lo), 0.0), np.minimum(libm_up_array(s_hi), 1.0), None
-        if op == "softplus":
-            return np.maximum(libm_down_array(np.logaddexp(0.0, a_lo)), 0.0), libm_up_array(np.logaddexp(0.0, a_hi)), None
+        if op in ACTIVATION_OPS:
+            return (*activation(op, a_lo, a_hi), None)
         if op == "abs":
             rlo = np.where(a_lo >= 0, a_lo, np.where(a_hi <= 0, -a_hi, 0.0))
             rhi = np.maximum(np.abs(a_lo), np.abs(a_hi))

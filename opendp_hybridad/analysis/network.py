@@ -93,6 +93,7 @@ class Unit:
     op: str
     arg: int                                   # its argument's node
     terms: list[tuple[tuple[str, int], float, float]]  # the argument's coefficients on the basis
+    const: tuple[float, float] = (0.0, 0.0)    # the argument's constant term (an interval)
 
 
 class SlopeVertices:
@@ -104,6 +105,10 @@ class SlopeVertices:
         self.out = out
         h = len(units)
         self.bits = ((np.arange(2**h)[:, None] >> np.arange(h)[None, :]) & 1).astype(bool)  # (V, h)
+        #: d u_t / dx of the units whose argument involves the fields only: a constant row, enclosed once
+        #: (the same outward-rounded sums :meth:`gradients` would form at every slope point)
+        self._field_rows = {t: self._combine(u.terms, {}, 1) for t, u in enumerate(units)
+                            if u.terms and all(b[0] == "x" for b, _, _ in u.terms)}
 
     @classmethod
     def detect(cls, tape: Tape, root: int, max_units: int = MAX_UNITS) -> SlopeVertices | None:
@@ -129,7 +134,7 @@ class SlopeVertices:
                     form = _scale(a, *b[0])
             elif op in ACTIVATIONS and forms[args[0]] is not None:
                 arg_terms = [(b, lo, hi) for b, (lo, hi) in forms[args[0]][1].items()]
-                units.append(Unit(idx, op, args[0], arg_terms))
+                units.append(Unit(idx, op, args[0], arg_terms, forms[args[0]][0]))
                 form = ((0.0, 0.0), {("a", idx): (1.0, 1.0)})
             forms.append(form)
         top = forms[root]
@@ -163,31 +168,34 @@ class SlopeVertices:
                 highs.append(np.where(ok, s_hi, np.inf))
         return np.stack(lows, axis=1), np.stack(highs, axis=1)
 
+    def _combine(self, terms: list[tuple[tuple[str, int], float, float]], J: dict, npts: int) -> tuple[np.ndarray, np.ndarray]:
+        """``sum_b c_b J_b`` (points, n), outward: a field's ``J`` is its unit row; a unit's is ``J[("a", node)]``."""
+        acc_lo = np.zeros((npts, self.n))
+        acc_hi = np.zeros((npts, self.n))
+        for b, c_lo, c_hi in terms:
+            if b[0] == "x":
+                e = np.zeros((npts, self.n))
+                e[:, b[1]] = 1.0
+                j_lo = j_hi = e
+            else:
+                j_lo, j_hi = J[b]
+            p_lo, p_hi = _scale_arrays(c_lo, c_hi, j_lo, j_hi)
+            # a correctly rounded sum moved one float outward bounds the real one
+            acc_lo, acc_hi = down_array(acc_lo + p_lo), up_array(acc_hi + p_hi)
+        return acc_lo, acc_hi
+
     def gradients(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Outward enclosures (points, n) of the multilinear gradient at slope points ``s`` (points, units)."""
         npts = s.shape[0]
         J: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
-        for k in range(self.n):
-            e = np.zeros((npts, self.n))
-            e[:, k] = 1.0
-            J[("x", k)] = (e, e)
-
-        def combine(terms: list[tuple[tuple[str, int], float, float]]) -> tuple[np.ndarray, np.ndarray]:
-            acc_lo = np.zeros((npts, self.n))
-            acc_hi = np.zeros((npts, self.n))
-            for b, c_lo, c_hi in terms:
-                p_lo, p_hi = _scale_arrays(c_lo, c_hi, *J[b])
-                # a correctly rounded sum moved one float outward bounds the real one
-                acc_lo, acc_hi = down_array(acc_lo + p_lo), up_array(acc_hi + p_hi)
-            return acc_lo, acc_hi
-
         with np.errstate(all="ignore"):
             for t, u in enumerate(self.units):
-                a_lo, a_hi = combine(u.terms)
+                row = self._field_rows.get(t)
+                a_lo, a_hi = row if row is not None else self._combine(u.terms, J, npts)
                 st = s[:, t:t + 1]
                 p, q = st * a_lo, st * a_hi  # a point slope times an interval: the ends' products, moved outward
                 J[("a", u.node)] = (down_array(np.minimum(p, q)), up_array(np.maximum(p, q)))
-            return combine(self.out)
+            return self._combine(self.out, J, npts)
 
     def magnitudes(self, s_lo: np.ndarray, s_hi: np.ndarray) -> np.ndarray:
         """``max |grad_k|`` enclosures at every vertex: (boxes, vertices, n), inf where a slope is not enclosed."""
