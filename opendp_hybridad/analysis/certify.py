@@ -47,7 +47,7 @@ from opendp_hybridad.analysis.symmetry import symmetric_groups
 from opendp_hybridad.analysis.tape import Tape
 from opendp_hybridad.compile.codegen import numpy_callable
 from opendp_hybridad.errors import DeclarationError, NotLipschitzError, SoundnessError, UnboundedError
-from opendp_hybridad.symbolic.functions import to_sympy
+from opendp_hybridad.symbolic.functions import sigmoid, softplus, to_sympy
 
 if TYPE_CHECKING:  # pragma: no cover
     from opendp_hybridad.symbolic.function import RecordFunction
@@ -718,6 +718,8 @@ def _first_layer_cap(fn: RecordFunction, objective: GradientObjective, tolerance
     lo, hi = _box_arrays(fn)
     vertices = getattr(objective, "vertices", None)
     if vertices is None:  # (a small network keeps sympy's derivatives, without the vertex bound: its structure here)
+        if not fn.expr.has(sympy.tanh, sigmoid, softplus):
+            return None
         tape = Tape(list(fn.symbols))
         vertices = SlopeVertices.detect(tape, tape.add_output(fn.expr))
     z = FirstLayerObjective.detect(vertices, lo, hi)
