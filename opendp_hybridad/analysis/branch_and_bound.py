@@ -267,7 +267,8 @@ def maximize(
         leaf_top = max((u for u, _ in leaves), default=-np.inf)
         upper = min(max(top, leaf_top), cap)
         reached = max(best_value, known_lower)
-        if np.isfinite(upper) and upper - reached <= max(tolerance * abs(reached), atol):
+        # (nothing finite reached yet: no convergence, even for an infinite bound, where inf <= inf would hold)
+        if np.isfinite(upper) and np.isfinite(reached) and upper - reached <= max(tolerance * abs(reached), atol):
             converged = True
             break
         now = time.perf_counter()

@@ -81,8 +81,10 @@ class FirstLayerObjective:
         m, n = self.W_lo.shape
         self.m, self.n = m, n
         # the root box: each z_i's enclosure over X
-        self.root_lo, self.root_hi = self._affine(self.c_lo, self.c_hi, self.W_lo, self.W_hi)
-        self.directions = _directions(0.5 * (self.W_lo + self.W_hi))
+        with np.errstate(all="ignore"):  # (weights near the float range: an overflowing midpoint only steers directions)
+            self.root_lo, self.root_hi = self._affine(self.c_lo, self.c_hi, self.W_lo, self.W_hi)
+            mid = 0.5 * self.W_lo + 0.5 * self.W_hi
+            self.directions = _directions(np.where(np.isfinite(mid), mid, 0.0))
         # max over Z of y.z, for each direction y, rounded up
         Y = self.directions
         ones = np.ones(Y.shape[0])
