@@ -205,7 +205,7 @@ class RangeObjective:
 #: functions keep sympy's: cheap there, simplified (cancelled terms, collected factors), and lowered
 #: through the tape's rewrites (softmax ratios), which the chain rule on the tape does not produce
 TAPE_DERIVATIVES_MIN_NODES = 40
-_ACTIVATIONS = ("tanh", "sigmoid", "softplus")
+_ACTIVATIONS = iv.ACTIVATION_OPS
 
 
 def _derivative_tape(fn: RecordFunction, component: int | None):

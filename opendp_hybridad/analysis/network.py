@@ -38,8 +38,8 @@ from opendp_hybridad.analysis import interval as iv
 from opendp_hybridad.analysis.rounding import down_array, up_array
 from opendp_hybridad.analysis.tape import Tape
 
-#: activations with a slope rule here
-ACTIVATIONS = ("tanh", "sigmoid", "softplus")
+#: activations with a slope rule here (the increasing ones the interval evaluator encloses)
+ACTIVATIONS = iv.ACTIVATION_OPS
 #: the most activations (2^h vertices per box) handled
 MAX_UNITS = 10
 #: the most fields times vertices per box: each vertex's gradient is built over every field, so a box costs
@@ -105,10 +105,11 @@ class SlopeVertices:
         self.out = out
         h = len(units)
         self.bits = ((np.arange(2**h)[:, None] >> np.arange(h)[None, :]) & 1).astype(bool)  # (V, h)
-        #: d u_t / dx of the units whose argument involves the fields only: a constant row, enclosed once
-        #: (the same outward-rounded sums :meth:`gradients` would form at every slope point)
-        self._field_rows = {t: self._combine(u.terms, {}, 1) for t, u in enumerate(units)
-                            if u.terms and all(b[0] == "x" for b, _, _ in u.terms)}
+        #: the units whose argument involves the fields only (the first layer), in tape order
+        self.field_units = [t for t, u in enumerate(units) if u.terms and all(b[0] == "x" for b, _, _ in u.terms)]
+        #: their d u_t / dx: a constant row each, enclosed once (the same outward-rounded sums :meth:`gradients`
+        #: would form at every slope point)
+        self._field_rows = {t: self._combine(units[t].terms, {}, 1) for t in self.field_units}
 
     @classmethod
     def detect(cls, tape: Tape, root: int, max_units: int = MAX_UNITS) -> SlopeVertices | None:

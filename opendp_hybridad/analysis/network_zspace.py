@@ -40,7 +40,7 @@ import numpy as np
 from opendp_hybridad.analysis import interval as iv
 from opendp_hybridad.analysis.branch_and_bound import BoxBounds
 from opendp_hybridad.analysis.network import SlopeVertices
-from opendp_hybridad.analysis.rounding import down_array, up_array
+from opendp_hybridad.analysis.rounding import TINY, down_array, gamma, up_array
 from opendp_hybridad.errors import UnboundedError
 
 #: the most facet directions tried per box (each is a row of a (boxes x directions) product)
@@ -102,9 +102,9 @@ class FirstLayerObjective:
         self.support_up = acc_hi
         self._Y_pos, self._Y_neg = np.maximum(Y, 0.0).T.copy(), np.minimum(Y, 0.0).T.copy()
         self._Y_pos_abs, self._Y_neg_abs = np.abs(self._Y_pos), np.abs(self._Y_neg)
-        # gamma_(m+1) = (m+1) u / (1 - (m+1) u), with room (rounded up twice over), and m subnormal steps (x2)
-        self._gamma = 2.0 * (m + 1) * 2.0**-53 / (1.0 - (m + 1) * 2.0**-53)
-        self._tiny = 2.0 * m * 2.0**-1074
+        # Higham's gamma_(m+1) and m subnormal steps, each doubled for room
+        self._gamma = 2.0 * gamma(m + 1)
+        self._tiny = 2.0 * m * TINY
 
     def _affine(self, c_lo, c_hi, W_lo, W_hi) -> tuple[np.ndarray, np.ndarray]:
         """Enclosure of ``c + W x`` over ``X`` (rows of ``W``)."""
@@ -122,8 +122,9 @@ class FirstLayerObjective:
         n = vertices.n
         first: list[int] = []
         rows = []
-        for u in vertices.units:
-            if u.terms and all(b[0] == "x" for b, _, _ in u.terms) and u.arg not in first:
+        for t in vertices.field_units:
+            u = vertices.units[t]
+            if u.arg not in first:
                 first.append(u.arg)
                 rows.append(u)
         m = len(first)

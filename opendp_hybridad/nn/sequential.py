@@ -581,11 +581,15 @@ class Sequential:
         recursion assumes only that each norm bounds the weights' own, so the bound at larger norms
         holds at these weights too.
         """
-        cached = self._step_bounds_cache.get(norms)
+        return self._cached_bound(self._step_bounds_cache, norms)
+
+    def _cached_bound(self, cache: dict, norms) -> ModelBound:
+        """The chain bound at ``norms`` through ``cache`` (emptied once it holds more than 256 bounds)."""
+        cached = cache.get(norms)
         if cached is None:
-            if len(self._step_bounds_cache) > 256:
-                self._step_bounds_cache.clear()
-            cached = self._step_bounds_cache[norms] = self._bound_from_norms(norms)
+            if len(cache) > 256:
+                cache.clear()
+            cached = cache[norms] = self._bound_from_norms(norms)
         return cached
 
     def step_bound(self, params) -> ModelBound:
@@ -605,13 +609,8 @@ class Sequential:
         error ``e`` of clipped rows, where a factor 2 in ``e`` (about ``1e-12`` of the gradients' scale)
         moves the noise by nothing and the power-of-two key changes rarely.
         """
-        key = tuple(tuple(_round_up_to_power_of_two(v) for v in part) for part in norms)
-        cached = self._norm_bounds_cache.get(key)
-        if cached is None:
-            if len(self._norm_bounds_cache) > 256:
-                self._norm_bounds_cache.clear()
-            cached = self._norm_bounds_cache[key] = self._bound_from_norms(key)
-        return cached
+        return self._cached_bound(self._norm_bounds_cache,
+                                  tuple(tuple(_round_up_to_power_of_two(v) for v in part) for part in norms))
 
     def rounding_bound(self, params) -> ModelBound:
         """A cheaper bound with these (public) weights, cached: :meth:`coarse_bound` of the norms with
